@@ -1,0 +1,1 @@
+pub mod h1; pub mod ws;
