@@ -1,0 +1,1010 @@
+//! The server side of one HTTP/1.1 connection: the keep-alive state machine.
+//!
+//! Everything that decides what happens on a connection lives here: which
+//! bytes are a request, whether the connection persists after a response,
+//! when it must close and why. Time is an argument; deadlines are values.
+//!
+//! ```text
+//!            bytes arrive                head complete
+//!   Idle ─────────────────▶ Head ─────────────────────▶ Active ──┐
+//!    ▲  (idle timer T,        (header timer H:           │ (body   │ response
+//!    │   only once output      408 on expiry)            │  timer) │ finished
+//!    │   is flushed)                                     │         ▼
+//!    │◀──────────── keep-alive ◀──── Draining ◀── body unread ── decide
+//!    │                                (discard ≤ max_drain)        │ close
+//!    │                                                             ▼
+//!    └─ idle expiry / EOF / shutdown ──▶ Closed ◀── Linger ◀── flush output,
+//!                                                  (bounded)   shut down write
+//!   Active ── 101 sent ──▶ Upgraded (the bytes belong to another protocol)
+//! ```
+//!
+//! Rules, each a unit test in `tests.rs`:
+//! * HTTP/1.1 persists unless `Connection: close`; HTTP/1.0 only with
+//!   `Connection: keep-alive`, and then the response says so.
+//! * The M-th response carries `Connection: close`; nothing after it is
+//!   processed, pipelined or not. Every persistent response carries
+//!   `Keep-Alive: timeout=T, max=M` unless configured off.
+//! * Requests are answered strictly in order: the next head is not parsed
+//!   before the current response is complete.
+//! * An unread request body is drained (up to `max_drain`) before the next
+//!   request; a longer one makes the response close the connection.
+//! * A close after a response never destroys it: output is flushed, the
+//!   write side shut down, and input discarded for a bounded time.
+//! * Every close has one [`CloseCause`].
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http::{Method, StatusCode, Version};
+
+use super::config::{Config, KeepAliveHeader};
+use super::decode::{BodyDecoder, BodyError, Decoded};
+use super::encode::{self, ConnectionHeader, EngineHeaders};
+use super::parse::{self, BodyFraming, HeadError, RequestHead};
+
+/// Why a connection ended. Every connection ends with exactly one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseCause {
+    /// Idle for the keep-alive timeout T.
+    IdleTimeout,
+    /// The M-th response was sent.
+    MaxRequests,
+    /// The client asked (`Connection: close`, or HTTP/1.0 without keep-alive).
+    ClientClose,
+    /// The handler asked (`Connection: close` on its response), or the
+    /// response could only be delimited by closing.
+    ServerClose,
+    /// The request broke the protocol or a limit; an error response was sent.
+    ProtocolError,
+    /// A request head did not arrive within the header timeout (408 sent).
+    HeaderTimeout,
+    /// A request body stalled longer than the body timeout.
+    BodyTimeout,
+    /// Output made no progress within the write timeout.
+    WriteTimeout,
+    /// The handler left more request body unread than the server drains.
+    UnreadBody,
+    /// The peer closed its side (EOF).
+    PeerClosed,
+    /// A read or write failed (reset, broken pipe).
+    NetworkError,
+    /// The connection reached its maximum lifetime.
+    Lifetime,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl CloseCause {
+    /// A short, stable name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseCause::IdleTimeout => "idle_timeout",
+            CloseCause::MaxRequests => "max_requests",
+            CloseCause::ClientClose => "client_close",
+            CloseCause::ServerClose => "server_close",
+            CloseCause::ProtocolError => "protocol_error",
+            CloseCause::HeaderTimeout => "header_timeout",
+            CloseCause::BodyTimeout => "body_timeout",
+            CloseCause::WriteTimeout => "write_timeout",
+            CloseCause::UnreadBody => "unread_body",
+            CloseCause::PeerClosed => "peer_closed",
+            CloseCause::NetworkError => "network_error",
+            CloseCause::Lifetime => "lifetime",
+            CloseCause::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl std::fmt::Display for CloseCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the connection has to tell its driver.
+#[derive(Debug)]
+pub enum Event {
+    /// A request head; body events follow unless `head.body` is `Empty`.
+    Request(RequestHead),
+    /// A piece of the current request's body.
+    Body(Bytes),
+    /// The current request's body is complete, with its trailers if any.
+    EndOfBody(Option<HeaderMap>),
+    /// The current request's body cannot be completed. If no response has
+    /// started, answer with [`BodyError`]'s status; the connection closes
+    /// after the response.
+    BodyFailed(BodyError),
+    /// A request head was refused: answer with this status (via
+    /// [`ServerConnection::send_response`]); the connection then closes.
+    Reject(StatusCode),
+}
+
+/// The status that answers a failed body, when no response has started.
+pub fn body_error_status(e: BodyError) -> StatusCode {
+    match e {
+        BodyError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        BodyError::TrailersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        BodyError::Timeout => StatusCode::REQUEST_TIMEOUT,
+        BodyError::InvalidChunk | BodyError::Incomplete => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// How a response body will be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseBody {
+    /// No body (`Content-Length: 0` where a length is meaningful). The
+    /// response is complete as soon as its head is sent.
+    Empty,
+    /// Exactly this many bytes through [`ServerConnection::send_body`].
+    Length(u64),
+    /// Unknown length: chunked for HTTP/1.1, delimited by closing for HTTP/1.0.
+    Streaming,
+}
+
+/// Misuse of the response API; the connection state is unchanged unless noted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// There is no request waiting for a response.
+    #[error("no request is waiting for a response")]
+    NoRequest,
+    /// The response head was already sent.
+    #[error("the response has already started")]
+    AlreadyStarted,
+    /// No response head was sent yet.
+    #[error("the response has not started")]
+    NotStarted,
+    /// `101` for a request that did not ask to upgrade.
+    #[error("101 Switching Protocols for a request that did not ask to upgrade")]
+    NotUpgrade,
+    /// Interim (1xx) responses other than 101 are not supported.
+    #[error("interim responses are not supported")]
+    Informational,
+    /// More body bytes than the declared length.
+    #[error("response body longer than its Content-Length")]
+    BodyTooLong,
+    /// Fewer body bytes than the declared length; the connection is closed.
+    #[error("response body shorter than its Content-Length")]
+    BodyTooShort,
+    /// The connection is closed.
+    #[error("the connection is closed")]
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a request. `since` is set once output has flushed: the idle timer.
+    Idle { since: Option<Instant> },
+    /// Part of a request head has arrived, the first byte at `since`.
+    Head { since: Instant },
+    /// A request is being served.
+    Active,
+    /// The response is complete; discarding the unread rest of the request body.
+    Draining { drained: u64 },
+    /// Closing: flush output, then shut down writing and discard input.
+    /// `since` is set once output has flushed.
+    Linger { since: Option<Instant>, last_read: Instant },
+    /// The connection belongs to another protocol now.
+    Upgraded,
+    /// Done.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutFraming {
+    /// Nothing is written (HEAD, 204, 304).
+    Discard,
+    Length(u64),
+    Chunked,
+    CloseDelimited,
+}
+
+#[derive(Debug)]
+enum ResponseProgress {
+    NotStarted,
+    Sending { framing: OutFraming, keep: bool },
+}
+
+#[derive(Debug)]
+struct InFlight {
+    method_is_head: bool,
+    version: Version,
+    keep_alive: bool,
+    upgrade: bool,
+    /// `None`: no body, or already complete.
+    body: Option<BodyDecoder>,
+    body_failed: bool,
+    body_progress: Instant,
+    response: ResponseProgress,
+}
+
+/// The server side of one HTTP/1.1 connection. Sans-I/O: see the module docs.
+#[derive(Debug)]
+pub struct ServerConnection {
+    config: Arc<Config>,
+    read_buf: BytesMut,
+    out: VecDeque<Bytes>,
+    out_len: usize,
+    phase: Phase,
+    request: Option<InFlight>,
+    pending: Option<Event>,
+    served: u32,
+    opened_at: Instant,
+    now: Instant,
+    write_progress: Instant,
+    lifetime_expired: bool,
+    shutting_down: bool,
+    close_after: Option<CloseCause>,
+    peer_eof: bool,
+    closed: Option<CloseCause>,
+    shutdown_write: bool,
+}
+
+impl ServerConnection {
+    /// A new connection accepted at `now`.
+    pub fn new(config: Arc<Config>, now: Instant) -> Self {
+        Self {
+            config,
+            read_buf: BytesMut::new(),
+            out: VecDeque::new(),
+            out_len: 0,
+            phase: Phase::Idle { since: Some(now) },
+            request: None,
+            pending: None,
+            served: 0,
+            opened_at: now,
+            now,
+            write_progress: now,
+            lifetime_expired: false,
+            shutting_down: false,
+            close_after: None,
+            peer_eof: false,
+            closed: None,
+            shutdown_write: false,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    // ----- input -----
+
+    /// Appends received bytes (copying). See [`Self::read_buffer`] for the zero-copy path.
+    pub fn feed(&mut self, data: &[u8], now: Instant) {
+        self.read_buffer().extend_from_slice(data);
+        self.note_read(data.len(), now);
+    }
+
+    /// The buffer the driver reads into; call [`Self::note_read`] after.
+    pub fn read_buffer(&mut self) -> &mut BytesMut {
+        &mut self.read_buf
+    }
+
+    /// Records that `n` bytes were appended to the read buffer at `now`.
+    pub fn note_read(&mut self, n: usize, now: Instant) {
+        self.now = now;
+        if n == 0 {
+            return;
+        }
+        match &mut self.phase {
+            Phase::Idle { .. } => {
+                if self.shutting_down && self.request.is_none() && self.out.is_empty() {
+                    // Closed idle already; defensive.
+                }
+                self.phase = Phase::Head { since: now };
+            }
+            Phase::Linger { last_read, .. } => {
+                *last_read = now;
+                self.read_buf.clear();
+            }
+            Phase::Closed => self.read_buf.clear(),
+            _ => {}
+        }
+    }
+
+    /// The peer closed its sending side.
+    pub fn feed_eof(&mut self, now: Instant) {
+        self.now = now;
+        self.peer_eof = true;
+        match self.phase {
+            Phase::Idle { .. } if self.read_buf.is_empty() => {
+                if self.out.is_empty() {
+                    self.close_now(CloseCause::PeerClosed);
+                } else {
+                    self.close_after_flush(CloseCause::PeerClosed);
+                }
+            }
+            Phase::Idle { .. } | Phase::Head { .. } => {
+                // Complete pipelined requests still get answered; poll_event
+                // closes once only a partial head is left.
+            }
+            Phase::Active => {
+                let failed = match self.request.as_mut() {
+                    Some(req) if req.body.is_some() && !req.body_failed => {
+                        req.body_failed = true;
+                        req.body = None;
+                        true
+                    }
+                    _ => false,
+                };
+                if failed && self.pending.is_none() {
+                    self.pending = Some(Event::BodyFailed(BodyError::Incomplete));
+                }
+                self.close_after.get_or_insert(CloseCause::PeerClosed);
+            }
+            Phase::Draining { .. } => self.close_after_flush(CloseCause::PeerClosed),
+            Phase::Linger { since, .. } => {
+                if since.is_some() || self.out.is_empty() {
+                    let cause = self.close_after.unwrap_or(CloseCause::PeerClosed);
+                    self.close_now(cause);
+                }
+            }
+            Phase::Upgraded | Phase::Closed => {}
+        }
+    }
+
+    /// A read or write failed: the connection is gone.
+    pub fn io_error(&mut self, now: Instant) {
+        self.now = now;
+        if self.closed.is_none() {
+            self.close_now(CloseCause::NetworkError);
+        }
+    }
+
+    /// Whether the driver should read more bytes now.
+    pub fn wants_read(&self) -> bool {
+        match self.phase {
+            Phase::Closed | Phase::Upgraded => false,
+            _ => !self.peer_eof && self.read_buf.len() <= self.config.max_head,
+        }
+    }
+
+    // ----- events -----
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if let Some(ev) = self.pending.take() {
+            return Some(ev);
+        }
+        loop {
+            match self.phase {
+                Phase::Closed | Phase::Upgraded | Phase::Linger { .. } => return None,
+                Phase::Idle { .. } | Phase::Head { .. } => return self.poll_head(),
+                Phase::Active => return self.poll_body(),
+                Phase::Draining { drained } => {
+                    let Some(dec) = self.request.as_mut().and_then(|r| r.body.as_mut()) else {
+                        self.request = None;
+                        self.next_request_phase();
+                        continue;
+                    };
+                    match dec.decode(&mut self.read_buf) {
+                        Ok(Decoded::Data(d)) => {
+                            let drained = drained + d.len() as u64;
+                            if drained > self.config.max_drain {
+                                self.close_after_flush(CloseCause::UnreadBody);
+                                return None;
+                            }
+                            self.phase = Phase::Draining { drained };
+                            if let Some(r) = self.request.as_mut() {
+                                r.body_progress = self.now;
+                            }
+                        }
+                        Ok(Decoded::End(_)) => {
+                            self.request = None;
+                            self.next_request_phase();
+                        }
+                        Ok(Decoded::NeedMore) => return None,
+                        Err(_) => {
+                            self.close_after_flush(CloseCause::ProtocolError);
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_head(&mut self) -> Option<Event> {
+        if self.read_buf.is_empty() {
+            return None;
+        }
+        match parse::find_head_end(&self.read_buf, &self.config) {
+            Err(e) => Some(self.reject(e)),
+            Ok(None) => {
+                if self.peer_eof {
+                    // Only a partial head is left and nothing more will come.
+                    self.read_buf.clear();
+                    self.close_after_flush(CloseCause::PeerClosed);
+                } else if let Phase::Idle { .. } = self.phase {
+                    self.phase = Phase::Head { since: self.now };
+                }
+                None
+            }
+            Ok(Some(n)) => {
+                let bytes = self.read_buf.split_to(n).freeze();
+                match parse::parse_head(bytes, &self.config) {
+                    Err(e) => Some(self.reject(e)),
+                    Ok(head) => Some(self.start_request(head)),
+                }
+            }
+        }
+    }
+
+    fn start_request(&mut self, head: RequestHead) -> Event {
+        let body = match head.body {
+            BodyFraming::Empty => None,
+            BodyFraming::Length(n) => Some(BodyDecoder::length(n)),
+            BodyFraming::Chunked => Some(BodyDecoder::chunked(
+                self.config.max_body,
+                self.config.max_head,
+                self.config.max_headers,
+            )),
+        };
+        if head.expect_continue && body.is_some() {
+            self.push_out(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        }
+        self.request = Some(InFlight {
+            method_is_head: head.method == Method::HEAD,
+            version: head.version,
+            keep_alive: head.keep_alive,
+            upgrade: head.upgrade,
+            body,
+            body_failed: false,
+            body_progress: self.now,
+            response: ResponseProgress::NotStarted,
+        });
+        self.phase = Phase::Active;
+        Event::Request(head)
+    }
+
+    fn reject(&mut self, e: HeadError) -> Event {
+        self.reject_with(e.status(), CloseCause::ProtocolError)
+    }
+
+    fn reject_with(&mut self, status: StatusCode, cause: CloseCause) -> Event {
+        // Nothing after a refused head is ever parsed as a request.
+        self.read_buf.clear();
+        self.close_after = Some(self.close_after.unwrap_or(cause));
+        self.request = Some(InFlight {
+            method_is_head: false,
+            version: Version::HTTP_11,
+            keep_alive: false,
+            upgrade: false,
+            body: None,
+            body_failed: true,
+            body_progress: self.now,
+            response: ResponseProgress::NotStarted,
+        });
+        self.phase = Phase::Active;
+        Event::Reject(status)
+    }
+
+    fn poll_body(&mut self) -> Option<Event> {
+        let req = self.request.as_mut()?;
+        let dec = req.body.as_mut()?;
+        match dec.decode(&mut self.read_buf) {
+            Ok(Decoded::Data(d)) => {
+                req.body_progress = self.now;
+                Some(Event::Body(d))
+            }
+            Ok(Decoded::End(trailers)) => {
+                req.body = None;
+                Some(Event::EndOfBody(trailers))
+            }
+            Ok(Decoded::NeedMore) => None,
+            Err(e) => Some(self.fail_body(e)),
+        }
+    }
+
+    fn fail_body(&mut self, e: BodyError) -> Event {
+        let cause = match e {
+            BodyError::Timeout => CloseCause::BodyTimeout,
+            BodyError::Incomplete => CloseCause::PeerClosed,
+            _ => CloseCause::ProtocolError,
+        };
+        self.close_after = Some(self.close_after.unwrap_or(cause));
+        self.read_buf.clear();
+        if let Some(req) = self.request.as_mut() {
+            req.body = None;
+            req.body_failed = true;
+        }
+        Event::BodyFailed(e)
+    }
+
+    // ----- output -----
+
+    /// Starts the response to the current request.
+    ///
+    /// The engine writes `Content-Length`/`Transfer-Encoding`, `Connection`
+    /// and `Keep-Alive` itself; a `Connection: close` in `headers` asks the
+    /// engine to close after this response. `Date` is the caller's to add.
+    pub fn send_response(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: ResponseBody,
+    ) -> Result<(), SendError> {
+        if self.closed.is_some() {
+            return Err(SendError::Closed);
+        }
+        let Some(req) = self.request.as_ref() else {
+            return Err(SendError::NoRequest);
+        };
+        if !matches!(req.response, ResponseProgress::NotStarted) {
+            return Err(SendError::AlreadyStarted);
+        }
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(SendError::Informational);
+        }
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            if !req.upgrade || self.close_after.is_some() {
+                return Err(SendError::NotUpgrade);
+            }
+            let mut head = BytesMut::new();
+            let engine = EngineHeaders {
+                content_length: None,
+                chunked: false,
+                connection: ConnectionHeader::None,
+                keep_alive: None,
+            };
+            encode::encode_head(&mut head, status, headers, &engine, true);
+            self.push_out(head.freeze());
+            self.served += 1;
+            self.request = None;
+            self.phase = Phase::Upgraded;
+            return Ok(());
+        }
+
+        let no_body_status = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let framing = if no_body_status || req.method_is_head {
+            OutFraming::Discard
+        } else {
+            match body {
+                ResponseBody::Empty => OutFraming::Length(0),
+                ResponseBody::Length(n) => OutFraming::Length(n),
+                ResponseBody::Streaming if req.version == Version::HTTP_11 => OutFraming::Chunked,
+                ResponseBody::Streaming => OutFraming::CloseDelimited,
+            }
+        };
+
+        let max = self.config.max_requests;
+        let handler_close = parse::has_token(headers, &header::CONNECTION, "close");
+        let unread_too_long = req
+            .body
+            .as_ref()
+            .and_then(|b| b.remaining())
+            .is_some_and(|left| left > self.config.max_drain);
+        let cause = if let Some(c) = self.close_after {
+            Some(c)
+        } else if !req.keep_alive {
+            Some(CloseCause::ClientClose)
+        } else if handler_close {
+            Some(CloseCause::ServerClose)
+        } else if max != 0 && self.served + 1 >= max {
+            Some(CloseCause::MaxRequests)
+        } else if self.lifetime_expired {
+            Some(CloseCause::Lifetime)
+        } else if self.shutting_down {
+            Some(CloseCause::Shutdown)
+        } else if framing == OutFraming::CloseDelimited {
+            Some(CloseCause::ServerClose)
+        } else if unread_too_long {
+            Some(CloseCause::UnreadBody)
+        } else {
+            None
+        };
+        if let Some(c) = cause {
+            self.close_after = Some(c);
+        }
+        let keep = cause.is_none();
+        self.served += 1;
+
+        let keep_alive = if keep && self.config.keep_alive_header != KeepAliveHeader::Off {
+            let max_param = match (max, self.config.keep_alive_header) {
+                (0, _) => None,
+                (m, KeepAliveHeader::Remaining) => Some(m - self.served),
+                (m, _) => Some(m),
+            };
+            Some((self.config.idle_timeout.as_secs(), max_param))
+        } else {
+            None
+        };
+        let connection = match (keep, req.version) {
+            (false, _) => ConnectionHeader::Close,
+            (true, Version::HTTP_10) => ConnectionHeader::KeepAlive,
+            (true, _) => ConnectionHeader::None,
+        };
+        let content_length = match (no_body_status, body) {
+            (true, _) => None,
+            (false, ResponseBody::Empty) => Some(0),
+            (false, ResponseBody::Length(n)) => Some(n),
+            (false, ResponseBody::Streaming) => None,
+        };
+        let engine = EngineHeaders {
+            content_length,
+            chunked: framing == OutFraming::Chunked,
+            connection,
+            keep_alive,
+        };
+        let mut head = BytesMut::new();
+        encode::encode_head(&mut head, status, headers, &engine, false);
+        self.push_out(head.freeze());
+        if let Some(req) = self.request.as_mut() {
+            req.response = ResponseProgress::Sending { framing, keep };
+        }
+        if body == ResponseBody::Empty || framing == OutFraming::Length(0) && body != ResponseBody::Streaming {
+            self.complete_response();
+        }
+        Ok(())
+    }
+
+    /// Sends a piece of the response body.
+    pub fn send_body(&mut self, chunk: Bytes) -> Result<(), SendError> {
+        if self.closed.is_some() {
+            return Err(SendError::Closed);
+        }
+        let Some(req) = self.request.as_mut() else {
+            return Err(SendError::NotStarted);
+        };
+        let ResponseProgress::Sending { framing, .. } = &mut req.response else {
+            return Err(SendError::NotStarted);
+        };
+        match framing {
+            OutFraming::Discard => Ok(()),
+            OutFraming::Length(left) => {
+                if chunk.len() as u64 > *left {
+                    return Err(SendError::BodyTooLong);
+                }
+                *left -= chunk.len() as u64;
+                if !chunk.is_empty() {
+                    self.push_out(chunk);
+                }
+                Ok(())
+            }
+            OutFraming::Chunked => {
+                if !chunk.is_empty() {
+                    self.push_out(encode::chunk_size_line(chunk.len()));
+                    self.push_out(chunk);
+                    self.push_out(Bytes::from_static(encode::CHUNK_END));
+                }
+                Ok(())
+            }
+            OutFraming::CloseDelimited => {
+                if !chunk.is_empty() {
+                    self.push_out(chunk);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the response body.
+    pub fn finish_response(&mut self) -> Result<(), SendError> {
+        if self.closed.is_some() {
+            return Err(SendError::Closed);
+        }
+        let Some(req) = self.request.as_mut() else {
+            return Err(SendError::NotStarted);
+        };
+        let ResponseProgress::Sending { framing, .. } = req.response else {
+            return Err(SendError::NotStarted);
+        };
+        match framing {
+            OutFraming::Length(left) if left > 0 => {
+                // The framing promised more: the only honest end is a close.
+                self.close_after = Some(self.close_after.unwrap_or(CloseCause::ServerClose));
+                self.complete_response();
+                return Err(SendError::BodyTooShort);
+            }
+            OutFraming::Chunked => self.push_out(Bytes::from_static(encode::LAST_CHUNK)),
+            _ => {}
+        }
+        self.complete_response();
+        Ok(())
+    }
+
+    /// Aborts the current response (the handler failed mid-body): the
+    /// connection closes once what was written is flushed.
+    pub fn abort_response(&mut self) {
+        let cause = self.close_after.unwrap_or(CloseCause::ServerClose);
+        self.close_after_flush(cause);
+    }
+
+    fn complete_response(&mut self) {
+        let keep = match self.request.as_ref().map(|r| &r.response) {
+            Some(ResponseProgress::Sending { keep, .. }) => *keep,
+            _ => false,
+        };
+        if !keep || self.close_after.is_some() {
+            let cause = self.close_after.unwrap_or(CloseCause::ServerClose);
+            self.close_after_flush(cause);
+            return;
+        }
+        let body_pending = self
+            .request
+            .as_ref()
+            .is_some_and(|r| r.body.is_some() && !r.body_failed);
+        if body_pending {
+            self.phase = Phase::Draining { drained: 0 };
+        } else {
+            self.request = None;
+            self.next_request_phase();
+        }
+    }
+
+    fn next_request_phase(&mut self) {
+        if !self.read_buf.is_empty() {
+            self.phase = Phase::Head { since: self.now };
+        } else if self.peer_eof {
+            self.close_after_flush(CloseCause::PeerClosed);
+        } else if self.out.is_empty() {
+            self.enter_idle();
+        } else {
+            self.phase = Phase::Idle { since: None };
+        }
+    }
+
+    fn enter_idle(&mut self) {
+        if self.shutting_down {
+            self.close_now(CloseCause::Shutdown);
+        } else if self.lifetime_expired {
+            self.close_now(CloseCause::Lifetime);
+        } else {
+            self.phase = Phase::Idle { since: Some(self.now) };
+            // An idle connection holds no buffer.
+            self.read_buf = BytesMut::new();
+        }
+    }
+
+    fn close_after_flush(&mut self, cause: CloseCause) {
+        self.close_after = Some(self.close_after.unwrap_or(cause));
+        self.request = None;
+        self.read_buf.clear();
+        self.phase = Phase::Linger { since: None, last_read: self.now };
+        if self.out.is_empty() {
+            self.output_flushed();
+        }
+    }
+
+    fn close_now(&mut self, cause: CloseCause) {
+        self.closed = Some(cause);
+        self.phase = Phase::Closed;
+        self.request = None;
+        self.out.clear();
+        self.out_len = 0;
+        self.read_buf = BytesMut::new();
+    }
+
+    fn push_out(&mut self, b: Bytes) {
+        if self.out.is_empty() {
+            self.write_progress = self.now;
+        }
+        self.out_len += b.len();
+        self.out.push_back(b);
+    }
+
+    /// Called when the output queue became empty.
+    fn output_flushed(&mut self) {
+        match self.phase {
+            Phase::Idle { since: None } => self.enter_idle(),
+            Phase::Linger { since: None, .. } => {
+                let cause = self.close_after.unwrap_or(CloseCause::ServerClose);
+                if self.peer_eof {
+                    self.close_now(cause);
+                } else {
+                    self.shutdown_write = true;
+                    self.phase = Phase::Linger { since: Some(self.now), last_read: self.now };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ----- transmit -----
+
+    /// Whether output is waiting to be written.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Bytes waiting to be written.
+    pub fn output_len(&self) -> usize {
+        self.out_len
+    }
+
+    /// Fills `slices` with the queued output for one vectored write;
+    /// returns how many were filled.
+    pub fn output_slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (slot, b) in slices.iter_mut().zip(self.out.iter()) {
+            *slot = IoSlice::new(b);
+            n += 1;
+        }
+        n
+    }
+
+    /// Takes all queued output as one buffer (convenient for tests and
+    /// simple drivers); counts as written at `now`.
+    pub fn take_output(&mut self, now: Instant) -> Bytes {
+        let mut all = BytesMut::with_capacity(self.out_len);
+        for b in &self.out {
+            all.extend_from_slice(b);
+        }
+        let n = all.len();
+        self.consume_output(n, now);
+        all.freeze()
+    }
+
+    /// Records that `n` bytes of output were written at `now`.
+    pub fn consume_output(&mut self, mut n: usize, now: Instant) {
+        self.now = now;
+        if n > 0 {
+            self.write_progress = now;
+        }
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else { break };
+            if n >= front.len() {
+                n -= front.len();
+                self.out_len -= front.len();
+                self.out.pop_front();
+            } else {
+                let _ = front.split_to(n);
+                self.out_len -= n;
+                n = 0;
+            }
+        }
+        if self.out.is_empty() {
+            self.output_flushed();
+        }
+    }
+
+    /// True once, when the driver should shut down the write side (after
+    /// the last response was flushed) and keep reading to linger.
+    pub fn take_shutdown_write(&mut self) -> bool {
+        std::mem::take(&mut self.shutdown_write)
+    }
+
+    // ----- time -----
+
+    /// The next instant at which [`Self::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let c = &self.config;
+        let phase_deadline = match self.phase {
+            Phase::Closed | Phase::Upgraded => return None,
+            Phase::Idle { since: Some(s) } => Some(s + c.idle_timeout),
+            Phase::Idle { since: None } => None,
+            Phase::Head { since } => Some(since + c.header_timeout),
+            Phase::Active | Phase::Draining { .. } => self.body_deadline(),
+            Phase::Linger { since: Some(s), last_read } => {
+                Some((s + c.linger_time).min(last_read + c.linger_idle))
+            }
+            Phase::Linger { since: None, .. } => None,
+        };
+        let write_deadline = (!self.out.is_empty()).then(|| self.write_progress + c.write_timeout);
+        let lifetime = match (c.max_lifetime, self.lifetime_expired) {
+            (Some(l), false) => Some(self.opened_at + l),
+            _ => None,
+        };
+        [phase_deadline, write_deadline, lifetime].into_iter().flatten().min()
+    }
+
+    fn body_deadline(&self) -> Option<Instant> {
+        let req = self.request.as_ref()?;
+        let body = req.body.as_ref()?;
+        if req.body_failed || body.is_done() || !self.read_buf.is_empty() {
+            // Buffered bytes waiting for the handler: the stall is ours, not the peer's.
+            return None;
+        }
+        Some(req.body_progress + self.config.body_timeout)
+    }
+
+    /// Acts on every deadline that has passed at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        let c = self.config.clone();
+        if let Some(l) = c.max_lifetime {
+            if !self.lifetime_expired && now >= self.opened_at + l {
+                self.lifetime_expired = true;
+                if let Phase::Idle { since: Some(_) } = self.phase {
+                    self.close_now(CloseCause::Lifetime);
+                    return;
+                }
+            }
+        }
+        if !self.out.is_empty() && now >= self.write_progress + c.write_timeout {
+            self.close_now(CloseCause::WriteTimeout);
+            return;
+        }
+        match self.phase {
+            Phase::Idle { since: Some(s) } if now >= s + c.idle_timeout => {
+                self.close_now(CloseCause::IdleTimeout);
+            }
+            Phase::Head { since } if now >= since + c.header_timeout => {
+                let ev = self.reject_with(StatusCode::REQUEST_TIMEOUT, CloseCause::HeaderTimeout);
+                self.pending = Some(ev);
+            }
+            Phase::Active | Phase::Draining { .. } => {
+                if self.body_deadline().is_some_and(|d| now >= d) {
+                    if let Phase::Draining { .. } = self.phase {
+                        self.close_after_flush(CloseCause::BodyTimeout);
+                    } else {
+                        let ev = self.fail_body(BodyError::Timeout);
+                        if self.pending.is_none() {
+                            self.pending = Some(ev);
+                        }
+                    }
+                }
+            }
+            Phase::Linger { since: Some(s), last_read }
+                if now >= s + c.linger_time || now >= last_read + c.linger_idle =>
+            {
+                let cause = self.close_after.unwrap_or(CloseCause::ServerClose);
+                self.close_now(cause);
+            }
+            _ => {}
+        }
+    }
+
+    /// Graceful shutdown: an idle connection closes at once; a request in
+    /// progress is answered with `Connection: close`.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.now = now;
+        self.shutting_down = true;
+        match self.phase {
+            Phase::Idle { since: Some(_) } => self.close_now(CloseCause::Shutdown),
+            Phase::Draining { .. } => self.close_after_flush(CloseCause::Shutdown),
+            _ => {}
+        }
+    }
+
+    // ----- state -----
+
+    /// Why the connection closed, once it has; the driver then drops the transport.
+    pub fn close_cause(&self) -> Option<CloseCause> {
+        self.closed
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    /// Whether a `101` was sent: once output is flushed, the transport and
+    /// [`Self::take_upgraded_bytes`] belong to the new protocol.
+    pub fn is_upgraded(&self) -> bool {
+        self.phase == Phase::Upgraded
+    }
+
+    /// Bytes that arrived after the upgrade request (the new protocol's).
+    pub fn take_upgraded_bytes(&mut self) -> BytesMut {
+        std::mem::take(&mut self.read_buf)
+    }
+
+    /// Whether the connection is idle: waiting for a request with nothing pending.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::Idle { since: Some(_) })
+    }
+
+    /// Whether a request is waiting for its response head.
+    pub fn awaiting_response(&self) -> bool {
+        matches!(
+            self.request.as_ref().map(|r| &r.response),
+            Some(ResponseProgress::NotStarted)
+        )
+    }
+
+    /// Responses started on this connection.
+    pub fn requests_served(&self) -> u32 {
+        self.served
+    }
+
+    /// Whether the connection will close after the current response.
+    pub fn will_close(&self) -> Option<CloseCause> {
+        self.close_after
+    }
+}

@@ -1,0 +1,378 @@
+//! Request body framing: `Content-Length` and `chunked` (RFC 9112 §6, §7.1).
+//!
+//! The decoder takes bytes from the front of the connection's read buffer
+//! and yields body chunks as zero-copy `Bytes`. It never reads past the
+//! end of the body, so whatever follows is the next request, exactly.
+//! Chunk-size lines accept a bare LF exactly as the head parser does; sizes
+//! are 1 to 16 hex digits (an empty size is an error, not zero); chunk
+//! extensions are checked for forbidden bytes, counted against a bound and
+//! ignored; trailers are bounded like a head and returned as a `HeaderMap`.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// Total chunk-extension bytes accepted in one body.
+pub const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
+
+/// What went wrong in a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// Invalid chunked framing (size, extension, line end or trailer).
+    #[error("invalid chunked encoding")]
+    InvalidChunk,
+    /// The body is larger than the limit.
+    #[error("request body too large")]
+    TooLarge,
+    /// The trailer section is larger than the limits.
+    #[error("trailer section too large")]
+    TrailersTooLarge,
+    /// The peer closed before the body was complete.
+    #[error("connection closed before the request body was complete")]
+    Incomplete,
+    /// The body made no progress within the body timeout.
+    #[error("request body timed out")]
+    Timeout,
+}
+
+/// One step of decoding.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Body bytes.
+    Data(Bytes),
+    /// The body is complete; trailers, if any were sent.
+    End(Option<HeaderMap>),
+    /// More input is needed.
+    NeedMore,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside chunk data with this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after chunk data.
+    DataEnd,
+    /// Reading trailer lines after the last chunk.
+    Trailers,
+    /// Done.
+    Done,
+}
+
+/// Decodes one request body.
+#[derive(Debug, Clone)]
+pub struct BodyDecoder {
+    kind: Kind,
+    received: u64,
+    max_body: u64,
+    max_trailer_bytes: usize,
+    max_trailers: usize,
+    extension_bytes: usize,
+    trailer_bytes: usize,
+    trailers: Option<HeaderMap>,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Length(u64),
+    Chunked(Chunked),
+}
+
+impl BodyDecoder {
+    /// A body of exactly `n` bytes.
+    pub fn length(n: u64) -> Self {
+        Self::new(Kind::Length(n), u64::MAX, 0, 0)
+    }
+
+    /// A chunked body with limits on its total size and trailer section.
+    pub fn chunked(max_body: u64, max_trailer_bytes: usize, max_trailers: usize) -> Self {
+        Self::new(Kind::Chunked(Chunked::Size), max_body, max_trailer_bytes, max_trailers)
+    }
+
+    fn new(kind: Kind, max_body: u64, max_trailer_bytes: usize, max_trailers: usize) -> Self {
+        Self {
+            kind,
+            received: 0,
+            max_body,
+            max_trailer_bytes,
+            max_trailers,
+            extension_bytes: 0,
+            trailer_bytes: 0,
+            trailers: None,
+        }
+    }
+
+    /// Body bytes decoded so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// Whether the whole body has been decoded.
+    pub fn is_done(&self) -> bool {
+        matches!(self.kind, Kind::Length(0) | Kind::Chunked(Chunked::Done))
+    }
+
+    /// Body bytes still expected, when known (`Content-Length`).
+    pub fn remaining(&self) -> Option<u64> {
+        match self.kind {
+            Kind::Length(n) => Some(n),
+            Kind::Chunked(Chunked::Done) => Some(0),
+            Kind::Chunked(_) => None,
+        }
+    }
+
+    /// Decodes the next piece from the front of `buf`, consuming what it uses.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, BodyError> {
+        loop {
+            match &mut self.kind {
+                Kind::Length(0) => return Ok(Decoded::End(None)),
+                Kind::Length(n) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = (*n).min(buf.len() as u64) as usize;
+                    *n -= take as u64;
+                    self.received += take as u64;
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                Kind::Chunked(Chunked::Done) => return Ok(Decoded::End(self.trailers.take())),
+                Kind::Chunked(Chunked::Data(left)) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let take = (*left).min(buf.len() as u64) as usize;
+                    *left -= take as u64;
+                    if *left == 0 {
+                        self.kind = Kind::Chunked(Chunked::DataEnd);
+                    }
+                    self.received += take as u64;
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                Kind::Chunked(Chunked::DataEnd) => match buf.first() {
+                    None => return Ok(Decoded::NeedMore),
+                    Some(b'\n') => {
+                        buf.advance(1);
+                        self.kind = Kind::Chunked(Chunked::Size);
+                    }
+                    Some(b'\r') => match buf.get(1) {
+                        None => return Ok(Decoded::NeedMore),
+                        Some(b'\n') => {
+                            buf.advance(2);
+                            self.kind = Kind::Chunked(Chunked::Size);
+                        }
+                        Some(_) => return Err(BodyError::InvalidChunk),
+                    },
+                    Some(_) => return Err(BodyError::InvalidChunk),
+                },
+                Kind::Chunked(Chunked::Size) => {
+                    let Some(line) = self.take_line(buf, MAX_CHUNK_EXTENSIONS + 64)? else {
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let (size, ext_len) = parse_size_line(&line)?;
+                    self.extension_bytes += ext_len;
+                    if self.extension_bytes > MAX_CHUNK_EXTENSIONS {
+                        return Err(BodyError::InvalidChunk);
+                    }
+                    if size == 0 {
+                        self.kind = Kind::Chunked(Chunked::Trailers);
+                    } else {
+                        if self.received.saturating_add(size) > self.max_body {
+                            return Err(BodyError::TooLarge);
+                        }
+                        self.kind = Kind::Chunked(Chunked::Data(size));
+                    }
+                }
+                Kind::Chunked(Chunked::Trailers) => {
+                    let limit = self.max_trailer_bytes.saturating_sub(self.trailer_bytes) + 2;
+                    let line = match self.take_line(buf, limit) {
+                        Ok(Some(line)) => line,
+                        Ok(None) => return Ok(Decoded::NeedMore),
+                        Err(BodyError::InvalidChunk) if buf.len() >= limit => {
+                            return Err(BodyError::TrailersTooLarge)
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    self.trailer_bytes += line.len() + 2;
+                    if self.trailer_bytes > self.max_trailer_bytes + 2 {
+                        return Err(BodyError::TrailersTooLarge);
+                    }
+                    if line.is_empty() {
+                        self.kind = Kind::Chunked(Chunked::Done);
+                        continue;
+                    }
+                    self.push_trailer(&line)?;
+                }
+            }
+        }
+    }
+
+    /// Takes one line (without its LF or CRLF) if a whole line is buffered.
+    /// A CR anywhere but right before the LF is an error.
+    fn take_line(&self, buf: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>, BodyError> {
+        let window = &buf[..buf.len().min(limit)];
+        match window.iter().position(|&b| b == b'\n') {
+            Some(lf) => {
+                let mut line = buf.split_to(lf + 1);
+                line.truncate(lf);
+                if line.last() == Some(&b'\r') {
+                    line.truncate(lf - 1);
+                }
+                if line.contains(&b'\r') {
+                    return Err(BodyError::InvalidChunk);
+                }
+                Ok(Some(line))
+            }
+            None if buf.len() >= limit => Err(BodyError::InvalidChunk),
+            None => Ok(None),
+        }
+    }
+
+    fn push_trailer(&mut self, line: &[u8]) -> Result<(), BodyError> {
+        if line[0] == b' ' || line[0] == b'\t' {
+            return Err(BodyError::InvalidChunk);
+        }
+        let colon = line.iter().position(|&b| b == b':').ok_or(BodyError::InvalidChunk)?;
+        let name = HeaderName::from_bytes(&line[..colon]).map_err(|_| BodyError::InvalidChunk)?;
+        let mut value = &line[colon + 1..];
+        while let [b' ' | b'\t', rest @ ..] = value {
+            value = rest;
+        }
+        while let [rest @ .., b' ' | b'\t'] = value {
+            value = rest;
+        }
+        let value = HeaderValue::from_bytes(value).map_err(|_| BodyError::InvalidChunk)?;
+        let trailers = self.trailers.get_or_insert_with(HeaderMap::new);
+        if trailers.len() >= self.max_trailers {
+            return Err(BodyError::TrailersTooLarge);
+        }
+        trailers.append(name, value);
+        Ok(())
+    }
+}
+
+/// Parses `1*HEXDIG [BWS ; ext...]`, returning the size and extension length.
+fn parse_size_line(line: &[u8]) -> Result<(u64, usize), BodyError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(BodyError::InvalidChunk);
+    }
+    let mut size: u64 = 0;
+    for &b in &line[..digits] {
+        let d = (b as char).to_digit(16).ok_or(BodyError::InvalidChunk)? as u64;
+        size = (size << 4) | d;
+    }
+    let mut rest = &line[digits..];
+    while let [b' ' | b'\t', r @ ..] = rest {
+        rest = r;
+    }
+    if rest.is_empty() {
+        return Ok((size, 0));
+    }
+    if rest[0] != b';' {
+        return Err(BodyError::InvalidChunk);
+    }
+    // chunk-ext: visible characters, spaces, tabs and obs-text; no CTLs.
+    if rest.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(BodyError::InvalidChunk);
+    }
+    Ok((size, rest.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(dec: &mut BodyDecoder, input: &[u8], split: usize) -> Result<(Vec<u8>, Option<HeaderMap>, BytesMut), BodyError> {
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut pieces = vec![&input[..split.min(input.len())], &input[split.min(input.len())..]].into_iter();
+        loop {
+            match dec.decode(&mut buf)? {
+                Decoded::Data(d) => body.extend_from_slice(&d),
+                Decoded::End(t) => {
+                    for p in pieces {
+                        buf.extend_from_slice(p);
+                    }
+                    return Ok((body, t, buf));
+                }
+                Decoded::NeedMore => match pieces.next() {
+                    Some(p) => buf.extend_from_slice(p),
+                    None => return Err(BodyError::Incomplete),
+                },
+            }
+        }
+    }
+
+    fn chunked(input: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>, BytesMut), BodyError> {
+        // Same result at every split point.
+        let first = decode_all(&mut BodyDecoder::chunked(1 << 20, 1024, 10), input, 0);
+        for split in 1..=input.len() {
+            let other = decode_all(&mut BodyDecoder::chunked(1 << 20, 1024, 10), input, split);
+            assert_eq!(format!("{first:?}"), format!("{other:?}"), "split {split}");
+        }
+        first
+    }
+
+    #[test]
+    fn length_body_stops_at_its_end() {
+        let (body, _, rest) = decode_all(&mut BodyDecoder::length(5), b"helloGET /", 3).unwrap();
+        assert_eq!(body, b"hello");
+        assert_eq!(&rest[..], b"GET /");
+    }
+
+    #[test]
+    fn chunked_basic_with_extensions_and_trailers() {
+        let (body, trailers, rest) =
+            chunked(b"5;name=value\r\nhello\r\n6 ; x\r\n world\r\n0\r\nX-Sum: 1\r\n\r\nNEXT").unwrap();
+        assert_eq!(body, b"hello world");
+        assert_eq!(trailers.unwrap()["x-sum"], "1");
+        assert_eq!(&rest[..], b"NEXT");
+    }
+
+    #[test]
+    fn chunked_bare_lf() {
+        let (body, _, _) = chunked(b"3\nabc\n0\n\n").unwrap();
+        assert_eq!(body, b"abc");
+    }
+
+    #[test]
+    fn invalid_chunks() {
+        for bad in [
+            &b"\r\nabc\r\n0\r\n\r\n"[..], // empty size is not zero
+            b"zz\r\n",
+            b"-1\r\n",
+            b"0x3\r\nabc\r\n0\r\n\r\n",
+            b"11111111111111111\r\n", // 17 hex digits: overflow
+            b"3\r\nabcX\r\n0\r\n\r\n",  // data not followed by CRLF
+            b"3\rX\nabc\r\n0\r\n\r\n",  // bare CR
+            b"3;a\x01b\r\nabc\r\n0\r\n\r\n",
+            b"0\r\n bad: fold\r\n\r\n",
+            b"0\r\nno colon\r\n\r\n",
+        ] {
+            assert!(chunked(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn chunked_size_limit() {
+        let mut dec = BodyDecoder::chunked(10, 1024, 10);
+        assert_eq!(decode_all(&mut dec, b"b\r\nhello world\r\n0\r\n\r\n", 0).unwrap_err(), BodyError::TooLarge);
+    }
+
+    #[test]
+    fn extension_and_trailer_bounds() {
+        let long_ext = format!("1;{}\r\na\r\n0\r\n\r\n", "x".repeat(MAX_CHUNK_EXTENSIONS + 10));
+        assert!(decode_all(&mut BodyDecoder::chunked(1 << 20, 1024, 10), long_ext.as_bytes(), 0).is_err());
+        let many: String = (0..11).map(|i| format!("T{i}: v\r\n")).collect();
+        let input = format!("0\r\n{many}\r\n");
+        assert_eq!(
+            decode_all(&mut BodyDecoder::chunked(1 << 20, 1024, 10), input.as_bytes(), 0).unwrap_err(),
+            BodyError::TrailersTooLarge
+        );
+        let big = format!("0\r\nT: {}\r\n\r\n", "v".repeat(2000));
+        assert_eq!(
+            decode_all(&mut BodyDecoder::chunked(1 << 20, 1024, 10), big.as_bytes(), 0).unwrap_err(),
+            BodyError::TrailersTooLarge
+        );
+    }
+}

@@ -1,0 +1,559 @@
+//! Request head parsing and validation (RFC 9112 §2–§7, RFC 9110 §7.6.1).
+//!
+//! `httparse` finds the request line and header fields; this module decides
+//! what they mean for framing and persistence and rejects everything that
+//! could be read two ways (request smuggling): `Content-Length` together
+//! with `Transfer-Encoding`, differing `Content-Length` values, a final
+//! coding other than `chunked`, obs-fold, a missing or repeated `Host`.
+//! It never allocates beyond the request's own data: header values are
+//! zero-copy slices of the frozen head buffer.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+
+use super::config::{Config, HEADER_CAPACITY};
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body.
+    Empty,
+    /// `Content-Length: n` (n > 0).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed, validated request head.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    /// The request method.
+    pub method: Method,
+    /// The request target.
+    pub uri: Uri,
+    /// HTTP/1.0 or HTTP/1.1.
+    pub version: Version,
+    /// All header fields as received (names lower-cased).
+    pub headers: HeaderMap,
+    /// How the body is framed.
+    pub body: BodyFraming,
+    /// Whether the client allows the connection to persist after this request.
+    pub keep_alive: bool,
+    /// `Connection: close` was present.
+    pub client_close: bool,
+    /// The client asked to switch protocols (`Connection: upgrade` + `Upgrade`).
+    pub upgrade: bool,
+    /// `Expect: 100-continue` was present (HTTP/1.1 only).
+    pub expect_continue: bool,
+}
+
+/// Why a request head was refused; each maps to one status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// Syntax error in the request line or a header field.
+    #[error("malformed request head")]
+    Malformed,
+    /// A header line began with whitespace (obs-fold).
+    #[error("obsolete line folding in a header field")]
+    ObsFold,
+    /// The request line names a version other than HTTP/1.0 or HTTP/1.1.
+    #[error("unsupported HTTP version")]
+    Version,
+    /// The request head is larger than the limit.
+    #[error("request head too large")]
+    HeadTooLarge,
+    /// More header fields than the limit.
+    #[error("too many header fields")]
+    TooManyHeaders,
+    /// The request target is longer than the limit.
+    #[error("request target too long")]
+    TargetTooLong,
+    /// An HTTP/1.1 request without exactly one `Host`.
+    #[error("missing or repeated Host header")]
+    Host,
+    /// Bad or conflicting `Content-Length`.
+    #[error("invalid Content-Length")]
+    ContentLength,
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    #[error("both Content-Length and Transfer-Encoding")]
+    LengthAndEncoding,
+    /// A `Transfer-Encoding` whose final coding is not `chunked`, or in HTTP/1.0.
+    #[error("invalid Transfer-Encoding")]
+    TransferEncoding,
+    /// A transfer coding this server does not implement.
+    #[error("unsupported transfer coding")]
+    UnknownCoding,
+    /// A declared body larger than the limit.
+    #[error("request body too large")]
+    BodyTooLarge,
+    /// An `Expect` value other than `100-continue`.
+    #[error("unsupported expectation")]
+    Expectation,
+}
+
+impl HeadError {
+    /// The status code that answers this error.
+    pub fn status(self) -> StatusCode {
+        match self {
+            HeadError::Malformed
+            | HeadError::ObsFold
+            | HeadError::Host
+            | HeadError::ContentLength
+            | HeadError::LengthAndEncoding
+            | HeadError::TransferEncoding => StatusCode::BAD_REQUEST,
+            HeadError::Version => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            HeadError::HeadTooLarge | HeadError::TooManyHeaders => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            HeadError::TargetTooLong => StatusCode::URI_TOO_LONG,
+            HeadError::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
+            HeadError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            HeadError::Expectation => StatusCode::EXPECTATION_FAILED,
+        }
+    }
+}
+
+/// Outcome of trying to parse a head from the front of a buffer.
+#[derive(Debug)]
+pub enum ParseOutcome {
+    /// Need more bytes.
+    Partial,
+    /// A complete head of this many bytes.
+    Complete(RequestHead, usize),
+}
+
+/// Parses a request head from the start of `buf`.
+///
+/// `buf` is borrowed; on success the caller splits off `consumed` bytes and
+/// passes them as `head_bytes` to [`parse_head`]'s second phase so that
+/// header values are zero-copy. To keep that simple the parse takes the
+/// frozen bytes directly.
+pub fn find_head_end(buf: &[u8], config: &Config) -> Result<Option<usize>, HeadError> {
+    let mut storage = [httparse::EMPTY_HEADER; HEADER_CAPACITY];
+    let cap = config.max_headers.clamp(1, HEADER_CAPACITY - 1);
+    // One spare slot so that exactly `max_headers` fields still parse and
+    // one more reports TooManyHeaders.
+    let mut req = httparse::Request::new(&mut storage[..cap + 1]);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => {
+            if req.headers.len() > cap {
+                return Err(HeadError::TooManyHeaders);
+            }
+            if n > config.max_head {
+                return Err(HeadError::HeadTooLarge);
+            }
+            Ok(Some(n))
+        }
+        Ok(httparse::Status::Partial) => {
+            check_partial(buf, config)?;
+            Ok(None)
+        }
+        Err(e) => Err(map_httparse_error(e, buf)),
+    }
+}
+
+fn check_partial(buf: &[u8], config: &Config) -> Result<(), HeadError> {
+    // The request line is not complete yet and already longer than any
+    // acceptable one: the target is too long.
+    let line_end = memchr(b'\n', buf);
+    if line_end.is_none() && buf.len() > config.max_target + 64 {
+        return Err(HeadError::TargetTooLong);
+    }
+    if buf.len() > config.max_head {
+        return Err(HeadError::HeadTooLarge);
+    }
+    Ok(())
+}
+
+fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+    haystack.iter().position(|&b| b == needle)
+}
+
+fn map_httparse_error(e: httparse::Error, buf: &[u8]) -> HeadError {
+    match e {
+        httparse::Error::TooManyHeaders => HeadError::TooManyHeaders,
+        httparse::Error::Version => {
+            // `HTTP/2.0`, `HTTP/3.0` are real versions we do not speak; any
+            // other shape is a syntax error.
+            if looks_like_other_version(buf) {
+                HeadError::Version
+            } else {
+                HeadError::Malformed
+            }
+        }
+        httparse::Error::HeaderName | httparse::Error::NewLine | httparse::Error::HeaderValue
+            if has_obs_fold(buf) =>
+        {
+            HeadError::ObsFold
+        }
+        _ => HeadError::Malformed,
+    }
+}
+
+fn looks_like_other_version(buf: &[u8]) -> bool {
+    let line_end = memchr(b'\n', buf).unwrap_or(buf.len());
+    let line = &buf[..line_end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    match line.iter().rposition(|&b| b == b' ') {
+        Some(sp) => {
+            let v = &line[sp + 1..];
+            v.len() == 8
+                && v.starts_with(b"HTTP/")
+                && v[5].is_ascii_digit()
+                && v[6] == b'.'
+                && v[7].is_ascii_digit()
+        }
+        None => false,
+    }
+}
+
+fn has_obs_fold(buf: &[u8]) -> bool {
+    buf.windows(2)
+        .any(|w| w[0] == b'\n' && (w[1] == b' ' || w[1] == b'\t'))
+}
+
+/// Parses and validates the complete head in `head` (exactly the bytes
+/// [`find_head_end`] reported).
+pub fn parse_head(head: Bytes, config: &Config) -> Result<RequestHead, HeadError> {
+    let mut storage = [httparse::EMPTY_HEADER; HEADER_CAPACITY];
+    let cap = config.max_headers.clamp(1, HEADER_CAPACITY - 1);
+    let mut req = httparse::Request::new(&mut storage[..cap + 1]);
+    let status = req.parse(&head).map_err(|e| map_httparse_error(e, &head))?;
+    if !status.is_complete() {
+        return Err(HeadError::Malformed);
+    }
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| HeadError::Malformed)?;
+    let path = req.path.unwrap_or("");
+    if path.len() > config.max_target {
+        return Err(HeadError::TargetTooLong);
+    }
+    let uri = if path.is_empty() {
+        return Err(HeadError::Malformed);
+    } else {
+        let start = path.as_ptr() as usize - head.as_ptr() as usize;
+        Uri::from_maybe_shared(head.slice(start..start + path.len()))
+            .map_err(|_| HeadError::Malformed)?
+    };
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Err(HeadError::Version),
+    };
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
+        let value = if h.value.is_empty() {
+            HeaderValue::from_static("")
+        } else {
+            let start = h.value.as_ptr() as usize - head.as_ptr() as usize;
+            let bytes = head.slice(start..start + h.value.len());
+            HeaderValue::from_maybe_shared(bytes).map_err(|_| HeadError::Malformed)?
+        };
+        headers.append(name, value);
+    }
+    drop(req);
+    interpret(method, uri, version, headers, config)
+}
+
+/// Iterates the comma-separated tokens of every `name` header field,
+/// trimmed, empties skipped.
+pub fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(trim_ows)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether the `name` token list contains `token` (ASCII case-insensitive).
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+fn interpret(
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    config: &Config,
+) -> Result<RequestHead, HeadError> {
+    // Host: exactly one in HTTP/1.1 (RFC 9112 §3.2).
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if (version == Version::HTTP_11 && hosts != 1) || hosts > 1 {
+        return Err(HeadError::Host);
+    }
+
+    // Content-Length: digits only; several values must agree.
+    let mut content_length: Option<u64> = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let bytes = value.as_bytes();
+        if bytes.is_empty() {
+            return Err(HeadError::ContentLength);
+        }
+        for part in bytes.split(|&b| b == b',') {
+            let n = parse_decimal(trim_ows(part)).ok_or(HeadError::ContentLength)?;
+            match content_length {
+                Some(prev) if prev != n => return Err(HeadError::ContentLength),
+                _ => content_length = Some(n),
+            }
+        }
+    }
+
+    let has_te = headers.contains_key(header::TRANSFER_ENCODING);
+    let body = if has_te {
+        if content_length.is_some() {
+            return Err(HeadError::LengthAndEncoding);
+        }
+        if version == Version::HTTP_10 {
+            return Err(HeadError::TransferEncoding);
+        }
+        let mut codings = 0usize;
+        let mut chunked_seen = false;
+        let mut last_is_chunked = false;
+        let mut unknown = false;
+        for t in tokens(&headers, &header::TRANSFER_ENCODING) {
+            codings += 1;
+            // Parameters after `;` are not allowed on chunked; keep the name.
+            let name = t.split(|&b| b == b';').next().map(trim_ows).unwrap_or(t);
+            let is_chunked = name.eq_ignore_ascii_case(b"chunked");
+            if is_chunked {
+                if chunked_seen {
+                    return Err(HeadError::TransferEncoding);
+                }
+                chunked_seen = true;
+                if name.len() != t.len() {
+                    return Err(HeadError::TransferEncoding);
+                }
+            } else if !is_token(name) {
+                return Err(HeadError::TransferEncoding);
+            } else {
+                unknown = true;
+            }
+            last_is_chunked = is_chunked;
+        }
+        if codings == 0 || !last_is_chunked {
+            return Err(HeadError::TransferEncoding);
+        }
+        if unknown {
+            return Err(HeadError::UnknownCoding);
+        }
+        BodyFraming::Chunked
+    } else {
+        match content_length {
+            None | Some(0) => BodyFraming::Empty,
+            Some(n) if n > config.max_body => return Err(HeadError::BodyTooLarge),
+            Some(n) => BodyFraming::Length(n),
+        }
+    };
+
+    let client_close = has_token(&headers, &header::CONNECTION, "close");
+    let keep_alive = match version {
+        Version::HTTP_11 => !client_close,
+        _ => !client_close && has_token(&headers, &header::CONNECTION, "keep-alive"),
+    };
+    let upgrade = version == Version::HTTP_11
+        && has_token(&headers, &header::CONNECTION, "upgrade")
+        && headers.contains_key(header::UPGRADE);
+
+    let mut expect_continue = false;
+    for value in headers.get_all(header::EXPECT) {
+        if value.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+            expect_continue = version == Version::HTTP_11;
+        } else {
+            return Err(HeadError::Expectation);
+        }
+    }
+
+    Ok(RequestHead {
+        method,
+        uri,
+        version,
+        headers,
+        body,
+        keep_alive,
+        client_close,
+        upgrade,
+        expect_continue,
+    })
+}
+
+/// `1*DIGIT` without sign, spaces or overflow.
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in s {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(n)
+}
+
+/// RFC 9110 token characters.
+pub fn is_token(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.iter().all(|&b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<RequestHead, HeadError> {
+        let cfg = Config::default();
+        let n = find_head_end(raw.as_bytes(), &cfg)?.expect("complete head");
+        parse_head(Bytes::copy_from_slice(&raw.as_bytes()[..n]), &cfg)
+    }
+
+    #[test]
+    fn simple_get() {
+        let h = parse("GET /a?b=1 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(h.method, Method::GET);
+        assert_eq!(h.uri.path(), "/a");
+        assert_eq!(h.body, BodyFraming::Empty);
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn http10_persistence_needs_keep_alive_token() {
+        assert!(!parse("GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
+        assert!(parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().keep_alive);
+        assert!(parse("GET / HTTP/1.0\r\nConnection: foo, keep-alive\r\n\r\n").unwrap().keep_alive);
+    }
+
+    #[test]
+    fn connection_is_a_case_insensitive_token_list() {
+        let h = parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, CLOSE\r\n\r\n").unwrap();
+        assert!(!h.keep_alive);
+        assert!(h.client_close);
+        let h = parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n").unwrap();
+        assert!(!h.keep_alive);
+        // `closed` is not `close`.
+        assert!(parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: closed\r\n\r\n").unwrap().keep_alive);
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        assert!(parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap().upgrade);
+        assert!(!parse("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n").unwrap().upgrade);
+    }
+
+    #[test]
+    fn host_rules() {
+        assert_eq!(parse("GET / HTTP/1.1\r\n\r\n").unwrap_err(), HeadError::Host);
+        assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err(), HeadError::Host);
+        assert!(parse("GET / HTTP/1.0\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn content_length_rules() {
+        assert_eq!(parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n").unwrap().body, BodyFraming::Length(5));
+        assert_eq!(parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n").unwrap().body, BodyFraming::Length(5));
+        for bad in ["5, 6", "+5", "-1", "5 5", "0x5", "", "99999999999999999999"] {
+            let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {bad}\r\n\r\n");
+            assert_eq!(parse(&raw).unwrap_err(), HeadError::ContentLength, "{bad:?}");
+        }
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").unwrap_err(),
+            HeadError::ContentLength
+        );
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n").unwrap_err(),
+            HeadError::BodyTooLarge
+        );
+    }
+
+    #[test]
+    fn transfer_encoding_rules() {
+        let te = |v: &str| parse(&format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {v}\r\n\r\n"));
+        assert_eq!(te("chunked").unwrap().body, BodyFraming::Chunked);
+        assert_eq!(te("Chunked").unwrap().body, BodyFraming::Chunked);
+        assert_eq!(te("gzip").unwrap_err(), HeadError::TransferEncoding);
+        assert_eq!(te("chunked, gzip").unwrap_err(), HeadError::TransferEncoding);
+        assert_eq!(te("gzip, chunked").unwrap_err(), HeadError::UnknownCoding);
+        assert_eq!(te("chunked, chunked").unwrap_err(), HeadError::TransferEncoding);
+        assert_eq!(te("chunked;a=b").unwrap_err(), HeadError::TransferEncoding);
+        assert_eq!(te("").unwrap_err(), HeadError::TransferEncoding);
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err(),
+            HeadError::LengthAndEncoding
+        );
+        assert_eq!(
+            parse("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err(),
+            HeadError::TransferEncoding
+        );
+    }
+
+    #[test]
+    fn obs_fold_is_rejected() {
+        assert_eq!(parse("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n  b\r\n\r\n").unwrap_err(), HeadError::ObsFold);
+        assert_eq!(parse("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n\tb\r\n\r\n").unwrap_err(), HeadError::ObsFold);
+    }
+
+    #[test]
+    fn malformed_heads() {
+        for raw in [
+            "GET\r\n\r\n",
+            "GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+            "GET  / HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHo\x01st: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\rY\r\n\r\n",
+            "GET / HTTP/x\r\nHost: x\r\n\r\n",
+            "G(T / HTTP/1.1\r\nHost: x\r\n\r\n",
+        ] {
+            assert!(parse(raw).is_err(), "{raw:?}");
+        }
+        assert_eq!(parse("GET / HTTP/2.0\r\nHost: x\r\n\r\n").unwrap_err(), HeadError::Version);
+    }
+
+    #[test]
+    fn expect() {
+        assert!(parse("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n").unwrap().expect_continue);
+        assert_eq!(parse("POST / HTTP/1.1\r\nHost: x\r\nExpect: bananas\r\n\r\n").unwrap_err(), HeadError::Expectation);
+    }
+
+    #[test]
+    fn limits() {
+        let cfg = Config::default();
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+        assert_eq!(find_head_end(raw.as_bytes(), &cfg).unwrap_err(), HeadError::TooManyHeaders);
+        let exactly: String = (0..99).map(|i| format!("X-{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{exactly}\r\n");
+        assert!(parse(&raw).is_ok());
+        let long = "a".repeat(9000);
+        let raw = format!("GET /{long} HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(parse(&raw).unwrap_err(), HeadError::TargetTooLong);
+        // Still arriving, already too long.
+        let raw = format!("GET /{long}");
+        assert_eq!(find_head_end(raw.as_bytes(), &cfg).unwrap_err(), HeadError::TargetTooLong);
+        let big = "b".repeat(70 * 1024);
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {big}");
+        assert_eq!(find_head_end(raw.as_bytes(), &cfg).unwrap_err(), HeadError::HeadTooLarge);
+    }
+
+    #[test]
+    fn bare_lf_line_ends_accepted_consistently() {
+        let h = parse("GET / HTTP/1.1\nHost: x\n\n").unwrap();
+        assert_eq!(h.uri.path(), "/");
+    }
+}

@@ -1,0 +1,649 @@
+//! Byte-by-byte tests of the keep-alive state machine on virtual time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+use super::*;
+
+fn cfg(f: impl FnOnce(&mut Config)) -> Arc<Config> {
+    let mut c = Config::default();
+    f(&mut c);
+    Arc::new(c)
+}
+
+struct Harness {
+    conn: ServerConnection,
+    t0: Instant,
+    now: Instant,
+}
+
+impl Harness {
+    fn new(config: Arc<Config>) -> Self {
+        let t0 = Instant::now();
+        Self { conn: ServerConnection::new(config, t0), t0, now: t0 }
+    }
+    fn at(&mut self, ms: u64) -> Instant {
+        self.now = self.t0 + Duration::from_millis(ms);
+        self.now
+    }
+    fn feed(&mut self, data: &str) {
+        self.conn.feed(data.as_bytes(), self.now);
+    }
+    fn events(&mut self) -> Vec<Event> {
+        let mut v = Vec::new();
+        while let Some(e) = self.conn.poll_event() {
+            v.push(e);
+        }
+        v
+    }
+    /// Answers a request with a small body and returns what went on the wire.
+    fn respond(&mut self, body: &'static str) -> String {
+        self.respond_with(StatusCode::OK, HeaderMap::new(), body)
+    }
+    fn respond_with(&mut self, status: StatusCode, headers: HeaderMap, body: &'static str) -> String {
+        if body.is_empty() {
+            self.conn.send_response(status, &headers, ResponseBody::Empty).unwrap();
+        } else {
+            self.conn.send_response(status, &headers, ResponseBody::Length(body.len() as u64)).unwrap();
+            self.conn.send_body(Bytes::from_static(body.as_bytes())).unwrap();
+            self.conn.finish_response().unwrap();
+        }
+        self.flush()
+    }
+    fn flush(&mut self) -> String {
+        let out = self.conn.take_output(self.now);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+    /// Feeds a request and answers every request event with "ok".
+    fn roundtrip(&mut self, req: &str) -> String {
+        self.feed(req);
+        let mut wire = String::new();
+        loop {
+            let evs = self.events();
+            if evs.is_empty() {
+                break;
+            }
+            for ev in evs {
+                match ev {
+                    Event::Request(head) if head.body == BodyFraming::Empty => wire += &self.respond("ok"),
+                    Event::Request(_) | Event::Body(_) => {}
+                    Event::EndOfBody(_) => wire += &self.respond("ok"),
+                    Event::Reject(status) if self.conn.awaiting_response() => {
+                        wire += &self.respond_with(status, HeaderMap::new(), "");
+                    }
+                    Event::BodyFailed(e) if self.conn.awaiting_response() => {
+                        wire += &self.respond_with(body_error_status(e), HeaderMap::new(), "");
+                    }
+                    _ => {}
+                }
+            }
+        }
+        wire
+    }
+}
+
+fn requests(evs: &[Event]) -> usize {
+    evs.iter().filter(|e| matches!(e, Event::Request(_))).count()
+}
+
+const GET: &str = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[test]
+fn http11_persists_and_advertises_keep_alive() {
+    let mut h = Harness::new(cfg(|_| {}));
+    let wire = h.roundtrip(GET);
+    assert!(wire.starts_with("HTTP/1.1 200 OK\r\n"), "{wire}");
+    assert!(wire.contains("keep-alive: timeout=5, max=100\r\n"), "{wire}");
+    assert!(!wire.contains("connection:"), "{wire}");
+    assert!(h.conn.is_idle());
+    assert_eq!(h.conn.poll_timeout(), Some(h.now + Duration::from_secs(5)));
+}
+
+#[test]
+fn http10_closes_unless_keep_alive() {
+    let mut h = Harness::new(cfg(|_| {}));
+    let wire = h.roundtrip("GET / HTTP/1.0\r\n\r\n");
+    assert!(wire.contains("connection: close\r\n"), "{wire}");
+    assert!(!wire.contains("keep-alive:"), "{wire}");
+    // Output flushed: the write side is shut down and input discarded (linger).
+    assert!(h.conn.take_shutdown_write());
+    h.conn.feed_eof(h.now);
+    assert_eq!(h.conn.close_cause(), Some(CloseCause::ClientClose));
+
+    let mut h = Harness::new(cfg(|_| {}));
+    let wire = h.roundtrip("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert!(wire.contains("connection: keep-alive\r\n"), "{wire}");
+    assert!(wire.contains("keep-alive: timeout=5, max=100\r\n"), "{wire}");
+    assert!(h.conn.is_idle());
+}
+
+#[test]
+fn client_close_token_list() {
+    let mut h = Harness::new(cfg(|_| {}));
+    let wire = h.roundtrip("GET / HTTP/1.1\r\nHost: x\r\nConnection: TE, Close\r\n\r\n");
+    assert!(wire.contains("connection: close\r\n"));
+    assert_eq!(h.conn.will_close(), Some(CloseCause::ClientClose));
+}
+
+#[test]
+fn idle_timeout_starts_after_flush_and_restarts_per_request() {
+    let mut h = Harness::new(cfg(|c| c.idle_timeout = Duration::from_millis(1000)));
+    h.at(0);
+    assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_millis(1000)));
+    h.at(900);
+    h.feed(GET);
+    assert_eq!(requests(&h.events()), 1);
+    // In flight: no idle timer at all.
+    h.at(5000);
+    h.conn.handle_timeout(h.now);
+    assert!(!h.conn.is_closed());
+    h.conn.send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Empty).unwrap();
+    // Not yet written: still not idle.
+    assert!(!h.conn.is_idle());
+    h.at(5200);
+    h.flush();
+    assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_millis(6200)));
+    h.at(6199);
+    h.conn.handle_timeout(h.now);
+    assert!(!h.conn.is_closed());
+    h.at(6200);
+    h.conn.handle_timeout(h.now);
+    assert_eq!(h.conn.close_cause(), Some(CloseCause::IdleTimeout));
+    // Nothing is sent on an idle close.
+    assert!(!h.conn.has_output());
+}
+
+#[test]
+fn max_requests_mth_response_closes_and_nothing_after_is_processed() {
+    let mut h = Harness::new(cfg(|c| c.max_requests = 3));
+    let w1 = h.roundtrip(GET);
+    assert!(w1.contains("keep-alive: timeout=5, max=3\r\n"), "{w1}");
+    let w2 = h.roundtrip(GET);
+    assert!(!w2.contains("connection: close"));
+    // Third request pipelined with a fourth: only three answered.
+    let w3 = h.roundtrip(&format!("{GET}{GET}"));
+    assert_eq!(w3.matches("HTTP/1.1 200").count(), 1, "{w3}");
+    assert!(w3.contains("connection: close\r\n"));
+    assert!(!w3.contains("keep-alive:"));
+    assert_eq!(h.conn.will_close(), Some(CloseCause::MaxRequests));
+    assert_eq!(h.conn.requests_served(), 3);
+    assert!(h.conn.poll_event().is_none());
+    assert!(h.conn.take_shutdown_write());
+    h.conn.feed_eof(h.now);
+    assert_eq!(h.conn.close_cause(), Some(CloseCause::MaxRequests));
+}
+
+#[test]
+fn max_zero_is_unlimited_and_omits_max() {
+    let mut h = Harness::new(cfg(|c| c.max_requests = 0));
+    for _ in 0..300 {
+        let w = h.roundtrip(GET);
+        assert!(w.contains("keep-alive: timeout=5\r\n"), "{w}");
+    }
+    assert!(h.conn.is_idle());
+}
+
+#[test]
+fn keep_alive_header_modes() {
+    let mut h = Harness::new(cfg(|c| {
+        c.max_requests = 3;
+        c.keep_alive_header = KeepAliveHeader::Remaining;
+    }));
+    assert!(h.roundtrip(GET).contains("keep-alive: timeout=5, max=2\r\n"));
+    assert!(h.roundtrip(GET).contains("keep-alive: timeout=5, max=1\r\n"));
+    let mut h = Harness::new(cfg(|c| c.keep_alive_header = KeepAliveHeader::Off));
+    let w = h.roundtrip(GET);
+    assert!(!w.contains("keep-alive"), "{w}");
+    assert!(h.conn.is_idle());
+}
+
+#[test]
+fn fractional_timeout_is_advertised_rounded_down() {
+    let mut h = Harness::new(cfg(|c| c.idle_timeout = Duration::from_millis(2500)));
+    assert!(h.roundtrip(GET).contains("keep-alive: timeout=2, max=100\r\n"));
+}
+
+#[test]
+fn lifetime_closes_next_response() {
+    let mut h = Harness::new(cfg(|c| c.max_lifetime = Some(Duration::from_secs(60))));
+    h.at(10);
+    assert!(!h.roundtrip(GET).contains("close"));
+    h.at(59_000);
+    h.feed(GET);
+    h.events();
+    h.at(61_000);
+    h.conn.handle_timeout(h.now);
+    let w = h.respond("ok");
+    assert!(w.contains("connection: close"), "{w}");
+    assert_eq!(h.conn.will_close(), Some(CloseCause::Lifetime));
+}
+
+#[test]
+fn lifetime_closes_idle_connection() {
+    let mut h = Harness::new(cfg(|c| c.max_lifetime = Some(Duration::from_secs(3))));
+    h.roundtrip(GET);
+    assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_secs(3)));
+    h.at(3000);
+    h.conn.handle_timeout(h.now);
+    assert_eq!(h.conn.close_cause(), Some(CloseCause::Lifetime));
+}
+
+#[test]
+fn handler_connection_close() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed(GET);
+    h.events();
+    let mut hm = HeaderMap::new();
+    hm.insert("connection", "close".parse().unwrap());
+    let w = h.respond_with(StatusCode::OK, hm, "x");
+    assert_eq!(w.matches("connection").count(), 1, "{w}");
+    assert_eq!(h.conn.will_close(), Some(CloseCause::ServerClose));
+}
+
+#[test]
+fn pipelined_requests_answered_in_order_and_close_stops_processing() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed("GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut paths = Vec::new();
+    loop {
+        let evs = h.events();
+        if evs.is_empty() {
+            break;
+        }
+        for ev in evs {
+            if let Event::Request(head) = ev {
+                paths.push(head.uri.path().to_string());
+                // The next head is not parsed before this response is done.
+                assert!(h.conn.poll_event().is_none());
+                h.respond("ok");
+            }
+        }
+    }
+    assert_eq!(paths, ["/1", "/2"]);
+    assert_eq!(h.conn.will_close(), Some(CloseCause::ClientClose));
+}
+
+#[test]
+fn content_length_body_then_next_request() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhel");
+    let evs = h.events();
+    assert!(matches!(&evs[..], [Event::Request(_), Event::Body(b)] if &b[..] == b"hel"));
+    h.feed("lo");
+    h.feed(GET);
+    let evs = h.events();
+    assert!(matches!(&evs[..], [Event::Body(b), Event::EndOfBody(None)] if &b[..] == b"lo"), "{evs:?}");
+    h.respond("ok");
+    assert_eq!(requests(&h.events()), 1);
+}
+
+#[test]
+fn chunked_body_with_trailers() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n");
+    let evs = h.events();
+    assert!(matches!(&evs[..], [Event::Request(_), Event::Body(_), Event::EndOfBody(Some(t))] if t["x-t"] == "1"), "{evs:?}");
+}
+
+#[test]
+fn unread_body_is_drained_then_next_request_served() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234");
+    assert_eq!(requests(&h.events()), 1);
+    let w = h.respond("early");
+    assert!(!w.contains("close"), "{w}");
+    h.feed("56789");
+    h.feed(GET);
+    let evs = h.events();
+    assert_eq!(requests(&evs), 1, "{evs:?}");
+    assert!(!evs.iter().any(|e| matches!(e, Event::Body(_))));
+}
+
+#[test]
+fn unread_body_over_drain_limit_closes() {
+    let mut h = Harness::new(cfg(|c| c.max_drain = 4));
+    h.feed("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n");
+    h.events();
+    let w = h.respond("early");
+    assert!(w.contains("connection: close"), "{w}");
+    assert_eq!(h.conn.will_close(), Some(CloseCause::UnreadBody));
+    // Chunked: unknown length; drained until the limit, then closed.
+    let mut h = Harness::new(cfg(|c| c.max_drain = 4));
+    h.feed("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+    h.events();
+    assert!(!h.respond("early").contains("close"));
+    h.feed("a\r\n0123456789\r\n");
+    assert!(h.events().is_empty());
+    assert_eq!(h.conn.will_close(), Some(CloseCause::UnreadBody));
+}
+
+#[test]
+fn expect_continue_is_answered() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
+    h.events();
+    assert_eq!(h.flush(), "HTTP/1.1 100 Continue\r\n\r\n");
+}
+
+#[test]
+fn head_204_304_have_no_body() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n");
+    h.events();
+    let w = h.respond("hello");
+    assert!(w.ends_with("\r\n\r\n") && w.contains("content-length: 5"), "{w}");
+    for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
+        h.feed(GET);
+        h.events();
+        let w = h.respond_with(status, HeaderMap::new(), "body");
+        assert!(w.ends_with("\r\n\r\n") && !w.contains("content-length"), "{w}");
+    }
+    assert!(h.conn.is_idle());
+}
+
+#[test]
+fn streaming_response_chunked_for_11_close_delimited_for_10() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed(GET);
+    h.events();
+    h.conn.send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Streaming).unwrap();
+    h.conn.send_body(Bytes::from_static(b"hello")).unwrap();
+    h.conn.finish_response().unwrap();
+    let w = h.flush();
+    assert!(w.contains("transfer-encoding: chunked\r\n") && w.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{w}");
+    assert!(h.conn.is_idle());
+
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    h.events();
+    h.conn.send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Streaming).unwrap();
+    h.conn.send_body(Bytes::from_static(b"hello")).unwrap();
+    h.conn.finish_response().unwrap();
+    let w = h.flush();
+    assert!(w.contains("connection: close\r\n") && w.ends_with("\r\n\r\nhello"), "{w}");
+}
+
+#[test]
+fn body_length_mismatch() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed(GET);
+    h.events();
+    h.conn.send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Length(3)).unwrap();
+    assert_eq!(h.conn.send_body(Bytes::from_static(b"toolong")), Err(SendError::BodyTooLong));
+    h.conn.send_body(Bytes::from_static(b"ab")).unwrap();
+    assert_eq!(h.conn.finish_response(), Err(SendError::BodyTooShort));
+    assert_eq!(h.conn.will_close(), Some(CloseCause::ServerClose));
+}
+
+#[test]
+fn header_timeout_sends_408() {
+    let mut h = Harness::new(cfg(|c| c.header_timeout = Duration::from_secs(10)));
+    h.at(1000);
+    h.feed("GET / HTTP/1.1\r\n");
+    assert!(h.events().is_empty());
+    assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_secs(11)));
+    h.at(5000);
+    h.feed("Host: x\r\n");
+    assert!(h.events().is_empty());
+    // The timer does not restart with more bytes: the whole head within H.
+    h.at(11_000);
+    h.conn.handle_timeout(h.now);
+    let evs = h.events();
+    assert!(matches!(evs[..], [Event::Reject(StatusCode::REQUEST_TIMEOUT)]), "{evs:?}");
+    let w = h.respond_with(StatusCode::REQUEST_TIMEOUT, HeaderMap::new(), "");
+    assert!(w.starts_with("HTTP/1.1 408") && w.contains("connection: close"));
+    assert_eq!(h.conn.will_close(), Some(CloseCause::HeaderTimeout));
+}
+
+#[test]
+fn idle_timeout_not_header_timeout_governs_empty_connection() {
+    let mut h = Harness::new(cfg(|c| {
+        c.idle_timeout = Duration::from_secs(30);
+        c.header_timeout = Duration::from_secs(2);
+    }));
+    h.roundtrip(GET);
+    assert_eq!(h.conn.poll_timeout(), Some(h.now + Duration::from_secs(30)));
+    // The first byte of the next request starts the header timer.
+    h.at(10_000);
+    h.feed("G");
+    assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_secs(12)));
+}
+
+#[test]
+fn body_timeout_fails_stalled_body() {
+    let mut h = Harness::new(cfg(|c| c.body_timeout = Duration::from_secs(3)));
+    h.feed("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01");
+    h.events();
+    assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_secs(3)));
+    h.at(3000);
+    h.conn.handle_timeout(h.now);
+    let evs = h.events();
+    assert!(matches!(evs[..], [Event::BodyFailed(BodyError::Timeout)]), "{evs:?}");
+    assert_eq!(h.conn.will_close(), Some(CloseCause::BodyTimeout));
+}
+
+#[test]
+fn rejected_head_answers_once_and_nothing_after_is_parsed() {
+    // Request smuggling: CL + TE, followed by a smuggled request.
+    let mut h = Harness::new(cfg(|_| {}));
+    let w = h.roundtrip("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(w.matches("HTTP/1.1").count(), 1, "{w}");
+    assert!(w.starts_with("HTTP/1.1 400") && w.contains("connection: close"), "{w}");
+    assert_eq!(h.conn.will_close(), Some(CloseCause::ProtocolError));
+}
+
+#[test]
+fn bad_input_statuses() {
+    let cases: &[(&str, u16)] = &[
+        ("GARBAGE\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        ("GET / HTTP/1.1\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 17000000\r\n\r\n", 413),
+        ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    ];
+    for (raw, status) in cases {
+        let mut h = Harness::new(cfg(|_| {}));
+        h.feed(raw);
+        let evs = h.events();
+        assert!(
+            matches!(evs[..], [Event::Reject(s)] if s.as_u16() == *status),
+            "{raw:?}: {evs:?}"
+        );
+    }
+    // Invalid chunk size mid-body.
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+    let evs = h.events();
+    assert!(matches!(evs[..], [Event::Request(_), Event::BodyFailed(BodyError::InvalidChunk)]), "{evs:?}");
+    assert_eq!(body_error_status(BodyError::InvalidChunk), StatusCode::BAD_REQUEST);
+    // Chunked body over the limit.
+    let mut h = Harness::new(cfg(|c| c.max_body = 4));
+    h.feed("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    let evs = h.events();
+    assert!(matches!(evs[..], [Event::Request(_), Event::BodyFailed(BodyError::TooLarge)]), "{evs:?}");
+    // Limits: too many headers, too large a head, too long a target.
+    let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+    for (raw, status) in [
+        (format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n"), 431),
+        (format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(70_000)), 431),
+        (format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000)), 414),
+    ] {
+        let mut h = Harness::new(cfg(|_| {}));
+        h.feed(&raw);
+        let evs = h.events();
+        assert!(matches!(evs[..], [Event::Reject(s)] if s.as_u16() == status), "{evs:?}");
+    }
+}
+
+#[test]
+fn lingering_close_is_bounded() {
+    let mut h = Harness::new(cfg(|c| {
+        c.linger_idle = Duration::from_secs(2);
+        c.linger_time = Duration::from_secs(5);
+    }));
+    h.roundtrip("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(h.conn.take_shutdown_write());
+    // The peer keeps sending: discarded, never parsed.
+    for t in [1000, 2500, 4000] {
+        h.at(t);
+        h.feed(GET);
+        assert!(h.events().is_empty());
+        h.conn.handle_timeout(h.now);
+        assert!(!h.conn.is_closed());
+    }
+    h.at(5000);
+    h.conn.handle_timeout(h.now);
+    assert_eq!(h.conn.close_cause(), Some(CloseCause::ClientClose));
+    // A silent peer ends it after linger_idle.
+    let mut h = Harness::new(cfg(|c| c.linger_idle = Duration::from_secs(2)));
+    h.roundtrip("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    h.at(2000);
+    h.conn.handle_timeout(h.now);
+    assert!(h.conn.is_closed());
+}
+
+#[test]
+fn shutdown_closes_idle_at_once_and_in_flight_with_close() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.roundtrip(GET);
+    h.conn.shutdown(h.now);
+    assert_eq!(h.conn.close_cause(), Some(CloseCause::Shutdown));
+
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed(GET);
+    h.events();
+    h.conn.shutdown(h.now);
+    assert!(!h.conn.is_closed());
+    let w = h.respond("ok");
+    assert!(w.contains("connection: close"));
+    assert_eq!(h.conn.will_close(), Some(CloseCause::Shutdown));
+}
+
+#[test]
+fn eof_cases() {
+    // EOF while idle.
+    let mut h = Harness::new(cfg(|_| {}));
+    h.roundtrip(GET);
+    h.conn.feed_eof(h.now);
+    assert_eq!(h.conn.close_cause(), Some(CloseCause::PeerClosed));
+    // Pipelined requests then EOF: all answered, then closed.
+    let mut h = Harness::new(cfg(|_| {}));
+    h.conn.feed(format!("{GET}{GET}").as_bytes(), h.now);
+    h.conn.feed_eof(h.now);
+    let w = h.roundtrip("");
+    assert_eq!(w.matches("HTTP/1.1 200").count(), 2, "{w}");
+    assert_eq!(h.conn.close_cause(), Some(CloseCause::PeerClosed));
+    // EOF in the middle of a body.
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01");
+    h.events();
+    h.conn.feed_eof(h.now);
+    assert!(matches!(h.events()[..], [Event::BodyFailed(BodyError::Incomplete)]));
+    // Partial head then EOF: closed without an answer.
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed("GET / HT");
+    h.events();
+    h.conn.feed_eof(h.now);
+    assert!(h.events().is_empty());
+    assert_eq!(h.conn.close_cause(), Some(CloseCause::PeerClosed));
+}
+
+#[test]
+fn write_timeout_closes_stalled_output() {
+    let mut h = Harness::new(cfg(|c| c.write_timeout = Duration::from_secs(5)));
+    h.feed(GET);
+    h.events();
+    h.conn.send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Empty).unwrap();
+    assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_secs(5)));
+    h.at(5000);
+    h.conn.handle_timeout(h.now);
+    assert_eq!(h.conn.close_cause(), Some(CloseCause::WriteTimeout));
+}
+
+#[test]
+fn upgrade_hands_over_remaining_bytes() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.conn.feed(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x80", h.now);
+    let evs = h.events();
+    assert!(matches!(&evs[..], [Event::Request(head)] if head.upgrade));
+    let mut hm = HeaderMap::new();
+    hm.insert("connection", "Upgrade".parse().unwrap());
+    hm.insert("upgrade", "websocket".parse().unwrap());
+    h.conn.send_response(StatusCode::SWITCHING_PROTOCOLS, &hm, ResponseBody::Empty).unwrap();
+    let w = h.flush();
+    assert!(w.starts_with("HTTP/1.1 101 Switching Protocols\r\n") && w.contains("connection: Upgrade"), "{w}");
+    assert!(h.conn.is_upgraded());
+    assert_eq!(&h.conn.take_upgraded_bytes()[..], b"\x81\x80");
+    // 101 to a request that did not ask is refused.
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed(GET);
+    h.events();
+    assert_eq!(
+        h.conn.send_response(StatusCode::SWITCHING_PROTOCOLS, &HeaderMap::new(), ResponseBody::Empty),
+        Err(SendError::NotUpgrade)
+    );
+}
+
+/// Every request stream gives the same wire output whatever the split points.
+#[test]
+fn split_points_do_not_matter() {
+    let input = format!(
+        "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcPOST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n{GET}"
+    );
+    let whole = {
+        let mut h = Harness::new(cfg(|_| {}));
+        h.roundtrip(&input)
+    };
+    assert_eq!(whole.matches("HTTP/1.1 200").count(), 3);
+    for split in 1..input.len() {
+        let mut h = Harness::new(cfg(|_| {}));
+        let mut w = h.roundtrip(&input[..split]);
+        w += &h.roundtrip(&input[split..]);
+        assert_eq!(w, whole, "split at {split}");
+    }
+}
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        /// Arbitrary bytes at arbitrary split points never panic, and every
+        /// connection ends with a known state.
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600), splits in proptest::collection::vec(0usize..600, 0..6)) {
+            let mut h = Harness::new(cfg(|c| { c.max_body = 64; c.max_head = 256; c.max_target = 64; }));
+            let mut points: Vec<usize> = splits.into_iter().map(|s| s.min(data.len())).collect();
+            points.push(data.len());
+            points.sort_unstable();
+            let mut start = 0;
+            for p in points {
+                h.conn.feed(&data[start..p], h.now);
+                start = p;
+                let _ = h.roundtrip("");
+            }
+            h.conn.feed_eof(h.now);
+            let _ = h.roundtrip("");
+        }
+
+        /// Valid-looking requests with random header noise never panic either.
+        #[test]
+        fn structured_noise_never_panics(method in "[A-Z]{1,7}", path in "/[ -~]{0,20}", hdrs in proptest::collection::vec(("[!-9;-~]{1,10}", "[ -~]{0,20}"), 0..8), body in "[ -~\r\n]{0,40}") {
+            let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n");
+            for (n, v) in hdrs { raw += &format!("{n}: {v}\r\n"); }
+            raw += "\r\n";
+            raw += &body;
+            let mut h = Harness::new(cfg(|_| {}));
+            let _ = h.roundtrip(&raw);
+            h.conn.feed_eof(h.now);
+            let _ = h.roundtrip("");
+        }
+    }
+}
