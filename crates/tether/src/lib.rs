@@ -1,1 +1,12 @@
+//! tether: persistent connections on tokio — HTTP/1.1 keep-alive and
+//! WebSockets on one port.
+//!
+//! Theory of operation: this crate is the thin asynchronous layer over the
+//! sans-I/O engines in `tether_proto`. It owns sockets, tasks and timers;
+//! it never decides protocol questions (whether a connection persists,
+//! what a frame means): those are the engines'. [`server`] accepts and
+//! drives HTTP/1.1 connections and calls handlers.
 
+pub mod server;
+
+pub use tether_proto as proto;

@@ -1,0 +1,147 @@
+//! `tether serve`: the server with its built-in routes.
+//!
+//! Routes: `GET /healthz` → `ok`; `/echo` → the request body back (GET or
+//! POST); `GET /` → a page describing the server, or the static root when
+//! `--root` is given (which also serves every other path).
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{header, Method, StatusCode};
+use tether::proto::h1;
+use tether::server::router::{self, Router};
+use tether::server::{Body, BodyError, Request, Response, Server, SharedHandler, StaticFiles};
+
+use crate::config::{format_duration, KeepAliveHeaderMode, ServeConfig};
+
+/// The engine configuration for these settings.
+pub fn h1_config(c: &ServeConfig) -> h1::Config {
+    h1::Config {
+        idle_timeout: c.keep_alive_timeout,
+        max_requests: c.keep_alive_max,
+        keep_alive_header: match (c.no_keep_alive_header, c.keep_alive_header) {
+            (true, _) => h1::KeepAliveHeader::Off,
+            (false, KeepAliveHeaderMode::Fixed) => h1::KeepAliveHeader::Fixed,
+            (false, KeepAliveHeaderMode::Remaining) => h1::KeepAliveHeader::Remaining,
+        },
+        max_lifetime: c.max_lifetime,
+        header_timeout: c.header_timeout,
+        body_timeout: c.body_timeout,
+        max_body: c.max_body,
+        ..h1::Config::default()
+    }
+}
+
+/// Builds the router for `tether serve`.
+pub fn app(c: &ServeConfig) -> Router {
+    let max_body = c.max_body;
+    let echo = move |req: Request| echo(req, max_body);
+    let mut r = Router::new()
+        .route("/healthz", router::get(|_req: Request| async { router::text(StatusCode::OK, "ok") }))
+        .route("/echo", router::methods(&[Method::GET, Method::HEAD, Method::POST], echo));
+    match &c.root {
+        Some(root) => r = r.fallback(StaticFiles::new(root.clone())),
+        None => {
+            let page: &'static str = Box::leak(index_page(c).into_boxed_str());
+            r = r.route(
+                "/",
+                router::get(move |_req: Request| async move {
+                    let mut resp = Response::new(Body::Full(Bytes::from_static(page.as_bytes())));
+                    resp.headers_mut()
+                        .insert(header::CONTENT_TYPE, "text/html; charset=utf-8".parse().expect("static"));
+                    resp
+                }),
+            );
+        }
+    }
+    r
+}
+
+async fn echo(req: Request, max_body: u64) -> Response {
+    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+    match req.into_body().to_bytes(max_body).await {
+        Ok(body) => {
+            let mut resp = Response::new(Body::Full(body));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                content_type.unwrap_or_else(|| "application/octet-stream".parse().expect("static")),
+            );
+            resp
+        }
+        Err(BodyError::TooLarge { .. }) => router::text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+        Err(_) => router::text(StatusCode::BAD_REQUEST, "invalid request body\n"),
+    }
+}
+
+fn index_page(c: &ServeConfig) -> String {
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>tether</title></head><body>\n\
+         <h1>tether</h1>\n<p>HTTP/1.1 keep-alive and WebSockets on one port.</p>\n\
+         <ul>\n<li>keep-alive timeout: {}</li>\n<li>max requests per connection: {}</li>\n</ul>\n\
+         <p>Routes: <code>GET /healthz</code>, <code>/echo</code> (POST a body, get it back).</p>\n\
+         </body></html>\n",
+        format_duration(c.keep_alive_timeout),
+        if c.keep_alive_max == 0 { "unlimited".to_string() } else { c.keep_alive_max.to_string() },
+    )
+}
+
+/// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
+pub fn run(c: ServeConfig) -> anyhow::Result<()> {
+    init_logging(&c.log)?;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit raised to the hard limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+    }
+    let runtime = if c.workers <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(c.workers).enable_all().build()
+    }
+    .context("starting the async runtime")?;
+    runtime.block_on(serve(c))
+}
+
+async fn serve(c: ServeConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(c.listen)
+        .await
+        .with_context(|| format!("binding {}", c.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let handler: SharedHandler = Arc::new(app(&c));
+    let server = Server::new(h1_config(&c), handler).shutdown_timeout(c.shutdown_timeout);
+    let max = if c.keep_alive_max == 0 { "unlimited".to_string() } else { c.keep_alive_max.to_string() };
+    eprintln!(
+        "listening on http://{addr} (keep-alive timeout={} max={max})",
+        format_duration(c.keep_alive_timeout)
+    );
+    server.serve(listener, shutdown_signal()).await.context("serving")?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn init_logging(level: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("invalid --log filter {level:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    Ok(())
+}

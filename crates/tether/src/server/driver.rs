@@ -1,0 +1,367 @@
+//! The connection driver: moves bytes between a transport and a
+//! [`ServerConnection`], runs the handler, sleeps until the next deadline.
+//!
+//! It holds no protocol decisions: what the bytes mean, whether the
+//! connection persists and when it closes are the engine's. The driver
+//! only (1) reads into a per-thread scratch buffer and feeds the engine,
+//! so an idle connection holds no read buffer of its own; (2) writes the
+//! engine's output with one vectored write; (3) passes request bodies to
+//! the handler through a small bounded channel (backpressure: the engine
+//! stops yielding body events while the channel is full, and stops asking
+//! for bytes once its buffer is full); (4) streams response bodies while
+//! output is below a high-water mark; (5) waits for whichever comes first:
+//! I/O, the handler, a body chunk, the engine's deadline, or shutdown.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request as HttpRequest, StatusCode};
+use tether_proto::h1::{self, body_error_status, CloseCause, Event, ResponseBody, ServerConnection};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::body::{Body, BodyError, RequestBody};
+use super::handler::{HandlerFuture, Response, SharedHandler};
+use super::upgrade::{OnUpgrade, Transport, Upgraded};
+
+/// Bytes read per read call.
+const SCRATCH_SIZE: usize = 64 * 1024;
+/// Streamed response bodies pause above this much queued output.
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// Request body chunks buffered between the driver and the handler.
+const BODY_CHANNEL: usize = 4;
+/// Most slices in one vectored write.
+const MAX_IOV: usize = 64;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
+}
+
+/// What one connection ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionEnd {
+    /// Closed, for this cause, after this many responses.
+    Closed(CloseCause, u32),
+    /// Switched protocols after this many responses.
+    Upgraded(u32),
+}
+
+enum Wake {
+    Io,
+    Response(Response),
+    BodySlot(bool),
+    StreamChunk(Option<Result<Bytes, std::io::Error>>),
+    Timer,
+    Shutdown,
+}
+
+/// Serves one connection until it closes or upgrades.
+pub async fn serve_connection<IO: Transport>(
+    mut io: IO,
+    config: Arc<h1::Config>,
+    handler: SharedHandler,
+    mut shutdown: watch::Receiver<bool>,
+) -> ConnectionEnd {
+    let mut conn = ServerConnection::new(config, Instant::now().into_std());
+    let mut handler_fut: Option<HandlerFuture> = None;
+    let mut body_tx: Option<mpsc::Sender<Result<Bytes, BodyError>>> = None;
+    let mut blocked_chunk: Option<Bytes> = None;
+    let mut stream: Option<mpsc::Receiver<Result<Bytes, std::io::Error>>> = None;
+    let mut on_upgrade: Option<OnUpgrade> = None;
+    let mut shutdown_seen = *shutdown.borrow();
+    if shutdown_seen {
+        conn.shutdown(Instant::now().into_std());
+    }
+
+    loop {
+        // 1. Events, while the handler can take body chunks.
+        while blocked_chunk.is_none() {
+            let Some(event) = conn.poll_event() else { break };
+            match event {
+                Event::Request(head) => {
+                    let body = match head.body {
+                        h1::BodyFraming::Empty => RequestBody::empty(),
+                        h1::BodyFraming::Length(n) => {
+                            let (tx, body) = RequestBody::channel(BODY_CHANNEL, Some(n));
+                            body_tx = Some(tx);
+                            body
+                        }
+                        h1::BodyFraming::Chunked => {
+                            let (tx, body) = RequestBody::channel(BODY_CHANNEL, None);
+                            body_tx = Some(tx);
+                            body
+                        }
+                    };
+                    let mut req = HttpRequest::new(body);
+                    *req.method_mut() = head.method;
+                    *req.uri_mut() = head.uri;
+                    *req.version_mut() = head.version;
+                    *req.headers_mut() = head.headers;
+                    handler_fut = Some(handler.call(req));
+                }
+                Event::Body(chunk) => {
+                    if let Some(tx) = &body_tx {
+                        match tx.try_send(Ok(chunk)) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(Ok(chunk))) => blocked_chunk = Some(chunk),
+                            Err(_) => body_tx = None, // the handler dropped its body: discard
+                        }
+                    }
+                }
+                Event::EndOfBody(_) => body_tx = None,
+                Event::BodyFailed(e) => {
+                    if let Some(tx) = body_tx.take() {
+                        let _ = tx.try_send(Err(match e {
+                            h1::BodyError::TooLarge => BodyError::TooLarge { limit: conn.config().max_body },
+                            h1::BodyError::Incomplete => BodyError::Incomplete,
+                            other => BodyError::Invalid(other.to_string()),
+                        }));
+                    }
+                    if conn.awaiting_response() {
+                        // The handler cannot finish a request whose body broke:
+                        // the engine's error status answers instead.
+                        handler_fut = None;
+                        send_error(&mut conn, body_error_status(e));
+                    }
+                }
+                Event::Reject(status) => {
+                    handler_fut = None;
+                    body_tx = None;
+                    send_error(&mut conn, status);
+                }
+            }
+        }
+
+        // 2. Terminal states.
+        if conn.take_shutdown_write() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
+        }
+        if let Some(cause) = conn.close_cause() {
+            return ConnectionEnd::Closed(cause, conn.requests_served());
+        }
+        if conn.is_upgraded() && !conn.has_output() {
+            let served = conn.requests_served();
+            let read_buf = conn.take_upgraded_bytes();
+            if let Some(f) = on_upgrade.take().and_then(|u| u.take()) {
+                f(Upgraded { io: Box::new(io), read_buf }).await;
+            }
+            return ConnectionEnd::Upgraded(served);
+        }
+
+        // 3. Wait for whatever comes first.
+        let deadline = conn.poll_timeout().map(Instant::from_std);
+        let wants_read = conn.wants_read();
+        let stream_ready = stream.is_some() && conn.output_len() < OUTPUT_HIGH_WATER;
+        let wake = {
+            let io_fut = poll_fn(|cx| poll_io(&mut io, &mut conn, wants_read, cx));
+            tokio::select! {
+                biased;
+                _ = shutdown.changed(), if !shutdown_seen => Wake::Shutdown,
+                w = io_fut => w,
+                resp = async { handler_fut.as_mut().expect("guarded").await }, if handler_fut.is_some() => Wake::Response(resp),
+                ok = async { body_tx.as_ref().expect("guarded").reserve().await.is_ok() }, if blocked_chunk.is_some() && body_tx.is_some() => Wake::BodySlot(ok),
+                chunk = async { stream.as_mut().expect("guarded").recv().await }, if stream_ready => Wake::StreamChunk(chunk),
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Wake::Timer,
+            }
+        };
+
+        match wake {
+            Wake::Io => {}
+            Wake::Shutdown => {
+                shutdown_seen = true;
+                conn.shutdown(Instant::now().into_std());
+            }
+            Wake::Timer => conn.handle_timeout(Instant::now().into_std()),
+            Wake::BodySlot(ok) => {
+                let chunk = blocked_chunk.take();
+                match (ok, chunk, &body_tx) {
+                    (true, Some(chunk), Some(tx)) => {
+                        if tx.try_send(Ok(chunk)).is_err() {
+                            body_tx = None;
+                        }
+                    }
+                    _ => body_tx = None,
+                }
+            }
+            Wake::Response(resp) => {
+                handler_fut = None;
+                if blocked_chunk.is_some() && body_tx.as_ref().is_none_or(|tx| tx.is_closed()) {
+                    blocked_chunk = None;
+                    body_tx = None;
+                }
+                match start_response(&mut conn, resp) {
+                    Started::Done => {}
+                    Started::Streaming(rx) => stream = Some(rx),
+                    Started::Upgrade(u) => on_upgrade = u,
+                }
+            }
+            Wake::StreamChunk(chunk) => match chunk {
+                Some(Ok(bytes)) => {
+                    if conn.send_body(bytes).is_err() {
+                        stream = None;
+                        conn.abort_response();
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "response body stream failed; closing");
+                    stream = None;
+                    conn.abort_response();
+                }
+                None => {
+                    stream = None;
+                    if let Err(e) = conn.finish_response() {
+                        tracing::debug!(error = %e, "response body ended early; closing");
+                    }
+                }
+            },
+        }
+        // A handler that dropped its body receiver: stop feeding it.
+        if blocked_chunk.is_some() && body_tx.as_ref().is_none_or(|tx| tx.is_closed()) {
+            blocked_chunk = None;
+            body_tx = None;
+        }
+    }
+}
+
+/// One step of I/O: write queued output (one vectored write), read what is there.
+fn poll_io<IO: Transport>(
+    io: &mut IO,
+    conn: &mut ServerConnection,
+    wants_read: bool,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Wake> {
+    let mut progressed = false;
+    if conn.has_output() {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let n = conn.output_slices(&mut slices);
+        let res = if n == 1 {
+            Pin::new(&mut *io).poll_write(cx, &slices[0])
+        } else {
+            Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n])
+        };
+        match res {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                conn.io_error(Instant::now().into_std());
+                return Poll::Ready(Wake::Io);
+            }
+            Poll::Ready(Ok(written)) => {
+                conn.consume_output(written, Instant::now().into_std());
+                progressed = true;
+            }
+            Poll::Pending => {}
+        }
+    }
+    if wants_read && !progressed {
+        let res = SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            let mut rb = ReadBuf::new(&mut s[..]);
+            match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let now = Instant::now().into_std();
+                    if rb.filled().is_empty() {
+                        conn.feed_eof(now);
+                    } else {
+                        conn.feed(rb.filled(), now);
+                    }
+                    Poll::Ready(())
+                }
+                Poll::Ready(Err(_)) => {
+                    conn.io_error(Instant::now().into_std());
+                    Poll::Ready(())
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        if res.is_ready() {
+            progressed = true;
+        }
+    }
+    if progressed {
+        Poll::Ready(Wake::Io)
+    } else {
+        Poll::Pending
+    }
+}
+
+enum Started {
+    Done,
+    Streaming(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+    Upgrade(Option<OnUpgrade>),
+}
+
+fn start_response(conn: &mut ServerConnection, resp: Response) -> Started {
+    let (mut parts, body) = resp.into_parts();
+    if !parts.headers.contains_key(header::DATE) {
+        parts.headers.insert(header::DATE, super::date::now());
+    }
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let upgrade = parts.extensions.remove::<OnUpgrade>();
+        if let Err(e) = conn.send_response(parts.status, &parts.headers, ResponseBody::Empty) {
+            tracing::warn!(error = %e, "handler answered 101 but the connection cannot upgrade");
+            send_error(conn, StatusCode::INTERNAL_SERVER_ERROR);
+            return Started::Done;
+        }
+        return Started::Upgrade(upgrade);
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let (framing, full, rx) = match body {
+        Body::Empty => (declared.map_or(ResponseBody::Empty, ResponseBody::Length), None, None),
+        Body::Full(b) => (ResponseBody::Length(b.len() as u64), Some(b), None),
+        Body::Stream(rx) => (declared.map_or(ResponseBody::Streaming, ResponseBody::Length), None, Some(rx)),
+    };
+    if let Err(e) = conn.send_response(parts.status, &parts.headers, framing) {
+        tracing::warn!(error = %e, "invalid response from handler");
+        conn.abort_response();
+        return Started::Done;
+    }
+    match (full, rx) {
+        (Some(b), _) => {
+            if !b.is_empty() {
+                let _ = conn.send_body(b);
+            }
+            let _ = conn.finish_response();
+            Started::Done
+        }
+        (None, Some(rx)) => Started::Streaming(rx),
+        (None, None) => {
+            if framing != ResponseBody::Empty {
+                let _ = conn.finish_response();
+            }
+            Started::Done
+        }
+    }
+}
+
+/// Answers with an error status and a one-line body; the engine closes after.
+fn send_error(conn: &mut ServerConnection, status: StatusCode) {
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert(header::DATE, super::date::now());
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    let reason = status.canonical_reason().unwrap_or("error");
+    let body = Bytes::from(format!("{} {}\n", status.as_u16(), reason));
+    if conn.send_response(status, &headers, ResponseBody::Length(body.len() as u64)).is_ok() {
+        let _ = conn.send_body(body);
+        let _ = conn.finish_response();
+    }
+}
+
+/// Serves a transport with no shutdown signal (tests, embedding).
+pub async fn serve_transport<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: IO,
+    config: Arc<h1::Config>,
+    handler: SharedHandler,
+) -> ConnectionEnd {
+    let (_tx, rx) = watch::channel(false);
+    serve_connection(io, config, handler, rx).await
+}

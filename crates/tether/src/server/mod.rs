@@ -1,0 +1,133 @@
+//! The HTTP/1.1 server: listener, connection driver, handler API, router,
+//! static files and graceful shutdown.
+//!
+//! Theory of operation: [`Server::serve`] accepts connections and runs each
+//! on its own task with [`driver::serve_connection`], which moves bytes
+//! between the socket and a `tether_proto::h1::ServerConnection` (where every
+//! keep-alive decision is made) and calls the [`Handler`]. On shutdown the
+//! server stops accepting, tells every connection (idle ones close at once,
+//! in-flight ones finish with `Connection: close`), waits for them up to
+//! the shutdown timeout, then aborts the rest.
+
+pub mod body;
+pub mod date;
+pub mod driver;
+pub mod handler;
+pub mod router;
+pub mod static_files;
+pub mod upgrade;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_proto::h1;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use body::{Body, BodyError, RequestBody};
+pub use driver::ConnectionEnd;
+pub use handler::{Handler, Request, Response, SharedHandler};
+pub use router::Router;
+pub use static_files::StaticFiles;
+pub use upgrade::{OnUpgrade, Upgraded};
+
+/// Counters a running server keeps.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections currently open.
+    pub open: AtomicU64,
+}
+
+/// An HTTP/1.1 server with exact keep-alive behaviour.
+pub struct Server {
+    config: Arc<h1::Config>,
+    handler: SharedHandler,
+    shutdown_timeout: Duration,
+    stats: Arc<ServerStats>,
+}
+
+impl Server {
+    /// A server answering with `handler` under `config`.
+    pub fn new(config: h1::Config, handler: impl Handler) -> Self {
+        Self {
+            config: Arc::new(config),
+            handler: Arc::new(handler),
+            shutdown_timeout: Duration::from_secs(10),
+            stats: Arc::new(ServerStats::default()),
+        }
+    }
+
+    /// How long shutdown waits for in-flight requests before force-closing.
+    pub fn shutdown_timeout(mut self, t: Duration) -> Self {
+        self.shutdown_timeout = t;
+        self
+    }
+
+    /// The server's counters.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.stats.clone()
+    }
+
+    /// Accepts and serves connections until `shutdown` completes, then shuts
+    /// down gracefully. Returns once every connection is closed or aborted.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                        self.stats.open.fetch_add(1, Ordering::Relaxed);
+                        let config = self.config.clone();
+                        let handler = self.handler.clone();
+                        let stop = stop_rx.clone();
+                        let stats = self.stats.clone();
+                        tasks.spawn(async move {
+                            let end = driver::serve_connection(stream, config, handler, stop).await;
+                            stats.open.fetch_sub(1, Ordering::Relaxed);
+                            log_end(peer, end);
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let open = tasks.len();
+        tracing::info!(open, "shutting down: closing idle connections, finishing in-flight requests");
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(remaining = tasks.len(), "shutdown timeout reached: force-closing connections");
+            tasks.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+fn log_end(peer: SocketAddr, end: ConnectionEnd) {
+    match end {
+        ConnectionEnd::Closed(cause, requests) => {
+            tracing::debug!(%peer, cause = cause.as_str(), requests, "connection closed")
+        }
+        ConnectionEnd::Upgraded(requests) => tracing::debug!(%peer, requests, "connection upgraded and ended"),
+    }
+}
