@@ -38,8 +38,14 @@ pub fn app(c: &ServeConfig) -> Router {
     let max_body = c.max_body;
     let echo = move |req: Request| echo(req, max_body);
     let mut r = Router::new()
-        .route("/healthz", router::get(|_req: Request| async { router::text(StatusCode::OK, "ok") }))
-        .route("/echo", router::methods(&[Method::GET, Method::HEAD, Method::POST], echo));
+        .route(
+            "/healthz",
+            router::get(|_req: Request| async { router::text(StatusCode::OK, "ok") }),
+        )
+        .route(
+            "/echo",
+            router::methods(&[Method::GET, Method::HEAD, Method::POST], echo),
+        );
     match &c.root {
         Some(root) => r = r.fallback(StaticFiles::new(root.clone())),
         None => {
@@ -48,8 +54,10 @@ pub fn app(c: &ServeConfig) -> Router {
                 "/",
                 router::get(move |_req: Request| async move {
                     let mut resp = Response::new(Body::Full(Bytes::from_static(page.as_bytes())));
-                    resp.headers_mut()
-                        .insert(header::CONTENT_TYPE, "text/html; charset=utf-8".parse().expect("static"));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        "text/html; charset=utf-8".parse().expect("static"),
+                    );
                     resp
                 }),
             );
@@ -82,7 +90,11 @@ fn index_page(c: &ServeConfig) -> String {
          <p>Routes: <code>GET /healthz</code>, <code>/echo</code> (POST a body, get it back).</p>\n\
          </body></html>\n",
         format_duration(c.keep_alive_timeout),
-        if c.keep_alive_max == 0 { "unlimited".to_string() } else { c.keep_alive_max.to_string() },
+        if c.keep_alive_max == 0 {
+            "unlimited".to_string()
+        } else {
+            c.keep_alive_max.to_string()
+        },
     )
 }
 
@@ -96,7 +108,10 @@ pub fn run(c: ServeConfig) -> anyhow::Result<()> {
     let runtime = if c.workers <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(c.workers).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(c.workers)
+            .enable_all()
+            .build()
     }
     .context("starting the async runtime")?;
     runtime.block_on(serve(c))
@@ -109,7 +124,11 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
     let handler: SharedHandler = Arc::new(app(&c));
     let server = Server::new(h1_config(&c), handler).shutdown_timeout(c.shutdown_timeout);
-    let max = if c.keep_alive_max == 0 { "unlimited".to_string() } else { c.keep_alive_max.to_string() };
+    let max = if c.keep_alive_max == 0 {
+        "unlimited".to_string()
+    } else {
+        c.keep_alive_max.to_string()
+    };
     eprintln!(
         "listening on http://{addr} (keep-alive timeout={} max={max})",
         format_duration(c.keep_alive_timeout)
@@ -136,7 +155,8 @@ async fn shutdown_signal() {
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("invalid --log filter {level:?}"))?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("invalid --log filter {level:?}"))?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

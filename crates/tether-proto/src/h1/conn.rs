@@ -765,7 +765,10 @@ impl ServerConnection {
         self.close_after = Some(self.close_after.unwrap_or(cause));
         self.request = None;
         self.read_buf.clear();
-        self.phase = Phase::Linger { since: None, last_read: self.now };
+        self.phase = Phase::Linger {
+            since: None,
+            last_read: self.now,
+        };
         if self.out.is_empty() {
             self.output_flushed();
         }
@@ -798,7 +801,10 @@ impl ServerConnection {
                     self.close_now(cause);
                 } else {
                     self.shutdown_write = true;
-                    self.phase = Phase::Linger { since: Some(self.now), last_read: self.now };
+                    self.phase = Phase::Linger {
+                        since: Some(self.now),
+                        last_read: self.now,
+                    };
                 }
             }
             _ => {}
@@ -880,9 +886,10 @@ impl ServerConnection {
             Phase::Idle { since: None } => None,
             Phase::Head { since } => Some(since + c.header_timeout),
             Phase::Active | Phase::Draining { .. } => self.body_deadline(),
-            Phase::Linger { since: Some(s), last_read } => {
-                Some((s + c.linger_time).min(last_read + c.linger_idle))
-            }
+            Phase::Linger {
+                since: Some(s),
+                last_read,
+            } => Some((s + c.linger_time).min(last_read + c.linger_idle)),
             Phase::Linger { since: None, .. } => None,
         };
         let write_deadline = (!self.out.is_empty()).then(|| self.write_progress + c.write_timeout);
@@ -928,21 +935,20 @@ impl ServerConnection {
                 let ev = self.reject_with(StatusCode::REQUEST_TIMEOUT, CloseCause::HeaderTimeout);
                 self.pending = Some(ev);
             }
-            Phase::Active | Phase::Draining { .. } => {
-                if self.body_deadline().is_some_and(|d| now >= d) {
-                    if let Phase::Draining { .. } = self.phase {
-                        self.close_after_flush(CloseCause::BodyTimeout);
-                    } else {
-                        let ev = self.fail_body(BodyError::Timeout);
-                        if self.pending.is_none() {
-                            self.pending = Some(ev);
-                        }
+            Phase::Active | Phase::Draining { .. } if self.body_deadline().is_some_and(|d| now >= d) => {
+                if let Phase::Draining { .. } = self.phase {
+                    self.close_after_flush(CloseCause::BodyTimeout);
+                } else {
+                    let ev = self.fail_body(BodyError::Timeout);
+                    if self.pending.is_none() {
+                        self.pending = Some(ev);
                     }
                 }
             }
-            Phase::Linger { since: Some(s), last_read }
-                if now >= s + c.linger_time || now >= last_read + c.linger_idle =>
-            {
+            Phase::Linger {
+                since: Some(s),
+                last_read,
+            } if now >= s + c.linger_time || now >= last_read + c.linger_idle => {
                 let cause = self.close_after.unwrap_or(CloseCause::ServerClose);
                 self.close_now(cause);
             }

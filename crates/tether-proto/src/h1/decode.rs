@@ -187,9 +187,7 @@ impl BodyDecoder {
                     let line = match self.take_line(buf, limit) {
                         Ok(Some(line)) => line,
                         Ok(None) => return Ok(Decoded::NeedMore),
-                        Err(BodyError::InvalidChunk) if buf.len() >= limit => {
-                            return Err(BodyError::TrailersTooLarge)
-                        }
+                        Err(BodyError::InvalidChunk) if buf.len() >= limit => return Err(BodyError::TrailersTooLarge),
                         Err(e) => return Err(e),
                     };
                     self.trailer_bytes += line.len() + 2;
@@ -282,7 +280,11 @@ fn parse_size_line(line: &[u8]) -> Result<(u64, usize), BodyError> {
 mod tests {
     use super::*;
 
-    fn decode_all(dec: &mut BodyDecoder, input: &[u8], split: usize) -> Result<(Vec<u8>, Option<HeaderMap>, BytesMut), BodyError> {
+    fn decode_all(
+        dec: &mut BodyDecoder,
+        input: &[u8],
+        split: usize,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>, BytesMut), BodyError> {
         let mut buf = BytesMut::new();
         let mut body = Vec::new();
         let mut pieces = vec![&input[..split.min(input.len())], &input[split.min(input.len())..]].into_iter();
@@ -342,9 +344,9 @@ mod tests {
             b"zz\r\n",
             b"-1\r\n",
             b"0x3\r\nabc\r\n0\r\n\r\n",
-            b"11111111111111111\r\n", // 17 hex digits: overflow
-            b"3\r\nabcX\r\n0\r\n\r\n",  // data not followed by CRLF
-            b"3\rX\nabc\r\n0\r\n\r\n",  // bare CR
+            b"11111111111111111\r\n",  // 17 hex digits: overflow
+            b"3\r\nabcX\r\n0\r\n\r\n", // data not followed by CRLF
+            b"3\rX\nabc\r\n0\r\n\r\n", // bare CR
             b"3;a\x01b\r\nabc\r\n0\r\n\r\n",
             b"0\r\n bad: fold\r\n\r\n",
             b"0\r\nno colon\r\n\r\n",
@@ -356,7 +358,10 @@ mod tests {
     #[test]
     fn chunked_size_limit() {
         let mut dec = BodyDecoder::chunked(10, 1024, 10);
-        assert_eq!(decode_all(&mut dec, b"b\r\nhello world\r\n0\r\n\r\n", 0).unwrap_err(), BodyError::TooLarge);
+        assert_eq!(
+            decode_all(&mut dec, b"b\r\nhello world\r\n0\r\n\r\n", 0).unwrap_err(),
+            BodyError::TooLarge
+        );
     }
 
     #[test]

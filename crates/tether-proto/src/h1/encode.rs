@@ -54,7 +54,11 @@ pub fn encode_head(
     engine: &EngineHeaders,
     pass_through: bool,
 ) {
-    let estimate = 64 + headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
+    let estimate = 64
+        + headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
     out.reserve(estimate);
     out.put_slice(b"HTTP/1.1 ");
     out.put_slice(status.as_str().as_bytes());

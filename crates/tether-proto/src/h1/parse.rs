@@ -103,9 +103,7 @@ impl HeadError {
             | HeadError::LengthAndEncoding
             | HeadError::TransferEncoding => StatusCode::BAD_REQUEST,
             HeadError::Version => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-            HeadError::HeadTooLarge | HeadError::TooManyHeaders => {
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-            }
+            HeadError::HeadTooLarge | HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HeadError::TargetTooLong => StatusCode::URI_TOO_LONG,
             HeadError::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
             HeadError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -114,21 +112,10 @@ impl HeadError {
     }
 }
 
-/// Outcome of trying to parse a head from the front of a buffer.
-#[derive(Debug)]
-pub enum ParseOutcome {
-    /// Need more bytes.
-    Partial,
-    /// A complete head of this many bytes.
-    Complete(RequestHead, usize),
-}
-
-/// Parses a request head from the start of `buf`.
-///
-/// `buf` is borrowed; on success the caller splits off `consumed` bytes and
-/// passes them as `head_bytes` to [`parse_head`]'s second phase so that
-/// header values are zero-copy. To keep that simple the parse takes the
-/// frozen bytes directly.
+/// Finds the end of a complete request head at the start of `buf`, checking
+/// the size limits; `Ok(None)` means more bytes are needed. The caller then
+/// splits off that many bytes and hands them to [`parse_head`], so header
+/// values are zero-copy slices of them.
 pub fn find_head_end(buf: &[u8], config: &Config) -> Result<Option<usize>, HeadError> {
     let mut storage = [httparse::EMPTY_HEADER; HEADER_CAPACITY];
     let cap = config.max_headers.clamp(1, HEADER_CAPACITY - 1);
@@ -182,9 +169,7 @@ fn map_httparse_error(e: httparse::Error, buf: &[u8]) -> HeadError {
                 HeadError::Malformed
             }
         }
-        httparse::Error::HeaderName | httparse::Error::NewLine | httparse::Error::HeaderValue
-            if has_obs_fold(buf) =>
-        {
+        httparse::Error::HeaderName | httparse::Error::NewLine | httparse::Error::HeaderValue if has_obs_fold(buf) => {
             HeadError::ObsFold
         }
         _ => HeadError::Malformed,
@@ -198,19 +183,14 @@ fn looks_like_other_version(buf: &[u8]) -> bool {
     match line.iter().rposition(|&b| b == b' ') {
         Some(sp) => {
             let v = &line[sp + 1..];
-            v.len() == 8
-                && v.starts_with(b"HTTP/")
-                && v[5].is_ascii_digit()
-                && v[6] == b'.'
-                && v[7].is_ascii_digit()
+            v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[6] == b'.' && v[7].is_ascii_digit()
         }
         None => false,
     }
 }
 
 fn has_obs_fold(buf: &[u8]) -> bool {
-    buf.windows(2)
-        .any(|w| w[0] == b'\n' && (w[1] == b' ' || w[1] == b'\t'))
+    buf.windows(2).any(|w| w[0] == b'\n' && (w[1] == b' ' || w[1] == b'\t'))
 }
 
 /// Parses and validates the complete head in `head` (exactly the bytes
@@ -223,8 +203,7 @@ pub fn parse_head(head: Bytes, config: &Config) -> Result<RequestHead, HeadError
     if !status.is_complete() {
         return Err(HeadError::Malformed);
     }
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
-        .map_err(|_| HeadError::Malformed)?;
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| HeadError::Malformed)?;
     let path = req.path.unwrap_or("");
     if path.len() > config.max_target {
         return Err(HeadError::TargetTooLong);
@@ -233,8 +212,7 @@ pub fn parse_head(head: Bytes, config: &Config) -> Result<RequestHead, HeadError
         return Err(HeadError::Malformed);
     } else {
         let start = path.as_ptr() as usize - head.as_ptr() as usize;
-        Uri::from_maybe_shared(head.slice(start..start + path.len()))
-            .map_err(|_| HeadError::Malformed)?
+        Uri::from_maybe_shared(head.slice(start..start + path.len())).map_err(|_| HeadError::Malformed)?
     };
     let version = match req.version {
         Some(0) => Version::HTTP_10,
@@ -253,7 +231,6 @@ pub fn parse_head(head: Bytes, config: &Config) -> Result<RequestHead, HeadError
         };
         headers.append(name, value);
     }
-    drop(req);
     interpret(method, uri, version, headers, config)
 }
 
@@ -408,9 +385,8 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
 /// RFC 9110 token characters.
 pub fn is_token(s: &[u8]) -> bool {
     !s.is_empty()
-        && s.iter().all(|&b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
@@ -435,8 +411,16 @@ mod tests {
     #[test]
     fn http10_persistence_needs_keep_alive_token() {
         assert!(!parse("GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
-        assert!(parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().keep_alive);
-        assert!(parse("GET / HTTP/1.0\r\nConnection: foo, keep-alive\r\n\r\n").unwrap().keep_alive);
+        assert!(
+            parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            parse("GET / HTTP/1.0\r\nConnection: foo, keep-alive\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
     }
 
     #[test]
@@ -447,26 +431,51 @@ mod tests {
         let h = parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n").unwrap();
         assert!(!h.keep_alive);
         // `closed` is not `close`.
-        assert!(parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: closed\r\n\r\n").unwrap().keep_alive);
+        assert!(
+            parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: closed\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
     }
 
     #[test]
     fn upgrade_needs_both_headers() {
-        assert!(parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n").unwrap().upgrade);
-        assert!(!parse("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n").unwrap().upgrade);
+        assert!(
+            parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n")
+                .unwrap()
+                .upgrade
+        );
+        assert!(
+            !parse("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
+                .unwrap()
+                .upgrade
+        );
     }
 
     #[test]
     fn host_rules() {
         assert_eq!(parse("GET / HTTP/1.1\r\n\r\n").unwrap_err(), HeadError::Host);
-        assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err(), HeadError::Host);
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_err(),
+            HeadError::Host
+        );
         assert!(parse("GET / HTTP/1.0\r\n\r\n").is_ok());
     }
 
     #[test]
     fn content_length_rules() {
-        assert_eq!(parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n").unwrap().body, BodyFraming::Length(5));
-        assert_eq!(parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n").unwrap().body, BodyFraming::Length(5));
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+                .unwrap()
+                .body,
+            BodyFraming::Length(5)
+        );
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n")
+                .unwrap()
+                .body,
+            BodyFraming::Length(5)
+        );
         for bad in ["5, 6", "+5", "-1", "5 5", "0x5", "", "99999999999999999999"] {
             let raw = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {bad}\r\n\r\n");
             assert_eq!(parse(&raw).unwrap_err(), HeadError::ContentLength, "{bad:?}");
@@ -504,8 +513,14 @@ mod tests {
 
     #[test]
     fn obs_fold_is_rejected() {
-        assert_eq!(parse("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n  b\r\n\r\n").unwrap_err(), HeadError::ObsFold);
-        assert_eq!(parse("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n\tb\r\n\r\n").unwrap_err(), HeadError::ObsFold);
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n  b\r\n\r\n").unwrap_err(),
+            HeadError::ObsFold
+        );
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n\tb\r\n\r\n").unwrap_err(),
+            HeadError::ObsFold
+        );
     }
 
     #[test]
@@ -522,13 +537,23 @@ mod tests {
         ] {
             assert!(parse(raw).is_err(), "{raw:?}");
         }
-        assert_eq!(parse("GET / HTTP/2.0\r\nHost: x\r\n\r\n").unwrap_err(), HeadError::Version);
+        assert_eq!(
+            parse("GET / HTTP/2.0\r\nHost: x\r\n\r\n").unwrap_err(),
+            HeadError::Version
+        );
     }
 
     #[test]
     fn expect() {
-        assert!(parse("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n").unwrap().expect_continue);
-        assert_eq!(parse("POST / HTTP/1.1\r\nHost: x\r\nExpect: bananas\r\n\r\n").unwrap_err(), HeadError::Expectation);
+        assert!(
+            parse("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
+                .unwrap()
+                .expect_continue
+        );
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: x\r\nExpect: bananas\r\n\r\n").unwrap_err(),
+            HeadError::Expectation
+        );
     }
 
     #[test]
@@ -536,7 +561,10 @@ mod tests {
         let cfg = Config::default();
         let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
-        assert_eq!(find_head_end(raw.as_bytes(), &cfg).unwrap_err(), HeadError::TooManyHeaders);
+        assert_eq!(
+            find_head_end(raw.as_bytes(), &cfg).unwrap_err(),
+            HeadError::TooManyHeaders
+        );
         let exactly: String = (0..99).map(|i| format!("X-{i}: v\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{exactly}\r\n");
         assert!(parse(&raw).is_ok());
@@ -545,10 +573,16 @@ mod tests {
         assert_eq!(parse(&raw).unwrap_err(), HeadError::TargetTooLong);
         // Still arriving, already too long.
         let raw = format!("GET /{long}");
-        assert_eq!(find_head_end(raw.as_bytes(), &cfg).unwrap_err(), HeadError::TargetTooLong);
+        assert_eq!(
+            find_head_end(raw.as_bytes(), &cfg).unwrap_err(),
+            HeadError::TargetTooLong
+        );
         let big = "b".repeat(70 * 1024);
         let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {big}");
-        assert_eq!(find_head_end(raw.as_bytes(), &cfg).unwrap_err(), HeadError::HeadTooLarge);
+        assert_eq!(
+            find_head_end(raw.as_bytes(), &cfg).unwrap_err(),
+            HeadError::HeadTooLarge
+        );
     }
 
     #[test]

@@ -23,7 +23,11 @@ struct Harness {
 impl Harness {
     fn new(config: Arc<Config>) -> Self {
         let t0 = Instant::now();
-        Self { conn: ServerConnection::new(config, t0), t0, now: t0 }
+        Self {
+            conn: ServerConnection::new(config, t0),
+            t0,
+            now: t0,
+        }
     }
     fn at(&mut self, ms: u64) -> Instant {
         self.now = self.t0 + Duration::from_millis(ms);
@@ -47,7 +51,9 @@ impl Harness {
         if body.is_empty() {
             self.conn.send_response(status, &headers, ResponseBody::Empty).unwrap();
         } else {
-            self.conn.send_response(status, &headers, ResponseBody::Length(body.len() as u64)).unwrap();
+            self.conn
+                .send_response(status, &headers, ResponseBody::Length(body.len() as u64))
+                .unwrap();
             self.conn.send_body(Bytes::from_static(body.as_bytes())).unwrap();
             self.conn.finish_response().unwrap();
         }
@@ -140,7 +146,9 @@ fn idle_timeout_starts_after_flush_and_restarts_per_request() {
     h.at(5000);
     h.conn.handle_timeout(h.now);
     assert!(!h.conn.is_closed());
-    h.conn.send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Empty).unwrap();
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Empty)
+        .unwrap();
     // Not yet written: still not idle.
     assert!(!h.conn.is_idle());
     h.at(5200);
@@ -275,7 +283,10 @@ fn content_length_body_then_next_request() {
     h.feed("lo");
     h.feed(GET);
     let evs = h.events();
-    assert!(matches!(&evs[..], [Event::Body(b), Event::EndOfBody(None)] if &b[..] == b"lo"), "{evs:?}");
+    assert!(
+        matches!(&evs[..], [Event::Body(b), Event::EndOfBody(None)] if &b[..] == b"lo"),
+        "{evs:?}"
+    );
     h.respond("ok");
     assert_eq!(requests(&h.events()), 1);
 }
@@ -285,7 +296,10 @@ fn chunked_body_with_trailers() {
     let mut h = Harness::new(cfg(|_| {}));
     h.feed("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nX-T: 1\r\n\r\n");
     let evs = h.events();
-    assert!(matches!(&evs[..], [Event::Request(_), Event::Body(_), Event::EndOfBody(Some(t))] if t["x-t"] == "1"), "{evs:?}");
+    assert!(
+        matches!(&evs[..], [Event::Request(_), Event::Body(_), Event::EndOfBody(Some(t))] if t["x-t"] == "1"),
+        "{evs:?}"
+    );
 }
 
 #[test]
@@ -349,21 +363,31 @@ fn streaming_response_chunked_for_11_close_delimited_for_10() {
     let mut h = Harness::new(cfg(|_| {}));
     h.feed(GET);
     h.events();
-    h.conn.send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Streaming).unwrap();
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Streaming)
+        .unwrap();
     h.conn.send_body(Bytes::from_static(b"hello")).unwrap();
     h.conn.finish_response().unwrap();
     let w = h.flush();
-    assert!(w.contains("transfer-encoding: chunked\r\n") && w.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{w}");
+    assert!(
+        w.contains("transfer-encoding: chunked\r\n") && w.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+        "{w}"
+    );
     assert!(h.conn.is_idle());
 
     let mut h = Harness::new(cfg(|_| {}));
     h.feed("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
     h.events();
-    h.conn.send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Streaming).unwrap();
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Streaming)
+        .unwrap();
     h.conn.send_body(Bytes::from_static(b"hello")).unwrap();
     h.conn.finish_response().unwrap();
     let w = h.flush();
-    assert!(w.contains("connection: close\r\n") && w.ends_with("\r\n\r\nhello"), "{w}");
+    assert!(
+        w.contains("connection: close\r\n") && w.ends_with("\r\n\r\nhello"),
+        "{w}"
+    );
 }
 
 #[test]
@@ -371,8 +395,13 @@ fn body_length_mismatch() {
     let mut h = Harness::new(cfg(|_| {}));
     h.feed(GET);
     h.events();
-    h.conn.send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Length(3)).unwrap();
-    assert_eq!(h.conn.send_body(Bytes::from_static(b"toolong")), Err(SendError::BodyTooLong));
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Length(3))
+        .unwrap();
+    assert_eq!(
+        h.conn.send_body(Bytes::from_static(b"toolong")),
+        Err(SendError::BodyTooLong)
+    );
     h.conn.send_body(Bytes::from_static(b"ab")).unwrap();
     assert_eq!(h.conn.finish_response(), Err(SendError::BodyTooShort));
     assert_eq!(h.conn.will_close(), Some(CloseCause::ServerClose));
@@ -392,7 +421,10 @@ fn header_timeout_sends_408() {
     h.at(11_000);
     h.conn.handle_timeout(h.now);
     let evs = h.events();
-    assert!(matches!(evs[..], [Event::Reject(StatusCode::REQUEST_TIMEOUT)]), "{evs:?}");
+    assert!(
+        matches!(evs[..], [Event::Reject(StatusCode::REQUEST_TIMEOUT)]),
+        "{evs:?}"
+    );
     let w = h.respond_with(StatusCode::REQUEST_TIMEOUT, HeaderMap::new(), "");
     assert!(w.starts_with("HTTP/1.1 408") && w.contains("connection: close"));
     assert_eq!(h.conn.will_close(), Some(CloseCause::HeaderTimeout));
@@ -440,9 +472,15 @@ fn bad_input_statuses() {
     let cases: &[(&str, u16)] = &[
         ("GARBAGE\r\n\r\n", 400),
         ("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", 400),
-        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            400,
+        ),
         ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
-        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        (
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            501,
+        ),
         ("GET / HTTP/1.1\r\n\r\n", 400),
         ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 17000000\r\n\r\n", 413),
         ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
@@ -460,18 +498,27 @@ fn bad_input_statuses() {
     let mut h = Harness::new(cfg(|_| {}));
     h.feed("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
     let evs = h.events();
-    assert!(matches!(evs[..], [Event::Request(_), Event::BodyFailed(BodyError::InvalidChunk)]), "{evs:?}");
+    assert!(
+        matches!(evs[..], [Event::Request(_), Event::BodyFailed(BodyError::InvalidChunk)]),
+        "{evs:?}"
+    );
     assert_eq!(body_error_status(BodyError::InvalidChunk), StatusCode::BAD_REQUEST);
     // Chunked body over the limit.
     let mut h = Harness::new(cfg(|c| c.max_body = 4));
     h.feed("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
     let evs = h.events();
-    assert!(matches!(evs[..], [Event::Request(_), Event::BodyFailed(BodyError::TooLarge)]), "{evs:?}");
+    assert!(
+        matches!(evs[..], [Event::Request(_), Event::BodyFailed(BodyError::TooLarge)]),
+        "{evs:?}"
+    );
     // Limits: too many headers, too large a head, too long a target.
     let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
     for (raw, status) in [
         (format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n"), 431),
-        (format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(70_000)), 431),
+        (
+            format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(70_000)),
+            431,
+        ),
         (format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(9000)), 414),
     ] {
         let mut h = Harness::new(cfg(|_| {}));
@@ -559,7 +606,9 @@ fn write_timeout_closes_stalled_output() {
     let mut h = Harness::new(cfg(|c| c.write_timeout = Duration::from_secs(5)));
     h.feed(GET);
     h.events();
-    h.conn.send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Empty).unwrap();
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Empty)
+        .unwrap();
     assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_secs(5)));
     h.at(5000);
     h.conn.handle_timeout(h.now);
@@ -569,15 +618,23 @@ fn write_timeout_closes_stalled_output() {
 #[test]
 fn upgrade_hands_over_remaining_bytes() {
     let mut h = Harness::new(cfg(|_| {}));
-    h.conn.feed(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x80", h.now);
+    h.conn.feed(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x80",
+        h.now,
+    );
     let evs = h.events();
     assert!(matches!(&evs[..], [Event::Request(head)] if head.upgrade));
     let mut hm = HeaderMap::new();
     hm.insert("connection", "Upgrade".parse().unwrap());
     hm.insert("upgrade", "websocket".parse().unwrap());
-    h.conn.send_response(StatusCode::SWITCHING_PROTOCOLS, &hm, ResponseBody::Empty).unwrap();
+    h.conn
+        .send_response(StatusCode::SWITCHING_PROTOCOLS, &hm, ResponseBody::Empty)
+        .unwrap();
     let w = h.flush();
-    assert!(w.starts_with("HTTP/1.1 101 Switching Protocols\r\n") && w.contains("connection: Upgrade"), "{w}");
+    assert!(
+        w.starts_with("HTTP/1.1 101 Switching Protocols\r\n") && w.contains("connection: Upgrade"),
+        "{w}"
+    );
     assert!(h.conn.is_upgraded());
     assert_eq!(&h.conn.take_upgraded_bytes()[..], b"\x81\x80");
     // 101 to a request that did not ask is refused.
@@ -585,7 +642,8 @@ fn upgrade_hands_over_remaining_bytes() {
     h.feed(GET);
     h.events();
     assert_eq!(
-        h.conn.send_response(StatusCode::SWITCHING_PROTOCOLS, &HeaderMap::new(), ResponseBody::Empty),
+        h.conn
+            .send_response(StatusCode::SWITCHING_PROTOCOLS, &HeaderMap::new(), ResponseBody::Empty),
         Err(SendError::NotUpgrade)
     );
 }

@@ -37,7 +37,10 @@ pub struct RequestBody {
 impl RequestBody {
     /// A body with no bytes.
     pub fn empty() -> Self {
-        Self { rx: None, len_hint: Some(0) }
+        Self {
+            rx: None,
+            len_hint: Some(0),
+        }
     }
 
     /// A body delivered through `rx`; `len_hint` is the declared Content-Length.

@@ -119,7 +119,9 @@ pub async fn serve_connection<IO: Transport>(
                 Event::BodyFailed(e) => {
                     if let Some(tx) = body_tx.take() {
                         let _ = tx.try_send(Err(match e {
-                            h1::BodyError::TooLarge => BodyError::TooLarge { limit: conn.config().max_body },
+                            h1::BodyError::TooLarge => BodyError::TooLarge {
+                                limit: conn.config().max_body,
+                            },
                             h1::BodyError::Incomplete => BodyError::Incomplete,
                             other => BodyError::Invalid(other.to_string()),
                         }));
@@ -150,7 +152,11 @@ pub async fn serve_connection<IO: Transport>(
             let served = conn.requests_served();
             let read_buf = conn.take_upgraded_bytes();
             if let Some(f) = on_upgrade.take().and_then(|u| u.take()) {
-                f(Upgraded { io: Box::new(io), read_buf }).await;
+                f(Upgraded {
+                    io: Box::new(io),
+                    read_buf,
+                })
+                .await;
             }
             return ConnectionEnd::Upgraded(served);
         }
@@ -318,7 +324,11 @@ fn start_response(conn: &mut ServerConnection, resp: Response) -> Started {
     let (framing, full, rx) = match body {
         Body::Empty => (declared.map_or(ResponseBody::Empty, ResponseBody::Length), None, None),
         Body::Full(b) => (ResponseBody::Length(b.len() as u64), Some(b), None),
-        Body::Stream(rx) => (declared.map_or(ResponseBody::Streaming, ResponseBody::Length), None, Some(rx)),
+        Body::Stream(rx) => (
+            declared.map_or(ResponseBody::Streaming, ResponseBody::Length),
+            None,
+            Some(rx),
+        ),
     };
     if let Err(e) = conn.send_response(parts.status, &parts.headers, framing) {
         tracing::warn!(error = %e, "invalid response from handler");
@@ -347,10 +357,16 @@ fn start_response(conn: &mut ServerConnection, resp: Response) -> Started {
 fn send_error(conn: &mut ServerConnection, status: StatusCode) {
     let mut headers = HeaderMap::with_capacity(2);
     headers.insert(header::DATE, super::date::now());
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     let reason = status.canonical_reason().unwrap_or("error");
     let body = Bytes::from(format!("{} {}\n", status.as_u16(), reason));
-    if conn.send_response(status, &headers, ResponseBody::Length(body.len() as u64)).is_ok() {
+    if conn
+        .send_response(status, &headers, ResponseBody::Length(body.len() as u64))
+        .is_ok()
+    {
         let _ = conn.send_body(body);
         let _ = conn.finish_response();
     }

@@ -110,13 +110,19 @@ impl Server {
         drop(listener);
         let _ = stop_tx.send(true);
         let open = tasks.len();
-        tracing::info!(open, "shutting down: closing idle connections, finishing in-flight requests");
+        tracing::info!(
+            open,
+            "shutting down: closing idle connections, finishing in-flight requests"
+        );
         let drained = tokio::time::timeout(self.shutdown_timeout, async {
             while tasks.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(remaining = tasks.len(), "shutdown timeout reached: force-closing connections");
+            tracing::warn!(
+                remaining = tasks.len(),
+                "shutdown timeout reached: force-closing connections"
+            );
             tasks.shutdown().await;
         }
         Ok(())

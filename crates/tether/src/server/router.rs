@@ -66,14 +66,8 @@ impl Router {
     /// are programming errors best caught when the router is built.
     pub fn route(mut self, path: impl Into<String>, handler: impl Handler) -> Self {
         let path = path.into();
-        assert!(
-            path.starts_with('/'),
-            "route path {path:?} must start with '/'"
-        );
-        assert!(
-            !self.exact.contains_key(&path),
-            "route {path:?} is already registered"
-        );
+        assert!(path.starts_with('/'), "route path {path:?} must start with '/'");
+        assert!(!self.exact.contains_key(&path), "route {path:?} is already registered");
         self.exact.insert(path, Arc::new(handler));
         self
     }
@@ -87,18 +81,13 @@ impl Router {
     /// If `prefix` does not start with `/`, or if it is already registered.
     pub fn prefix(mut self, prefix: impl Into<String>, handler: impl Handler) -> Self {
         let prefix = prefix.into();
-        assert!(
-            prefix.starts_with('/'),
-            "route prefix {prefix:?} must start with '/'"
-        );
+        assert!(prefix.starts_with('/'), "route prefix {prefix:?} must start with '/'");
         assert!(
             self.prefixes.iter().all(|(p, _)| *p != prefix),
             "route prefix {prefix:?} is already registered"
         );
         // Keep the list sorted longest first so the first match is the longest.
-        let at = self
-            .prefixes
-            .partition_point(|(p, _)| p.len() >= prefix.len());
+        let at = self.prefixes.partition_point(|(p, _)| p.len() >= prefix.len());
         self.prefixes.insert(at, (prefix, Arc::new(handler)));
         self
     }
@@ -215,9 +204,9 @@ impl Handler for MethodRouter {
 /// `405 Method Not Allowed` with `Allow` listing `allowed` in order.
 pub fn methods(allowed: &[Method], handler: impl Handler) -> MethodRouter {
     let handler: SharedHandler = Arc::new(handler);
-    allowed.iter().fold(MethodRouter::new(), |r, m| {
-        r.on_shared(m.clone(), Arc::clone(&handler))
-    })
+    allowed
+        .iter()
+        .fold(MethodRouter::new(), |r, m| r.on_shared(m.clone(), Arc::clone(&handler)))
 }
 
 /// Sends GET and HEAD to `handler` (the connection leaves out the body of a
@@ -230,10 +219,8 @@ pub fn get(handler: impl Handler) -> MethodRouter {
 pub fn text(status: StatusCode, body: &'static str) -> Response {
     let mut resp = Response::new(Body::Full(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
@@ -262,11 +249,7 @@ fn method_not_allowed_with(allow: HeaderValue) -> Response {
 
 /// `GET, HEAD` from `[GET, HEAD]`.
 fn allow_value(methods: &[Method]) -> HeaderValue {
-    let list = methods
-        .iter()
-        .map(Method::as_str)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
     // Method names are tokens, so the joined list is always a valid value.
     HeaderValue::from_str(&list).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
@@ -316,27 +299,15 @@ mod tests {
         let resp = hit(&r, Method::GET, "/healthz").await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(body_of(&resp), b"health");
-        assert_eq!(
-            hit(&r, Method::GET, "/healthz/").await.status(),
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            hit(&r, Method::GET, "/healthzz").await.status(),
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(hit(&r, Method::GET, "/healthz/").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(hit(&r, Method::GET, "/healthzz").await.status(), StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]
     async fn query_is_ignored() {
         let r = sample();
-        assert_eq!(
-            body_of(&hit(&r, Method::GET, "/healthz?verbose=1").await),
-            b"health"
-        );
-        assert_eq!(
-            body_of(&hit(&r, Method::GET, "/static/a.css?v=3").await),
-            b"static"
-        );
+        assert_eq!(body_of(&hit(&r, Method::GET, "/healthz?verbose=1").await), b"health");
+        assert_eq!(body_of(&hit(&r, Method::GET, "/static/a.css?v=3").await), b"static");
     }
 
     #[tokio::test]
@@ -351,14 +322,8 @@ mod tests {
     #[tokio::test]
     async fn longest_prefix_wins_regardless_of_registration_order() {
         let r = sample();
-        assert_eq!(
-            body_of(&hit(&r, Method::GET, "/static/img/logo.png").await),
-            b"img"
-        );
-        assert_eq!(
-            body_of(&hit(&r, Method::GET, "/static/css/a.css").await),
-            b"static"
-        );
+        assert_eq!(body_of(&hit(&r, Method::GET, "/static/img/logo.png").await), b"img");
+        assert_eq!(body_of(&hit(&r, Method::GET, "/static/css/a.css").await), b"static");
         assert_eq!(body_of(&hit(&r, Method::GET, "/static/").await), b"static");
         // "/static" does not start with "/static/" but does with "/s".
         assert_eq!(body_of(&hit(&r, Method::GET, "/static").await), b"s");
@@ -368,14 +333,8 @@ mod tests {
     #[tokio::test]
     async fn exact_route_beats_prefix() {
         let r = sample();
-        assert_eq!(
-            body_of(&hit(&r, Method::GET, "/static/special").await),
-            b"special"
-        );
-        assert_eq!(
-            body_of(&hit(&r, Method::GET, "/static/special2").await),
-            b"static"
-        );
+        assert_eq!(body_of(&hit(&r, Method::GET, "/static/special").await), b"special");
+        assert_eq!(body_of(&hit(&r, Method::GET, "/static/special2").await), b"static");
     }
 
     #[tokio::test]
@@ -389,10 +348,7 @@ mod tests {
     #[tokio::test]
     async fn custom_fallback() {
         let r = sample().fallback(named("fallback"));
-        assert_eq!(
-            body_of(&hit(&r, Method::GET, "/elsewhere").await),
-            b"fallback"
-        );
+        assert_eq!(body_of(&hit(&r, Method::GET, "/elsewhere").await), b"fallback");
         assert_eq!(body_of(&hit(&r, Method::GET, "/healthz").await), b"health");
     }
 
@@ -400,10 +356,8 @@ mod tests {
     async fn prefix_handler_sees_the_full_uri() {
         let r = Router::new().prefix("/api/", |req: Request| async move {
             let mut resp = empty(StatusCode::NO_CONTENT);
-            resp.headers_mut().insert(
-                "x-seen",
-                HeaderValue::from_str(&req.uri().to_string()).unwrap(),
-            );
+            resp.headers_mut()
+                .insert("x-seen", HeaderValue::from_str(&req.uri().to_string()).unwrap());
             resp
         });
         let resp = hit(&r, Method::GET, "/api/v1?x=1").await;
@@ -415,10 +369,7 @@ mod tests {
     async fn routers_nest() {
         let inner = Router::new().route("/api/v1/ping", named("pong"));
         let r = Router::new().prefix("/api/", inner);
-        assert_eq!(
-            body_of(&hit(&r, Method::GET, "/api/v1/ping").await),
-            b"pong"
-        );
+        assert_eq!(body_of(&hit(&r, Method::GET, "/api/v1/ping").await), b"pong");
         assert_eq!(
             hit(&r, Method::GET, "/api/v1/other").await.status(),
             StatusCode::NOT_FOUND
@@ -427,10 +378,7 @@ mod tests {
 
     #[tokio::test]
     async fn methods_answers_405_with_allow() {
-        let r = Router::new().route(
-            "/thing",
-            methods(&[Method::GET, Method::HEAD], named("thing")),
-        );
+        let r = Router::new().route("/thing", methods(&[Method::GET, Method::HEAD], named("thing")));
         assert_eq!(body_of(&hit(&r, Method::GET, "/thing").await), b"thing");
         assert_eq!(body_of(&hit(&r, Method::HEAD, "/thing").await), b"thing");
         let resp = hit(&r, Method::POST, "/thing").await;
@@ -438,10 +386,7 @@ mod tests {
         assert_eq!(resp.headers()[ALLOW], "GET, HEAD");
         assert_eq!(body_of(&resp), b"method not allowed\n");
         let custom = Method::from_bytes(b"PURGE").unwrap();
-        assert_eq!(
-            hit(&r, custom, "/thing").await.status(),
-            StatusCode::METHOD_NOT_ALLOWED
-        );
+        assert_eq!(hit(&r, custom, "/thing").await.status(), StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[tokio::test]
@@ -484,9 +429,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "already registered")]
     fn duplicate_route_panics() {
-        let _ = Router::new()
-            .route("/a", named("1"))
-            .route("/a", named("2"));
+        let _ = Router::new().route("/a", named("1")).route("/a", named("2"));
     }
 
     #[test]

@@ -56,8 +56,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH,
-    LAST_MODIFIED, LOCATION,
+    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION,
 };
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use tokio::io::AsyncReadExt;
@@ -159,11 +158,7 @@ enum Outcome {
     /// The path names a directory but lacks the trailing slash.
     Redirect,
     /// A 200 response whose body still has to be streamed from `file`.
-    Stream {
-        resp: Response,
-        file: File,
-        len: u64,
-    },
+    Stream { resp: Response, file: File, len: u64 },
 }
 
 impl Inner {
@@ -182,16 +177,11 @@ impl Inner {
         };
         let conditions = Conditions::from_headers(req.headers());
         let inner = Arc::clone(&self);
-        let outcome =
-            tokio::task::spawn_blocking(move || inner.resolve(&target, &conditions, head)).await;
+        let outcome = tokio::task::spawn_blocking(move || inner.resolve(&target, &conditions, head)).await;
         match outcome {
             Ok(Outcome::Ready(resp)) => resp,
             Ok(Outcome::Redirect) => redirect_to_directory(req.uri()),
-            Ok(Outcome::Stream {
-                mut resp,
-                file,
-                len,
-            }) => {
+            Ok(Outcome::Stream { mut resp, file, len }) => {
                 *resp.body_mut() = stream_file(file, len);
                 resp
             }
@@ -267,10 +257,7 @@ fn serve_file(path: &Path, conditions: &Conditions, head: bool) -> io::Result<Ou
         return Ok(status_outcome(StatusCode::NOT_FOUND));
     }
     let len = meta.len();
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok());
     let etag = mtime.map(|m| format!("W/\"{len:x}-{:x}.{:x}\"", m.as_secs(), m.subsec_nanos()));
     // Last-Modified has whole seconds; compare If-Modified-Since at that resolution.
     let modified = mtime
@@ -282,9 +269,7 @@ fn serve_file(path: &Path, conditions: &Conditions, head: bool) -> io::Result<Ou
     if let Some(value) = etag.as_deref().and_then(|e| HeaderValue::from_str(e).ok()) {
         headers.insert(ETAG, value);
     }
-    if let Some(value) =
-        modified.and_then(|t| HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok())
-    {
+    if let Some(value) = modified.and_then(|t| HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok()) {
         headers.insert(LAST_MODIFIED, value);
     }
     if conditions.not_modified(etag.as_deref(), modified) {
@@ -322,10 +307,7 @@ fn stream_file(file: File, len: u64) -> Body {
             while buf.len() < want {
                 match reader.read_buf(&mut buf).await {
                     Ok(0) => {
-                        let e = io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "file shrank while being sent",
-                        );
+                        let e = io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent");
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
@@ -413,9 +395,7 @@ fn none_match_hits(list: &str, etag: Option<&str>) -> bool {
 /// `abc` from `W/"abc"` or `"abc"`.
 fn opaque_tag(etag: &str) -> &str {
     let tag = etag.strip_prefix("W/").unwrap_or(etag);
-    tag.strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .unwrap_or(tag)
+    tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(tag)
 }
 
 /// Step 1: splits and decodes a request path (after the mount prefix).
@@ -485,8 +465,7 @@ fn content_type(path: &Path) -> HeaderValue {
 /// scheme-relative redirect to another site.
 fn redirect_to_directory(uri: &Uri) -> Response {
     let path = uri.path().trim_start_matches('/');
-    let mut location =
-        String::with_capacity(path.len() + 2 + uri.query().map_or(0, |q| q.len() + 1));
+    let mut location = String::with_capacity(path.len() + 2 + uri.query().map_or(0, |q| q.len() + 1));
     location.push('/');
     location.push_str(path);
     location.push('/');
@@ -556,8 +535,7 @@ mod tests {
     fn write(path: &Path, data: &[u8]) {
         fs::write(path, data).unwrap();
         let file = File::options().write(true).open(path).unwrap();
-        file.set_modified(UNIX_EPOCH + Duration::from_secs(MTIME_SECS))
-            .unwrap();
+        file.set_modified(UNIX_EPOCH + Duration::from_secs(MTIME_SECS)).unwrap();
     }
 
     fn fixture() -> Fixture {
@@ -580,9 +558,7 @@ mod tests {
         write(&www.join("sub/page.html"), b"<p>page</p>");
         write(&www.join("exact64k.bin"), &vec![b'x'; 64 * 1024]);
         // Not a multiple of the chunk size, so the last chunk is short.
-        let big: Vec<u8> = (0..300 * 1024 + 7)
-            .map(|i: u32| (i * 31 % 251) as u8)
-            .collect();
+        let big: Vec<u8> = (0..300 * 1024 + 7).map(|i: u32| (i * 31 % 251) as u8).collect();
         write(&www.join("big.bin"), &big);
         // Targets outside the root: beside it and in another temp dir.
         write(&base.path().join("x"), b"outside x");
@@ -593,11 +569,7 @@ mod tests {
         symlink("hello.txt", www.join("alias.txt")).unwrap();
         symlink("sub", www.join("subalias")).unwrap();
         symlink("missing.txt", www.join("dangling.txt")).unwrap();
-        Fixture {
-            base,
-            elsewhere,
-            big,
-        }
+        Fixture { base, elsewhere, big }
     }
 
     fn req(method: Method, uri: &str, headers: &[(&str, &str)]) -> Request {
@@ -648,10 +620,7 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(header(&resp, CONTENT_TYPE), "text/plain; charset=utf-8");
         assert_eq!(header(&resp, CONTENT_LENGTH), "13");
-        assert_eq!(
-            header(&resp, LAST_MODIFIED),
-            "Thu, 02 Jan 2020 03:04:05 GMT"
-        );
+        assert_eq!(header(&resp, LAST_MODIFIED), "Thu, 02 Jan 2020 03:04:05 GMT");
         assert_eq!(header(&resp, ACCEPT_RANGES), "none");
         let etag = header(&resp, ETAG);
         assert!(etag.starts_with("W/\"") && etag.ends_with('"'), "{etag}");
@@ -702,10 +671,7 @@ mod tests {
             let resp = get_with(&files, "/hello.txt", &[("if-none-match", inm)]).await;
             assert_eq!(resp.status(), StatusCode::NOT_MODIFIED, "{inm}");
             assert_eq!(header(&resp, ETAG), etag);
-            assert_eq!(
-                header(&resp, LAST_MODIFIED),
-                "Thu, 02 Jan 2020 03:04:05 GMT"
-            );
+            assert_eq!(header(&resp, LAST_MODIFIED), "Thu, 02 Jan 2020 03:04:05 GMT");
             assert!(resp.headers().get(CONTENT_LENGTH).is_none());
             assert!(resp.headers().get(CONTENT_TYPE).is_none());
             assert!(matches!(resp.body(), Body::Empty));
@@ -729,10 +695,7 @@ mod tests {
     async fn if_modified_since_gives_304() {
         let f = fixture();
         let files = f.files();
-        for ims in [
-            "Thu, 02 Jan 2020 03:04:05 GMT",
-            "Fri, 03 Jan 2020 00:00:00 GMT",
-        ] {
+        for ims in ["Thu, 02 Jan 2020 03:04:05 GMT", "Fri, 03 Jan 2020 00:00:00 GMT"] {
             let resp = get_with(&files, "/hello.txt", &[("if-modified-since", ims)]).await;
             assert_eq!(resp.status(), StatusCode::NOT_MODIFIED, "{ims}");
             assert!(resp.headers().get(ETAG).is_some());
@@ -824,11 +787,7 @@ mod tests {
             assert_eq!(body, b"not found\n", "{path}");
         }
         for path in ["/%zz", "/hello%2", "/hello.txt%", "/%2g"] {
-            assert_eq!(
-                get(&files, path).await.status(),
-                StatusCode::BAD_REQUEST,
-                "{path}"
-            );
+            assert_eq!(get(&files, path).await.status(), StatusCode::BAD_REQUEST, "{path}");
         }
         // Encoded ordinary characters are fine.
         let resp = get(&files, "/%68ello%2Etxt").await;
@@ -845,10 +804,7 @@ mod tests {
             assert_eq!(collect(resp).await.0, b"forbidden\n");
         }
         assert!(f.elsewhere.path().join("secret.txt").exists());
-        assert_eq!(
-            get(&files, "/dangling.txt").await.status(),
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(get(&files, "/dangling.txt").await.status(), StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]
@@ -893,33 +849,17 @@ mod tests {
         }
         // No listing; a file is not a directory.
         assert_eq!(get(&files, "/empty/").await.status(), StatusCode::NOT_FOUND);
-        assert_eq!(
-            get(&files, "/hello.txt/").await.status(),
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            get(&files, "/hello.txt/x").await.status(),
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            get(&files, "/missing.txt").await.status(),
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(get(&files, "/hello.txt/").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(get(&files, "/hello.txt/x").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(get(&files, "/missing.txt").await.status(), StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]
     async fn index_symlinked_out_of_the_root_is_403() {
         let f = fixture();
         fs::create_dir(f.root().join("trap")).unwrap();
-        symlink(
-            f.elsewhere.path().join("secret.txt"),
-            f.root().join("trap/index.html"),
-        )
-        .unwrap();
-        assert_eq!(
-            get(&f.files(), "/trap/").await.status(),
-            StatusCode::FORBIDDEN
-        );
+        symlink(f.elsewhere.path().join("secret.txt"), f.root().join("trap/index.html")).unwrap();
+        assert_eq!(get(&f.files(), "/trap/").await.status(), StatusCode::FORBIDDEN);
     }
 
     #[tokio::test]
@@ -933,16 +873,7 @@ mod tests {
         let (body, sizes) = collect(resp).await;
         assert_eq!(body.len(), f.big.len());
         assert!(body == f.big, "streamed bytes differ from the file");
-        assert_eq!(
-            sizes,
-            [
-                CHUNK_SIZE,
-                CHUNK_SIZE,
-                CHUNK_SIZE,
-                CHUNK_SIZE,
-                44 * 1024 + 7
-            ]
-        );
+        assert_eq!(sizes, [CHUNK_SIZE, CHUNK_SIZE, CHUNK_SIZE, CHUNK_SIZE, 44 * 1024 + 7]);
     }
 
     #[tokio::test]
@@ -981,20 +912,11 @@ mod tests {
         assert_eq!(collect(resp).await.0, b"hello, world\n");
         let resp = get(&router, "/static/sub").await;
         assert_eq!(header(&resp, LOCATION), "/static/sub/");
-        assert_eq!(
-            collect(get(&router, "/static/").await).await.0,
-            b"<h1>root</h1>"
-        );
+        assert_eq!(collect(get(&router, "/static/").await).await.0, b"<h1>root</h1>");
         // Called directly: outside the mount is 404, the bare mount redirects.
         let files = f.files().strip_prefix("static");
-        assert_eq!(
-            get(&files, "/hello.txt").await.status(),
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            get(&files, "/staticx/hello.txt").await.status(),
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(get(&files, "/hello.txt").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(get(&files, "/staticx/hello.txt").await.status(), StatusCode::NOT_FOUND);
         assert_eq!(header(&get(&files, "/static").await, LOCATION), "/static/");
     }
 

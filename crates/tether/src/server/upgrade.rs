@@ -26,7 +26,9 @@ pub struct Upgraded {
 
 impl std::fmt::Debug for Upgraded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upgraded").field("buffered", &self.read_buf.len()).finish()
+        f.debug_struct("Upgraded")
+            .field("buffered", &self.read_buf.len())
+            .finish()
     }
 }
 

@@ -1,0 +1,1129 @@
+//! The `serve` configuration: one [`ServeConfig`] filled from, in rising
+//! precedence, defaults, an optional TOML file (`--config FILE`), `TETHER_*`
+//! environment variables and command-line flags.
+//!
+//! Every flag is also a key of the TOML file, spelled the same way without
+//! the leading dashes (`--keep-alive-timeout 2s` is `keep-alive-timeout =
+//! "2s"`), and an environment variable (`TETHER_KEEP_ALIVE_TIMEOUT=2s`).
+//! The one exception is `--config` itself, which a file cannot name.
+//!
+//! How the layers merge: every field of [`ServeArgs`] is an `Option` and
+//! clap applies no defaults to it, so `None` means "neither the flag nor its
+//! environment variable was given" (clap's own precedence is flag > env).
+//! [`load`] starts from the file (itself [`ServeConfig::default`] under
+//! whatever the file sets) and overwrites each field that the arguments
+//! carry. So: flag > env > file > default.
+//!
+//! Value syntax:
+//! - DURATION: a non-negative decimal number with an optional unit, `ms`,
+//!   `s`, `m` or `h`; a bare number is seconds: `5`, `2.5`, `500ms`, `5s`,
+//!   `1m`. Options that can be switched off also accept `off` (or `0`).
+//!   In a TOML file a duration may also be a bare number: `header-timeout = 10`.
+//! - SIZE: a whole number of bytes with an optional binary unit: `1048576`,
+//!   `64K`/`64KiB`, `16M`/`16MiB`, `1G`/`1GiB` (all powers of 1024). In a TOML
+//!   file a size may also be an integer.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// Longest accepted duration (keeps `Instant + duration` far from overflow).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// What the `Keep-Alive` response header advertises as `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeepAliveHeaderMode {
+    /// `Keep-Alive: timeout=T, max=M` with the configured M.
+    Fixed,
+    /// `Keep-Alive: timeout=T, max=R` with R the requests this connection
+    /// will still serve.
+    Remaining,
+}
+
+/// permessage-deflate (RFC 7692) for WebSocket connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum WsCompression {
+    /// Never negotiate permessage-deflate.
+    Off,
+    /// Negotiate it with `no_context_takeover` (no per-connection window kept
+    /// between messages; cheap for idle connections).
+    Shared,
+    /// Negotiate it with context takeover (better ratio, a deflate window
+    /// held per connection).
+    Context,
+}
+
+/// The effective configuration of `tether serve`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeConfig {
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Idle keep-alive connections are closed after this long.
+    #[serde(with = "serde_duration")]
+    pub keep_alive_timeout: Duration,
+    /// Requests served per connection; the last response carries
+    /// `Connection: close`. 0 = unlimited.
+    pub keep_alive_max: u32,
+    /// What `max` the `Keep-Alive` header advertises.
+    pub keep_alive_header: KeepAliveHeaderMode,
+    /// Send no `Keep-Alive` header at all (overrides `keep_alive_header`).
+    pub no_keep_alive_header: bool,
+    /// After this long a connection's next response carries
+    /// `Connection: close`. `None`: no limit.
+    #[serde(with = "serde_opt_duration")]
+    pub max_lifetime: Option<Duration>,
+    /// A request head must arrive whole within this after its first byte.
+    #[serde(with = "serde_duration")]
+    pub header_timeout: Duration,
+    /// A request body making no progress for this long closes the connection.
+    #[serde(with = "serde_duration")]
+    pub body_timeout: Duration,
+    /// Largest request body in bytes (`413` beyond).
+    #[serde(with = "serde_size")]
+    pub max_body: u64,
+    /// On SIGTERM/SIGINT, in-flight requests get this long before the
+    /// remaining connections are dropped.
+    #[serde(with = "serde_duration")]
+    pub shutdown_timeout: Duration,
+    /// Directory served as static files. `None`: no static files.
+    pub root: Option<PathBuf>,
+    /// Runtime worker threads; 1 means a current-thread runtime.
+    pub workers: usize,
+    /// Log filter (`tracing_subscriber::EnvFilter` syntax), e.g. `info`.
+    pub log: String,
+    /// Largest WebSocket message in bytes (close 1009 beyond).
+    #[serde(with = "serde_size")]
+    pub ws_max_message: u64,
+    /// permessage-deflate policy.
+    pub ws_compression: WsCompression,
+    /// Send a Ping after this long without traffic. `None`: never.
+    #[serde(with = "serde_opt_duration")]
+    pub ws_ping_interval: Option<Duration>,
+    /// Close a WebSocket silent for this long. `None`: never.
+    #[serde(with = "serde_opt_duration")]
+    pub ws_idle_timeout: Option<Duration>,
+    /// Origins allowed to open WebSockets. Empty: any origin.
+    #[serde(rename = "allowed-origin")]
+    pub allowed_origins: Vec<String>,
+    /// Most bytes queued for sending on one WebSocket before it counts as
+    /// a slow consumer.
+    #[serde(with = "serde_size")]
+    pub ws_max_queued: u64,
+}
+
+const MIB: u64 = 1024 * 1024;
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            keep_alive_timeout: Duration::from_secs(5),
+            keep_alive_max: 100,
+            keep_alive_header: KeepAliveHeaderMode::Fixed,
+            no_keep_alive_header: false,
+            max_lifetime: None,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_body: 16 * MIB,
+            shutdown_timeout: Duration::from_secs(10),
+            root: None,
+            workers: default_workers(),
+            log: "info".to_owned(),
+            ws_max_message: 16 * MIB,
+            ws_compression: WsCompression::Shared,
+            ws_ping_interval: None,
+            ws_idle_timeout: None,
+            allowed_origins: Vec::new(),
+            ws_max_queued: 4 * MIB,
+        }
+    }
+}
+
+/// The number of CPUs (at least 1).
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl ServeConfig {
+    /// Parses a TOML document (unknown keys are an error), then validates it.
+    pub fn from_toml_str(text: &str) -> anyhow::Result<Self> {
+        let config: Self = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Checks what the types alone do not.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (key, d) in [
+            ("keep-alive-timeout", self.keep_alive_timeout),
+            ("header-timeout", self.header_timeout),
+            ("body-timeout", self.body_timeout),
+            ("shutdown-timeout", self.shutdown_timeout),
+        ] {
+            check_duration(d, false).with_context(|| format!("invalid {key}"))?;
+        }
+        for (key, d) in [
+            ("max-lifetime", self.max_lifetime),
+            ("ws-ping-interval", self.ws_ping_interval),
+            ("ws-idle-timeout", self.ws_idle_timeout),
+        ] {
+            if let Some(d) = d {
+                check_duration(d, false).with_context(|| format!("invalid {key}"))?;
+            }
+        }
+        if !(1..=4096).contains(&self.workers) {
+            bail!("invalid workers: must be from 1 to 4096");
+        }
+        for (key, size) in [
+            ("ws-max-message", self.ws_max_message),
+            ("ws-max-queued", self.ws_max_queued),
+        ] {
+            if size == 0 {
+                bail!("invalid {key}: must be at least 1 byte");
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Command line
+// ---------------------------------------------------------------------------
+
+/// A duration that can be switched off (`off` or `0`): `OptDuration(None)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptDuration(pub Option<Duration>);
+
+/// Options of `tether serve`. Every option is also a key of the `--config`
+/// file and a `TETHER_*` environment variable; precedence is
+/// flag > environment > file > default.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(after_help = VALUE_SYNTAX_HELP)]
+pub struct ServeArgs {
+    /// TOML file with the same keys as these flags (e.g. `keep-alive-timeout = "5s"`)
+    #[arg(long, value_name = "FILE", env = "TETHER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR", env = "TETHER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Close an idle keep-alive connection after this long [default: 5s]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_KEEP_ALIVE_TIMEOUT",
+          value_parser = parse_duration)]
+    pub keep_alive_timeout: Option<Duration>,
+
+    /// Requests per connection; the last response carries `Connection: close`; 0 = unlimited [default: 100]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", env = "TETHER_KEEP_ALIVE_MAX")]
+    pub keep_alive_max: Option<u32>,
+
+    /// `max` advertised in `Keep-Alive: timeout=T, max=M`: the configured maximum or the requests remaining [default: fixed]
+    #[arg(long, value_name = "MODE", env = "TETHER_KEEP_ALIVE_HEADER", value_enum)]
+    pub keep_alive_header: Option<KeepAliveHeaderMode>,
+
+    /// Send no `Keep-Alive` response header [default: false]
+    #[arg(long, value_name = "BOOL", env = "TETHER_NO_KEEP_ALIVE_HEADER",
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_keep_alive_header: Option<bool>,
+
+    /// After this long, a connection's next response carries `Connection: close` [default: off]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_MAX_LIFETIME",
+          value_parser = parse_opt_duration)]
+    pub max_lifetime: Option<OptDuration>,
+
+    /// A request head must arrive within this after its first byte, else 408 [default: 10s]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_HEADER_TIMEOUT",
+          value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+
+    /// Close a connection whose request body makes no progress for this long [default: 30s]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_BODY_TIMEOUT",
+          value_parser = parse_duration)]
+    pub body_timeout: Option<Duration>,
+
+    /// Largest request body, 413 beyond [default: 16MiB]
+    #[arg(long, allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_MAX_BODY", value_parser = parse_size)]
+    pub max_body: Option<u64>,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may still run [default: 10s]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_SHUTDOWN_TIMEOUT",
+          value_parser = parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+
+    /// Serve static files from this directory [default: none]
+    #[arg(long, value_name = "DIR", env = "TETHER_ROOT")]
+    pub root: Option<PathBuf>,
+
+    /// Worker threads; 1 = single-threaded runtime [default: number of CPUs]
+    #[arg(long, allow_hyphen_values = true, value_name = "N", env = "TETHER_WORKERS",
+          value_parser = parse_workers)]
+    pub workers: Option<usize>,
+
+    /// Log filter, e.g. `info`, `debug`, `tether=trace` [default: info]
+    #[arg(long, value_name = "LEVEL", env = "TETHER_LOG")]
+    pub log: Option<String>,
+
+    /// Largest WebSocket message, close 1009 beyond [default: 16MiB]
+    #[arg(long, allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_WS_MAX_MESSAGE", value_parser = parse_size)]
+    pub ws_max_message: Option<u64>,
+
+    /// WebSocket permessage-deflate: off, shared (no context takeover) or context (context takeover) [default: shared]
+    #[arg(long, value_name = "MODE", env = "TETHER_WS_COMPRESSION", value_enum)]
+    pub ws_compression: Option<WsCompression>,
+
+    /// Ping a WebSocket after this long without traffic [default: off]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_WS_PING_INTERVAL",
+          value_parser = parse_opt_duration)]
+    pub ws_ping_interval: Option<OptDuration>,
+
+    /// Close a WebSocket silent for this long [default: off]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_WS_IDLE_TIMEOUT",
+          value_parser = parse_opt_duration)]
+    pub ws_idle_timeout: Option<OptDuration>,
+
+    /// Origin allowed to open WebSockets; repeat or comma-separate for several [default: any origin]
+    #[arg(
+        long = "allowed-origin",
+        value_name = "ORIGIN",
+        env = "TETHER_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// Bytes queued for sending on one WebSocket before it is closed as a slow consumer [default: 4MiB]
+    #[arg(long, allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_WS_MAX_QUEUED", value_parser = parse_size)]
+    pub ws_max_queued: Option<u64>,
+}
+
+const VALUE_SYNTAX_HELP: &str = "\
+Every option is also a key of the --config file (same name, no dashes, e.g.
+keep-alive-timeout = \"2s\") and an environment variable (TETHER_KEEP_ALIVE_TIMEOUT=2s).
+Precedence: flag > environment > file > default.
+
+DURATION: a number with an optional unit ms, s, m, h; a bare number is seconds
+  (5, 2.5, 500ms, 5s, 1m). Options whose default is off also accept `off` or 0.
+SIZE: bytes with an optional binary unit (1048576, 64K, 64KiB, 16M, 16MiB, 1G, 1GiB).";
+
+impl ServeArgs {
+    /// Overwrites every field of `config` that these arguments carry.
+    pub fn apply_to(self, config: &mut ServeConfig) {
+        fn set<T>(slot: &mut T, value: Option<T>) {
+            if let Some(value) = value {
+                *slot = value;
+            }
+        }
+        set(&mut config.listen, self.listen);
+        set(&mut config.keep_alive_timeout, self.keep_alive_timeout);
+        set(&mut config.keep_alive_max, self.keep_alive_max);
+        set(&mut config.keep_alive_header, self.keep_alive_header);
+        set(&mut config.no_keep_alive_header, self.no_keep_alive_header);
+        set(&mut config.max_lifetime, self.max_lifetime.map(|d| d.0));
+        set(&mut config.header_timeout, self.header_timeout);
+        set(&mut config.body_timeout, self.body_timeout);
+        set(&mut config.max_body, self.max_body);
+        set(&mut config.shutdown_timeout, self.shutdown_timeout);
+        if self.root.is_some() {
+            config.root = self.root;
+        }
+        set(&mut config.workers, self.workers);
+        set(&mut config.log, self.log);
+        set(&mut config.ws_max_message, self.ws_max_message);
+        set(&mut config.ws_compression, self.ws_compression);
+        set(&mut config.ws_ping_interval, self.ws_ping_interval.map(|d| d.0));
+        set(&mut config.ws_idle_timeout, self.ws_idle_timeout.map(|d| d.0));
+        set(&mut config.allowed_origins, self.allowed_origins);
+        set(&mut config.ws_max_queued, self.ws_max_queued);
+    }
+}
+
+/// The effective configuration: defaults, then the `--config` file if any,
+/// then environment variables and flags (already merged by clap).
+pub fn load(args: ServeArgs) -> anyhow::Result<ServeConfig> {
+    let mut config = match &args.config {
+        Some(path) => ServeConfig::from_file(path)?,
+        None => ServeConfig::default(),
+    };
+    args.apply_to(&mut config);
+    config.validate()?;
+    Ok(config)
+}
+
+// ---------------------------------------------------------------------------
+// Durations and sizes
+// ---------------------------------------------------------------------------
+
+/// Why a duration or size was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueError(String);
+
+impl fmt::Display for ValueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ValueError {}
+
+fn value_error(input: &str, why: &str) -> ValueError {
+    ValueError(format!("invalid value {input:?}: {why}"))
+}
+
+const DURATION_SYNTAX: &str = "expected a number with an optional unit ms, s, m or h (e.g. 5, 2.5, 500ms, 5s, 1m)";
+
+/// Parses a duration that must be positive: `5`, `2.5`, `500ms`, `5s`, `1m`, `1h`.
+pub fn parse_duration(input: &str) -> Result<Duration, ValueError> {
+    let d = parse_duration_value(input)?;
+    check_duration(d, false).map_err(|e| value_error(input, &e.to_string()))?;
+    Ok(d)
+}
+
+/// Parses a duration that may be switched off: `off` or `0` give `None`.
+pub fn parse_opt_duration(input: &str) -> Result<OptDuration, ValueError> {
+    if input.trim().eq_ignore_ascii_case("off") {
+        return Ok(OptDuration(None));
+    }
+    let d = parse_duration_value(input)?;
+    check_duration(d, true).map_err(|e| value_error(input, &e.to_string()))?;
+    Ok(OptDuration((!d.is_zero()).then_some(d)))
+}
+
+fn check_duration(d: Duration, zero_ok: bool) -> anyhow::Result<()> {
+    if d.is_zero() && !zero_ok {
+        bail!("must be greater than 0");
+    }
+    if d > MAX_DURATION {
+        bail!("must be at most 365 days");
+    }
+    Ok(())
+}
+
+/// The grammar alone: digits, an optional fraction, an optional unit.
+fn parse_duration_value(input: &str) -> Result<Duration, ValueError> {
+    let s = input.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = (&s[..split], s[split..].trim_start());
+    let unit_nanos: u128 = match unit {
+        "" | "s" => 1_000_000_000,
+        "ms" => 1_000_000,
+        "m" | "min" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        _ if number.is_empty() => {
+            let why = if s.starts_with('-') {
+                "must not be negative"
+            } else {
+                DURATION_SYNTAX
+            };
+            return Err(value_error(input, why));
+        }
+        _ => return Err(value_error(input, &format!("unknown unit {unit:?}; {DURATION_SYNTAX}"))),
+    };
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
+        return Err(value_error(input, DURATION_SYNTAX));
+    }
+    // Integer part up to 1e18 of any unit; exact decimal arithmetic in nanoseconds.
+    if int.len() > 18 || frac.len() > 18 {
+        return Err(value_error(input, "too large or too precise"));
+    }
+    let int: u128 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| value_error(input, DURATION_SYNTAX))?
+    };
+    let mut nanos = int * unit_nanos;
+    if !frac.is_empty() {
+        let digits: u128 = frac.parse().map_err(|_| value_error(input, DURATION_SYNTAX))?;
+        nanos += digits * unit_nanos / 10u128.pow(frac.len() as u32);
+    }
+    if nanos > MAX_DURATION.as_nanos() {
+        return Err(value_error(input, "must be at most 365 days"));
+    }
+    // Fits: at most 365 days in nanoseconds is far below u64::MAX.
+    Ok(Duration::from_nanos(nanos as u64))
+}
+
+/// Parses a worker count: 1 to 4096.
+pub fn parse_workers(input: &str) -> Result<usize, ValueError> {
+    match input.trim().parse::<usize>() {
+        Ok(n @ 1..=4096) => Ok(n),
+        _ => Err(value_error(input, "expected a number of threads from 1 to 4096")),
+    }
+}
+
+/// A duration as the config and help text write it: `5s`, `500ms`, `1m`, `2.5s`.
+pub fn format_duration(d: Duration) -> String {
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".to_owned();
+    }
+    for (unit, suffix) in [
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+    ] {
+        if nanos / unit * unit == nanos {
+            return format!("{}{suffix}", nanos / unit);
+        }
+    }
+    // Exact: the nanoseconds as a decimal number of seconds.
+    let s = format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);
+    format!("{}s", s.trim_end_matches('0'))
+}
+
+/// Parses a size in bytes: `1048576`, `64K`, `64KiB`, `16M`, `16MiB`, `1G`, `1GiB`.
+pub fn parse_size(input: &str) -> Result<u64, ValueError> {
+    const SYNTAX: &str =
+        "expected a whole number of bytes with an optional unit K, KiB, M, MiB, G or GiB (e.g. 1048576, 64KiB, 16MiB)";
+    let s = input.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = (&s[..split], s[split..].trim_start());
+    if number.is_empty() {
+        let why = if s.starts_with('-') {
+            "must not be negative"
+        } else {
+            SYNTAX
+        };
+        return Err(value_error(input, why));
+    }
+    let factor: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" | "mb" | "gb" => {
+            return Err(value_error(
+                input,
+                "decimal units are ambiguous; use K/KiB, M/MiB, G/GiB (powers of 1024) or plain bytes",
+            ))
+        }
+        _ => return Err(value_error(input, SYNTAX)),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| value_error(input, "too large"))
+}
+
+/// A size as the config writes it: the largest binary unit that divides it.
+pub fn format_size(bytes: u64) -> String {
+    match bytes {
+        0 => "0".to_owned(),
+        b if b.trailing_zeros() >= 30 => format!("{}GiB", b >> 30),
+        b if b.trailing_zeros() >= 20 => format!("{}MiB", b >> 20),
+        b if b.trailing_zeros() >= 10 => format!("{}KiB", b >> 10),
+        b => b.to_string(),
+    }
+}
+
+/// In TOML, a number of seconds (integer or float) or a duration string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationRepr {
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl DurationRepr {
+    fn into_text(self) -> String {
+        match self {
+            DurationRepr::Int(n) => n.to_string(),
+            // `{}` of an f64 never uses exponent notation; NaN/inf/negatives
+            // are rejected by the parser.
+            DurationRepr::Float(x) => x.to_string(),
+            DurationRepr::Str(s) => s,
+        }
+    }
+}
+
+mod serde_duration {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = DurationRepr::deserialize(d)?.into_text();
+        parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+mod serde_opt_duration {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format_duration(*d)),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = DurationRepr::deserialize(d)?.into_text();
+        parse_opt_duration(&text).map(|d| d.0).map_err(serde::de::Error::custom)
+    }
+}
+
+mod serde_size {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum SizeRepr {
+        Int(i64),
+        Str(String),
+    }
+
+    pub fn serialize<S: serde::Serializer>(bytes: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_size(*bytes))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let text = match SizeRepr::deserialize(d)? {
+            SizeRepr::Int(n) => n.to_string(),
+            SizeRepr::Str(s) => s,
+        };
+        parse_size(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::sync::Mutex;
+
+    /// clap reads `TETHER_*` from the process environment while parsing;
+    /// every test that parses holds this lock so the one test that sets
+    /// variables cannot leak them into another.
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+    #[derive(Debug, Parser)]
+    #[command(name = "serve")]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("serve").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    fn lock() -> std::sync::MutexGuard<'static, ()> {
+        ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn defaults() {
+        let _g = lock();
+        let c = load(parse(&[]).unwrap()).unwrap();
+        assert_eq!(c, ServeConfig::default());
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.keep_alive_timeout, secs(5));
+        assert_eq!(c.keep_alive_max, 100);
+        assert_eq!(c.keep_alive_header, KeepAliveHeaderMode::Fixed);
+        assert!(!c.no_keep_alive_header);
+        assert_eq!(c.max_lifetime, None);
+        assert_eq!(c.header_timeout, secs(10));
+        assert_eq!(c.body_timeout, secs(30));
+        assert_eq!(c.max_body, 16 << 20);
+        assert_eq!(c.shutdown_timeout, secs(10));
+        assert_eq!(c.root, None);
+        assert_eq!(c.workers, default_workers());
+        assert!(c.workers >= 1);
+        assert_eq!(c.log, "info");
+        assert_eq!(c.ws_max_message, 16 << 20);
+        assert_eq!(c.ws_compression, WsCompression::Shared);
+        assert_eq!(c.ws_ping_interval, None);
+        assert_eq!(c.ws_idle_timeout, None);
+        assert!(c.allowed_origins.is_empty());
+        assert_eq!(c.ws_max_queued, 4 << 20);
+    }
+
+    #[test]
+    fn flags_set_every_field() {
+        let _g = lock();
+        let args = parse(&[
+            "--listen",
+            "0.0.0.0:0",
+            "--keep-alive-timeout",
+            "500ms",
+            "--keep-alive-max",
+            "0",
+            "--keep-alive-header",
+            "remaining",
+            "--no-keep-alive-header",
+            "--max-lifetime",
+            "1m",
+            "--header-timeout",
+            "2.5",
+            "--body-timeout",
+            "7s",
+            "--max-body",
+            "1024",
+            "--shutdown-timeout",
+            "1",
+            "--root",
+            "/srv/www",
+            "--workers",
+            "1",
+            "--log",
+            "debug",
+            "--ws-max-message",
+            "64KiB",
+            "--ws-compression",
+            "context",
+            "--ws-ping-interval",
+            "20s",
+            "--ws-idle-timeout",
+            "off",
+            "--allowed-origin",
+            "https://a.example",
+            "--allowed-origin",
+            "https://b.example,https://c.example",
+            "--ws-max-queued",
+            "1M",
+        ])
+        .unwrap();
+        let c = load(args).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:0".parse().unwrap());
+        assert_eq!(c.keep_alive_timeout, ms(500));
+        assert_eq!(c.keep_alive_max, 0);
+        assert_eq!(c.keep_alive_header, KeepAliveHeaderMode::Remaining);
+        assert!(c.no_keep_alive_header);
+        assert_eq!(c.max_lifetime, Some(secs(60)));
+        assert_eq!(c.header_timeout, ms(2500));
+        assert_eq!(c.body_timeout, secs(7));
+        assert_eq!(c.max_body, 1024);
+        assert_eq!(c.shutdown_timeout, secs(1));
+        assert_eq!(c.root, Some(PathBuf::from("/srv/www")));
+        assert_eq!(c.workers, 1);
+        assert_eq!(c.log, "debug");
+        assert_eq!(c.ws_max_message, 64 << 10);
+        assert_eq!(c.ws_compression, WsCompression::Context);
+        assert_eq!(c.ws_ping_interval, Some(secs(20)));
+        assert_eq!(c.ws_idle_timeout, None);
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://b.example", "https://c.example"]
+        );
+        assert_eq!(c.ws_max_queued, 1 << 20);
+    }
+
+    #[test]
+    fn bad_flags_are_rejected() {
+        let _g = lock();
+        for argv in [
+            &["--listen", "localhost"][..],
+            &["--keep-alive-timeout", "-1s"],
+            &["--keep-alive-timeout", "0"],
+            &["--keep-alive-timeout", "off"],
+            &["--keep-alive-max", "-1"],
+            &["--keep-alive-header", "sometimes"],
+            &["--no-keep-alive-header=maybe"],
+            &["--max-lifetime", "forever"],
+            &["--max-body", "1.5MiB"],
+            &["--workers", "0"],
+            &["--ws-compression", "zstd"],
+            &["--unknown-flag"],
+        ] {
+            assert!(parse(argv).is_err(), "{argv:?} accepted");
+        }
+        let err = parse(&["--header-timeout", "nan"]).unwrap_err().to_string();
+        assert!(err.contains("--header-timeout") && err.contains("nan"), "{err}");
+    }
+
+    #[test]
+    fn no_keep_alive_header_forms() {
+        let _g = lock();
+        assert_eq!(parse(&[]).unwrap().no_keep_alive_header, None);
+        assert_eq!(
+            parse(&["--no-keep-alive-header"]).unwrap().no_keep_alive_header,
+            Some(true)
+        );
+        assert_eq!(
+            parse(&["--no-keep-alive-header=false"]).unwrap().no_keep_alive_header,
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn toml_file() {
+        let c = ServeConfig::from_toml_str(
+            r#"
+            listen = "127.0.0.1:0"
+            keep-alive-timeout = "2s"
+            keep-alive-max = 3
+            keep-alive-header = "remaining"
+            no-keep-alive-header = true
+            max-lifetime = 90
+            header-timeout = 1.5
+            body-timeout = "1m"
+            max-body = 1024
+            shutdown-timeout = "250ms"
+            root = "/tmp"
+            workers = 2
+            log = "warn"
+            ws-max-message = "1MiB"
+            ws-compression = "off"
+            ws-ping-interval = "off"
+            ws-idle-timeout = "30s"
+            allowed-origin = ["https://a.example"]
+            ws-max-queued = "64K"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.keep_alive_timeout, secs(2));
+        assert_eq!(c.keep_alive_max, 3);
+        assert_eq!(c.keep_alive_header, KeepAliveHeaderMode::Remaining);
+        assert!(c.no_keep_alive_header);
+        assert_eq!(c.max_lifetime, Some(secs(90)));
+        assert_eq!(c.header_timeout, ms(1500));
+        assert_eq!(c.body_timeout, secs(60));
+        assert_eq!(c.max_body, 1024);
+        assert_eq!(c.shutdown_timeout, ms(250));
+        assert_eq!(c.root, Some(PathBuf::from("/tmp")));
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.log, "warn");
+        assert_eq!(c.ws_max_message, 1 << 20);
+        assert_eq!(c.ws_compression, WsCompression::Off);
+        assert_eq!(c.ws_ping_interval, None);
+        assert_eq!(c.ws_idle_timeout, Some(secs(30)));
+        assert_eq!(c.allowed_origins, ["https://a.example"]);
+        assert_eq!(c.ws_max_queued, 64 << 10);
+    }
+
+    #[test]
+    fn toml_partial_file_keeps_defaults() {
+        let c = ServeConfig::from_toml_str("keep-alive-max = 7\n").unwrap();
+        assert_eq!(
+            c,
+            ServeConfig {
+                keep_alive_max: 7,
+                ..ServeConfig::default()
+            }
+        );
+        assert_eq!(ServeConfig::from_toml_str("").unwrap(), ServeConfig::default());
+    }
+
+    #[test]
+    fn toml_rejects_unknown_and_bad_values() {
+        for text in [
+            "keep-alive-timout = \"5s\"\n",  // typo
+            "keep_alive_timeout = \"5s\"\n", // snake case
+            "config = \"other.toml\"\n",     // a file cannot name a file
+            "[server]\nlisten = \"127.0.0.1:1\"\n",
+            "keep-alive-timeout = -1\n",
+            "keep-alive-timeout = 0\n",
+            "keep-alive-timeout = nan\n",
+            "keep-alive-timeout = inf\n",
+            "keep-alive-timeout = \"soon\"\n",
+            "keep-alive-max = \"3\"\n",
+            "keep-alive-max = -1\n",
+            "max-body = \"16MB\"\n",
+            "max-body = -5\n",
+            "workers = 0\n",
+            "listen = \"nowhere\"\n",
+            "ws-compression = \"yes\"\n",
+            "allowed-origin = \"https://a.example\"\n",
+        ] {
+            assert!(ServeConfig::from_toml_str(text).is_err(), "accepted: {text}");
+        }
+        let err = ServeConfig::from_toml_str("keep-alive-timout = 5\n").unwrap_err();
+        assert!(format!("{err:#}").contains("keep-alive-timout"), "{err:#}");
+    }
+
+    #[test]
+    fn toml_round_trip() {
+        let c = ServeConfig {
+            max_lifetime: Some(ms(1500)),
+            ws_ping_interval: Some(secs(120)),
+            allowed_origins: vec!["https://x.example".into()],
+            max_body: 1000,
+            ..ServeConfig::default()
+        };
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(ServeConfig::from_toml_str(&text).unwrap(), c, "{text}");
+    }
+
+    /// flag > env > file > default, each layer checked on a different key
+    /// and on one key set in all layers.
+    #[test]
+    fn precedence_file_env_flag() {
+        let _g = lock();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tether.toml");
+        std::fs::write(
+            &path,
+            "keep-alive-timeout = \"1s\"\nkeep-alive-max = 1\nheader-timeout = 3\nlog = \"warn\"\n",
+        )
+        .unwrap();
+
+        // File alone over defaults.
+        let c = load(parse(&["--config", path.to_str().unwrap()]).unwrap()).unwrap();
+        assert_eq!(c.keep_alive_timeout, secs(1));
+        assert_eq!(c.keep_alive_max, 1);
+        assert_eq!(c.header_timeout, secs(3));
+        assert_eq!(c.log, "warn");
+        assert_eq!(c.body_timeout, secs(30)); // default
+
+        let vars = [
+            ("TETHER_CONFIG", path.to_str().unwrap()),
+            ("TETHER_KEEP_ALIVE_TIMEOUT", "2s"),
+            ("TETHER_KEEP_ALIVE_MAX", "2"),
+            ("TETHER_LOG", "debug"),
+            ("TETHER_ALLOWED_ORIGIN", "https://a.example,https://b.example"),
+            ("TETHER_NO_KEEP_ALIVE_HEADER", "true"),
+        ];
+        for (k, v) in vars {
+            std::env::set_var(k, v);
+        }
+        let result = std::panic::catch_unwind(|| {
+            // Env over file (the file itself named by TETHER_CONFIG).
+            let c = load(parse(&[]).unwrap()).unwrap();
+            assert_eq!(c.keep_alive_timeout, secs(2));
+            assert_eq!(c.keep_alive_max, 2);
+            assert_eq!(c.header_timeout, secs(3)); // file
+            assert_eq!(c.log, "debug");
+            assert_eq!(c.allowed_origins, ["https://a.example", "https://b.example"]);
+            assert!(c.no_keep_alive_header);
+
+            // Flags over env.
+            let c = load(
+                parse(&[
+                    "--keep-alive-timeout",
+                    "3s",
+                    "--log",
+                    "trace",
+                    "--allowed-origin",
+                    "https://c.example",
+                    "--no-keep-alive-header=false",
+                ])
+                .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(c.keep_alive_timeout, secs(3));
+            assert_eq!(c.keep_alive_max, 2); // env
+            assert_eq!(c.header_timeout, secs(3)); // file
+            assert_eq!(c.body_timeout, secs(30)); // default
+            assert_eq!(c.log, "trace");
+            assert_eq!(c.allowed_origins, ["https://c.example"]);
+            assert!(!c.no_keep_alive_header);
+
+            // A bad env value is reported with the variable's flag.
+            std::env::set_var("TETHER_KEEP_ALIVE_TIMEOUT", "-2s");
+            let err = parse(&[]).unwrap_err().to_string();
+            assert!(err.contains("keep-alive-timeout"), "{err}");
+        });
+        for (k, _) in vars {
+            std::env::remove_var(k);
+        }
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    #[test]
+    fn load_reports_file_errors_with_path() {
+        let _g = lock();
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let err = load(parse(&["--config", missing.to_str().unwrap()]).unwrap()).unwrap_err();
+        assert!(format!("{err:#}").contains("missing.toml"), "{err:#}");
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "listen = 8080\n").unwrap();
+        let err = load(parse(&["--config", bad.to_str().unwrap()]).unwrap()).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("bad.toml") && msg.contains("listen"), "{msg}");
+    }
+
+    #[test]
+    fn durations() {
+        for (text, want) in [
+            ("5", secs(5)),
+            ("2.5", ms(2500)),
+            ("0.1", ms(100)),
+            (".5", ms(500)),
+            ("5.", secs(5)),
+            ("500ms", ms(500)),
+            ("1.5ms", Duration::from_micros(1500)),
+            ("5s", secs(5)),
+            ("1m", secs(60)),
+            ("1.5m", secs(90)),
+            ("2min", secs(120)),
+            ("1h", secs(3600)),
+            (" 5 s ", secs(5)),
+            ("0.000000001", Duration::from_nanos(1)),
+            ("8760h", MAX_DURATION),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text:?}");
+        }
+        for text in [
+            "",
+            " ",
+            "-1",
+            "-1s",
+            "+1",
+            "nan",
+            "NaN",
+            "inf",
+            "1e3",
+            "1.2.3",
+            ".",
+            "s",
+            "5x",
+            "5 ms s",
+            "1m30s",
+            "off",
+            "0",
+            "0s",
+            "0.0",
+            "8761h",
+            "99999999999999999999",
+            "0.0000000001", // below a nanosecond rounds to zero
+        ] {
+            let err = parse_duration(text).expect_err(text);
+            assert!(err.to_string().contains("invalid value"), "{err}");
+        }
+        assert!(parse_duration("-1s").unwrap_err().to_string().contains("negative"));
+        assert!(parse_duration("5x").unwrap_err().to_string().contains("unit"));
+    }
+
+    #[test]
+    fn optional_durations() {
+        for (text, want) in [
+            ("off", None),
+            ("OFF", None),
+            ("0", None),
+            ("0ms", None),
+            ("250ms", Some(ms(250))),
+            ("30", Some(secs(30))),
+        ] {
+            assert_eq!(parse_opt_duration(text), Ok(OptDuration(want)), "{text:?}");
+        }
+        for text in ["", "-1", "never", "nan", "of"] {
+            assert!(parse_opt_duration(text).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn duration_format_round_trips() {
+        for (d, text) in [
+            (secs(5), "5s"),
+            (ms(500), "500ms"),
+            (ms(2500), "2500ms"),
+            (secs(60), "1m"),
+            (secs(90), "90s"),
+            (secs(7200), "2h"),
+            (Duration::from_micros(1500), "0.0015s"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            if !d.is_zero() {
+                assert_eq!(parse_duration(text), Ok(d));
+            }
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        for (text, want) in [
+            ("0", 0),
+            ("1048576", 1 << 20),
+            ("1024B", 1024),
+            ("64K", 64 << 10),
+            ("64KiB", 64 << 10),
+            ("64kib", 64 << 10),
+            ("16M", 16 << 20),
+            ("16MiB", 16 << 20),
+            ("16 MiB", 16 << 20),
+            ("1G", 1 << 30),
+            ("1GiB", 1 << 30),
+            ("4294967296GiB", 1 << 62),
+        ] {
+            assert_eq!(parse_size(text), Ok(want), "{text:?}");
+        }
+        for text in [
+            "",
+            "-1",
+            "1.5M",
+            "1MB",
+            "1kb",
+            "1T",
+            "M",
+            "1 2",
+            "nan",
+            "18446744073709551616",
+            "17179869184GiB",
+        ] {
+            assert!(parse_size(text).is_err(), "{text:?}");
+        }
+        assert!(parse_size("1MB").unwrap_err().to_string().contains("MiB"));
+        for (n, text) in [(16 << 20, "16MiB"), (1024, "1KiB"), (1000, "1000"), (1 << 30, "1GiB")] {
+            assert_eq!(format_size(n), text);
+            assert_eq!(parse_size(text), Ok(n));
+        }
+    }
+
+    #[test]
+    fn help_lists_every_option_with_default() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for (flag, default) in [
+            ("--config", ""),
+            ("--listen", "[default: 127.0.0.1:8080]"),
+            ("--keep-alive-timeout", "[default: 5s]"),
+            ("--keep-alive-max", "[default: 100]"),
+            ("--keep-alive-header", "[default: fixed]"),
+            ("--no-keep-alive-header", "[default: false]"),
+            ("--max-lifetime", "[default: off]"),
+            ("--header-timeout", "[default: 10s]"),
+            ("--body-timeout", "[default: 30s]"),
+            ("--max-body", "[default: 16MiB]"),
+            ("--shutdown-timeout", "[default: 10s]"),
+            ("--root", "[default: none]"),
+            ("--workers", "[default: number of CPUs]"),
+            ("--log", "[default: info]"),
+            ("--ws-max-message", "[default: 16MiB]"),
+            ("--ws-compression", "[default: shared]"),
+            ("--ws-ping-interval", "[default: off]"),
+            ("--ws-idle-timeout", "[default: off]"),
+            ("--allowed-origin", "[default: any origin]"),
+            ("--ws-max-queued", "[default: 4MiB]"),
+        ] {
+            let at = help.find(flag).unwrap_or_else(|| panic!("{flag} missing:\n{help}"));
+            let next = help[at + 2..].find("\n  -").map_or(help.len(), |n| at + 2 + n);
+            assert!(help[at..next].contains(default), "{flag}: {}", &help[at..next]);
+        }
+        assert!(help.contains("TETHER_KEEP_ALIVE_TIMEOUT"), "{help}");
+        assert!(help.contains("DURATION:"), "{help}");
+    }
+}
