@@ -12,8 +12,9 @@ use http::{header, Method, StatusCode};
 use tether::proto::h1;
 use tether::server::router::{self, Router};
 use tether::server::{Body, BodyError, Request, Response, Server, SharedHandler, StaticFiles};
+use tether::ws::{self, CompressionMode, Message, OverflowPolicy, WsOptions};
 
-use crate::config::{format_duration, KeepAliveHeaderMode, ServeConfig};
+use crate::config::{format_duration, KeepAliveHeaderMode, ServeConfig, WsCompression};
 
 /// The engine configuration for these settings.
 pub fn h1_config(c: &ServeConfig) -> h1::Config {
@@ -33,10 +34,41 @@ pub fn h1_config(c: &ServeConfig) -> h1::Config {
     }
 }
 
+/// The WebSocket settings for these settings.
+pub fn ws_options(c: &ServeConfig) -> WsOptions {
+    let mut o = WsOptions::default();
+    let max_message = usize::try_from(c.ws_max_message).unwrap_or(usize::MAX);
+    o.engine.max_message_size = max_message;
+    o.engine.max_frame_size = max_message;
+    o.handshake.allowed_origins = c.allowed_origins.clone();
+    let mode = match c.ws_compression {
+        WsCompression::Off => CompressionMode::Off,
+        WsCompression::Shared => CompressionMode::Shared,
+        WsCompression::Context => CompressionMode::Context,
+    };
+    o.handshake.compression.mode = mode;
+    o.engine.compression.mode = mode;
+    o.ping_interval = c.ws_ping_interval;
+    o.idle_timeout = c.ws_idle_timeout;
+    o.max_queued_bytes = usize::try_from(c.ws_max_queued).unwrap_or(usize::MAX);
+    o.overflow = OverflowPolicy::Close;
+    o
+}
+
 /// Builds the router for `tether serve`.
 pub fn app(c: &ServeConfig) -> Router {
     let max_body = c.max_body;
-    let echo = move |req: Request| echo(req, max_body);
+    let ws = Arc::new(ws_options(c));
+    let echo = move |req: Request| {
+        let ws = ws.clone();
+        async move {
+            if ws::is_websocket_request(req.headers()) {
+                ws::upgrade(&req, &ws, ws_echo)
+            } else {
+                echo(req, max_body).await
+            }
+        }
+    };
     let mut r = Router::new()
         .route(
             "/healthz",
@@ -79,6 +111,23 @@ async fn echo(req: Request, max_body: u64) -> Response {
         }
         Err(BodyError::TooLarge { .. }) => router::text(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
         Err(_) => router::text(StatusCode::BAD_REQUEST, "invalid request body\n"),
+    }
+}
+
+/// Every text or binary message comes back unchanged; pings are answered
+/// by the engine; the close handshake is completed by the engine.
+async fn ws_echo(socket: ws::WebSocket) {
+    let (tx, mut rx) = socket.split();
+    while let Some(item) = rx.recv().await {
+        match item {
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            Ok(Message::Close(_)) | Err(_) => break,
+        }
     }
 }
 

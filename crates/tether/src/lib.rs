@@ -5,8 +5,11 @@
 //! sans-I/O engines in `tether_proto`. It owns sockets, tasks and timers;
 //! it never decides protocol questions (whether a connection persists,
 //! what a frame means): those are the engines'. [`server`] accepts and
-//! drives HTTP/1.1 connections and calls handlers.
+//! drives HTTP/1.1 connections and calls handlers; [`ws`] upgrades them to
+//! WebSockets; [`client`] opens WebSockets to other servers.
 
+pub mod client;
 pub mod server;
+pub mod ws;
 
 pub use tether_proto as proto;

@@ -1,0 +1,928 @@
+//! Byte-level tests of the connection state machine, with virtual time.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+
+use super::close::CloseCode;
+use super::connection::{Event, WsConfig, WsConnection, WsState};
+use super::deflate::{CompressionMode, DeflateParams, MessageCompressor};
+use super::error::{ProtocolError, SendError};
+use super::frame::{encode_frame, EncodedFrame, FrameHeader, OpCode};
+use super::message::Message;
+
+const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+fn t0() -> Instant {
+    // Any fixed origin works: the engine only compares instants it was given.
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// A raw frame: `b0` is the whole first byte (FIN, RSV, opcode).
+fn raw(b0: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+    let opcode = OpCode::from_u8(b0 & 0x0F).unwrap_or(OpCode::Binary);
+    let mut header = FrameHeader::new(opcode, payload.len() as u64, mask);
+    header.fin = b0 & 0x80 != 0;
+    header.rsv1 = b0 & 0x40 != 0;
+    header.rsv2 = b0 & 0x20 != 0;
+    header.rsv3 = b0 & 0x10 != 0;
+    let mut out = BytesMut::new();
+    encode_frame(&mut out, &header, payload);
+    out[0] = b0;
+    out.to_vec()
+}
+
+/// A masked (client-to-server) frame.
+fn c(b0: u8, payload: &[u8]) -> Vec<u8> {
+    raw(b0, Some(KEY), payload)
+}
+
+/// An unmasked (server-to-client) frame.
+fn s(b0: u8, payload: &[u8]) -> Vec<u8> {
+    raw(b0, None, payload)
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn server() -> WsConnection {
+    WsConnection::server(&WsConfig::default(), None)
+}
+
+fn client() -> WsConnection {
+    WsConnection::client(&WsConfig::default(), None, || KEY)
+}
+
+fn shared_params() -> DeflateParams {
+    DeflateParams {
+        server_no_context_takeover: true,
+        client_no_context_takeover: true,
+        server_max_window_bits: 15,
+        client_max_window_bits: 15,
+    }
+}
+
+fn context_params() -> DeflateParams {
+    DeflateParams {
+        server_no_context_takeover: false,
+        client_no_context_takeover: false,
+        ..shared_params()
+    }
+}
+
+fn events(conn: &mut WsConnection) -> Vec<Event> {
+    std::iter::from_fn(|| conn.poll_event()).collect()
+}
+
+fn transmit(conn: &mut WsConnection) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(chunk) = conn.poll_transmit() {
+        out.extend_from_slice(&chunk);
+    }
+    out
+}
+
+/// Feeds `input` in the given pieces; returns the events and the bytes written.
+fn run_pieces(mut conn: WsConnection, pieces: &[&[u8]]) -> (Vec<Event>, Vec<u8>, WsConnection) {
+    for piece in pieces {
+        conn.feed(piece, t0());
+    }
+    let ev = events(&mut conn);
+    let out = transmit(&mut conn);
+    (ev, out, conn)
+}
+
+fn run(conn: WsConnection, input: &[u8]) -> (Vec<Event>, Vec<u8>, WsConnection) {
+    run_pieces(conn, &[input])
+}
+
+fn text(s: &str) -> Event {
+    Event::Message(Message::Text(s.into()))
+}
+
+fn binary(b: &[u8]) -> Event {
+    Event::Message(Message::Binary(Bytes::copy_from_slice(b)))
+}
+
+fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut v = code.to_be_bytes().to_vec();
+    v.extend_from_slice(reason.as_bytes());
+    v
+}
+
+fn close_event(code: u16, reason: &str) -> Event {
+    Event::Message(Message::Close(Some(super::close::CloseFrame {
+        code: CloseCode(code),
+        reason: reason.into(),
+    })))
+}
+
+/// Server-side failure: the error event is last and a Close with `code` went out.
+fn assert_server_fails(input: &[u8], error: ProtocolError) {
+    assert_fails_with(server(), input, error);
+}
+
+fn assert_fails_with(conn: WsConnection, input: &[u8], error: ProtocolError) {
+    let code = error.close_code().0;
+    let is_server = conn.role() == super::Role::Server;
+    let (ev, out, conn) = run(conn, input);
+    assert_eq!(ev.last(), Some(&Event::ProtocolError(error.clone())), "events {ev:?}");
+    // The Close frame the engine queued carries the code (parse it as the peer would).
+    let (header, n) = FrameHeader::decode(&out).unwrap().unwrap();
+    assert_eq!(header.opcode, OpCode::Close);
+    let mut payload = out[n..].to_vec();
+    if let Some(key) = header.mask {
+        super::mask::apply_mask(&mut payload, key, 0);
+    }
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), code, "{error:?}");
+    assert_eq!(conn.state(), WsState::Closed);
+    assert!(conn.should_close_transport() || !is_server);
+}
+
+// ---------------------------------------------------------------------------
+// Frames
+
+#[test]
+fn unfragmented_text_and_binary() {
+    let input = cat(&[c(0x81, b"Hello"), c(0x82, &[1, 2, 3])]);
+    let (ev, out, _) = run(server(), &input);
+    assert_eq!(ev, vec![text("Hello"), binary(&[1, 2, 3])]);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn all_three_length_encodings() {
+    for len in [0usize, 125, 126, 65535, 65536, 70000] {
+        let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let (ev, _, _) = run(server(), &c(0x82, &payload));
+        assert_eq!(ev, vec![binary(&payload)], "len {len}");
+    }
+    // Non-minimal encodings are accepted.
+    let mut frame = vec![0x82, 0x80 | 126, 0, 3];
+    frame.extend_from_slice(&KEY);
+    frame.extend(b"abc".iter().zip(KEY.iter().cycle()).map(|(b, k)| b ^ k));
+    assert_eq!(run(server(), &frame).0, vec![binary(b"abc")]);
+}
+
+#[test]
+fn payload_is_zero_copy_from_read_buffer() {
+    let mut conn = server();
+    let input = c(0x82, &[7; 1000]);
+    conn.feed(&input, t0());
+    match conn.poll_event() {
+        Some(Event::Message(Message::Binary(b))) => assert_eq!(b.len(), 1000),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn server_rejects_unmasked_client_frame() {
+    assert_server_fails(&s(0x81, b"hi"), ProtocolError::UnmaskedClientFrame);
+}
+
+#[test]
+fn client_rejects_masked_server_frame() {
+    assert_fails_with(client(), &c(0x81, b"hi"), ProtocolError::MaskedServerFrame);
+    let (ev, _, _) = run(client(), &s(0x81, b"hi"));
+    assert_eq!(ev, vec![text("hi")]);
+}
+
+#[test]
+fn client_masks_every_frame_with_keys_from_source() {
+    let mut next = 0u8;
+    let mut conn = WsConnection::client(&WsConfig::default(), None, move || {
+        next += 1;
+        [next, 0, 0, next]
+    });
+    conn.send_text("ab").unwrap();
+    conn.send_binary(vec![1u8, 2]).unwrap();
+    let out = transmit(&mut conn);
+    assert_eq!(
+        out,
+        [0x81, 0x82, 1, 0, 0, 1, b'a' ^ 1, b'b', 0x82, 0x82, 2, 0, 0, 2, 1 ^ 2, 2]
+    );
+    // And a server decodes them.
+    assert_eq!(run(server(), &out).0, vec![text("ab"), binary(&[1, 2])]);
+}
+
+#[test]
+fn server_frames_are_unmasked_and_minimal() {
+    let mut conn = server();
+    conn.send_text("Hello").unwrap();
+    conn.send_binary(vec![0u8; 300]).unwrap();
+    let out = transmit(&mut conn);
+    assert_eq!(&out[..7], &[0x81, 0x05, b'H', b'e', b'l', b'l', b'o']);
+    assert_eq!(&out[7..11], &[0x82, 126, 0x01, 0x2c]);
+    assert_eq!(out.len(), 11 + 300);
+}
+
+#[test]
+fn control_frame_rules() {
+    assert_server_fails(&c(0x89, &[0; 126]), ProtocolError::ControlFrameTooLong);
+    assert_server_fails(&c(0x09, b"x"), ProtocolError::FragmentedControlFrame);
+    assert_server_fails(
+        &c(0x08, &close_payload(1000, "")),
+        ProtocolError::FragmentedControlFrame,
+    );
+    // 125 is fine.
+    let (ev, _, _) = run(server(), &c(0x89, &[1; 125]));
+    assert_eq!(ev, vec![Event::Message(Message::Ping(Bytes::from(vec![1; 125])))]);
+}
+
+#[test]
+fn reserved_opcodes_fail_with_1002() {
+    for op in (0x3..=0x7).chain(0xB..=0xF) {
+        assert_server_fails(&c(0x80 | op, b""), ProtocolError::ReservedOpcode(op));
+    }
+}
+
+#[test]
+fn rsv_bits_without_extension_fail() {
+    for b0 in [0xC1u8, 0xA1, 0x91] {
+        assert_server_fails(&c(b0, b"x"), ProtocolError::ReservedBitsSet);
+    }
+}
+
+#[test]
+fn rsv1_only_on_first_data_frame_with_deflate() {
+    let deflate = || WsConnection::server(&WsConfig::default(), Some(shared_params()));
+    // RSV1 on a continuation.
+    assert_fails_with(
+        deflate(),
+        &cat(&[c(0x01, b"a"), c(0xC0, b"b")]),
+        ProtocolError::Rsv1NotOnFirstDataFrame,
+    );
+    // RSV1 on control frames.
+    assert_fails_with(deflate(), &c(0xC9, b""), ProtocolError::Rsv1NotOnFirstDataFrame);
+    assert_fails_with(deflate(), &c(0xC8, b""), ProtocolError::Rsv1NotOnFirstDataFrame);
+    // RSV2/RSV3 still rejected with deflate.
+    assert_fails_with(deflate(), &c(0xA1, b""), ProtocolError::ReservedBitsSet);
+}
+
+#[test]
+fn continuation_without_message_fails() {
+    assert_server_fails(&c(0x80, b"x"), ProtocolError::UnexpectedContinuation);
+}
+
+#[test]
+fn new_data_frame_inside_fragmented_message_fails() {
+    assert_server_fails(
+        &cat(&[c(0x01, b"a"), c(0x81, b"b")]),
+        ProtocolError::ExpectedContinuation,
+    );
+    assert_server_fails(
+        &cat(&[c(0x02, b"a"), c(0x02, b"b")]),
+        ProtocolError::ExpectedContinuation,
+    );
+}
+
+#[test]
+fn sixty_four_bit_length_msb_fails() {
+    let mut frame = vec![0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 0];
+    frame.extend_from_slice(&KEY);
+    assert_server_fails(&frame, ProtocolError::PayloadLengthMsbSet);
+}
+
+// ---------------------------------------------------------------------------
+// Fragmentation and control frames
+
+#[test]
+fn fragmented_message_with_ping_in_the_middle() {
+    let input = cat(&[c(0x01, b"Hel"), c(0x89, b"ping!"), c(0x00, b"l"), c(0x80, b"o")]);
+    let (ev, out, _) = run(server(), &input);
+    assert_eq!(
+        ev,
+        vec![
+            Event::Message(Message::Ping(Bytes::from_static(b"ping!"))),
+            text("Hello")
+        ]
+    );
+    // Automatic pong with the same payload, sent at once.
+    assert_eq!(out, s(0x8A, b"ping!"));
+}
+
+#[test]
+fn fragmented_message_with_close_in_the_middle() {
+    let input = cat(&[c(0x01, b"Hel"), c(0x88, &close_payload(1000, "bye")), c(0x80, b"lo")]);
+    let (ev, out, conn) = run(server(), &input);
+    assert_eq!(ev, vec![close_event(1000, "bye")]);
+    assert_eq!(out, s(0x88, &close_payload(1000, "")));
+    assert_eq!(conn.state(), WsState::Closed);
+    assert!(conn.should_close_transport());
+}
+
+#[test]
+fn auto_pong_can_be_disabled_and_pongs_surface() {
+    let config = WsConfig {
+        auto_pong: false,
+        ..WsConfig::default()
+    };
+    let (ev, out, _) = run(
+        WsConnection::server(&config, None),
+        &cat(&[c(0x89, b"a"), c(0x8A, b"b")]),
+    );
+    assert!(out.is_empty());
+    assert_eq!(
+        ev,
+        vec![
+            Event::Message(Message::Ping(Bytes::from_static(b"a"))),
+            Event::Message(Message::Pong(Bytes::from_static(b"b")))
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// UTF-8
+
+#[test]
+fn utf8_code_point_split_across_fragments_is_valid() {
+    let euro = "€".as_bytes();
+    let input = cat(&[c(0x01, &euro[..1]), c(0x00, &euro[1..2]), c(0x80, &euro[2..])]);
+    assert_eq!(run(server(), &input).0, vec![text("€")]);
+}
+
+#[test]
+fn invalid_utf8_fails_fast_on_first_fragment() {
+    // The first fragment is invalid; no further fragment is needed to fail.
+    let mut first = "κόσμε".as_bytes().to_vec();
+    first.extend_from_slice(&[0xed, 0xa0, 0x80]);
+    assert_server_fails(&c(0x01, &first), ProtocolError::InvalidUtf8);
+}
+
+#[test]
+fn invalid_utf8_fails_fast_inside_a_partial_frame() {
+    // Only part of one frame's payload has arrived: the invalid byte is enough.
+    let frame = c(0x81, &[b'a', b'b', 0xff, b'c', b'd', b'e']);
+    let header_len = 6;
+    let (ev, _, _) = run(server(), &frame[..header_len + 3]);
+    assert_eq!(ev, vec![Event::ProtocolError(ProtocolError::InvalidUtf8)]);
+    // A valid prefix alone does not fail.
+    let (ev, _, _) = run(server(), &frame[..header_len + 2]);
+    assert!(ev.is_empty());
+}
+
+#[test]
+fn text_ending_inside_a_code_point_fails() {
+    assert_server_fails(&c(0x81, &[b'a', 0xe2, 0x82]), ProtocolError::InvalidUtf8);
+    assert_server_fails(
+        &cat(&[c(0x01, b"a"), c(0x80, &[0xf0, 0x9f])]),
+        ProtocolError::InvalidUtf8,
+    );
+}
+
+#[test]
+fn binary_is_not_utf8_validated() {
+    assert_eq!(run(server(), &c(0x82, &[0xff])).0, vec![binary(&[0xff])]);
+}
+
+// ---------------------------------------------------------------------------
+// Close
+
+#[test]
+fn close_echoes_code_without_reason() {
+    let (ev, out, conn) = run(server(), &c(0x88, &close_payload(4001, "app reason")));
+    assert_eq!(ev, vec![close_event(4001, "app reason")]);
+    assert_eq!(out, s(0x88, &close_payload(4001, "")));
+    assert_eq!(conn.state(), WsState::Closed);
+}
+
+#[test]
+fn close_without_code_echoed_empty() {
+    let (ev, out, _) = run(server(), &c(0x88, b""));
+    assert_eq!(ev, vec![Event::Message(Message::Close(None))]);
+    assert_eq!(out, s(0x88, b""));
+}
+
+#[test]
+fn close_payload_rules() {
+    assert_server_fails(&c(0x88, &[0x03]), ProtocolError::OneByteClosePayload);
+    for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+        assert_server_fails(
+            &c(0x88, &close_payload(code, "")),
+            ProtocolError::InvalidCloseCode(code),
+        );
+    }
+    let mut bad_reason = close_payload(1000, "");
+    bad_reason.extend_from_slice(&[
+        0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xcf, 0x83, 0xce, 0xbc, 0xce, 0xb5, 0xed, 0xa0, 0x80,
+    ]);
+    assert_server_fails(&c(0x88, &bad_reason), ProtocolError::InvalidCloseReason);
+}
+
+#[test]
+fn input_after_peer_close_is_ignored() {
+    let input = cat(&[c(0x88, &close_payload(1000, "")), c(0x81, b"late"), vec![0xff, 0xff]]);
+    let (ev, _, _) = run(server(), &input);
+    assert_eq!(ev, vec![close_event(1000, "")]);
+}
+
+#[test]
+fn user_close_validation() {
+    let mut conn = server();
+    for code in [1005u16, 1006, 1015, 999, 1004, 2000, 5000] {
+        assert_eq!(
+            conn.close(CloseCode(code), "", t0()),
+            Err(SendError::InvalidCloseCode(code))
+        );
+    }
+    assert_eq!(
+        conn.close(CloseCode::NORMAL, &"x".repeat(124), t0()),
+        Err(SendError::CloseReasonTooLong(124))
+    );
+    assert_eq!(conn.state(), WsState::Open);
+    conn.close(CloseCode::NORMAL, &"x".repeat(123), t0()).unwrap();
+    assert_eq!(conn.state(), WsState::Closing);
+    assert_eq!(conn.send(Message::Close(None)), Err(SendError::CloseThroughSend));
+}
+
+#[test]
+fn nothing_is_sent_after_close() {
+    let mut conn = server();
+    conn.close(CloseCode::GOING_AWAY, "bye", t0()).unwrap();
+    assert_eq!(conn.send_text("x"), Err(SendError::Closed));
+    assert_eq!(conn.ping(Bytes::new()), Err(SendError::Closed));
+    assert_eq!(conn.send_encoded(&EncodedFrame::text("x")), Err(SendError::Closed));
+    assert_eq!(conn.close(CloseCode::NORMAL, "", t0()), Err(SendError::Closed));
+    assert_eq!(transmit(&mut conn), s(0x88, &close_payload(1001, "bye")));
+    // A ping from the peer is surfaced but not answered.
+    conn.feed(&c(0x89, b"p"), t0());
+    assert_eq!(
+        events(&mut conn),
+        vec![Event::Message(Message::Ping(Bytes::from_static(b"p")))]
+    );
+    assert!(transmit(&mut conn).is_empty());
+}
+
+#[test]
+fn data_after_sending_close_is_ignored_until_peer_close() {
+    let mut conn = server();
+    // A fragmented message is in progress when we close.
+    conn.feed(&c(0x01, b"par"), t0());
+    conn.close(CloseCode::NORMAL, "", t0()).unwrap();
+    transmit(&mut conn);
+    let input = cat(&[
+        c(0x80, b"tial"),
+        c(0x81, b"new"),
+        c(0x02, b"x"),
+        c(0x88, &close_payload(1000, "")),
+    ]);
+    conn.feed(&input, t0());
+    assert_eq!(events(&mut conn), vec![close_event(1000, "")]);
+    assert!(transmit(&mut conn).is_empty(), "no second close");
+    assert_eq!(conn.state(), WsState::Closed);
+    assert!(conn.should_close_transport());
+}
+
+#[test]
+fn close_handshake_deadline() {
+    let config = WsConfig {
+        close_timeout: Duration::from_secs(5),
+        ..WsConfig::default()
+    };
+    let mut conn = WsConnection::server(&config, None);
+    assert_eq!(conn.poll_timeout(), None);
+    conn.close(CloseCode::NORMAL, "", t0()).unwrap();
+    transmit(&mut conn);
+    assert_eq!(conn.poll_timeout(), Some(t0() + Duration::from_secs(5)));
+    conn.handle_timeout(t0() + Duration::from_secs(4));
+    assert!(!conn.should_close_transport());
+    conn.handle_timeout(t0() + Duration::from_secs(5));
+    assert!(conn.should_close_transport());
+    assert_eq!(conn.state(), WsState::Closed);
+    assert_eq!(conn.poll_timeout(), None);
+}
+
+#[test]
+fn server_closes_transport_after_handshake_client_waits() {
+    // Server initiates; client replies; server closes TCP.
+    let mut srv = server();
+    srv.close(CloseCode::NORMAL, "done", t0()).unwrap();
+    let to_client = transmit(&mut srv);
+    assert!(!srv.should_close_transport());
+
+    let mut cli = client();
+    cli.feed(&to_client, t0());
+    assert_eq!(events(&mut cli), vec![close_event(1000, "done")]);
+    assert_eq!(cli.state(), WsState::CloseReceived);
+    let to_server = transmit(&mut cli);
+    assert_eq!(cli.state(), WsState::Closed);
+    assert!(!cli.should_close_transport(), "client waits for the server's TCP close");
+    assert_eq!(cli.poll_timeout(), Some(t0() + Duration::from_secs(5)));
+
+    srv.feed(&to_server, t0());
+    assert_eq!(events(&mut srv), vec![close_event(1000, "")]);
+    assert!(srv.should_close_transport());
+
+    cli.handle_eof();
+    assert!(cli.should_close_transport());
+    assert!(events(&mut cli).is_empty(), "clean close: no abnormal event");
+}
+
+#[test]
+fn client_closes_transport_itself_at_deadline() {
+    let mut cli = client();
+    cli.close(CloseCode::NORMAL, "", t0()).unwrap();
+    transmit(&mut cli);
+    cli.feed(&s(0x88, &close_payload(1000, "")), t0() + Duration::from_secs(1));
+    assert_eq!(cli.state(), WsState::Closed);
+    assert!(!cli.should_close_transport());
+    cli.handle_timeout(t0() + Duration::from_secs(5));
+    assert!(cli.should_close_transport());
+}
+
+#[test]
+fn eof_without_close_is_abnormal() {
+    let mut conn = server();
+    conn.feed(&c(0x01, b"part"), t0());
+    conn.handle_eof();
+    assert_eq!(events(&mut conn), vec![Event::AbnormalClosure]);
+    assert!(conn.should_close_transport());
+    assert_eq!(conn.send_text("x"), Err(SendError::Closed));
+}
+
+// ---------------------------------------------------------------------------
+// Limits
+
+#[test]
+fn message_size_limit_checked_on_declared_frame_length() {
+    let config = WsConfig {
+        max_message_size: 100,
+        ..WsConfig::default()
+    };
+    let frame = c(0x82, &[0; 101]);
+    // Only the header arrived: already rejected.
+    let (ev, _, _) = run(WsConnection::server(&config, None), &frame[..8]);
+    assert_eq!(
+        ev,
+        vec![Event::ProtocolError(ProtocolError::MessageTooLarge { limit: 100 })]
+    );
+    assert_fails_with(
+        WsConnection::server(&config, None),
+        &frame,
+        ProtocolError::MessageTooLarge { limit: 100 },
+    );
+    assert_eq!(run(WsConnection::server(&config, None), &c(0x82, &[0; 100])).0.len(), 1);
+}
+
+#[test]
+fn message_size_limit_across_fragments() {
+    let config = WsConfig {
+        max_message_size: 100,
+        ..WsConfig::default()
+    };
+    let input = cat(&[c(0x02, &[0; 60]), c(0x00, &[0; 40]), c(0x80, &[0; 1])]);
+    assert_fails_with(
+        WsConnection::server(&config, None),
+        &input,
+        ProtocolError::MessageTooLarge { limit: 100 },
+    );
+}
+
+#[test]
+fn frame_size_limit() {
+    let config = WsConfig {
+        max_frame_size: 10,
+        ..WsConfig::default()
+    };
+    let input = c(0x02, &[0; 11]);
+    assert_fails_with(
+        WsConnection::server(&config, None),
+        &input,
+        ProtocolError::FrameTooLarge { len: 11, limit: 10 },
+    );
+    // Many small frames may still make a bigger message.
+    let ok = cat(&[c(0x02, &[0; 10]), c(0x80, &[0; 10])]);
+    assert_eq!(run(WsConnection::server(&config, None), &ok).0, vec![binary(&[0; 20])]);
+}
+
+#[test]
+fn send_queue_backpressure() {
+    let config = WsConfig {
+        max_queued_bytes: 100,
+        ..WsConfig::default()
+    };
+    let mut conn = WsConnection::server(&config, None);
+    conn.send_binary(vec![0u8; 150]).unwrap(); // one message may overshoot
+    assert_eq!(conn.queued_bytes(), 154);
+    assert!(!conn.has_send_capacity());
+    assert_eq!(
+        conn.send_text("x"),
+        Err(SendError::QueueFull {
+            queued: 154,
+            limit: 100
+        })
+    );
+    // Automatic pongs and close bypass the limit.
+    conn.feed(&c(0x89, b"p"), t0());
+    assert_eq!(conn.queued_bytes(), 157);
+    let out = transmit(&mut conn);
+    assert_eq!(out.len(), 157);
+    assert_eq!(conn.queued_bytes(), 0);
+    conn.send_text("x").unwrap();
+    assert_eq!(conn.ping(vec![0u8; 126]), Err(SendError::ControlPayloadTooLong(126)));
+}
+
+#[test]
+fn encoded_frame_is_shared_not_copied() {
+    let frame = EncodedFrame::binary(&[5; 4000]);
+    let mut a = server();
+    let mut b = server();
+    a.send_encoded(&frame).unwrap();
+    b.send_encoded(&frame).unwrap();
+    let chunk_a = a.poll_transmit().unwrap();
+    let chunk_b = b.poll_transmit().unwrap();
+    assert_eq!(chunk_a.as_ptr(), frame.as_bytes().as_ptr());
+    assert_eq!(chunk_b.as_ptr(), frame.as_bytes().as_ptr());
+    assert_eq!(client().send_encoded(&frame), Err(SendError::EncodedFrameOnClient));
+}
+
+#[test]
+fn large_server_payload_queued_without_copy() {
+    let payload = Bytes::from(vec![9u8; 10_000]);
+    let mut conn = server();
+    conn.send_binary(payload.clone()).unwrap();
+    let head = conn.poll_transmit().unwrap();
+    assert_eq!(&head[..], &[0x82, 126, 0x27, 0x10]);
+    assert_eq!(conn.poll_transmit().unwrap().as_ptr(), payload.as_ptr());
+    assert_eq!(conn.poll_transmit(), None);
+}
+
+#[test]
+fn idle_connection_holds_no_buffers() {
+    let mut conn = WsConnection::server(&WsConfig::default(), Some(shared_params()));
+    let input = cat(&[c(0x01, b"frag"), c(0x89, b"x"), c(0x80, b"ment"), c(0x82, &[1; 5000])]);
+    conn.feed(&input[..input.len() - 100], t0());
+    conn.feed(&input[input.len() - 100..], t0());
+    conn.send_text("a reasonably long message that will be compressed")
+        .unwrap();
+    assert_eq!(events(&mut conn).len(), 3);
+    transmit(&mut conn);
+    assert_eq!(conn.buffer_capacity(), 0);
+    assert!(!conn.holds_zlib_state(), "shared mode keeps no zlib state");
+    println!("size_of::<WsConnection>() = {}", std::mem::size_of::<WsConnection>());
+    assert!(std::mem::size_of::<WsConnection>() <= 384);
+}
+
+// ---------------------------------------------------------------------------
+// permessage-deflate through the connection
+
+fn compressed_client_frame(message: &[u8], b0: u8) -> Vec<u8> {
+    let compressed = MessageCompressor::new(15, 6, true).compress(message);
+    c(b0, &compressed)
+}
+
+#[test]
+fn rfc7692_hello_through_connection() {
+    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()));
+    let frame = c(0xC1, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
+    assert_eq!(run(conn, &frame).0, vec![text("Hello")]);
+    // Same bytes as two fragments (§7.2.3.1 second example).
+    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()));
+    let frames = cat(&[c(0x41, &[0xf2, 0x48, 0xcd]), c(0x80, &[0xc9, 0xc9, 0x07, 0x00])]);
+    assert_eq!(run(conn, &frames).0, vec![text("Hello")]);
+}
+
+#[test]
+fn compressed_frame_without_negotiation_fails() {
+    assert_server_fails(&compressed_client_frame(b"Hello", 0xC1), ProtocolError::ReservedBitsSet);
+}
+
+#[test]
+fn compressed_invalid_utf8_fails_1007() {
+    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()));
+    assert_fails_with(
+        conn,
+        &compressed_client_frame(&[b'a', 0xff], 0xC1),
+        ProtocolError::InvalidUtf8,
+    );
+}
+
+#[test]
+fn corrupt_compressed_data_fails() {
+    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()));
+    assert_fails_with(
+        conn,
+        &c(0xC2, &[0xff, 0xff, 0xff]),
+        ProtocolError::InvalidCompressedData,
+    );
+}
+
+#[test]
+fn compression_bomb_rejected_with_1009() {
+    let config = WsConfig {
+        max_message_size: 1 << 20,
+        ..WsConfig::default()
+    };
+    let conn = WsConnection::server(&config, Some(shared_params()));
+    let bomb = compressed_client_frame(&vec![0u8; 10 << 20], 0xC2);
+    assert!(bomb.len() < 64 * 1024);
+    assert_fails_with(conn, &bomb, ProtocolError::MessageTooLarge { limit: 1 << 20 });
+}
+
+fn round_trip(params: DeflateParams, context: bool) {
+    let config = WsConfig::default();
+    let mut cli = WsConnection::client(&config, Some(params), || [1, 2, 3, 4]);
+    let mut srv = WsConnection::server(&config, Some(params));
+    let messages: Vec<String> = (0..4)
+        .map(|i| format!("message number {i}: {}", "lorem ipsum ".repeat(20)))
+        .collect();
+    for m in &messages {
+        cli.send_text(m.as_str()).unwrap();
+        srv.send_text(m.as_str()).unwrap();
+    }
+    cli.send_text("tiny").unwrap(); // under min_message_size: sent uncompressed
+    let to_server = transmit(&mut cli);
+    let to_client = transmit(&mut srv);
+    // The compressed frames carry RSV1; the tiny one does not.
+    assert_eq!(to_server[0] & 0x40, 0x40);
+    let mut expected: Vec<Event> = messages.iter().map(|m| text(m)).collect();
+    assert_eq!(
+        run(WsConnection::client(&config, Some(params), || [0; 4]), &to_client).0,
+        expected
+    );
+    expected.push(text("tiny"));
+    srv.feed(&to_server, t0());
+    assert_eq!(events(&mut srv), expected);
+    assert_eq!(srv.holds_zlib_state(), context);
+    assert_eq!(cli.holds_zlib_state(), context);
+}
+
+#[test]
+fn deflate_round_trip_without_context_takeover() {
+    round_trip(shared_params(), false);
+}
+
+#[test]
+fn deflate_round_trip_with_context_takeover() {
+    round_trip(context_params(), true);
+}
+
+#[test]
+fn negotiated_window_bits_round_trip() {
+    let params = DeflateParams {
+        server_max_window_bits: 9,
+        client_max_window_bits: 8,
+        ..context_params()
+    };
+    round_trip(params, true);
+    let _ = CompressionMode::Context;
+}
+
+// ---------------------------------------------------------------------------
+// Split invariance and robustness
+
+fn corpus() -> Vec<(&'static str, Vec<u8>, bool)> {
+    let mut bad_utf8 = "κόσμε".as_bytes().to_vec();
+    bad_utf8.extend_from_slice(&[0xed, 0xa0, 0x80, b'x']);
+    let euro = "€".as_bytes();
+    vec![
+        ("text+binary", cat(&[c(0x81, b"Hello"), c(0x82, &[0; 300])]), false),
+        ("lengths", cat(&[c(0x82, &[1; 126]), c(0x82, &[2; 65536])]), false),
+        (
+            "ping in fragments",
+            cat(&[c(0x01, b"Hel"), c(0x89, b"p"), c(0x80, b"lo")]),
+            false,
+        ),
+        (
+            "close in fragments",
+            cat(&[c(0x01, b"Hel"), c(0x88, &close_payload(1000, "x")), c(0x80, b"lo")]),
+            false,
+        ),
+        (
+            "utf8 split",
+            cat(&[c(0x01, &euro[..1]), c(0x00, &euro[1..2]), c(0x80, &euro[2..])]),
+            false,
+        ),
+        ("utf8 invalid", cat(&[c(0x01, &bad_utf8), c(0x80, b"more")]), false),
+        ("unmasked", cat(&[c(0x81, b"ok"), s(0x81, b"hi")]), false),
+        ("reserved opcode", cat(&[c(0x81, b"ok"), c(0x83, b"")]), false),
+        ("one byte close", cat(&[c(0x81, b"ok"), c(0x88, &[3])]), false),
+        ("bad close code", c(0x88, &close_payload(1005, "")), false),
+        (
+            "msb length",
+            vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4],
+            false,
+        ),
+        ("continuation first", c(0x80, b"x"), false),
+        (
+            "compressed",
+            cat(&[
+                compressed_client_frame(b"Hello Hello Hello", 0xC1),
+                c(0x41, &[0xf2, 0x48]),
+                c(0x89, b""),
+                c(0x80, &[0xcd, 0xc9, 0xc9, 0x07, 0x00]),
+            ]),
+            true,
+        ),
+        ("bomb", compressed_client_frame(&vec![0u8; 2 << 20], 0xC2), true),
+    ]
+}
+
+fn split_invariance_config() -> WsConfig {
+    WsConfig {
+        max_message_size: 1 << 20,
+        ..WsConfig::default()
+    }
+}
+
+fn make(deflate: bool) -> WsConnection {
+    WsConnection::server(&split_invariance_config(), deflate.then(shared_params))
+}
+
+#[test]
+fn every_split_point_gives_the_same_events() {
+    for (name, input, deflate) in corpus() {
+        let (whole_events, whole_out, _) = run(make(deflate), &input);
+        assert!(!whole_events.is_empty(), "{name}");
+        // Two pieces split at every byte (sampled for very long inputs).
+        let step = if input.len() > 4096 { 97 } else { 1 };
+        for split in (0..=input.len()).step_by(step) {
+            let (ev, out, _) = run_pieces(make(deflate), &[&input[..split], &input[split..]]);
+            assert_eq!(ev, whole_events, "{name} split at {split}");
+            assert_eq!(out, whole_out, "{name} split at {split}");
+        }
+        // Byte by byte.
+        if input.len() <= 4096 {
+            let pieces: Vec<&[u8]> = input.chunks(1).collect();
+            let (ev, out, _) = run_pieces(make(deflate), &pieces);
+            assert_eq!(ev, whole_events, "{name} byte by byte");
+            assert_eq!(out, whole_out, "{name} byte by byte");
+        }
+    }
+}
+
+#[test]
+fn read_buffer_api_equals_feed() {
+    for (name, input, deflate) in corpus() {
+        let (expected, expected_out, _) = run(make(deflate), &input);
+        let mut conn = make(deflate);
+        for piece in input.chunks(1000) {
+            let buf = conn.read_buffer();
+            assert!(buf.capacity() - buf.len() >= 1000);
+            buf.extend_from_slice(piece);
+            conn.process_read_buffer(t0());
+        }
+        assert_eq!(events(&mut conn), expected, "{name}");
+        assert_eq!(transmit(&mut conn), expected_out, "{name}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(
+        data in proptest::collection::vec(any::<u8>(), 0..600),
+        splits in proptest::collection::vec(any::<usize>(), 0..8),
+        client_role in any::<bool>(),
+        deflate in 0u8..3,
+    ) {
+        let params = match deflate { 0 => None, 1 => Some(shared_params()), _ => Some(context_params()) };
+        let config = WsConfig { max_message_size: 4096, max_frame_size: 2048, ..WsConfig::default() };
+        let make = || if client_role {
+            WsConnection::client(&config, params, || [9, 8, 7, 6])
+        } else {
+            WsConnection::server(&config, params)
+        };
+        let mut points: Vec<usize> = splits.iter().map(|s| s % (data.len() + 1)).collect();
+        points.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut last = 0;
+        for p in points {
+            pieces.push(&data[last..p]);
+            last = p;
+        }
+        pieces.push(&data[last..]);
+        let (split_events, split_out, mut conn) = run_pieces(make(), &pieces);
+        let (whole_events, whole_out, _) = run(make(), &data);
+        prop_assert_eq!(split_events, whole_events);
+        prop_assert_eq!(split_out, whole_out);
+        conn.handle_eof();
+        conn.handle_timeout(t0() + Duration::from_secs(10));
+        prop_assert!(conn.should_close_transport());
+    }
+
+    #[test]
+    fn framed_random_messages_round_trip(
+        messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..3000), 1..6),
+        chunk in 1usize..200,
+        deflate in 0u8..3,
+    ) {
+        let params = match deflate { 0 => None, 1 => Some(shared_params()), _ => Some(context_params()) };
+        let config = WsConfig::default();
+        let mut cli = WsConnection::client(&config, params, || [1, 3, 5, 7]);
+        for m in &messages {
+            cli.send_binary(m.clone()).unwrap();
+        }
+        let wire = transmit(&mut cli);
+        let mut srv = WsConnection::server(&config, params);
+        for piece in wire.chunks(chunk) {
+            srv.feed(piece, t0());
+        }
+        let expected: Vec<Event> = messages.iter().map(|m| binary(m)).collect();
+        prop_assert_eq!(events(&mut srv), expected);
+    }
+}

@@ -1,0 +1,3 @@
+//! Clients: WebSocket (`ws://`).
+
+pub mod ws;

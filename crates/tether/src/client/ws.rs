@@ -1,0 +1,180 @@
+//! The WebSocket client: `ws://` URLs, the handshake, masking with
+//! unpredictable keys, and the same [`WebSocket`] API as the server side.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::{HeaderMap, StatusCode};
+use tether_proto::ws::{ClientHandshake, ClientHandshakeError, CompressionConfig, WsConnection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::ws::{WebSocket, WsOptions};
+
+/// Most bytes of a handshake response head.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Connection settings (limits, heartbeat, queue).
+    pub ws: WsOptions,
+    /// Subprotocols to offer, in preference order.
+    pub subprotocols: Vec<String>,
+    /// permessage-deflate offer (`mode: Off` offers none).
+    pub compression: CompressionConfig,
+    /// Extra request headers (e.g. `Origin`).
+    pub headers: HeaderMap,
+    /// Deadline for TCP connect plus handshake.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            ws: WsOptions::default(),
+            subprotocols: Vec::new(),
+            compression: CompressionConfig::default(),
+            headers: HeaderMap::new(),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL is not `ws://host[:port][/path]`.
+    #[error("invalid WebSocket URL {0:?} (expected ws://host[:port]/path)")]
+    Url(String),
+    /// `wss://` needs TLS, which this build does not have yet.
+    #[error("wss:// is not supported yet")]
+    TlsUnsupported,
+    /// TCP or I/O failure.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Connect plus handshake took longer than the deadline.
+    #[error("handshake timed out")]
+    Timeout,
+    /// The server's answer was not a valid HTTP response head.
+    #[error("malformed handshake response")]
+    MalformedResponse,
+    /// The server refused or answered wrongly.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] ClientHandshakeError),
+}
+
+struct Target {
+    host_header: String,
+    connect: String,
+    path: String,
+}
+
+fn parse_url(url: &str) -> Result<Target, ConnectError> {
+    if url.starts_with("wss://") {
+        return Err(ConnectError::TlsUnsupported);
+    }
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| ConnectError::Url(url.to_string()))?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err(ConnectError::Url(url.to_string()));
+    }
+    let has_port = if authority.starts_with('[') {
+        authority.contains("]:")
+    } else {
+        authority.contains(':')
+    };
+    let connect = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok(Target {
+        host_header: authority.to_string(),
+        connect,
+        path,
+    })
+}
+
+/// Connects to a `ws://` URL and completes the handshake.
+pub async fn connect(url: &str, options: ClientOptions) -> Result<WebSocket, ConnectError> {
+    let target = parse_url(url)?;
+    tokio::time::timeout(options.handshake_timeout, handshake(target, &options))
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+}
+
+async fn handshake(target: Target, options: &ClientOptions) -> Result<WebSocket, ConnectError> {
+    let mut stream = TcpStream::connect(&target.connect).await?;
+    let _ = stream.set_nodelay(true);
+    let hs = ClientHandshake::new(
+        rand::random::<[u8; 16]>(),
+        options.subprotocols.clone(),
+        options.compression,
+    );
+    let mut request = Vec::with_capacity(256);
+    hs.write_request(&target.host_header, &target.path, &options.headers, &mut request)?;
+    stream.write_all(&request).await?;
+
+    let mut buf = BytesMut::with_capacity(1024);
+    let (status, headers, head_len) = loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(ConnectError::MalformedResponse);
+        }
+        let mut storage = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut storage);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => {
+                let status =
+                    StatusCode::from_u16(resp.code.unwrap_or(0)).map_err(|_| ConnectError::MalformedResponse)?;
+                let mut headers = HeaderMap::new();
+                for h in resp.headers.iter() {
+                    let name =
+                        http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ConnectError::MalformedResponse)?;
+                    let value = http::HeaderValue::from_bytes(h.value).map_err(|_| ConnectError::MalformedResponse)?;
+                    headers.append(name, value);
+                }
+                break (status, headers, n);
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => continue,
+            _ => return Err(ConnectError::MalformedResponse),
+        }
+    };
+    let accepted = hs.validate_response(status, &headers)?;
+    let rest = buf.split_off(head_len);
+    let engine = WsConnection::client(&options.ws.engine, accepted.deflate, rand::random::<[u8; 4]>);
+    Ok(WebSocket::start(
+        Box::new(stream),
+        rest,
+        engine,
+        &options.ws,
+        accepted.subprotocol,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = parse_url("ws://127.0.0.1:9000/echo?x=1").unwrap();
+        assert_eq!((t.connect.as_str(), t.path.as_str()), ("127.0.0.1:9000", "/echo?x=1"));
+        let t = parse_url("ws://localhost").unwrap();
+        assert_eq!(
+            (t.connect.as_str(), t.path.as_str(), t.host_header.as_str()),
+            ("localhost:80", "/", "localhost")
+        );
+        let t = parse_url("ws://[::1]:8080/a").unwrap();
+        assert_eq!(t.connect, "[::1]:8080");
+        assert!(matches!(parse_url("wss://x/"), Err(ConnectError::TlsUnsupported)));
+        assert!(matches!(parse_url("http://x/"), Err(ConnectError::Url(_))));
+        assert!(matches!(parse_url("ws:///x"), Err(ConnectError::Url(_))));
+    }
+}

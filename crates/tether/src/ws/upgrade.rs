@@ -1,0 +1,63 @@
+//! The server side of the handshake: turn a request into `101` and a [`WebSocket`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, StatusCode};
+use tether_proto::ws::{handshake, WsConnection};
+
+use super::socket::{WebSocket, WsOptions};
+use crate::server::upgrade::{OnUpgrade, Upgraded};
+use crate::server::{Body, Request, Response};
+
+/// Whether a request asks to become a WebSocket (it has an `Upgrade`
+/// header or a `Sec-WebSocket-Key`): such requests should go to
+/// [`upgrade`], which answers the malformed ones with 400/426/403.
+pub fn is_websocket_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) || headers.contains_key(header::SEC_WEBSOCKET_KEY)
+}
+
+/// Answers a WebSocket upgrade request. On success the response is
+/// `101 Switching Protocols` and `on_open` runs with the connection once
+/// the `101` is written; otherwise it is the handshake's error response
+/// (`400`, `426` with `Sec-WebSocket-Version: 13`, or `403` for a refused
+/// `Origin`) and the HTTP connection follows its keep-alive rules.
+pub fn upgrade<F, Fut>(req: &Request, options: &Arc<WsOptions>, on_open: F) -> Response
+where
+    F: FnOnce(WebSocket) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    match handshake::accept_head(req.method(), req.version(), req.headers(), &options.handshake) {
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket handshake refused");
+            let mut resp = Response::new(Body::Full(Bytes::from(format!("{e}\n"))));
+            *resp.status_mut() = e.status();
+            *resp.headers_mut() = e.response_headers();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp
+        }
+        Ok(accepted) => {
+            let mut resp = Response::new(Body::Empty);
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            *resp.headers_mut() = accepted.response_headers();
+            let options = options.clone();
+            let protocol = accepted
+                .subprotocol
+                .as_ref()
+                .and_then(|p| p.to_str().ok())
+                .map(str::to_string);
+            let deflate = accepted.deflate;
+            resp.extensions_mut()
+                .insert(OnUpgrade::new(move |up: Upgraded| async move {
+                    let engine = WsConnection::server(&options.engine, deflate);
+                    let ws = WebSocket::start(up.io, up.read_buf, engine, &options, protocol);
+                    on_open(ws).await;
+                }));
+            resp
+        }
+    }
+}
