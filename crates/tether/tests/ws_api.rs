@@ -1,0 +1,428 @@
+//! The async WebSocket API over real TCP: upgrade on the keep-alive port,
+//! split halves, backpressure, slow consumers, heartbeat, idle timeout,
+//! origin check, broadcast, and tether's client against tether's server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use tether::client::ws::{connect, ClientOptions};
+use tether::proto::h1;
+use tether::server::router::{self, Router};
+use tether::server::{Request, Server};
+use tether::ws::{self, Broadcast, CloseCode, CompressionMode, Message, OverflowPolicy, WsOptions};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+
+const T: Duration = Duration::from_secs(10);
+
+struct Running {
+    port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        timeout(T, self.done).await.expect("server stops").unwrap();
+    }
+}
+
+async fn start(router: Router) -> Running {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = Server::new(h1::Config::default(), router).shutdown_timeout(Duration::from_secs(2));
+    let done = tokio::spawn(async move {
+        server
+            .serve(listener, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    Running {
+        port,
+        stop: Some(tx),
+        done,
+    }
+}
+
+fn echo_router(options: WsOptions) -> Router {
+    let options = Arc::new(options);
+    Router::new()
+        .route(
+            "/healthz",
+            router::get(|_r: Request| async { router::text(StatusCode::OK, "ok") }),
+        )
+        .route("/ws", move |req: Request| {
+            let options = options.clone();
+            async move {
+                ws::upgrade(&req, &options, |socket| async move {
+                    let (tx, mut rx) = socket.split();
+                    // The writer runs on its own task: halves are independent.
+                    let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::channel::<Message>(8);
+                    let writer = tokio::spawn(async move {
+                        while let Some(m) = fwd_rx.recv().await {
+                            if tx.send(m).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    while let Some(Ok(m)) = rx.recv().await {
+                        if matches!(m, Message::Text(_) | Message::Binary(_)) && fwd_tx.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                    drop(fwd_tx);
+                    let _ = writer.await;
+                })
+            }
+        })
+}
+
+fn client_options(mode: CompressionMode) -> ClientOptions {
+    let mut o = ClientOptions::default();
+    o.compression.mode = mode;
+    o
+}
+
+async fn next_data(socket: &mut ws::WebSocket) -> Message {
+    loop {
+        match timeout(T, socket.recv()).await.expect("message in time") {
+            Some(Ok(m @ (Message::Text(_) | Message::Binary(_) | Message::Close(_)))) => return m,
+            Some(Ok(_)) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tether_client_and_server_round_trip_with_and_without_deflate() {
+    for mode in [CompressionMode::Off, CompressionMode::Shared, CompressionMode::Context] {
+        let mut options = WsOptions::default();
+        options.handshake.compression.mode = mode;
+        options.engine.compression.mode = mode;
+        let server = start(echo_router(options)).await;
+        let url = format!("ws://127.0.0.1:{}/ws", server.port);
+        let mut socket = connect(&url, client_options(mode)).await.expect("connect");
+        let big = Bytes::from(vec![7u8; 3 << 20]);
+        for i in 0..5 {
+            socket.send(Message::Text(format!("hello {i}").into())).await.unwrap();
+            assert_eq!(next_data(&mut socket).await, Message::Text(format!("hello {i}").into()));
+        }
+        socket.send(Message::Binary(big.clone())).await.unwrap();
+        assert_eq!(next_data(&mut socket).await, Message::Binary(big));
+        socket.close(CloseCode::NORMAL, "bye").await.unwrap();
+        match next_data(&mut socket).await {
+            Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::NORMAL),
+            other => panic!("expected the server's close, got {other:?}"),
+        }
+        // The server closes TCP after the handshake: the stream ends.
+        assert!(timeout(T, socket.recv()).await.expect("ends").is_none());
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_requests_then_upgrade_on_the_same_connection() {
+    let server = start(echo_router(WsOptions::default())).await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    for _ in 0..3 {
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = timeout(T, tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK"));
+    }
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = timeout(T, tcp.read(&mut buf)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101 Switching Protocols"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{head}"
+    );
+    assert!(!head.contains("keep-alive"), "{head}");
+    // A masked "hi" text frame is echoed unmasked.
+    let key = [1u8, 2, 3, 4];
+    let payload: Vec<u8> = b"hi".iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
+    let mut frame = vec![0x81, 0x82];
+    frame.extend_from_slice(&key);
+    frame.extend_from_slice(&payload);
+    tcp.write_all(&frame).await.unwrap();
+    let mut echo = [0u8; 4];
+    timeout(T, tcp.read_exact(&mut echo)).await.unwrap().unwrap();
+    assert_eq!(echo, [0x81, 0x02, b'h', b'i']);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refused_handshakes_keep_the_http_connection() {
+    let mut options = WsOptions::default();
+    options.handshake.allowed_origins = vec!["http://good.example".into()];
+    let server = start(echo_router(options)).await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    let base = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    for (extra, status) in [
+        ("Sec-WebSocket-Version: 8\r\n", "426"),
+        ("Sec-WebSocket-Version: 13\r\nOrigin: http://evil.example\r\n", "403"),
+    ] {
+        tcp.write_all(format!("{base}{extra}\r\n").as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = timeout(T, tcp.read(&mut buf)).await.unwrap().unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(head.starts_with(&format!("HTTP/1.1 {status}")), "{head}");
+        if status == "426" {
+            assert!(head.contains("sec-websocket-version: 13\r\n"), "{head}");
+        }
+    }
+    tcp.write_all(format!("{base}Sec-WebSocket-Version: 13\r\nOrigin: http://good.example\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = timeout(T, tcp.read(&mut buf)).await.unwrap().unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
+    server.stop().await;
+}
+
+/// A peer that never reads: `send` waits once the queue is full, `try_send`
+/// reports it, and nothing grows without bound.
+#[tokio::test]
+async fn backpressure_send_waits_and_try_send_reports_full() {
+    let (result_tx, result_rx) = oneshot::channel::<(usize, bool, bool)>();
+    let result_tx = Arc::new(std::sync::Mutex::new(Some(result_tx)));
+    let mut options = WsOptions::default();
+    options.max_queued_bytes = 64 * 1024;
+    let options = Arc::new(options);
+    let router = Router::new().route("/ws", move |req: Request| {
+        let options = options.clone();
+        let result_tx = result_tx.clone();
+        async move {
+            ws::upgrade(&req, &options, move |socket| async move {
+                let chunk = Bytes::from(vec![0u8; 16 * 1024]);
+                let mut sent = 0usize;
+                // Keep sending until a send has to wait (bounded).
+                let mut blocked = false;
+                for _ in 0..10_000 {
+                    match timeout(Duration::from_millis(500), socket.send(Message::Binary(chunk.clone()))).await {
+                        Ok(Ok(())) => sent += 1,
+                        Ok(Err(e)) => panic!("send failed: {e}"),
+                        Err(_) => {
+                            blocked = true;
+                            break;
+                        }
+                    }
+                }
+                let full = matches!(socket.try_send(Message::Binary(chunk)), Err(ws::TrySendError::Full(_)));
+                let _ = result_tx.lock().unwrap().take().unwrap().send((sent, blocked, full));
+            })
+        }
+    });
+    let server = start(router).await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Never read again.
+    let (sent, blocked, full) = timeout(Duration::from_secs(60), result_rx).await.unwrap().unwrap();
+    assert!(blocked, "send never waited after {sent} messages");
+    assert!(full, "try_send did not report a full queue");
+    // Socket buffers plus the 64 KiB queue and the driver's 64 KiB high-water
+    // mark: far below the 160 MiB an unbounded queue would have taken.
+    assert!(sent * 16 * 1024 < 32 << 20, "{sent} messages accepted");
+    drop(tcp);
+    server.stop().await;
+}
+
+/// With the Close policy a consumer that does not keep up is closed with 1008.
+#[tokio::test]
+async fn slow_consumer_is_closed_with_1008() {
+    let mut options = WsOptions::default();
+    options.max_queued_bytes = 32 * 1024;
+    options.overflow = OverflowPolicy::Close;
+    let options = Arc::new(options);
+    let router = Router::new().route("/ws", move |req: Request| {
+        let options = options.clone();
+        async move {
+            ws::upgrade(&req, &options, |socket| async move {
+                let chunk = Bytes::from(vec![1u8; 8 * 1024]);
+                for _ in 0..100_000 {
+                    if let Err(ws::TrySendError::Closed(_)) = socket.try_send(Message::Binary(chunk.clone())) {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                // Stay until the driver is done.
+                let (_tx, mut rx) = socket.split();
+                while timeout(Duration::from_secs(20), rx.recv())
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {}
+            })
+        }
+    });
+    let server = start(router).await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Let the queue overflow before reading anything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match timeout(T, tcp.read(&mut buf)).await.expect("server closes in time") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+        assert!(all.len() < 64 << 20, "unbounded output");
+    }
+    let head_end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let close_code = last_close_code(&all[head_end..]);
+    assert_eq!(close_code, Some(1008));
+    server.stop().await;
+}
+
+/// Walks unmasked server frames and returns the code of the close frame.
+fn last_close_code(mut frames: &[u8]) -> Option<u16> {
+    let mut code = None;
+    while frames.len() >= 2 {
+        let opcode = frames[0] & 0x0f;
+        let (len, hl) = match frames[1] & 0x7f {
+            126 => (u16::from_be_bytes([frames[2], frames[3]]) as usize, 4),
+            127 => (u64::from_be_bytes(frames[2..10].try_into().unwrap()) as usize, 10),
+            n => (n as usize, 2),
+        };
+        if frames.len() < hl + len {
+            break;
+        }
+        if opcode == 8 && len >= 2 {
+            code = Some(u16::from_be_bytes([frames[hl], frames[hl + 1]]));
+        }
+        frames = &frames[hl + len..];
+    }
+    code
+}
+
+#[tokio::test]
+async fn heartbeat_closes_a_peer_that_never_answers_pings() {
+    let mut options = WsOptions::default();
+    options.ping_interval = Some(Duration::from_millis(200));
+    let server = start(echo_router(options)).await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let started = std::time::Instant::now();
+    while last_close_code(
+        all.get(all.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4)..)
+            .unwrap_or(&[]),
+    )
+    .is_none()
+    {
+        let n = timeout(T, tcp.read(&mut buf))
+            .await
+            .expect("ping or close in time")
+            .unwrap();
+        assert!(n > 0, "closed without a close frame");
+        all.extend_from_slice(&buf[..n]);
+    }
+    let frames = &all[all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    assert_eq!(frames[0], 0x89, "the first frame is a ping");
+    assert_eq!(last_close_code(frames), Some(1011));
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The tether client answers pings by itself: still open after several intervals.
+    let url = format!("ws://127.0.0.1:{}/ws", server.port);
+    let mut socket = connect(&url, ClientOptions::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    socket.send(Message::Text("still here".into())).await.unwrap();
+    assert_eq!(next_data(&mut socket).await, Message::Text("still here".into()));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn idle_timeout_closes_with_1001() {
+    let mut options = WsOptions::default();
+    options.idle_timeout = Some(Duration::from_millis(300));
+    let server = start(echo_router(options)).await;
+    let url = format!("ws://127.0.0.1:{}/ws", server.port);
+    let mut socket = connect(&url, ClientOptions::default()).await.unwrap();
+    match next_data(&mut socket).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::GOING_AWAY),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn broadcast_reaches_every_member_once() {
+    let hub = Arc::new(Broadcast::new());
+    let options = Arc::new(WsOptions::default());
+    let joined = Arc::new(tokio::sync::Semaphore::new(0));
+    let (hub2, joined2) = (hub.clone(), joined.clone());
+    let router = Router::new().route("/ws", move |req: Request| {
+        let (options, hub, joined) = (options.clone(), hub2.clone(), joined2.clone());
+        async move {
+            ws::upgrade(&req, &options, move |socket| async move {
+                let (tx, mut rx) = socket.split();
+                hub.join(tx);
+                joined.add_permits(1);
+                while let Some(Ok(_)) = rx.recv().await {}
+            })
+        }
+    });
+    let server = start(router).await;
+    let url = format!("ws://127.0.0.1:{}/ws", server.port);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(connect(&url, ClientOptions::default()).await.unwrap());
+    }
+    let _ = timeout(T, joined.acquire_many(3)).await.unwrap().unwrap();
+    let d = hub.send_text("tick 1");
+    assert_eq!(d.queued, 3);
+    for c in &mut clients {
+        assert_eq!(next_data(c).await, Message::Text("tick 1".into()));
+    }
+    // A member that left is removed at the next broadcast.
+    let gone = clients.pop().unwrap();
+    gone.close(CloseCode::NORMAL, "").await.unwrap();
+    drop(gone);
+    let mut removed = 0;
+    for _ in 0..50 {
+        removed += hub.send_text("tick").removed;
+        if removed == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(removed, 1);
+    assert_eq!(hub.len(), 2);
+    server.stop().await;
+}
