@@ -24,6 +24,8 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Messages delivered to the receiver but not yet taken.
 const INCOMING_CAPACITY: usize = 16;
 const READ_SIZE: usize = 64 * 1024;
+/// Reading pauses while this much output waits for a peer that does not read.
+const READ_STOP: usize = 1 << 20;
 const MAX_IOV: usize = 64;
 
 /// What to do when a non-waiting send finds the outgoing queue full.
@@ -438,7 +440,9 @@ impl Driver {
             .flatten()
             .min();
             let take_commands = commands_open && out_len + self.engine.queued_bytes() < WRITE_HIGH_WATER;
-            let wants_read = blocked.is_none() && !input_done;
+            // A peer that sends (pings, say) without reading what we queue
+            // gets no more reads until our output drains.
+            let wants_read = blocked.is_none() && !input_done && out_len + self.engine.queued_bytes() < READ_STOP;
             let wake = {
                 let io = &mut self.io;
                 let engine = &mut self.engine;
