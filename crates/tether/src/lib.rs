@@ -9,6 +9,7 @@
 //! WebSockets; [`client`] opens WebSockets to other servers.
 
 pub mod client;
+mod io;
 pub mod server;
 pub mod ws;
 

@@ -232,13 +232,7 @@ async fn backpressure_send_waits_and_try_send_reports_full() {
         }
     });
     let server = start(router).await;
-    let mut tcp = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
-    tcp.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let mut tcp = raw_upgrade(server.port).await;
     // Never read again.
     let (sent, blocked, full) = timeout(Duration::from_secs(60), result_rx).await.unwrap().unwrap();
     assert!(blocked, "send never waited after {sent} messages");
@@ -280,13 +274,7 @@ async fn slow_consumer_is_closed_with_1008() {
         }
     });
     let server = start(router).await;
-    let mut tcp = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
-    tcp.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let mut tcp = raw_upgrade(server.port).await;
     // Let the queue overflow before reading anything.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut all = Vec::new();
@@ -302,6 +290,18 @@ async fn slow_consumer_is_closed_with_1008() {
     let close_code = last_close_code(&all[head_end..]);
     assert_eq!(close_code, Some(1008));
     server.stop().await;
+}
+
+/// Opens a TCP connection and sends a WebSocket upgrade request on `/ws`.
+async fn raw_upgrade(port: u16) -> TcpStream {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tcp
 }
 
 /// Walks unmasked server frames and returns the code of the close frame.
@@ -330,13 +330,7 @@ async fn heartbeat_closes_a_peer_that_never_answers_pings() {
     let mut options = WsOptions::default();
     options.ping_interval = Some(Duration::from_millis(200));
     let server = start(echo_router(options)).await;
-    let mut tcp = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
-    tcp.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    let mut tcp = raw_upgrade(server.port).await;
     let mut all = Vec::new();
     let mut buf = vec![0u8; 4096];
     let started = std::time::Instant::now();

@@ -33,7 +33,6 @@
 //! * Every close has one [`CloseCause`].
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -823,15 +822,9 @@ impl ServerConnection {
         self.out_len
     }
 
-    /// Fills `slices` with the queued output for one vectored write;
-    /// returns how many were filled.
-    pub fn output_slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
-        let mut n = 0;
-        for (slot, b) in slices.iter_mut().zip(self.out.iter()) {
-            *slot = IoSlice::new(b);
-            n += 1;
-        }
-        n
+    /// The queued output, in order, for one vectored write.
+    pub fn output_bufs(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.out.iter().map(|b| &b[..])
     }
 
     /// Takes all queued output as one buffer (convenient for tests and

@@ -12,10 +12,7 @@
 //! output is below a high-water mark; (5) waits for whichever comes first:
 //! I/O, the handler, a body chunk, the engine's deadline, or shutdown.
 
-use std::cell::RefCell;
 use std::future::poll_fn;
-use std::io::IoSlice;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -23,7 +20,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request as HttpRequest, StatusCode};
 use tether_proto::h1::{self, body_error_status, CloseCause, Event, ResponseBody, ServerConnection};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -31,18 +28,10 @@ use super::body::{Body, BodyError, RequestBody};
 use super::handler::{HandlerFuture, Response, SharedHandler};
 use super::upgrade::{OnUpgrade, Transport, Upgraded};
 
-/// Bytes read per read call.
-const SCRATCH_SIZE: usize = 64 * 1024;
 /// Streamed response bodies pause above this much queued output.
 const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// Request body chunks buffered between the driver and the handler.
 const BODY_CHANNEL: usize = 4;
-/// Most slices in one vectored write.
-const MAX_IOV: usize = 64;
-
-thread_local! {
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
-}
 
 /// What one connection ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,14 +234,7 @@ fn poll_io<IO: Transport>(
 ) -> Poll<Wake> {
     let mut progressed = false;
     if conn.has_output() {
-        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let n = conn.output_slices(&mut slices);
-        let res = if n == 1 {
-            Pin::new(&mut *io).poll_write(cx, &slices[0])
-        } else {
-            Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n])
-        };
-        match res {
+        match crate::io::poll_write_bufs(io, cx, conn.output_bufs()) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                 conn.io_error(Instant::now().into_std());
                 return Poll::Ready(Wake::Io);
@@ -265,28 +247,21 @@ fn poll_io<IO: Transport>(
         }
     }
     if wants_read && !progressed {
-        let res = SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            let mut rb = ReadBuf::new(&mut s[..]);
-            match Pin::new(&mut *io).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    let now = Instant::now().into_std();
-                    if rb.filled().is_empty() {
-                        conn.feed_eof(now);
-                    } else {
-                        conn.feed(rb.filled(), now);
-                    }
-                    Poll::Ready(())
-                }
-                Poll::Ready(Err(_)) => {
-                    conn.io_error(Instant::now().into_std());
-                    Poll::Ready(())
-                }
-                Poll::Pending => Poll::Pending,
+        let read = crate::io::poll_read_with(io, cx, |bytes| {
+            let now = Instant::now().into_std();
+            if bytes.is_empty() {
+                conn.feed_eof(now);
+            } else {
+                conn.feed(bytes, now);
             }
         });
-        if res.is_ready() {
-            progressed = true;
+        match read {
+            Poll::Ready(Ok(())) => progressed = true,
+            Poll::Ready(Err(_)) => {
+                conn.io_error(Instant::now().into_std());
+                progressed = true;
+            }
+            Poll::Pending => {}
         }
     }
     if progressed {

@@ -2,8 +2,6 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io::IoSlice;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -13,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tether_proto::ws::{
     CloseCode, EncodedFrame, Event, HandshakeConfig, Message, ProtocolError, SendError, WsConfig, WsConnection, WsState,
 };
-use tokio::io::{AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
@@ -23,10 +21,8 @@ use crate::server::upgrade::Transport;
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Messages delivered to the receiver but not yet taken.
 const INCOMING_CAPACITY: usize = 16;
-const READ_SIZE: usize = 64 * 1024;
 /// Reading pauses while this much output waits for a peer that does not read.
 const READ_STOP: usize = 1 << 20;
-const MAX_IOV: usize = 64;
 
 /// What to do when a non-waiting send finds the outgoing queue full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -366,10 +362,6 @@ enum Wake {
     SlowConsumer,
 }
 
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; READ_SIZE].into_boxed_slice());
-}
-
 impl Driver {
     async fn run(mut self, buffered: BytesMut) {
         let start = Instant::now();
@@ -595,13 +587,7 @@ fn poll_io(
 ) -> Poll<Wake> {
     let mut progressed = false;
     if !out.is_empty() {
-        let mut slices = [IoSlice::new(&[]); MAX_IOV];
-        let mut n = 0;
-        for (slot, b) in slices.iter_mut().zip(out.iter()) {
-            *slot = IoSlice::new(b);
-            n += 1;
-        }
-        match Pin::new(&mut **io).poll_write_vectored(cx, &slices[..n]) {
+        match crate::io::poll_write_bufs(&mut **io, cx, out.iter().map(|b| &b[..])) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                 out.clear();
                 *out_len = 0;
@@ -628,30 +614,25 @@ fn poll_io(
         }
     }
     if wants_read && !progressed {
-        let ready = SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            let mut rb = ReadBuf::new(&mut s[..]);
-            match Pin::new(&mut **io).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    let now = Instant::now();
-                    if rb.filled().is_empty() {
-                        engine.handle_eof();
-                        *input_done = true;
-                    } else {
-                        *last_recv = now;
-                        engine.feed(rb.filled(), now.into_std());
-                    }
-                    true
-                }
-                Poll::Ready(Err(_)) => {
-                    engine.handle_eof();
-                    *input_done = true;
-                    true
-                }
-                Poll::Pending => false,
+        let read = crate::io::poll_read_with(&mut **io, cx, |bytes| {
+            let now = Instant::now();
+            if bytes.is_empty() {
+                engine.handle_eof();
+                *input_done = true;
+            } else {
+                *last_recv = now;
+                engine.feed(bytes, now.into_std());
             }
         });
-        progressed |= ready;
+        match read {
+            Poll::Ready(Ok(())) => progressed = true,
+            Poll::Ready(Err(_)) => {
+                engine.handle_eof();
+                *input_done = true;
+                progressed = true;
+            }
+            Poll::Pending => {}
+        }
     }
     if progressed {
         Poll::Ready(Wake::Io)

@@ -1,0 +1,59 @@
+//! The two I/O steps both connection drivers take: one vectored write of
+//! queued buffers, and one read into a per-thread scratch buffer (so an
+//! idle connection owns no read buffer; the engine copies what it keeps).
+
+use std::cell::RefCell;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes read per read call.
+const SCRATCH_SIZE: usize = 64 * 1024;
+/// Most buffers in one vectored write.
+const MAX_IOV: usize = 64;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
+}
+
+/// Writes as many of `bufs` as the transport takes in one call.
+pub(crate) fn poll_write_bufs<'a, W: AsyncWrite + Unpin + ?Sized>(
+    io: &mut W,
+    cx: &mut Context<'_>,
+    bufs: impl Iterator<Item = &'a [u8]>,
+) -> Poll<std::io::Result<usize>> {
+    let mut slices = [IoSlice::new(&[]); MAX_IOV];
+    let mut n = 0;
+    for (slot, b) in slices.iter_mut().zip(bufs) {
+        *slot = IoSlice::new(b);
+        n += 1;
+    }
+    if n == 1 {
+        Pin::new(io).poll_write(cx, &slices[0])
+    } else {
+        Pin::new(io).poll_write_vectored(cx, &slices[..n])
+    }
+}
+
+/// Reads once into the thread's scratch buffer and hands the bytes to
+/// `take` (an empty slice means end of file).
+pub(crate) fn poll_read_with<R: AsyncRead + Unpin + ?Sized>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    take: impl FnOnce(&[u8]),
+) -> Poll<std::io::Result<()>> {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let mut rb = ReadBuf::new(&mut s[..]);
+        match Pin::new(io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                take(rb.filled());
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+}
