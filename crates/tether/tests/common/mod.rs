@@ -44,7 +44,10 @@ fn app(started: mpsc::UnboundedSender<&'static str>, gate: Arc<Notify>) -> Route
     let hang_started = started.clone();
     let gate_started = started;
     Router::new()
-        .route("/healthz", router::get(|_req: Request| async { router::text(StatusCode::OK, "ok") }))
+        .route(
+            "/healthz",
+            router::get(|_req: Request| async { router::text(StatusCode::OK, "ok") }),
+        )
         .route(
             "/echo",
             router::methods(&[Method::GET, Method::HEAD, Method::POST], |req: Request| async move {
@@ -56,7 +59,9 @@ fn app(started: mpsc::UnboundedSender<&'static str>, gate: Arc<Notify>) -> Route
             }),
         )
         // Answers without reading the request body (drops it).
-        .route("/ignore", |_req: Request| async { router::text(StatusCode::OK, "ignored") })
+        .route("/ignore", |_req: Request| async {
+            router::text(StatusCode::OK, "ignored")
+        })
         .route(
             "/stream",
             router::get(|_req: Request| async {
@@ -75,14 +80,12 @@ fn app(started: mpsc::UnboundedSender<&'static str>, gate: Arc<Notify>) -> Route
                 resp
             }),
         )
-        .route(
-            "/close",
-            |_req: Request| async {
-                let mut resp = router::text(StatusCode::OK, "bye");
-                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                resp
-            },
-        )
+        .route("/close", |_req: Request| async {
+            let mut resp = router::text(StatusCode::OK, "bye");
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        })
         .route("/slow", move |_req: Request| {
             let started = slow_started.clone();
             async move {
@@ -140,7 +143,13 @@ impl TestServer {
         let serve = tokio::spawn(server.serve(listener, async move {
             let _ = rx.await;
         }));
-        Self { addr, shutdown: Some(tx), serve: Some(serve), started, gate }
+        Self {
+            addr,
+            shutdown: Some(tx),
+            serve: Some(serve),
+            started,
+            gate,
+        }
     }
 
     /// A new raw connection to the server.
@@ -229,15 +238,27 @@ impl Resp {
     /// Asserts the response keeps the connection: no `connection` field
     /// and exactly `keep-alive: timeout=T, max=M`.
     pub fn assert_keeps_alive(&self, timeout_s: u64, max: u32) {
-        assert!(self.header("connection").is_none(), "unexpected connection header in\n{}", self.head);
+        assert!(
+            self.header("connection").is_none(),
+            "unexpected connection header in\n{}",
+            self.head
+        );
         let want = format!("keep-alive: timeout={timeout_s}, max={max}");
         assert!(self.has_line(&want), "expected `{want}` in\n{}", self.head);
     }
 
     /// Asserts the response says `connection: close` and has no `keep-alive` field.
     pub fn assert_closes(&self) {
-        assert!(self.has_line("connection: close"), "expected `connection: close` in\n{}", self.head);
-        assert!(self.header("keep-alive").is_none(), "unexpected keep-alive header in\n{}", self.head);
+        assert!(
+            self.has_line("connection: close"),
+            "expected `connection: close` in\n{}",
+            self.head
+        );
+        assert!(
+            self.header("keep-alive").is_none(),
+            "unexpected keep-alive header in\n{}",
+            self.head
+        );
     }
 
     pub fn body_str(&self) -> String {
@@ -299,6 +320,27 @@ impl Client {
         resp
     }
 
+    /// Writes `data` while (after `before_read` completes) reading one
+    /// response; the write must complete without error.
+    pub async fn send_and_read_after(
+        &mut self,
+        data: &[u8],
+        before_read: impl std::future::Future<Output = ()>,
+    ) -> Resp {
+        let write = async {
+            timeout(IO_TIMEOUT * 4, self.w.write_all(data))
+                .await
+                .expect("write timed out")
+                .expect("write failed");
+        };
+        let read = async {
+            before_read.await;
+            read_response(&mut self.r, &mut self.buf, false).await
+        };
+        let (_, resp) = tokio::join!(write, read);
+        resp
+    }
+
     /// Asserts nothing more was received and the server closes the
     /// connection cleanly (read returns 0) within `within`; returns how long
     /// the wait took.
@@ -331,7 +373,11 @@ impl Client {
 
     /// Asserts nothing arrives (and the connection stays open) for `dur`.
     pub async fn expect_silence(&mut self, dur: Duration) {
-        assert!(self.buf.is_empty(), "unexpected bytes: {:?}", String::from_utf8_lossy(&self.buf));
+        assert!(
+            self.buf.is_empty(),
+            "unexpected bytes: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
         let mut tmp = [0u8; 4096];
         match timeout(dur, self.r.read(&mut tmp)).await {
             Err(_) => {}
@@ -352,7 +398,12 @@ async fn fill(r: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> usize {
                 String::from_utf8_lossy(&buf[..buf.len().min(500)])
             )
         })
-        .unwrap_or_else(|e| panic!("read failed: {e}; have so far: {:?}", String::from_utf8_lossy(&buf[..buf.len().min(500)])));
+        .unwrap_or_else(|e| {
+            panic!(
+                "read failed: {e}; have so far: {:?}",
+                String::from_utf8_lossy(&buf[..buf.len().min(500)])
+            )
+        });
     buf.extend_from_slice(&tmp[..n]);
     n
 }
@@ -370,7 +421,10 @@ async fn take_line(r: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> String {
             return line;
         }
         if fill(r, buf).await == 0 {
-            panic!("connection closed in the middle of a line: {:?}", String::from_utf8_lossy(buf));
+            panic!(
+                "connection closed in the middle of a line: {:?}",
+                String::from_utf8_lossy(buf)
+            );
         }
     }
 }
@@ -413,15 +467,27 @@ async fn read_response(r: &mut OwnedReadHalf, buf: &mut Vec<u8>, head_request: b
             (n.to_string(), v.trim().to_string())
         })
         .collect();
-    let mut resp = Resp { status, head, headers, body: Vec::new(), chunks: None };
+    let mut resp = Resp {
+        status,
+        head,
+        headers,
+        body: Vec::new(),
+        chunks: None,
+    };
     if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
         return resp;
     }
     let te = resp.header("transfer-encoding").map(str::to_ascii_lowercase);
-    let cl = resp.header("content-length").map(|v| v.parse::<usize>().expect("bad content-length"));
+    let cl = resp
+        .header("content-length")
+        .map(|v| v.parse::<usize>().expect("bad content-length"));
     if let Some(te) = te {
         assert_eq!(te, "chunked", "unexpected transfer-encoding");
-        assert!(cl.is_none(), "both content-length and transfer-encoding in\n{}", resp.head);
+        assert!(
+            cl.is_none(),
+            "both content-length and transfer-encoding in\n{}",
+            resp.head
+        );
         let mut chunks = Vec::new();
         loop {
             let line = take_line(r, buf).await;
@@ -460,7 +526,11 @@ pub fn get(path: &str) -> Vec<u8> {
 
 /// A POST /echo request with a Content-Length body.
 pub fn post_echo(body: &[u8]) -> Vec<u8> {
-    let mut v = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let mut v = format!(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     v.extend_from_slice(body);
     v
 }
