@@ -232,7 +232,7 @@ async fn backpressure_send_waits_and_try_send_reports_full() {
         }
     });
     let server = start(router).await;
-    let mut tcp = raw_upgrade(server.port).await;
+    let tcp = raw_upgrade(server.port).await;
     // Never read again.
     let (sent, blocked, full) = timeout(Duration::from_secs(60), result_rx).await.unwrap().unwrap();
     assert!(blocked, "send never waited after {sent} messages");
@@ -352,10 +352,19 @@ async fn heartbeat_closes_a_peer_that_never_answers_pings() {
     assert_eq!(last_close_code(frames), Some(1011));
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    // The tether client answers pings by itself: still open after several intervals.
+    // The tether client answers pings by itself while it receives: still
+    // open after several intervals.
     let url = format!("ws://127.0.0.1:{}/ws", server.port);
     let mut socket = connect(&url, ClientOptions::default()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut pings = 0;
+    let until = tokio::time::Instant::now() + Duration::from_millis(1000);
+    while let Ok(item) = tokio::time::timeout_at(until, socket.recv()).await {
+        match item {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings >= 3, "{pings} pings in 1 s at a 200 ms interval");
     socket.send(Message::Text("still here".into())).await.unwrap();
     assert_eq!(next_data(&mut socket).await, Message::Text("still here".into()));
     server.stop().await;

@@ -141,11 +141,11 @@ pub async fn serve_connection<IO: Transport>(
             let served = conn.requests_served();
             let read_buf = conn.take_upgraded_bytes();
             if let Some(f) = on_upgrade.take().and_then(|u| u.take()) {
-                f(Upgraded {
+                // A task of its own: this connection's HTTP state is freed.
+                tokio::spawn(f(Upgraded {
                     io: Box::new(io),
                     read_buf,
-                })
-                .await;
+                }));
             }
             return ConnectionEnd::Upgraded(served);
         }

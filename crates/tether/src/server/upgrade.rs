@@ -4,7 +4,8 @@
 //! [`OnUpgrade`] in the response's extensions. Once the `101` head has been
 //! written, the connection driver stops speaking HTTP and calls the
 //! callback with the transport and the bytes that already arrived after
-//! the request ([`Upgraded`]). The callback runs on the connection's task.
+//! the request ([`Upgraded`]). The callback runs on a task of its own, so the
+//! HTTP connection's state is freed.
 
 use std::future::Future;
 use std::pin::Pin;

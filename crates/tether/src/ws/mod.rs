@@ -1,26 +1,32 @@
 //! WebSockets on tokio: server upgrade, the [`WebSocket`] handle with
 //! independent sender and receiver halves, and frame-once broadcast.
 //!
-//! Theory of operation: after the HTTP handshake, one driver task owns the
-//! transport and a `tether_proto::ws::WsConnection` (where every protocol
-//! decision is made: framing, masking, UTF-8, close codes, deflate). Users
-//! talk to the driver through two queues:
+//! Theory of operation: after the HTTP handshake a connection is one
+//! `tether_proto::ws::WsConnection` (where every protocol decision is made:
+//! framing, masking, UTF-8, close codes, deflate) and the transport, behind
+//! a lock shared by the [`WsSender`] and [`WsReceiver`] halves. There is no
+//! task and no channel per connection, so an idle WebSocket costs about as
+//! much memory as its engine and socket:
 //!
-//! * outgoing: a command queue whose size in bytes is counted in the
-//!   [`WsSender`]; `send` waits while it holds `max_queued_bytes` or more
-//!   (backpressure), `try_send` reports [`TrySendError::Full`] instead, and
-//!   with [`OverflowPolicy::Close`] a full queue closes the connection with
-//!   1008 rather than buffering without bound. The driver only takes more
-//!   commands while its own write buffer is below a small high-water mark,
-//!   so a slow peer fills the queue instead of memory.
-//! * incoming: a small bounded channel of messages; while it is full the
-//!   driver stops reading the socket (TCP backpressure to the peer).
+//! * receiving drives the connection: [`WsReceiver::recv`] reads, feeds the
+//!   engine, writes queued output (pongs, close replies, messages from other
+//!   tasks), fires timers (heartbeat, idle timeout, close handshake
+//!   deadline, stalled writes) and closes TCP first on the server side once
+//!   the close handshake is complete. Keep a task receiving for as long as
+//!   the connection should live;
+//! * sending queues frames in the engine and wakes the receiving task (or,
+//!   with nobody receiving, writes itself). The queue is counted in bytes:
+//!   `send` waits while it holds `max_queued_bytes` or more (backpressure),
+//!   `try_send` reports [`TrySendError::Full`] instead, and with
+//!   [`OverflowPolicy::Close`] a full queue closes the connection with 1008
+//!   rather than buffering without bound;
+//! * while much output is waiting for a peer that does not read, reading
+//!   pauses (TCP backpressure to the peer);
+//! * when the last handle is dropped, the close handshake is finished in
+//!   the background within a bounded time.
 //!
-//! The driver answers pings (in the engine), sends heartbeat pings and
-//! enforces an idle timeout when configured (both off by default: per RFC
-//! 6455 a WebSocket has no idle timeout), gives every wait a deadline (close
-//! handshake, stalled writes), and closes the TCP connection first on the
-//! server side once the close handshake is complete.
+//! Heartbeat and idle timeout are off by default: per RFC 6455 a WebSocket
+//! has no idle timeout.
 
 mod broadcast;
 mod socket;

@@ -1,28 +1,31 @@
-//! The [`WebSocket`] handle and its driver task.
+//! The [`WebSocket`] handle: one engine and one transport behind a lock,
+//! driven by whoever receives.
+//!
+//! There is no task per connection and no channel: [`WsReceiver::recv`]
+//! drives the connection (reads, writes queued output, fires timers), and
+//! senders put frames into the engine's queue and wake the receiver (or,
+//! when nobody receives, write themselves). An idle connection is the
+//! engine (no buffers while idle), the transport and two wakers.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::Poll;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tether_proto::ws::{
     CloseCode, EncodedFrame, Event, HandshakeConfig, Message, ProtocolError, SendError, WsConfig, WsConnection, WsState,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, Notify};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::server::upgrade::Transport;
 
-/// The driver stops taking queued messages while this much is waiting to be written.
-const WRITE_HIGH_WATER: usize = 64 * 1024;
-/// Messages delivered to the receiver but not yet taken.
-const INCOMING_CAPACITY: usize = 16;
 /// Reading pauses while this much output waits for a peer that does not read.
 const READ_STOP: usize = 1 << 20;
+/// How long a dropped connection may take to finish its close handshake.
+const LINGER: Duration = Duration::from_secs(5);
 
 /// What to do when a non-waiting send finds the outgoing queue full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,11 +59,9 @@ pub struct WsOptions {
 
 impl Default for WsOptions {
     fn default() -> Self {
-        let mut engine = WsConfig::default();
-        // The handle counts queued bytes; the engine's own queue stays small.
-        engine.max_queued_bytes = usize::MAX / 2;
         Self {
-            engine,
+            // The handle enforces `max_queued_bytes`; the engine must not refuse first.
+            engine: WsConfig { max_queued_bytes: usize::MAX / 2, ..WsConfig::default() },
             handshake: HandshakeConfig::default(),
             ping_interval: None,
             idle_timeout: None,
@@ -100,35 +101,42 @@ pub enum TrySendError {
     Closed(Message),
 }
 
-enum Command {
-    Send(Message, usize),
-    Encoded(EncodedFrame),
-    Close(CloseCode, String),
-}
-
 struct Shared {
-    queued: AtomicUsize,
+    inner: Mutex<Inner>,
     limit: usize,
-    space: Notify,
-    closed: AtomicBool,
     overflow: OverflowPolicy,
-    slow_consumer: AtomicBool,
-    wake_driver: Notify,
 }
 
-/// The sending half: cheap to clone, usable from any task.
-#[derive(Clone)]
-pub struct WsSender {
-    shared: Arc<Shared>,
-    commands: mpsc::UnboundedSender<Command>,
+struct Inner {
+    io: Box<dyn Transport>,
+    engine: WsConnection,
+    /// Chunks taken from the engine, not yet written.
+    out: VecDeque<Bytes>,
+    out_len: usize,
+    /// The task that receives: it drives reads, writes and timers.
+    driver: Option<Waker>,
+    /// Senders waiting for queue space.
+    waiting_senders: Vec<Waker>,
+    input_done: bool,
+    /// The transport is closed; only buffered events remain.
+    finished: bool,
+    awaiting_pong: bool,
+    timers: Timers,
 }
 
-impl std::fmt::Debug for WsSender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WsSender")
-            .field("queued", &self.queued_bytes())
-            .finish()
-    }
+struct Timers {
+    ping_interval: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    write_timeout: Duration,
+    next_ping: Option<Instant>,
+    last_recv: Instant,
+    write_progress: Instant,
+    /// Armed only while a deadline exists.
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
+    shared.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn cost(m: &Message) -> usize {
@@ -140,113 +148,358 @@ fn cost(m: &Message) -> usize {
     payload + 14
 }
 
+fn map_event(event: Event) -> Result<Message, WsError> {
+    match event {
+        Event::Message(m) => Ok(m),
+        Event::ProtocolError(e) => {
+            tracing::debug!(error = %e, code = e.close_code().0, "websocket protocol error");
+            Err(WsError::Protocol(e))
+        }
+        Event::AbnormalClosure => Err(WsError::AbnormalClosure),
+    }
+}
+
+impl Inner {
+    fn queued(&self) -> usize {
+        self.out_len + self.engine.queued_bytes()
+    }
+
+    fn can_send(&self) -> bool {
+        !self.finished && self.engine.state() == WsState::Open
+    }
+
+    /// Takes the engine's output and writes what the transport accepts.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> bool {
+        while let Some(chunk) = self.engine.poll_transmit() {
+            if self.out.is_empty() {
+                self.timers.write_progress = Instant::now();
+            }
+            self.out_len += chunk.len();
+            self.out.push_back(chunk);
+        }
+        let mut progressed = false;
+        while !self.out.is_empty() {
+            match crate::io::poll_write_bufs(&mut *self.io, cx, self.out.iter().map(|b| &b[..])) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    self.out.clear();
+                    self.out_len = 0;
+                    self.engine.handle_eof();
+                    self.input_done = true;
+                    return true;
+                }
+                Poll::Ready(Ok(mut written)) => {
+                    progressed = true;
+                    self.out_len -= written;
+                    self.timers.write_progress = Instant::now();
+                    while written > 0 {
+                        let front = self.out.front_mut().expect("written bytes were queued");
+                        if written >= front.len() {
+                            written -= front.len();
+                            self.out.pop_front();
+                        } else {
+                            let _ = front.split_to(written);
+                            written = 0;
+                        }
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = VecDeque::new();
+        }
+        progressed
+    }
+
+    fn wake_senders(&mut self, limit: usize) {
+        if !self.waiting_senders.is_empty() && (self.queued() < limit || !self.can_send()) {
+            for w in self.waiting_senders.drain(..) {
+                w.wake();
+            }
+            self.waiting_senders = Vec::new();
+        }
+    }
+
+    /// Gets queued output moving: the receiving task writes it; with no
+    /// receiver, the caller writes it now.
+    fn kick(&mut self, cx: &mut Context<'_>) {
+        match &self.driver {
+            Some(w) => w.wake_by_ref(),
+            None => {
+                self.poll_flush(cx);
+            }
+        }
+    }
+
+    /// Drives the connection until it has an event for the receiver.
+    fn poll_recv(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<Option<Result<Message, WsError>>> {
+        if !self.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.driver = Some(cx.waker().clone());
+        }
+        loop {
+            if let Some(event) = self.engine.poll_event() {
+                if let Event::Message(Message::Pong(_)) = event {
+                    self.awaiting_pong = false;
+                }
+                // Answers (pongs, the close echo) go out before the event is handed over.
+                self.poll_flush(cx);
+                self.wake_senders(limit);
+                return Poll::Ready(Some(map_event(event)));
+            }
+            if self.finished {
+                self.wake_senders(limit);
+                return Poll::Ready(None);
+            }
+            let wrote = self.poll_flush(cx);
+            if wrote {
+                self.wake_senders(limit);
+            }
+            if self.engine.should_close_transport() && self.out.is_empty() {
+                // The server closes TCP first; shutting down a TCP write side does not block.
+                let _ = Pin::new(&mut *self.io).poll_shutdown(cx);
+                self.finished = true;
+                self.timers.sleep = None;
+                continue;
+            }
+            let mut read = false;
+            if !self.input_done && self.queued() < READ_STOP {
+                let engine = &mut self.engine;
+                let input_done = &mut self.input_done;
+                let last_recv = &mut self.timers.last_recv;
+                let result = crate::io::poll_read_with(&mut *self.io, cx, |bytes| {
+                    let now = Instant::now();
+                    if bytes.is_empty() {
+                        engine.handle_eof();
+                        *input_done = true;
+                    } else {
+                        *last_recv = now;
+                        engine.feed(bytes, now.into_std());
+                    }
+                });
+                match result {
+                    Poll::Ready(Ok(())) => read = true,
+                    Poll::Ready(Err(_)) => {
+                        self.engine.handle_eof();
+                        self.input_done = true;
+                        read = true;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if read || wrote {
+                continue;
+            }
+            if self.poll_timers(cx) {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// Fires due timers; returns whether anything happened.
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> bool {
+        let t = &self.timers;
+        let deadline = [
+            self.engine.poll_timeout().map(Instant::from_std),
+            t.next_ping,
+            t.idle_timeout.map(|d| t.last_recv + d),
+            (!self.out.is_empty()).then(|| t.write_progress + t.write_timeout),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let Some(deadline) = deadline else {
+            self.timers.sleep = None;
+            return false;
+        };
+        let now = Instant::now();
+        if deadline > now {
+            let sleep = self
+                .timers
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+        }
+        let now = Instant::now();
+        let t = &mut self.timers;
+        if !self.out.is_empty() && now >= t.write_progress + t.write_timeout {
+            tracing::debug!("websocket write stalled; dropping the connection");
+            self.out.clear();
+            self.out_len = 0;
+            self.engine.handle_eof();
+            self.input_done = true;
+            self.finished = true;
+            return true;
+        }
+        self.engine.handle_timeout(now.into_std());
+        if let Some(idle) = t.idle_timeout {
+            if now >= t.last_recv + idle && self.engine.state() == WsState::Open {
+                let _ = self.engine.close(CloseCode::GOING_AWAY, "idle timeout", now.into_std());
+            }
+        }
+        if let (Some(interval), Some(due)) = (t.ping_interval, t.next_ping) {
+            if now >= due {
+                t.next_ping = Some(now + interval);
+                if self.engine.state() == WsState::Open {
+                    if self.awaiting_pong {
+                        let _ = self
+                            .engine
+                            .close(CloseCode::INTERNAL_ERROR, "ping timeout", now.into_std());
+                    } else {
+                        self.awaiting_pong = self.engine.ping(Bytes::from_static(b"tether")).is_ok();
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The sending half: cheap to clone, usable from any task.
+#[derive(Clone)]
+pub struct WsSender {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for WsSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsSender")
+            .field("queued", &self.queued_bytes())
+            .finish()
+    }
+}
+
 impl WsSender {
     /// Sends a message, waiting while the outgoing queue is full.
-    /// `Message::Close` starts the close handshake (code 1005-free: an
-    /// absent frame closes with 1000).
+    /// `Message::Close` starts the close handshake (an absent frame closes with 1000).
     pub async fn send(&self, message: Message) -> Result<(), WsError> {
         if let Message::Close(frame) = message {
             let (code, reason) = frame.map_or((CloseCode::NORMAL, String::new()), |f| (f.code, f.reason.to_string()));
             return self.close(code, &reason).await;
         }
         let cost = cost(&message);
-        loop {
-            if self.shared.closed.load(Ordering::Acquire) {
-                return Err(WsError::Closed);
+        let mut message = Some(message);
+        poll_fn(|cx| {
+            let mut g = lock(&self.shared);
+            if !g.can_send() {
+                return Poll::Ready(Err(WsError::Closed));
             }
-            let notified = self.shared.space.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.try_reserve(cost) {
-                break;
+            let queued = g.queued();
+            if queued != 0 && queued + cost > self.shared.limit {
+                if g.driver.is_none() {
+                    g.poll_flush(cx);
+                }
+                let queued = g.queued();
+                if queued != 0 && queued + cost > self.shared.limit {
+                    g.waiting_senders.push(cx.waker().clone());
+                    return Poll::Pending;
+                }
             }
-            notified.await;
-        }
-        self.push(Command::Send(message, cost))
+            let result = g.engine.send(message.take().expect("polled after completion"));
+            g.kick(cx);
+            Poll::Ready(result.map_err(WsError::from))
+        })
+        .await
     }
 
     /// Sends without waiting: [`TrySendError::Full`] when the queue is full
     /// (and, with [`OverflowPolicy::Close`], the connection is closed with 1008).
     pub fn try_send(&self, message: Message) -> Result<(), TrySendError> {
-        if self.shared.closed.load(Ordering::Acquire) {
+        let mut g = lock(&self.shared);
+        if !g.can_send() {
             return Err(TrySendError::Closed(message));
         }
-        let cost = cost(&message);
-        if !self.try_reserve(cost) {
-            return Err(self.overflow(message));
+        if !self.fits(&g, cost(&message)) {
+            return Err(self.overflow(&mut g, message));
         }
-        self.push(Command::Send(message, cost))
-            .map_err(|_| TrySendError::Closed(Message::Binary(Bytes::new())))
+        g.engine
+            .send(message)
+            .map_err(|_| TrySendError::Closed(Message::Binary(Bytes::new())))?;
+        g.kick(&mut Context::from_waker(Waker::noop()));
+        Ok(())
     }
 
     /// Sends a frame encoded once for many connections (see [`super::Broadcast`]).
     pub fn try_send_encoded(&self, frame: &EncodedFrame) -> Result<(), TrySendError> {
-        if self.shared.closed.load(Ordering::Acquire) {
+        let mut g = lock(&self.shared);
+        if !g.can_send() {
             return Err(TrySendError::Closed(Message::Binary(Bytes::new())));
         }
-        if !self.try_reserve(frame.len()) {
-            return Err(self.overflow(Message::Binary(Bytes::new())));
+        if !self.fits(&g, frame.len()) {
+            return Err(self.overflow(&mut g, Message::Binary(Bytes::new())));
         }
-        self.push(Command::Encoded(frame.clone()))
-            .map_err(|_| TrySendError::Closed(Message::Binary(Bytes::new())))
+        g.engine
+            .send_encoded(frame)
+            .map_err(|_| TrySendError::Closed(Message::Binary(Bytes::new())))?;
+        g.kick(&mut Context::from_waker(Waker::noop()));
+        Ok(())
     }
 
     /// Starts the close handshake with `code` and `reason`.
     pub async fn close(&self, code: CloseCode, reason: &str) -> Result<(), WsError> {
-        if !code.is_valid_on_wire() {
-            return Err(WsError::Invalid(SendError::InvalidCloseCode(code.0)));
-        }
-        if reason.len() > 123 {
-            return Err(WsError::Invalid(SendError::CloseReasonTooLong(reason.len())));
-        }
-        self.push(Command::Close(code, reason.to_string()))
+        poll_fn(|cx| {
+            let mut g = lock(&self.shared);
+            if g.finished {
+                return Poll::Ready(Err(WsError::Closed));
+            }
+            let result = g.engine.close(code, reason, Instant::now().into_std());
+            g.kick(cx);
+            g.wake_senders(self.shared.limit);
+            Poll::Ready(result.map_err(|e| match e {
+                SendError::Closed => WsError::Closed,
+                other => WsError::Invalid(other),
+            }))
+        })
+        .await
     }
 
-    /// Bytes queued and not yet taken by the driver.
+    /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.shared.queued.load(Ordering::Acquire)
+        lock(&self.shared).queued()
     }
 
     /// Whether the connection is closed for sending.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        !lock(&self.shared).can_send()
     }
 
-    fn overflow(&self, message: Message) -> TrySendError {
+    fn fits(&self, g: &Inner, cost: usize) -> bool {
+        let queued = g.queued();
+        queued == 0 || queued + cost <= self.shared.limit
+    }
+
+    fn overflow(&self, g: &mut Inner, message: Message) -> TrySendError {
         match self.shared.overflow {
             OverflowPolicy::Report => TrySendError::Full(message),
             OverflowPolicy::Close => {
-                self.shared.slow_consumer.store(true, Ordering::Release);
-                self.shared.wake_driver.notify_one();
+                tracing::debug!(queued = g.queued(), "closing slow websocket consumer with 1008");
+                let _ = g
+                    .engine
+                    .close(CloseCode::POLICY_VIOLATION, "slow consumer", Instant::now().into_std());
+                g.kick(&mut Context::from_waker(Waker::noop()));
+                g.wake_senders(self.shared.limit);
                 TrySendError::Closed(message)
             }
         }
     }
-
-    /// Adds `cost` to the queue if it fits (one message may always go into an empty queue).
-    fn try_reserve(&self, cost: usize) -> bool {
-        let q = &self.shared.queued;
-        let mut current = q.load(Ordering::Acquire);
-        loop {
-            if current != 0 && current + cost > self.shared.limit {
-                return false;
-            }
-            match q.compare_exchange_weak(current, current + cost, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
-                Err(now) => current = now,
-            }
-        }
-    }
-
-    fn push(&self, command: Command) -> Result<(), WsError> {
-        self.commands.send(command).map_err(|_| WsError::Closed)
-    }
 }
 
-/// The receiving half.
-#[derive(Debug)]
+/// The receiving half. Receiving drives the connection (reads, writes,
+/// pongs, timers, the close handshake): keep a task calling
+/// [`recv`](Self::recv) for as long as the connection should live.
 pub struct WsReceiver {
-    incoming: mpsc::Receiver<Result<Message, WsError>>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for WsReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WsReceiver")
+    }
 }
 
 impl WsReceiver {
@@ -254,7 +507,18 @@ impl WsReceiver {
     /// pongs are delivered too (pongs are sent automatically). A
     /// `Message::Close` is the peer's close frame; `None` follows it.
     pub async fn recv(&mut self) -> Option<Result<Message, WsError>> {
-        self.incoming.recv().await
+        poll_fn(|cx| lock(&self.shared).poll_recv(cx, self.shared.limit)).await
+    }
+}
+
+impl Drop for WsReceiver {
+    fn drop(&mut self) {
+        // Nobody drives any more: senders write themselves.
+        let mut g = lock(&self.shared);
+        g.driver = None;
+        for w in g.waiting_senders.drain(..) {
+            w.wake();
+        }
     }
 }
 
@@ -267,42 +531,46 @@ pub struct WebSocket {
 }
 
 impl WebSocket {
-    /// Starts the driver over an established transport (after the handshake).
+    /// Wraps an established transport (after the handshake).
     pub(crate) fn start(
         io: Box<dyn Transport>,
         buffered: BytesMut,
-        engine: WsConnection,
+        mut engine: WsConnection,
         options: &WsOptions,
         protocol: Option<String>,
     ) -> Self {
-        let shared = Arc::new(Shared {
-            queued: AtomicUsize::new(0),
-            limit: options.max_queued_bytes.max(1),
-            space: Notify::new(),
-            closed: AtomicBool::new(false),
-            overflow: options.overflow,
-            slow_consumer: AtomicBool::new(false),
-            wake_driver: Notify::new(),
-        });
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (in_tx, in_rx) = mpsc::channel(INCOMING_CAPACITY);
-        let driver = Driver {
+        let now = Instant::now();
+        if !buffered.is_empty() {
+            engine.feed(&buffered, now.into_std());
+        }
+        let inner = Inner {
             io,
             engine,
-            shared: shared.clone(),
-            commands: cmd_rx,
-            incoming: in_tx,
-            ping_interval: options.ping_interval,
-            idle_timeout: options.idle_timeout,
-            write_timeout: options.write_timeout,
-        };
-        tokio::spawn(driver.run(buffered));
-        Self {
-            sender: WsSender {
-                shared,
-                commands: cmd_tx,
+            out: VecDeque::new(),
+            out_len: 0,
+            driver: None,
+            waiting_senders: Vec::new(),
+            input_done: false,
+            finished: false,
+            awaiting_pong: false,
+            timers: Timers {
+                ping_interval: options.ping_interval,
+                idle_timeout: options.idle_timeout,
+                write_timeout: options.write_timeout,
+                next_ping: options.ping_interval.map(|p| now + p),
+                last_recv: now,
+                write_progress: now,
+                sleep: None,
             },
-            receiver: WsReceiver { incoming: in_rx },
+        };
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(inner),
+            limit: options.max_queued_bytes.max(1),
+            overflow: options.overflow,
+        });
+        Self {
+            sender: WsSender { shared: shared.clone() },
+            receiver: WsReceiver { shared },
             protocol,
         }
     }
@@ -343,300 +611,48 @@ impl WebSocket {
     }
 }
 
-struct Driver {
-    io: Box<dyn Transport>,
-    engine: WsConnection,
-    shared: Arc<Shared>,
-    commands: mpsc::UnboundedReceiver<Command>,
-    incoming: mpsc::Sender<Result<Message, WsError>>,
-    ping_interval: Option<Duration>,
-    idle_timeout: Option<Duration>,
-    write_timeout: Duration,
-}
-
-enum Wake {
-    Io,
-    Command(Option<Command>),
-    Slot,
-    Timer,
-    SlowConsumer,
-}
-
-impl Driver {
-    async fn run(mut self, buffered: BytesMut) {
-        let start = Instant::now();
-        if !buffered.is_empty() {
-            self.engine.feed(&buffered, start.into_std());
+impl Drop for Shared {
+    /// The last handle is gone: finish the close handshake in the
+    /// background (bounded), rather than resetting the connection.
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        if inner.finished {
+            return;
         }
-        drop(buffered);
-        let mut out: VecDeque<Bytes> = VecDeque::new();
-        let mut out_len = 0usize;
-        let mut blocked: Option<Result<Message, WsError>> = None;
-        let mut commands_open = true;
-        let mut input_done = false;
-        let mut last_recv = start;
-        let mut write_progress = start;
-        let mut next_ping = self.ping_interval.map(|p| start + p);
-        let mut awaiting_pong = false;
-
-        loop {
-            // Engine events to the user, while the receiver has room.
-            while blocked.is_none() {
-                let Some(event) = self.engine.poll_event() else { break };
-                let item = match event {
-                    Event::Message(Message::Pong(p)) => {
-                        awaiting_pong = false;
-                        Ok(Message::Pong(p))
-                    }
-                    Event::Message(m) => Ok(m),
-                    Event::ProtocolError(e) => {
-                        tracing::debug!(error = %e, "websocket protocol error; closing with {}", e.close_code().0);
-                        Err(WsError::Protocol(e))
-                    }
-                    Event::AbnormalClosure => Err(WsError::AbnormalClosure),
-                };
-                match self.incoming.try_send(item) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(item)) => blocked = Some(item),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let placeholder = Inner {
+            io: Box::new(tokio::io::duplex(1).0),
+            engine: WsConnection::server(&WsConfig::default(), None),
+            out: VecDeque::new(),
+            out_len: 0,
+            driver: None,
+            waiting_senders: Vec::new(),
+            input_done: true,
+            finished: true,
+            awaiting_pong: false,
+            timers: Timers {
+                ping_interval: None,
+                idle_timeout: None,
+                write_timeout: Duration::ZERO,
+                next_ping: None,
+                last_recv: Instant::now(),
+                write_progress: Instant::now(),
+                sleep: None,
+            },
+        };
+        let mut inner = std::mem::replace(inner, placeholder);
+        runtime.spawn(async move {
+            if inner.engine.state() == WsState::Open {
+                let _ = inner.engine.close(CloseCode::NORMAL, "", Instant::now().into_std());
             }
-            if self.engine.state() != WsState::Open && self.engine.state() != WsState::Closing {
-                // Nothing more may be sent: wake waiting senders.
-                self.mark_closed();
-            }
-            while let Some(chunk) = self.engine.poll_transmit() {
-                if out.is_empty() {
-                    write_progress = Instant::now();
-                }
-                out_len += chunk.len();
-                out.push_back(chunk);
-            }
-            if self.engine.should_close_transport() && out.is_empty() {
-                break;
-            }
-            // Everyone let go of the connection: close it normally.
-            if !commands_open && self.incoming.is_closed() && self.engine.state() == WsState::Open {
-                let _ = self.engine.close(CloseCode::NORMAL, "", Instant::now().into_std());
-                continue;
-            }
-
-            let now = Instant::now();
-            let deadline = [
-                self.engine.poll_timeout().map(Instant::from_std),
-                next_ping,
-                self.idle_timeout.map(|t| last_recv + t),
-                (!out.is_empty()).then(|| write_progress + self.write_timeout),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let take_commands = commands_open && out_len + self.engine.queued_bytes() < WRITE_HIGH_WATER;
-            // A peer that sends (pings, say) without reading what we queue
-            // gets no more reads until our output drains.
-            let wants_read = blocked.is_none() && !input_done && out_len + self.engine.queued_bytes() < READ_STOP;
-            let wake = {
-                let io = &mut self.io;
-                let engine = &mut self.engine;
-                let out_ref = &mut out;
-                let out_len_ref = &mut out_len;
-                let io_fut = poll_fn(|cx| {
-                    poll_io(
-                        io,
-                        engine,
-                        out_ref,
-                        out_len_ref,
-                        wants_read,
-                        &mut input_done,
-                        cx,
-                        &mut last_recv,
-                        &mut write_progress,
-                    )
-                });
-                let commands = &mut self.commands;
-                let incoming = &self.incoming;
-                let shared = &self.shared;
-                tokio::select! {
-                    biased;
-                    w = io_fut => w,
-                    c = commands.recv(), if take_commands => Wake::Command(c),
-                    _ = shared.wake_driver.notified() => Wake::SlowConsumer,
-                    _ = incoming.reserve(), if blocked.is_some() => Wake::Slot,
-                    _ = tokio::time::sleep_until(deadline.unwrap_or(now)), if deadline.is_some() => Wake::Timer,
-                }
-            };
-            match wake {
-                Wake::Io => {
-                    if input_done
-                        && self.engine.state() != WsState::Closed
-                        && out.is_empty()
-                        && !self.engine.should_close_transport()
-                    {
-                        // Read side ended: the engine was told; loop to deliver events.
-                    }
-                }
-                Wake::Command(None) => commands_open = false,
-                Wake::Command(Some(cmd)) => self.command(cmd),
-                Wake::Slot => {
-                    if let Some(item) = blocked.take() {
-                        if let Err(mpsc::error::TrySendError::Full(item)) = self.incoming.try_send(item) {
-                            blocked = Some(item);
-                        }
-                    }
-                }
-                Wake::SlowConsumer => {
-                    if self.shared.slow_consumer.load(Ordering::Acquire) && self.engine.state() == WsState::Open {
-                        tracing::debug!("closing slow websocket consumer with 1008");
-                        let _ =
-                            self.engine
-                                .close(CloseCode::POLICY_VIOLATION, "slow consumer", Instant::now().into_std());
-                        self.mark_closed();
-                    }
-                }
-                Wake::Timer => {
-                    let now = Instant::now();
-                    if !out.is_empty() && now >= write_progress + self.write_timeout {
-                        tracing::debug!("websocket write stalled; dropping the connection");
-                        break;
-                    }
-                    self.engine.handle_timeout(now.into_std());
-                    if let Some(t) = self.idle_timeout {
-                        if now >= last_recv + t && self.engine.state() == WsState::Open {
-                            let _ = self.engine.close(CloseCode::GOING_AWAY, "idle timeout", now.into_std());
-                        }
-                    }
-                    if let (Some(p), Some(due)) = (self.ping_interval, next_ping) {
-                        if now >= due {
-                            next_ping = Some(now + p);
-                            if self.engine.state() == WsState::Open {
-                                if awaiting_pong {
-                                    let _ =
-                                        self.engine
-                                            .close(CloseCode::INTERNAL_ERROR, "ping timeout", now.into_std());
-                                } else {
-                                    awaiting_pong = self.engine.ping(Bytes::from_static(b"tether")).is_ok();
-                                }
-                            }
-                        }
-                    }
-                    if self.engine.should_close_transport() && self.engine.state() == WsState::Closed && out.is_empty()
-                    {
-                        break;
-                    }
-                }
-            }
-            if input_done && self.engine.should_close_transport() && out.is_empty() {
-                // Deliver the final events, then stop.
-                while let Some(event) = self.engine.poll_event() {
-                    let item = match event {
-                        Event::Message(m) => Ok(m),
-                        Event::ProtocolError(e) => Err(WsError::Protocol(e)),
-                        Event::AbnormalClosure => Err(WsError::AbnormalClosure),
-                    };
-                    let _ = self.incoming.try_send(item);
-                }
-                break;
-            }
-        }
-        if let Some(item) = blocked.take() {
-            let _ = self.incoming.try_send(item);
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
-        self.mark_closed();
-    }
-
-    fn mark_closed(&self) {
-        if !self.shared.closed.swap(true, Ordering::AcqRel) {
-            self.shared.space.notify_waiters();
-        }
-    }
-
-    fn command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Send(message, cost) => {
-                self.shared.queued.fetch_sub(cost, Ordering::AcqRel);
-                self.shared.space.notify_waiters();
-                if let Err(e) = self.engine.send(message) {
-                    tracing::trace!(error = %e, "websocket send dropped");
-                }
-            }
-            Command::Encoded(frame) => {
-                self.shared.queued.fetch_sub(frame.len(), Ordering::AcqRel);
-                self.shared.space.notify_waiters();
-                let _ = self.engine.send_encoded(&frame);
-            }
-            Command::Close(code, reason) => {
-                let _ = self.engine.close(code, &reason, Instant::now().into_std());
-                self.mark_closed();
-            }
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn poll_io(
-    io: &mut Box<dyn Transport>,
-    engine: &mut WsConnection,
-    out: &mut VecDeque<Bytes>,
-    out_len: &mut usize,
-    wants_read: bool,
-    input_done: &mut bool,
-    cx: &mut std::task::Context<'_>,
-    last_recv: &mut Instant,
-    write_progress: &mut Instant,
-) -> Poll<Wake> {
-    let mut progressed = false;
-    if !out.is_empty() {
-        match crate::io::poll_write_bufs(&mut **io, cx, out.iter().map(|b| &b[..])) {
-            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                out.clear();
-                *out_len = 0;
-                engine.handle_eof();
-                *input_done = true;
-                return Poll::Ready(Wake::Io);
-            }
-            Poll::Ready(Ok(mut written)) => {
-                *out_len -= written;
-                *write_progress = Instant::now();
-                while written > 0 {
-                    let front = out.front_mut().expect("written bytes were queued");
-                    if written >= front.len() {
-                        written -= front.len();
-                        out.pop_front();
-                    } else {
-                        let _ = front.split_to(written);
-                        written = 0;
-                    }
-                }
-                progressed = true;
-            }
-            Poll::Pending => {}
-        }
-    }
-    if wants_read && !progressed {
-        let read = crate::io::poll_read_with(&mut **io, cx, |bytes| {
-            let now = Instant::now();
-            if bytes.is_empty() {
-                engine.handle_eof();
-                *input_done = true;
-            } else {
-                *last_recv = now;
-                engine.feed(bytes, now.into_std());
-            }
+            inner.timers.ping_interval = None;
+            inner.timers.next_ping = None;
+            let _ = tokio::time::timeout(LINGER, async {
+                while poll_fn(|cx| inner.poll_recv(cx, usize::MAX)).await.is_some() {}
+            })
+            .await;
         });
-        match read {
-            Poll::Ready(Ok(())) => progressed = true,
-            Poll::Ready(Err(_)) => {
-                engine.handle_eof();
-                *input_done = true;
-                progressed = true;
-            }
-            Poll::Pending => {}
-        }
-    }
-    if progressed {
-        Poll::Ready(Wake::Io)
-    } else {
-        Poll::Pending
     }
 }
