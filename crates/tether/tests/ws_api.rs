@@ -204,8 +204,10 @@ async fn refused_handshakes_keep_the_http_connection() {
 async fn backpressure_send_waits_and_try_send_reports_full() {
     let (result_tx, result_rx) = oneshot::channel::<(usize, bool, bool)>();
     let result_tx = Arc::new(std::sync::Mutex::new(Some(result_tx)));
-    let mut options = WsOptions::default();
-    options.max_queued_bytes = 64 * 1024;
+    let options = WsOptions {
+        max_queued_bytes: 64 * 1024,
+        ..WsOptions::default()
+    };
     let options = Arc::new(options);
     let router = Router::new().route("/ws", move |req: Request| {
         let options = options.clone();
@@ -247,9 +249,11 @@ async fn backpressure_send_waits_and_try_send_reports_full() {
 /// With the Close policy a consumer that does not keep up is closed with 1008.
 #[tokio::test]
 async fn slow_consumer_is_closed_with_1008() {
-    let mut options = WsOptions::default();
-    options.max_queued_bytes = 32 * 1024;
-    options.overflow = OverflowPolicy::Close;
+    let options = WsOptions {
+        max_queued_bytes: 32 * 1024,
+        overflow: OverflowPolicy::Close,
+        ..WsOptions::default()
+    };
     let options = Arc::new(options);
     let router = Router::new().route("/ws", move |req: Request| {
         let options = options.clone();
@@ -327,8 +331,10 @@ fn last_close_code(mut frames: &[u8]) -> Option<u16> {
 
 #[tokio::test]
 async fn heartbeat_closes_a_peer_that_never_answers_pings() {
-    let mut options = WsOptions::default();
-    options.ping_interval = Some(Duration::from_millis(200));
+    let options = WsOptions {
+        ping_interval: Some(Duration::from_millis(200)),
+        ..WsOptions::default()
+    };
     let server = start(echo_router(options)).await;
     let mut tcp = raw_upgrade(server.port).await;
     let mut all = Vec::new();
@@ -372,8 +378,10 @@ async fn heartbeat_closes_a_peer_that_never_answers_pings() {
 
 #[tokio::test]
 async fn idle_timeout_closes_with_1001() {
-    let mut options = WsOptions::default();
-    options.idle_timeout = Some(Duration::from_millis(300));
+    let options = WsOptions {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..WsOptions::default()
+    };
     let server = start(echo_router(options)).await;
     let url = format!("ws://127.0.0.1:{}/ws", server.port);
     let mut socket = connect(&url, ClientOptions::default()).await.unwrap();
