@@ -192,6 +192,14 @@ enum Phase {
     Closed,
 }
 
+/// The small events a timer or EOF can produce (kept small: an idle
+/// connection carries this slot).
+#[derive(Debug, Clone, Copy)]
+enum PendingEvent {
+    Reject(StatusCode),
+    BodyFailed(BodyError),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OutFraming {
     /// Nothing is written (HEAD, 204, 304).
@@ -229,7 +237,8 @@ pub struct ServerConnection {
     out_len: usize,
     phase: Phase,
     request: Option<InFlight>,
-    pending: Option<Event>,
+    /// An event decided by a timer or EOF, returned by the next `poll_event`.
+    pending: Option<PendingEvent>,
     served: u32,
     opened_at: Instant,
     now: Instant,
@@ -332,7 +341,7 @@ impl ServerConnection {
                     _ => false,
                 };
                 if failed && self.pending.is_none() {
-                    self.pending = Some(Event::BodyFailed(BodyError::Incomplete));
+                    self.pending = Some(PendingEvent::BodyFailed(BodyError::Incomplete));
                 }
                 self.close_after.get_or_insert(CloseCause::PeerClosed);
             }
@@ -368,7 +377,10 @@ impl ServerConnection {
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         if let Some(ev) = self.pending.take() {
-            return Some(ev);
+            return Some(match ev {
+                PendingEvent::BodyFailed(e) => Event::BodyFailed(e),
+                PendingEvent::Reject(status) => Event::Reject(status),
+            });
         }
         loop {
             match self.phase {
@@ -925,16 +937,16 @@ impl ServerConnection {
                 self.close_now(CloseCause::IdleTimeout);
             }
             Phase::Head { since } if now >= since + c.header_timeout => {
-                let ev = self.reject_with(StatusCode::REQUEST_TIMEOUT, CloseCause::HeaderTimeout);
-                self.pending = Some(ev);
+                self.reject_with(StatusCode::REQUEST_TIMEOUT, CloseCause::HeaderTimeout);
+                self.pending = Some(PendingEvent::Reject(StatusCode::REQUEST_TIMEOUT));
             }
             Phase::Active | Phase::Draining { .. } if self.body_deadline().is_some_and(|d| now >= d) => {
                 if let Phase::Draining { .. } = self.phase {
                     self.close_after_flush(CloseCause::BodyTimeout);
                 } else {
-                    let ev = self.fail_body(BodyError::Timeout);
+                    self.fail_body(BodyError::Timeout);
                     if self.pending.is_none() {
-                        self.pending = Some(ev);
+                        self.pending = Some(PendingEvent::BodyFailed(BodyError::Timeout));
                     }
                 }
             }

@@ -69,7 +69,7 @@ pub struct BodyDecoder {
     max_trailers: usize,
     extension_bytes: usize,
     trailer_bytes: usize,
-    trailers: Option<HeaderMap>,
+    trailers: Option<Box<HeaderMap>>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +135,7 @@ impl BodyDecoder {
                     self.received += take as u64;
                     return Ok(Decoded::Data(buf.split_to(take).freeze()));
                 }
-                Kind::Chunked(Chunked::Done) => return Ok(Decoded::End(self.trailers.take())),
+                Kind::Chunked(Chunked::Done) => return Ok(Decoded::End(self.trailers.take().map(|t| *t))),
                 Kind::Chunked(Chunked::Data(left)) => {
                     if buf.is_empty() {
                         return Ok(Decoded::NeedMore);
@@ -239,7 +239,7 @@ impl BodyDecoder {
             value = rest;
         }
         let value = HeaderValue::from_bytes(value).map_err(|_| BodyError::InvalidChunk)?;
-        let trailers = self.trailers.get_or_insert_with(HeaderMap::new);
+        let trailers = self.trailers.get_or_insert_with(Default::default);
         if trailers.len() >= self.max_trailers {
             return Err(BodyError::TrailersTooLarge);
         }

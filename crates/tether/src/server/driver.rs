@@ -42,6 +42,17 @@ pub enum ConnectionEnd {
     Upgraded(u32),
 }
 
+/// What the server asks of its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Keep serving.
+    Run,
+    /// Graceful shutdown: idle connections close now, in-flight ones after their response.
+    Graceful,
+    /// The shutdown deadline passed: close now.
+    Force,
+}
+
 enum Wake {
     Io,
     Response(Response),
@@ -56,7 +67,7 @@ pub async fn serve_connection<IO: Transport>(
     mut io: IO,
     config: Arc<h1::Config>,
     handler: SharedHandler,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Stop>,
 ) -> ConnectionEnd {
     let mut conn = ServerConnection::new(config, Instant::now().into_std());
     let mut handler_fut: Option<HandlerFuture> = None;
@@ -64,10 +75,14 @@ pub async fn serve_connection<IO: Transport>(
     let mut blocked_chunk: Option<Bytes> = None;
     let mut stream: Option<mpsc::Receiver<Result<Bytes, std::io::Error>>> = None;
     let mut on_upgrade: Option<OnUpgrade> = None;
-    let mut shutdown_seen = *shutdown.borrow();
-    if shutdown_seen {
+    let mut stop = *shutdown.borrow_and_update();
+    if stop != Stop::Run {
         conn.shutdown(Instant::now().into_std());
     }
+    // One timer for the connection's life, moved to each new deadline.
+    let sleep = tokio::time::sleep_until(Instant::now() + std::time::Duration::from_secs(86_400));
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
 
     loop {
         // 1. Events, while the handler can take body chunks.
@@ -152,28 +167,47 @@ pub async fn serve_connection<IO: Transport>(
 
         // 3. Wait for whatever comes first.
         let deadline = conn.poll_timeout().map(Instant::from_std);
+        if deadline != armed {
+            if let Some(d) = deadline {
+                sleep.as_mut().reset(d);
+            }
+            armed = deadline;
+        }
         let wants_read = conn.wants_read();
         let stream_ready = stream.is_some() && conn.output_len() < OUTPUT_HIGH_WATER;
         let wake = {
             let io_fut = poll_fn(|cx| poll_io(&mut io, &mut conn, wants_read, cx));
             tokio::select! {
                 biased;
-                _ = shutdown.changed(), if !shutdown_seen => Wake::Shutdown,
+                _ = shutdown.changed(), if stop != Stop::Force => Wake::Shutdown,
                 w = io_fut => w,
                 resp = async { handler_fut.as_mut().expect("guarded").await }, if handler_fut.is_some() => Wake::Response(resp),
                 ok = async { body_tx.as_ref().expect("guarded").reserve().await.is_ok() }, if blocked_chunk.is_some() && body_tx.is_some() => Wake::BodySlot(ok),
                 chunk = async { stream.as_mut().expect("guarded").recv().await }, if stream_ready => Wake::StreamChunk(chunk),
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Wake::Timer,
+                _ = &mut sleep, if deadline.is_some() => Wake::Timer,
             }
         };
 
         match wake {
             Wake::Io => {}
             Wake::Shutdown => {
-                shutdown_seen = true;
-                conn.shutdown(Instant::now().into_std());
+                // A closed channel (server gone) counts as a forced stop.
+                stop = if shutdown.has_changed().is_err() {
+                    Stop::Force
+                } else {
+                    *shutdown.borrow_and_update()
+                };
+                match stop {
+                    Stop::Run => {}
+                    Stop::Graceful => conn.shutdown(Instant::now().into_std()),
+                    Stop::Force => return ConnectionEnd::Closed(CloseCause::Shutdown, conn.requests_served()),
+                }
             }
-            Wake::Timer => conn.handle_timeout(Instant::now().into_std()),
+            Wake::Timer => {
+                conn.handle_timeout(Instant::now().into_std());
+                // Fired: re-arm even if the deadline did not move.
+                armed = None;
+            }
             Wake::BodySlot(ok) => {
                 let chunk = blocked_chunk.take();
                 match (ok, chunk, &body_tx) {
@@ -353,6 +387,6 @@ pub async fn serve_transport<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static
     config: Arc<h1::Config>,
     handler: SharedHandler,
 ) -> ConnectionEnd {
-    let (_tx, rx) = watch::channel(false);
+    let (_tx, rx) = watch::channel(Stop::Run);
     serve_connection(io, config, handler, rx).await
 }

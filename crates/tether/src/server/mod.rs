@@ -26,7 +26,6 @@ use std::time::Duration;
 use tether_proto::h1;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 pub use body::{Body, BodyError, RequestBody};
 pub use driver::ConnectionEnd;
@@ -40,8 +39,9 @@ pub use upgrade::{OnUpgrade, Upgraded};
 pub struct ServerStats {
     /// Connections accepted.
     pub accepted: AtomicU64,
-    /// Connections currently open.
+    /// Connections currently open (HTTP; upgraded connections run on their own).
     pub open: AtomicU64,
+    closed: tokio::sync::Notify,
 }
 
 /// An HTTP/1.1 server with exact keep-alive behaviour.
@@ -77,26 +77,23 @@ impl Server {
     /// Accepts and serves connections until `shutdown` completes, then shuts
     /// down gracefully. Returns once every connection is closed or aborted.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
+        let (stop_tx, stop_rx) = watch::channel(driver::Stop::Run);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                        self.stats.open.fetch_add(1, Ordering::Relaxed);
+                        let open = OpenConnection::new(self.stats.clone());
                         let config = self.config.clone();
                         let handler = self.handler.clone();
                         let stop = stop_rx.clone();
-                        let stats = self.stats.clone();
-                        tasks.spawn(async move {
+                        tokio::spawn(async move {
                             let end = driver::serve_connection(stream, config, handler, stop).await;
-                            stats.open.fetch_sub(1, Ordering::Relaxed);
                             log_end(peer, end);
+                            drop(open);
                         });
                     }
                     Err(e) => {
@@ -108,24 +105,56 @@ impl Server {
             }
         }
         drop(listener);
-        let _ = stop_tx.send(true);
-        let open = tasks.len();
+        let _ = stop_tx.send(driver::Stop::Graceful);
         tracing::info!(
-            open,
+            open = self.stats.open.load(Ordering::Relaxed),
             "shutting down: closing idle connections, finishing in-flight requests"
         );
-        let drained = tokio::time::timeout(self.shutdown_timeout, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
+        if tokio::time::timeout(self.shutdown_timeout, self.stats.all_closed())
+            .await
+            .is_err()
+        {
             tracing::warn!(
-                remaining = tasks.len(),
+                remaining = self.stats.open.load(Ordering::Relaxed),
                 "shutdown timeout reached: force-closing connections"
             );
-            tasks.shutdown().await;
+            let _ = stop_tx.send(driver::Stop::Force);
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.stats.all_closed()).await;
         }
         Ok(())
+    }
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenConnection(Arc<ServerStats>);
+
+impl OpenConnection {
+    fn new(stats: Arc<ServerStats>) -> Self {
+        stats.open.fetch_add(1, Ordering::AcqRel);
+        Self(stats)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+impl ServerStats {
+    /// Completes once no connection is open.
+    async fn all_closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
