@@ -769,6 +769,7 @@ impl ServerConnection {
             self.phase = Phase::Idle { since: Some(self.now) };
             // An idle connection holds no buffer.
             self.read_buf = BytesMut::new();
+            self.out = VecDeque::new();
         }
     }
 
