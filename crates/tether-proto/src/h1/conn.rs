@@ -424,7 +424,7 @@ impl ServerConnection {
         if self.read_buf.is_empty() {
             return None;
         }
-        match parse::find_head_end(&self.read_buf, &self.config) {
+        match parse::parse_request(&mut self.read_buf, &self.config) {
             Err(e) => Some(self.reject(e)),
             Ok(None) => {
                 if self.peer_eof {
@@ -436,13 +436,7 @@ impl ServerConnection {
                 }
                 None
             }
-            Ok(Some(n)) => {
-                let bytes = self.read_buf.split_to(n).freeze();
-                match parse::parse_head(bytes, &self.config) {
-                    Err(e) => Some(self.reject(e)),
-                    Ok(head) => Some(self.start_request(head)),
-                }
-            }
+            Ok(Some(head)) => Some(self.start_request(head)),
         }
     }
 

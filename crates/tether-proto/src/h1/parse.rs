@@ -8,7 +8,7 @@
 //! It never allocates beyond the request's own data: header values are
 //! zero-copy slices of the frozen head buffer.
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 
@@ -112,32 +112,67 @@ impl HeadError {
     }
 }
 
-/// Finds the end of a complete request head at the start of `buf`, checking
-/// the size limits; `Ok(None)` means more bytes are needed. The caller then
-/// splits off that many bytes and hands them to [`parse_head`], so header
-/// values are zero-copy slices of them.
-pub fn find_head_end(buf: &[u8], config: &Config) -> Result<Option<usize>, HeadError> {
+/// Parses a request head from the front of `buf`: `Ok(None)` while it is
+/// incomplete (after checking the size limits); on success the head's bytes
+/// are split off `buf` and header values are zero-copy slices of them.
+pub fn parse_request(buf: &mut BytesMut, config: &Config) -> Result<Option<RequestHead>, HeadError> {
     let mut storage = [httparse::EMPTY_HEADER; HEADER_CAPACITY];
     let cap = config.max_headers.clamp(1, HEADER_CAPACITY - 1);
     // One spare slot so that exactly `max_headers` fields still parse and
     // one more reports TooManyHeaders.
     let mut req = httparse::Request::new(&mut storage[..cap + 1]);
-    match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => {
-            if req.headers.len() > cap {
-                return Err(HeadError::TooManyHeaders);
-            }
-            if n > config.max_head {
-                return Err(HeadError::HeadTooLarge);
-            }
-            Ok(Some(n))
-        }
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             check_partial(buf, config)?;
-            Ok(None)
+            return Ok(None);
         }
-        Err(e) => Err(map_httparse_error(e, buf)),
+        Err(e) => return Err(map_httparse_error(e, buf)),
+    };
+    if req.headers.len() > cap {
+        return Err(HeadError::TooManyHeaders);
     }
+    if n > config.max_head {
+        return Err(HeadError::HeadTooLarge);
+    }
+    let base = buf.as_ptr() as usize;
+    let range = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| HeadError::Malformed)?;
+    let path = range(req.path.unwrap_or("").as_bytes());
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Err(HeadError::Version),
+    };
+    // Where each field's name and value sit in the head (no allocation).
+    let mut fields = [(0u32, 0u32, 0u32, 0u32); HEADER_CAPACITY];
+    let count = req.headers.len();
+    for (slot, h) in fields.iter_mut().zip(req.headers.iter()) {
+        let (ns, nl) = range(h.name.as_bytes());
+        let (vs, vl) = range(h.value);
+        *slot = (ns as u32, nl as u32, vs as u32, vl as u32);
+    }
+    let head = buf.split_to(n).freeze();
+    let (start, len) = path;
+    if len > config.max_target {
+        return Err(HeadError::TargetTooLong);
+    }
+    if len == 0 {
+        return Err(HeadError::Malformed);
+    }
+    let uri = Uri::from_maybe_shared(head.slice(start..start + len)).map_err(|_| HeadError::Malformed)?;
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, nl, vs, vl) in &fields[..count] {
+        let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
+        let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| HeadError::Malformed)?;
+        let value = if vl == 0 {
+            HeaderValue::from_static("")
+        } else {
+            HeaderValue::from_maybe_shared(head.slice(vs..vs + vl)).map_err(|_| HeadError::Malformed)?
+        };
+        headers.append(name, value);
+    }
+    interpret(method, uri, version, headers, config).map(Some)
 }
 
 fn check_partial(buf: &[u8], config: &Config) -> Result<(), HeadError> {
@@ -191,47 +226,6 @@ fn looks_like_other_version(buf: &[u8]) -> bool {
 
 fn has_obs_fold(buf: &[u8]) -> bool {
     buf.windows(2).any(|w| w[0] == b'\n' && (w[1] == b' ' || w[1] == b'\t'))
-}
-
-/// Parses and validates the complete head in `head` (exactly the bytes
-/// [`find_head_end`] reported).
-pub fn parse_head(head: Bytes, config: &Config) -> Result<RequestHead, HeadError> {
-    let mut storage = [httparse::EMPTY_HEADER; HEADER_CAPACITY];
-    let cap = config.max_headers.clamp(1, HEADER_CAPACITY - 1);
-    let mut req = httparse::Request::new(&mut storage[..cap + 1]);
-    let status = req.parse(&head).map_err(|e| map_httparse_error(e, &head))?;
-    if !status.is_complete() {
-        return Err(HeadError::Malformed);
-    }
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| HeadError::Malformed)?;
-    let path = req.path.unwrap_or("");
-    if path.len() > config.max_target {
-        return Err(HeadError::TargetTooLong);
-    }
-    let uri = if path.is_empty() {
-        return Err(HeadError::Malformed);
-    } else {
-        let start = path.as_ptr() as usize - head.as_ptr() as usize;
-        Uri::from_maybe_shared(head.slice(start..start + path.len())).map_err(|_| HeadError::Malformed)?
-    };
-    let version = match req.version {
-        Some(0) => Version::HTTP_10,
-        Some(1) => Version::HTTP_11,
-        _ => return Err(HeadError::Version),
-    };
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Malformed)?;
-        let value = if h.value.is_empty() {
-            HeaderValue::from_static("")
-        } else {
-            let start = h.value.as_ptr() as usize - head.as_ptr() as usize;
-            let bytes = head.slice(start..start + h.value.len());
-            HeaderValue::from_maybe_shared(bytes).map_err(|_| HeadError::Malformed)?
-        };
-        headers.append(name, value);
-    }
-    interpret(method, uri, version, headers, config)
 }
 
 /// Iterates the comma-separated tokens of every `name` header field,
@@ -394,9 +388,12 @@ mod tests {
     use super::*;
 
     fn parse(raw: &str) -> Result<RequestHead, HeadError> {
-        let cfg = Config::default();
-        let n = find_head_end(raw.as_bytes(), &cfg)?.expect("complete head");
-        parse_head(Bytes::copy_from_slice(&raw.as_bytes()[..n]), &cfg)
+        let mut buf = BytesMut::from(raw.as_bytes());
+        Ok(parse_request(&mut buf, &Config::default())?.expect("complete head"))
+    }
+
+    fn find_head_end(raw: &[u8], cfg: &Config) -> Result<Option<RequestHead>, HeadError> {
+        parse_request(&mut BytesMut::from(raw), cfg)
     }
 
     #[test]
