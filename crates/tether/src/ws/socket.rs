@@ -61,7 +61,10 @@ impl Default for WsOptions {
     fn default() -> Self {
         Self {
             // The handle enforces `max_queued_bytes`; the engine must not refuse first.
-            engine: WsConfig { max_queued_bytes: usize::MAX / 2, ..WsConfig::default() },
+            engine: WsConfig {
+                max_queued_bytes: usize::MAX / 2,
+                ..WsConfig::default()
+            },
             handshake: HandshakeConfig::default(),
             ping_interval: None,
             idle_timeout: None,
