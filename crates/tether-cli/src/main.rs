@@ -3,6 +3,7 @@
 //! Subcommands: `serve` runs the keep-alive + WebSocket server. Errors are
 //! reported with context on stderr and a non-zero exit status.
 
+mod bench;
 mod config;
 mod serve;
 
@@ -20,12 +21,15 @@ struct Cli {
 enum Command {
     /// Run the server (`GET /healthz`, `/echo`, `GET /`, static files with --root).
     Serve(Box<config::ServeArgs>),
+    /// Load generator: `http`, `ws-echo` and `idle` modes against any server.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => config::load(*args).and_then(serve::run),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

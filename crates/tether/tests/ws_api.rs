@@ -437,3 +437,52 @@ async fn broadcast_reaches_every_member_once() {
     assert_eq!(hub.len(), 2);
     server.stop().await;
 }
+
+/// One task receives and sends (the usual echo loop) while the peer sends
+/// many large messages before reading any: sends that wait for queue space
+/// must still get the output written (no self-deadlock).
+#[tokio::test]
+async fn same_task_echo_with_a_full_queue_makes_progress() {
+    let options = Arc::new(WsOptions {
+        max_queued_bytes: 64 * 1024,
+        ..WsOptions::default()
+    });
+    let router = Router::new().route("/ws", move |req: Request| {
+        let options = options.clone();
+        async move {
+            ws::upgrade(&req, &options, |mut socket| async move {
+                while let Some(Ok(m)) = socket.recv().await {
+                    if matches!(m, Message::Binary(_)) && socket.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        }
+    });
+    let server = start(router).await;
+    let url = format!("ws://127.0.0.1:{}/ws", server.port);
+    let (tx, mut rx) = connect(&url, ClientOptions::default()).await.unwrap().split();
+    let big = Bytes::from(vec![3u8; 1 << 20]);
+    let writer = tokio::spawn({
+        let big = big.clone();
+        async move {
+            for _ in 0..8 {
+                tx.send(Message::Binary(big.clone())).await.unwrap();
+            }
+            tx
+        }
+    });
+    // Read nothing until the client has queued everything.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..8 {
+        match timeout(T, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("echo {i} in time"))
+        {
+            Some(Ok(Message::Binary(b))) => assert_eq!(b, big),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let _tx = timeout(T, writer).await.unwrap().unwrap();
+    server.stop().await;
+}

@@ -223,14 +223,20 @@ impl Inner {
         }
     }
 
-    /// Gets queued output moving: the receiving task writes it; with no
-    /// receiver, the caller writes it now.
+    /// Whether the task behind `cx` is the one that drives (or nobody does).
+    fn is_driver(&self, cx: &Context<'_>) -> bool {
+        self.driver.as_ref().is_none_or(|d| d.will_wake(cx.waker()))
+    }
+
+    /// Gets queued output moving. The driving task (or any task, when
+    /// nobody receives) writes it now and is woken when the socket takes
+    /// more; another task wakes the driver, so a single task stays the
+    /// socket's writer.
     fn kick(&mut self, cx: &mut Context<'_>) {
-        match &self.driver {
-            Some(w) => w.wake_by_ref(),
-            None => {
-                self.poll_flush(cx);
-            }
+        if self.is_driver(cx) {
+            self.poll_flush(cx);
+        } else if let Some(d) = &self.driver {
+            d.wake_by_ref();
         }
     }
 
@@ -394,9 +400,9 @@ impl WsSender {
             }
             let queued = g.queued();
             if queued != 0 && queued + cost > self.shared.limit {
-                if g.driver.is_none() {
-                    g.poll_flush(cx);
-                }
+                // Make room: write now if this task drives (it may be the
+                // only one that would), else ask the driver.
+                g.kick(cx);
                 let queued = g.queued();
                 if queued != 0 && queued + cost > self.shared.limit {
                     g.waiting_senders.push(cx.waker().clone());
