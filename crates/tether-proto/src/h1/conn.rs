@@ -32,7 +32,6 @@
 //!   write side shut down, and input discarded for a bounded time.
 //! * Every close has one [`CloseCause`].
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,6 +42,7 @@ use http::{Method, StatusCode, Version};
 use super::config::{Config, KeepAliveHeader};
 use super::decode::{BodyDecoder, BodyError, Decoded};
 use super::encode::{self, ConnectionHeader, EngineHeaders};
+use super::output::Output;
 use super::parse::{self, BodyFraming, HeadError, RequestHead};
 
 /// Why a connection ended. Every connection ends with exactly one.
@@ -233,8 +233,7 @@ struct InFlight {
 pub struct ServerConnection {
     config: Arc<Config>,
     read_buf: BytesMut,
-    out: VecDeque<Bytes>,
-    out_len: usize,
+    out: Output,
     phase: Phase,
     request: Option<InFlight>,
     /// An event decided by a timer or EOF, returned by the next `poll_event`.
@@ -257,8 +256,7 @@ impl ServerConnection {
         Self {
             config,
             read_buf: BytesMut::new(),
-            out: VecDeque::new(),
-            out_len: 0,
+            out: Output::default(),
             phase: Phase::Idle { since: Some(now) },
             request: None,
             pending: None,
@@ -550,15 +548,13 @@ impl ServerConnection {
             if !req.upgrade || self.close_after.is_some() {
                 return Err(SendError::NotUpgrade);
             }
-            let mut head = BytesMut::new();
             let engine = EngineHeaders {
                 content_length: None,
                 chunked: false,
                 connection: ConnectionHeader::None,
                 keep_alive: None,
             };
-            encode::encode_head(&mut head, status, headers, &engine, true);
-            self.push_out(head.freeze());
+            self.push_head(status, headers, &engine, true);
             self.served += 1;
             self.request = None;
             self.phase = Phase::Upgraded;
@@ -636,9 +632,7 @@ impl ServerConnection {
             connection,
             keep_alive,
         };
-        let mut head = BytesMut::new();
-        encode::encode_head(&mut head, status, headers, &engine, false);
-        self.push_out(head.freeze());
+        self.push_head(status, headers, &engine, false);
         if let Some(req) = self.request.as_mut() {
             req.response = ResponseProgress::Sending { framing, keep };
         }
@@ -763,7 +757,7 @@ impl ServerConnection {
             self.phase = Phase::Idle { since: Some(self.now) };
             // An idle connection holds no buffer.
             self.read_buf = BytesMut::new();
-            self.out = VecDeque::new();
+            self.out.release();
         }
     }
 
@@ -785,7 +779,6 @@ impl ServerConnection {
         self.phase = Phase::Closed;
         self.request = None;
         self.out.clear();
-        self.out_len = 0;
         self.read_buf = BytesMut::new();
     }
 
@@ -793,8 +786,18 @@ impl ServerConnection {
         if self.out.is_empty() {
             self.write_progress = self.now;
         }
-        self.out_len += b.len();
-        self.out.push_back(b);
+        self.out.push(b);
+    }
+
+    fn push_head(&mut self, status: StatusCode, headers: &HeaderMap, engine: &EngineHeaders, pass_through: bool) {
+        if self.out.is_empty() {
+            self.write_progress = self.now;
+        }
+        let tail = self.out.tail_mut();
+        let before = tail.len();
+        encode::encode_head(tail, status, headers, engine, pass_through);
+        let n = tail.len() - before;
+        self.out.wrote_tail(n);
     }
 
     /// Called when the output queue became empty.
@@ -826,19 +829,19 @@ impl ServerConnection {
 
     /// Bytes waiting to be written.
     pub fn output_len(&self) -> usize {
-        self.out_len
+        self.out.len()
     }
 
     /// The queued output, in order, for one vectored write.
     pub fn output_bufs(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.out.iter().map(|b| &b[..])
+        self.out.bufs()
     }
 
     /// Takes all queued output as one buffer (convenient for tests and
     /// simple drivers); counts as written at `now`.
     pub fn take_output(&mut self, now: Instant) -> Bytes {
-        let mut all = BytesMut::with_capacity(self.out_len);
-        for b in &self.out {
+        let mut all = BytesMut::with_capacity(self.out.len());
+        for b in self.out.bufs() {
             all.extend_from_slice(b);
         }
         let n = all.len();
@@ -847,23 +850,12 @@ impl ServerConnection {
     }
 
     /// Records that `n` bytes of output were written at `now`.
-    pub fn consume_output(&mut self, mut n: usize, now: Instant) {
+    pub fn consume_output(&mut self, n: usize, now: Instant) {
         self.now = now;
         if n > 0 {
             self.write_progress = now;
         }
-        while n > 0 {
-            let Some(front) = self.out.front_mut() else { break };
-            if n >= front.len() {
-                n -= front.len();
-                self.out_len -= front.len();
-                self.out.pop_front();
-            } else {
-                let _ = front.split_to(n);
-                self.out_len -= n;
-                n = 0;
-            }
-        }
+        self.out.consume(n);
         if self.out.is_empty() {
             self.output_flushed();
         }

@@ -175,7 +175,15 @@ pub async fn serve_connection<IO: Transport>(
         }
         let wants_read = conn.wants_read();
         let stream_ready = stream.is_some() && conn.output_len() < OUTPUT_HIGH_WATER;
-        let wake = {
+        // A handler that answers at once is answered before anything is
+        // written, so pipelined responses leave together in one write.
+        let ready = match handler_fut.as_mut() {
+            Some(f) => poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await,
+            None => Poll::Pending,
+        };
+        let wake = if let Poll::Ready(resp) = ready {
+            Wake::Response(resp)
+        } else {
             let io_fut = poll_fn(|cx| poll_io(&mut io, &mut conn, wants_read, cx));
             tokio::select! {
                 biased;
