@@ -75,7 +75,6 @@ pub struct IdleArgs {
     common: CommonArgs,
 }
 
-#[derive(Default)]
 struct Stats {
     connected: u64,
     connect_errors: u64,
@@ -86,6 +85,21 @@ struct Stats {
     /// Close time after the last response, µs.
     close_after: Latency,
     first_error: Option<String>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            connected: 0,
+            connect_errors: 0,
+            alive: 0,
+            dead: 0,
+            closed: 0,
+            not_closed: 0,
+            close_after: Latency::precise(),
+            first_error: None,
+        }
+    }
 }
 
 struct Shared {

@@ -15,6 +15,12 @@ impl Default for Latency {
 }
 
 impl Latency {
+    /// 5 significant digits (50 µs resolution at 5 s): for close times,
+    /// which are compared to a timeout seconds long.
+    pub fn precise() -> Self {
+        Latency(Histogram::new_with_bounds(1, 600_000_000, 5).expect("valid histogram bounds"))
+    }
+
     pub fn record(&mut self, d: Duration) {
         let us = (d.as_micros() as u64).clamp(1, 600_000_000);
         let _ = self.0.record(us);

@@ -8,6 +8,9 @@
 //! It never allocates beyond the request's own data: header values are
 //! zero-copy slices of the frozen head buffer.
 
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
@@ -112,16 +115,21 @@ impl HeadError {
     }
 }
 
+thread_local! {
+    static FIELD_OFFSETS: RefCell<Vec<(u32, u32, u32, u32)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// Parses a request head from the front of `buf`: `Ok(None)` while it is
 /// incomplete (after checking the size limits); on success the head's bytes
 /// are split off `buf` and header values are zero-copy slices of them.
 pub fn parse_request(buf: &mut BytesMut, config: &Config) -> Result<Option<RequestHead>, HeadError> {
-    let mut storage = [httparse::EMPTY_HEADER; HEADER_CAPACITY];
+    // Left uninitialised: httparse fills what it parses (no 4 KiB memset per request).
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; HEADER_CAPACITY];
     let cap = config.max_headers.clamp(1, HEADER_CAPACITY - 1);
+    let mut req = httparse::Request::new(&mut []);
     // One spare slot so that exactly `max_headers` fields still parse and
     // one more reports TooManyHeaders.
-    let mut req = httparse::Request::new(&mut storage[..cap + 1]);
-    let n = match req.parse(buf) {
+    let n = match req.parse_with_uninit_headers(buf, &mut storage[..cap + 1]) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             check_partial(buf, config)?;
@@ -144,14 +152,17 @@ pub fn parse_request(buf: &mut BytesMut, config: &Config) -> Result<Option<Reque
         Some(1) => Version::HTTP_11,
         _ => return Err(HeadError::Version),
     };
-    // Where each field's name and value sit in the head (no allocation).
-    let mut fields = [(0u32, 0u32, 0u32, 0u32); HEADER_CAPACITY];
-    let count = req.headers.len();
-    for (slot, h) in fields.iter_mut().zip(req.headers.iter()) {
-        let (ns, nl) = range(h.name.as_bytes());
-        let (vs, vl) = range(h.value);
-        *slot = (ns as u32, nl as u32, vs as u32, vl as u32);
-    }
+    // Where each field's name and value sit in the head, in a per-thread
+    // scratch list (no allocation once warm).
+    FIELD_OFFSETS.with(|fields| {
+        let mut fields = fields.borrow_mut();
+        fields.clear();
+        fields.extend(req.headers.iter().map(|h| {
+            let (ns, nl) = range(h.name.as_bytes());
+            let (vs, vl) = range(h.value);
+            (ns as u32, nl as u32, vs as u32, vl as u32)
+        }));
+    });
     let head = buf.split_to(n).freeze();
     let (start, len) = path;
     if len > config.max_target {
@@ -161,17 +172,21 @@ pub fn parse_request(buf: &mut BytesMut, config: &Config) -> Result<Option<Reque
         return Err(HeadError::Malformed);
     }
     let uri = Uri::from_maybe_shared(head.slice(start..start + len)).map_err(|_| HeadError::Malformed)?;
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, nl, vs, vl) in &fields[..count] {
-        let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
-        let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| HeadError::Malformed)?;
-        let value = if vl == 0 {
-            HeaderValue::from_static("")
-        } else {
-            HeaderValue::from_maybe_shared(head.slice(vs..vs + vl)).map_err(|_| HeadError::Malformed)?
-        };
-        headers.append(name, value);
-    }
+    let headers = FIELD_OFFSETS.with(|fields| {
+        let fields = fields.borrow();
+        let mut headers = HeaderMap::with_capacity(fields.len());
+        for &(ns, nl, vs, vl) in fields.iter() {
+            let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
+            let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| HeadError::Malformed)?;
+            let value = if vl == 0 {
+                HeaderValue::from_static("")
+            } else {
+                HeaderValue::from_maybe_shared(head.slice(vs..vs + vl)).map_err(|_| HeadError::Malformed)?
+            };
+            headers.append(name, value);
+        }
+        Ok(headers)
+    })?;
     interpret(method, uri, version, headers, config).map(Some)
 }
 
