@@ -178,29 +178,29 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
     } else {
         c.keep_alive_max.to_string()
     };
+    let stop = shutdown_signal()?;
     eprintln!(
         "listening on http://{addr} (keep-alive timeout={} max={max})",
         format_duration(c.keep_alive_timeout)
     );
-    server.serve(listener, shutdown_signal()).await.context("serving")?;
+    server.serve(listener, stop).await.context("serving")?;
     tracing::info!("shut down cleanly");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called (before the listening line is printed), so a signal sent right
+/// after start-up is never lost to the default action.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    })
 }
 
 fn init_logging(level: &str) -> anyhow::Result<()> {

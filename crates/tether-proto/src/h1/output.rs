@@ -57,7 +57,10 @@ impl Output {
 
     /// The pending bytes as slices, in order, for one vectored write.
     pub(crate) fn bufs(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.queue.iter().map(|b| &b[..]).chain((!self.tail.is_empty()).then_some(&self.tail[..]))
+        self.queue
+            .iter()
+            .map(|b| &b[..])
+            .chain((!self.tail.is_empty()).then_some(&self.tail[..]))
     }
 
     /// Drops the first `n` bytes (they were written).
