@@ -276,15 +276,38 @@ fn interpret(
     headers: HeaderMap,
     config: &Config,
 ) -> Result<RequestHead, HeadError> {
+    // One pass over the fields finds which framing and persistence fields
+    // are present; only those are looked up again (most requests have none).
+    let (mut hosts, mut has_cl, mut has_te, mut has_connection, mut has_expect, mut has_upgrade) =
+        (0usize, false, false, false, false, false);
+    for name in headers.keys() {
+        if name == header::HOST {
+            hosts = headers.get_all(header::HOST).iter().count();
+        } else if name == header::CONTENT_LENGTH {
+            has_cl = true;
+        } else if name == header::TRANSFER_ENCODING {
+            has_te = true;
+        } else if name == header::CONNECTION {
+            has_connection = true;
+        } else if name == header::EXPECT {
+            has_expect = true;
+        } else if name == header::UPGRADE {
+            has_upgrade = true;
+        }
+    }
+
     // Host: exactly one in HTTP/1.1 (RFC 9112 §3.2).
-    let hosts = headers.get_all(header::HOST).iter().count();
     if (version == Version::HTTP_11 && hosts != 1) || hosts > 1 {
         return Err(HeadError::Host);
     }
 
     // Content-Length: digits only; several values must agree.
     let mut content_length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
+    for value in has_cl
+        .then(|| headers.get_all(header::CONTENT_LENGTH))
+        .into_iter()
+        .flatten()
+    {
         let bytes = value.as_bytes();
         if bytes.is_empty() {
             return Err(HeadError::ContentLength);
@@ -298,7 +321,6 @@ fn interpret(
         }
     }
 
-    let has_te = headers.contains_key(header::TRANSFER_ENCODING);
     let body = if has_te {
         if content_length.is_some() {
             return Err(HeadError::LengthAndEncoding);
@@ -345,17 +367,26 @@ fn interpret(
         }
     };
 
-    let client_close = has_token(&headers, &header::CONNECTION, "close");
+    let (mut client_close, mut keep_alive_token, mut upgrade_token) = (false, false, false);
+    if has_connection {
+        for t in tokens(&headers, &header::CONNECTION) {
+            client_close |= t.eq_ignore_ascii_case(b"close");
+            keep_alive_token |= t.eq_ignore_ascii_case(b"keep-alive");
+            upgrade_token |= t.eq_ignore_ascii_case(b"upgrade");
+        }
+    }
     let keep_alive = match version {
         Version::HTTP_11 => !client_close,
-        _ => !client_close && has_token(&headers, &header::CONNECTION, "keep-alive"),
+        _ => !client_close && keep_alive_token,
     };
-    let upgrade = version == Version::HTTP_11
-        && has_token(&headers, &header::CONNECTION, "upgrade")
-        && headers.contains_key(header::UPGRADE);
+    let upgrade = version == Version::HTTP_11 && upgrade_token && has_upgrade;
 
     let mut expect_continue = false;
-    for value in headers.get_all(header::EXPECT) {
+    for value in has_expect
+        .then(|| headers.get_all(header::EXPECT))
+        .into_iter()
+        .flatten()
+    {
         if value.as_bytes().eq_ignore_ascii_case(b"100-continue") {
             expect_continue = version == Version::HTTP_11;
         } else {

@@ -79,6 +79,9 @@ pub async fn serve_connection<IO: Transport>(
     if stop != Stop::Run {
         conn.shutdown(Instant::now().into_std());
     }
+    // Registered once for the connection's life, not once per wait.
+    let stop_changed = next_stop(shutdown);
+    tokio::pin!(stop_changed);
     // One timer for the connection's life, moved to each new deadline.
     let sleep = tokio::time::sleep_until(Instant::now() + std::time::Duration::from_secs(86_400));
     tokio::pin!(sleep);
@@ -187,7 +190,11 @@ pub async fn serve_connection<IO: Transport>(
             let io_fut = poll_fn(|cx| poll_io(&mut io, &mut conn, wants_read, cx));
             tokio::select! {
                 biased;
-                _ = shutdown.changed(), if stop != Stop::Force => Wake::Shutdown,
+                (next, rx) = &mut stop_changed, if stop != Stop::Force => {
+                    stop = next;
+                    stop_changed.set(next_stop(rx));
+                    Wake::Shutdown
+                }
                 w = io_fut => w,
                 resp = async { handler_fut.as_mut().expect("guarded").await }, if handler_fut.is_some() => Wake::Response(resp),
                 ok = async { body_tx.as_ref().expect("guarded").reserve().await.is_ok() }, if blocked_chunk.is_some() && body_tx.is_some() => Wake::BodySlot(ok),
@@ -198,19 +205,11 @@ pub async fn serve_connection<IO: Transport>(
 
         match wake {
             Wake::Io => {}
-            Wake::Shutdown => {
-                // A closed channel (server gone) counts as a forced stop.
-                stop = if shutdown.has_changed().is_err() {
-                    Stop::Force
-                } else {
-                    *shutdown.borrow_and_update()
-                };
-                match stop {
-                    Stop::Run => {}
-                    Stop::Graceful => conn.shutdown(Instant::now().into_std()),
-                    Stop::Force => return ConnectionEnd::Closed(CloseCause::Shutdown, conn.requests_served()),
-                }
-            }
+            Wake::Shutdown => match stop {
+                Stop::Run => {}
+                Stop::Graceful => conn.shutdown(Instant::now().into_std()),
+                Stop::Force => return ConnectionEnd::Closed(CloseCause::Shutdown, conn.requests_served()),
+            },
             Wake::Timer => {
                 conn.handle_timeout(Instant::now().into_std());
                 // Fired: re-arm even if the deadline did not move.
@@ -387,6 +386,16 @@ fn send_error(conn: &mut ServerConnection, status: StatusCode) {
         let _ = conn.send_body(body);
         let _ = conn.finish_response();
     }
+}
+
+/// The server's next stop signal (a closed channel counts as a forced stop),
+/// with the receiver handed back for the next wait.
+async fn next_stop(mut rx: watch::Receiver<Stop>) -> (Stop, watch::Receiver<Stop>) {
+    let stop = match rx.changed().await {
+        Ok(()) => *rx.borrow_and_update(),
+        Err(_) => Stop::Force,
+    };
+    (stop, rx)
 }
 
 /// Serves a transport with no shutdown signal (tests, embedding).
