@@ -183,6 +183,33 @@ pub fn thread_count(requested: Option<usize>, connections: usize) -> usize {
 /// Runs `per_thread(thread_index, connection_indices)` on `threads` OS
 /// threads, each inside its own current-thread runtime with a `LocalSet`,
 /// and returns their results in thread order.
+/// [`on_threads`] on a background thread while [`show_progress`] reports
+/// on this one; returns each thread's result and when the load ended.
+pub fn run_with_progress<T, F, Fut>(
+    threads: usize,
+    connections: usize,
+    progress: &Progress,
+    duration: Duration,
+    unit: &str,
+    per_thread: F,
+) -> anyhow::Result<(Vec<T>, Instant)>
+where
+    T: Send + 'static,
+    F: Fn(usize, Vec<usize>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
+    let finished = Arc::new(AtomicU64::new(0));
+    let done = finished.clone();
+    let runner = std::thread::spawn(move || {
+        let r = on_threads(threads, connections, per_thread);
+        let ended = Instant::now();
+        done.store(1, Ordering::Release);
+        r.map(|r| (r, ended))
+    });
+    show_progress(progress, duration, unit, || finished.load(Ordering::Acquire) == 1);
+    runner.join().map_err(|_| anyhow::anyhow!("load thread panicked"))?
+}
+
 pub fn on_threads<T, F, Fut>(threads: usize, connections: usize, per_thread: F) -> anyhow::Result<Vec<T>>
 where
     T: Send + 'static,

@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::report::{emit, Latency};
-use super::{connect, on_threads, show_progress, source_addr, thread_count, CommonArgs, Progress, Target};
+use super::{connect, run_with_progress, source_addr, thread_count, CommonArgs, Progress, Target};
 use crate::config::parse_duration;
 
 #[derive(Debug, Args)]
@@ -103,10 +103,14 @@ pub fn run(a: HttpArgs) -> anyhow::Result<()> {
         budget: AtomicI64::new(if a.requests == 0 { i64::MAX } else { a.requests as i64 }),
         progress: Progress::default(),
     });
-    let finished = Arc::new(AtomicU64::new(0));
-    let (s2, f2) = (shared.clone(), finished.clone());
-    let runner = std::thread::spawn(move || {
-        let r = on_threads(threads, a.connections, move |_, conns| {
+    let s2 = shared.clone();
+    let (per_thread, ended) = run_with_progress(
+        threads,
+        a.connections,
+        &shared.progress,
+        a.duration,
+        "requests",
+        move |_, conns| {
             let shared = s2.clone();
             async move {
                 let stats = Rc::new(RefCell::new(Stats::default()));
@@ -119,15 +123,8 @@ pub fn run(a: HttpArgs) -> anyhow::Result<()> {
                 }
                 Rc::try_unwrap(stats).ok().expect("all tasks done").into_inner()
             }
-        });
-        let ended = Instant::now();
-        f2.store(1, Ordering::Release);
-        r.map(|r| (r, ended))
-    });
-    show_progress(&shared.progress, a.duration, "requests", || {
-        finished.load(Ordering::Acquire) == 1
-    });
-    let (per_thread, ended) = runner.join().map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+        },
+    )?;
     let elapsed = ended.duration_since(start);
 
     let mut total = Stats::default();

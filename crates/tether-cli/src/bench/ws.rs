@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::report::{emit, Latency};
-use super::{connect, on_threads, parse_bytes, show_progress, source_addr, thread_count, CommonArgs, Progress, Target};
+use super::{connect, parse_bytes, run_with_progress, source_addr, thread_count, CommonArgs, Progress, Target};
 use crate::config::parse_duration;
 
 pub const OP_CONT: u8 = 0x0;
@@ -324,10 +324,14 @@ pub fn run(a: WsEchoArgs) -> anyhow::Result<()> {
         spread: !a.common.no_spread,
         progress: Progress::default(),
     });
-    let finished = Arc::new(AtomicU64::new(0));
-    let (s2, f2) = (shared.clone(), finished.clone());
-    let runner = std::thread::spawn(move || {
-        let r = on_threads(threads, a.connections, move |_, conns| {
+    let s2 = shared.clone();
+    let (per_thread, ended) = run_with_progress(
+        threads,
+        a.connections,
+        &shared.progress,
+        a.duration,
+        "messages",
+        move |_, conns| {
             let shared = s2.clone();
             async move {
                 // One pre-masked run of frames per thread, shared by its connections.
@@ -354,15 +358,8 @@ pub fn run(a: WsEchoArgs) -> anyhow::Result<()> {
                 }
                 Rc::try_unwrap(stats).ok().expect("all tasks done").into_inner()
             }
-        });
-        let ended = Instant::now();
-        f2.store(1, Ordering::Release);
-        r.map(|r| (r, ended))
-    });
-    show_progress(&shared.progress, a.duration, "messages", || {
-        finished.load(Ordering::Acquire) == 1
-    });
-    let (per_thread, ended) = runner.join().map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+        },
+    )?;
     let secs = ended.duration_since(start).as_secs_f64();
     let mut total = Stats::default();
     for s in &per_thread {
