@@ -486,3 +486,26 @@ async fn same_task_echo_with_a_full_queue_makes_progress() {
     let _tx = timeout(T, writer).await.unwrap().unwrap();
     server.stop().await;
 }
+
+/// Graceful shutdown says goodbye to open WebSockets (1001) and waits for
+/// their close handshake before `serve` returns.
+#[tokio::test]
+async fn shutdown_closes_websockets_with_1001() {
+    let server = start(echo_router(WsOptions::default())).await;
+    let url = format!("ws://127.0.0.1:{}/ws", server.port);
+    let mut socket = connect(&url, ClientOptions::default()).await.unwrap();
+    socket.send(Message::Text("before".into())).await.unwrap();
+    assert_eq!(next_data(&mut socket).await, Message::Text("before".into()));
+    let Running { stop, done, .. } = server;
+    let _ = stop.unwrap().send(());
+    match next_data(&mut socket).await {
+        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::GOING_AWAY),
+        other => panic!("expected close 1001, got {other:?}"),
+    }
+    // Our reply completes the handshake; the server closes TCP and returns.
+    assert!(timeout(T, socket.recv()).await.expect("ends").is_none());
+    timeout(Duration::from_secs(5), done)
+        .await
+        .expect("serve returns")
+        .unwrap();
+}

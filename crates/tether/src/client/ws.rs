@@ -155,6 +155,7 @@ async fn handshake(target: Target, options: &ClientOptions) -> Result<WebSocket,
         engine,
         &options.ws,
         accepted.subprotocol,
+        None,
     ))
 }
 

@@ -62,13 +62,30 @@ enum Wake {
     Shutdown,
 }
 
+/// Keeps a connection counted as open while it lives (moved into the
+/// upgraded protocol's task when there is one).
+pub(crate) type OpenGuard = Box<dyn Send>;
+
 /// Serves one connection until it closes or upgrades.
 pub async fn serve_connection<IO: Transport>(
+    io: IO,
+    config: Arc<h1::Config>,
+    handler: SharedHandler,
+    shutdown: watch::Receiver<Stop>,
+) -> ConnectionEnd {
+    serve_tracked(io, config, handler, shutdown, None).await
+}
+
+/// [`serve_connection`], keeping `guard` alive until the connection ends,
+/// including after an upgrade.
+pub(crate) async fn serve_tracked<IO: Transport>(
     mut io: IO,
     config: Arc<h1::Config>,
     handler: SharedHandler,
     mut shutdown: watch::Receiver<Stop>,
+    guard: Option<OpenGuard>,
 ) -> ConnectionEnd {
+    let upgrade_stop = shutdown.clone();
     let mut conn = ServerConnection::new(config, Instant::now().into_std());
     let mut handler_fut: Option<HandlerFuture> = None;
     let mut body_tx: Option<mpsc::Sender<Result<Bytes, BodyError>>> = None;
@@ -160,10 +177,15 @@ pub async fn serve_connection<IO: Transport>(
             let read_buf = conn.take_upgraded_bytes();
             if let Some(f) = on_upgrade.take().and_then(|u| u.take()) {
                 // A task of its own: this connection's HTTP state is freed.
-                tokio::spawn(f(Upgraded {
+                let upgraded = Upgraded {
                     io: Box::new(io),
                     read_buf,
-                }));
+                    stop: Some(upgrade_stop),
+                };
+                tokio::spawn(async move {
+                    f(upgraded).await;
+                    drop(guard);
+                });
             }
             return ConnectionEnd::Upgraded(served);
         }
@@ -390,7 +412,7 @@ fn send_error(conn: &mut ServerConnection, status: StatusCode) {
 
 /// The server's next stop signal (a closed channel counts as a forced stop),
 /// with the receiver handed back for the next wait.
-async fn next_stop(mut rx: watch::Receiver<Stop>) -> (Stop, watch::Receiver<Stop>) {
+pub(crate) async fn next_stop(mut rx: watch::Receiver<Stop>) -> (Stop, watch::Receiver<Stop>) {
     let stop = match rx.changed().await {
         Ok(()) => *rx.borrow_and_update(),
         Err(_) => Stop::Force,

@@ -39,7 +39,7 @@ pub use upgrade::{OnUpgrade, Upgraded};
 pub struct ServerStats {
     /// Connections accepted.
     pub accepted: AtomicU64,
-    /// Connections currently open (HTTP; upgraded connections run on their own).
+    /// Connections currently open, upgraded ones included.
     pub open: AtomicU64,
     closed: tokio::sync::Notify,
 }
@@ -91,9 +91,9 @@ impl Server {
                         let handler = self.handler.clone();
                         let stop = stop_rx.clone();
                         tokio::spawn(async move {
-                            let end = driver::serve_connection(stream, config, handler, stop).await;
+                            // An upgraded connection takes the guard along: shutdown waits for it too.
+                            let end = driver::serve_tracked(stream, config, handler, stop, Some(Box::new(open))).await;
                             log_end(peer, end);
-                            drop(open);
                         });
                     }
                     Err(e) => {

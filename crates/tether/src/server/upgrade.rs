@@ -23,6 +23,8 @@ pub struct Upgraded {
     pub io: Box<dyn Transport>,
     /// Bytes the peer sent after the upgrade request, not yet consumed.
     pub read_buf: BytesMut,
+    /// The server's stop signal, so the new protocol can say goodbye on shutdown.
+    pub(crate) stop: Option<tokio::sync::watch::Receiver<super::driver::Stop>>,
 }
 
 impl std::fmt::Debug for Upgraded {

@@ -20,7 +20,9 @@ use tether_proto::ws::{
 };
 use tokio::time::{Instant, Sleep};
 
+use crate::server::driver::{next_stop, Stop};
 use crate::server::upgrade::Transport;
+use tokio::sync::watch;
 
 /// Reading pauses while this much output waits for a peer that does not read.
 const READ_STOP: usize = 1 << 20;
@@ -125,7 +127,11 @@ struct Inner {
     finished: bool,
     awaiting_pong: bool,
     timers: Timers,
+    /// The server's stop signal: on shutdown the connection closes with 1001.
+    stop: Option<StopSignal>,
 }
+
+type StopSignal = Pin<Box<dyn Future<Output = (Stop, watch::Receiver<Stop>)> + Send>>;
 
 struct Timers {
     ping_interval: Option<Duration>,
@@ -301,7 +307,47 @@ impl Inner {
             if self.poll_timers(cx) {
                 continue;
             }
+            if self.poll_stop(cx) {
+                continue;
+            }
             return Poll::Pending;
+        }
+    }
+
+    /// Closes with 1001 when the server shuts down; returns whether it did.
+    fn poll_stop(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(stop) = self.stop.as_mut() else { return false };
+        let Poll::Ready((signal, rx)) = stop.as_mut().poll(cx) else {
+            return false;
+        };
+        match signal {
+            Stop::Run => {
+                self.stop = Some(Box::pin(next_stop(rx)));
+                false
+            }
+            Stop::Graceful => {
+                // Keep watching: the forced stop at the deadline ends it.
+                self.stop = Some(Box::pin(next_stop(rx)));
+                self.going_away();
+                true
+            }
+            Stop::Force => {
+                self.stop = None;
+                self.out.clear();
+                self.out_len = 0;
+                self.input_done = true;
+                self.finished = true;
+                true
+            }
+        }
+    }
+
+    fn going_away(&mut self) {
+        if self.engine.state() == WsState::Open {
+            tracing::debug!("server shutting down: closing websocket with 1001");
+            let _ = self
+                .engine
+                .close(CloseCode::GOING_AWAY, "server shutting down", Instant::now().into_std());
         }
     }
 
@@ -547,6 +593,7 @@ impl WebSocket {
         mut engine: WsConnection,
         options: &WsOptions,
         protocol: Option<String>,
+        stop: Option<watch::Receiver<Stop>>,
     ) -> Self {
         let now = Instant::now();
         if !buffered.is_empty() {
@@ -562,6 +609,7 @@ impl WebSocket {
             input_done: false,
             finished: false,
             awaiting_pong: false,
+            stop: None,
             timers: Timers {
                 ping_interval: options.ping_interval,
                 idle_timeout: options.idle_timeout,
@@ -572,6 +620,14 @@ impl WebSocket {
                 sleep: None,
             },
         };
+        let mut inner = inner;
+        if let Some(mut rx) = stop {
+            if *rx.borrow_and_update() == Stop::Run {
+                inner.stop = Some(Box::pin(next_stop(rx)));
+            } else {
+                inner.going_away();
+            }
+        }
         let shared = Arc::new(Shared {
             inner: Mutex::new(inner),
             limit: options.max_queued_bytes.max(1),
@@ -641,6 +697,7 @@ impl Drop for Shared {
             input_done: true,
             finished: true,
             awaiting_pong: false,
+            stop: None,
             timers: Timers {
                 ping_interval: None,
                 idle_timeout: None,

@@ -54,7 +54,7 @@ where
             resp.extensions_mut()
                 .insert(OnUpgrade::new(move |up: Upgraded| async move {
                     let engine = WsConnection::server(&options.engine, deflate);
-                    let ws = WebSocket::start(up.io, up.read_buf, engine, &options, protocol);
+                    let ws = WebSocket::start(up.io, up.read_buf, engine, &options, protocol, up.stop);
                     on_open(ws).await;
                 }));
             resp
