@@ -23,7 +23,9 @@
 //! * while much output is waiting for a peer that does not read, reading
 //!   pauses (TCP backpressure to the peer);
 //! * when the last handle is dropped, the close handshake is finished in
-//!   the background within a bounded time.
+//!   the background within a bounded time;
+//! * on server shutdown the connection closes with 1001 and counts as open
+//!   until its close handshake ends (or the server's forced stop drops it).
 //!
 //! Heartbeat and idle timeout are off by default: per RFC 6455 a WebSocket
 //! has no idle timeout.
