@@ -509,3 +509,46 @@ async fn shutdown_closes_websockets_with_1001() {
         .expect("serve returns")
         .unwrap();
 }
+
+/// After the idle timeout's close, a peer that never answers is waited for
+/// (close handshake deadline) without the connection spinning on the
+/// expired idle deadline: the server's CPU time stays small.
+#[tokio::test(flavor = "current_thread")]
+async fn idle_close_waits_for_an_unresponsive_peer_without_spinning() {
+    let options = WsOptions {
+        idle_timeout: Some(Duration::from_millis(100)),
+        ..WsOptions::default()
+    };
+    let server = start(echo_router(options)).await;
+    let mut tcp = raw_upgrade(server.port).await;
+    let cpu_before = process_cpu();
+    let started = std::time::Instant::now();
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    // The close (1001) comes, then nothing until the close deadline (5 s) ends it.
+    loop {
+        match timeout(T, tcp.read(&mut buf)).await.expect("server ends in time") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+    let elapsed = started.elapsed();
+    let frames = &all[all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    assert_eq!(last_close_code(frames), Some(1001));
+    assert!(
+        elapsed >= Duration::from_secs(4),
+        "closed after {elapsed:?}, before the close deadline"
+    );
+    // A spinning connection would burn the whole wait (about 5 s) in CPU time.
+    let cpu = process_cpu() - cpu_before;
+    assert!(cpu < elapsed / 2, "{cpu:?} of CPU in {elapsed:?}");
+    server.stop().await;
+}
+
+/// This process's user + system CPU time.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}

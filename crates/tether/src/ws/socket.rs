@@ -354,10 +354,13 @@ impl Inner {
     /// Fires due timers; returns whether anything happened.
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> bool {
         let t = &self.timers;
+        // Heartbeat and idle timeout only matter while the connection is open:
+        // once closing, their (past) deadlines must not keep firing.
+        let open = self.engine.state() == WsState::Open;
         let deadline = [
             self.engine.poll_timeout().map(Instant::from_std),
-            t.next_ping,
-            t.idle_timeout.map(|d| t.last_recv + d),
+            t.next_ping.filter(|_| open),
+            t.idle_timeout.filter(|_| open).map(|d| t.last_recv + d),
             (!self.out.is_empty()).then(|| t.write_progress + t.write_timeout),
         ]
         .into_iter()
