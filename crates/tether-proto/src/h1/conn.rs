@@ -144,6 +144,20 @@ pub enum ResponseBody {
     Streaming,
 }
 
+impl ResponseBody {
+    /// The framing of a body whose size the caller does not know itself (no
+    /// body at hand, or a stream): the response's own `Content-Length`
+    /// when it is one valid decimal value (a HEAD answer, a stream of known
+    /// size), else `otherwise`.
+    pub fn declared_or(headers: &HeaderMap, otherwise: ResponseBody) -> ResponseBody {
+        let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => parse::parse_decimal(v.as_bytes()).map_or(otherwise, ResponseBody::Length),
+            _ => otherwise,
+        }
+    }
+}
+
 /// Misuse of the response API; the connection state is unchanged unless noted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
@@ -298,12 +312,7 @@ impl ServerConnection {
             return;
         }
         match &mut self.phase {
-            Phase::Idle { .. } => {
-                if self.shutting_down && self.request.is_none() && self.out.is_empty() {
-                    // Closed idle already; defensive.
-                }
-                self.phase = Phase::Head { since: now };
-            }
+            Phase::Idle { .. } => self.phase = Phase::Head { since: now },
             Phase::Linger { last_read, .. } => {
                 *last_read = now;
                 self.read_buf.clear();

@@ -408,7 +408,7 @@ fn interpret(
 }
 
 /// `1*DIGIT` without sign, spaces or overflow.
-fn parse_decimal(s: &[u8]) -> Option<u64> {
+pub(crate) fn parse_decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 {
         return None;
     }

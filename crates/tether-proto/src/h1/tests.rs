@@ -705,3 +705,28 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn declared_content_length_frames_unknown_bodies() {
+    let mut h = HeaderMap::new();
+    assert_eq!(
+        ResponseBody::declared_or(&h, ResponseBody::Streaming),
+        ResponseBody::Streaming
+    );
+    h.insert("content-length", "12".parse().unwrap());
+    assert_eq!(
+        ResponseBody::declared_or(&h, ResponseBody::Empty),
+        ResponseBody::Length(12)
+    );
+    for bad in ["+12", " 12x", "", "99999999999999999999"] {
+        h.insert("content-length", bad.parse().unwrap());
+        assert_eq!(
+            ResponseBody::declared_or(&h, ResponseBody::Streaming),
+            ResponseBody::Streaming,
+            "{bad:?}"
+        );
+    }
+    h.insert("content-length", "3".parse().unwrap());
+    h.append("content-length", "4".parse().unwrap());
+    assert_eq!(ResponseBody::declared_or(&h, ResponseBody::Empty), ResponseBody::Empty);
+}

@@ -354,16 +354,15 @@ fn start_response(conn: &mut ServerConnection, resp: Response) -> Started {
         }
         return Started::Upgrade(upgrade);
     }
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u64>().ok());
     let (framing, full, rx) = match body {
-        Body::Empty => (declared.map_or(ResponseBody::Empty, ResponseBody::Length), None, None),
+        Body::Empty => (
+            ResponseBody::declared_or(&parts.headers, ResponseBody::Empty),
+            None,
+            None,
+        ),
         Body::Full(b) => (ResponseBody::Length(b.len() as u64), Some(b), None),
         Body::Stream(rx) => (
-            declared.map_or(ResponseBody::Streaming, ResponseBody::Length),
+            ResponseBody::declared_or(&parts.headers, ResponseBody::Streaming),
             None,
             Some(rx),
         ),
