@@ -48,8 +48,8 @@ pub fn ws_options(c: &ServeConfig) -> WsOptions {
     };
     o.handshake.compression.mode = mode;
     o.engine.compression.mode = mode;
-    o.ping_interval = c.ws_ping_interval;
-    o.idle_timeout = c.ws_idle_timeout;
+    o.engine.ping_interval = c.ws_ping_interval;
+    o.engine.idle_timeout = c.ws_idle_timeout;
     o.max_queued_bytes = usize::try_from(c.ws_max_queued).unwrap_or(usize::MAX);
     o.overflow = OverflowPolicy::Close;
     o

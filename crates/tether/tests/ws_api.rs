@@ -331,10 +331,8 @@ fn last_close_code(mut frames: &[u8]) -> Option<u16> {
 
 #[tokio::test]
 async fn heartbeat_closes_a_peer_that_never_answers_pings() {
-    let options = WsOptions {
-        ping_interval: Some(Duration::from_millis(200)),
-        ..WsOptions::default()
-    };
+    let mut options = WsOptions::default();
+    options.engine.ping_interval = Some(Duration::from_millis(200));
     let server = start(echo_router(options)).await;
     let mut tcp = raw_upgrade(server.port).await;
     let mut all = Vec::new();
@@ -378,10 +376,8 @@ async fn heartbeat_closes_a_peer_that_never_answers_pings() {
 
 #[tokio::test]
 async fn idle_timeout_closes_with_1001() {
-    let options = WsOptions {
-        idle_timeout: Some(Duration::from_millis(300)),
-        ..WsOptions::default()
-    };
+    let mut options = WsOptions::default();
+    options.engine.idle_timeout = Some(Duration::from_millis(300));
     let server = start(echo_router(options)).await;
     let url = format!("ws://127.0.0.1:{}/ws", server.port);
     let mut socket = connect(&url, ClientOptions::default()).await.unwrap();
@@ -515,10 +511,8 @@ async fn shutdown_closes_websockets_with_1001() {
 /// expired idle deadline: the server's CPU time stays small.
 #[tokio::test(flavor = "current_thread")]
 async fn idle_close_waits_for_an_unresponsive_peer_without_spinning() {
-    let options = WsOptions {
-        idle_timeout: Some(Duration::from_millis(100)),
-        ..WsOptions::default()
-    };
+    let mut options = WsOptions::default();
+    options.engine.idle_timeout = Some(Duration::from_millis(100));
     let server = start(echo_router(options)).await;
     let mut tcp = raw_upgrade(server.port).await;
     let cpu_before = process_cpu();

@@ -47,6 +47,14 @@
 //! [`WsConnection::handle_timeout`] past it makes the transport close anyway.
 //! Methods that can start the close take `now`; the engine never reads a clock.
 //!
+//! *Liveness* (optional, [`WsConfig::ping_interval`] and
+//! [`WsConfig::idle_timeout`]), decided here on the same clock: every ping
+//! interval the engine queues a Ping; if the previous Ping got no Pong by then,
+//! it closes with 1011 instead. With no input at all for the idle timeout it
+//! closes with 1001. Both deadlines count from construction (`now`) and are
+//! reported by `poll_timeout` only while the connection is open, so once the
+//! close starts only the close deadline remains.
+//!
 //! *Memory.* Buffers are released when drained (read buffer, output queue,
 //! event queue), so an idle connection holds no heap buffers; with
 //! no-context-takeover compression it holds no zlib state either.
@@ -93,6 +101,12 @@ pub struct WsConfig {
     pub auto_pong: bool,
     /// Compression level and minimum message size (negotiation is in the handshake).
     pub compression: CompressionConfig,
+    /// Heartbeat: send a Ping this often; close with 1011 (internal error,
+    /// "ping timeout") when the previous Ping got no Pong by the next one.
+    pub ping_interval: Option<Duration>,
+    /// Close with 1001 (going away, "idle timeout") after this long without
+    /// receiving a single byte.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for WsConfig {
@@ -104,6 +118,8 @@ impl Default for WsConfig {
             close_timeout: Duration::from_secs(5),
             auto_pong: true,
             compression: CompressionConfig::default(),
+            ping_interval: None,
+            idle_timeout: None,
         }
     }
 }
@@ -186,7 +202,16 @@ pub struct WsConnection {
     eof: bool,
     timed_out: bool,
     close_deadline: Option<Instant>,
+
+    ping_interval: Option<Duration>,
+    next_ping: Option<Instant>,
+    awaiting_pong: bool,
+    idle_timeout: Option<Duration>,
+    last_input: Instant,
 }
+
+/// The heartbeat Ping's payload (a Pong with any payload answers it).
+const HEARTBEAT_PAYLOAD: &[u8] = b"tether";
 
 impl std::fmt::Debug for WsConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -202,22 +227,31 @@ impl std::fmt::Debug for WsConnection {
 }
 
 impl WsConnection {
-    /// A server-side connection; `deflate` from `handshake::Accepted::deflate`.
-    pub fn server(config: &WsConfig, deflate: Option<DeflateParams>) -> Self {
-        Self::new(Role::Server, config, deflate, None)
+    /// A server-side connection opened at `now`; `deflate` from
+    /// `handshake::Accepted::deflate`.
+    pub fn server(config: &WsConfig, deflate: Option<DeflateParams>, now: Instant) -> Self {
+        Self::new(Role::Server, config, deflate, None, now)
     }
 
-    /// A client-side connection; `deflate` from `handshake::ClientAccepted::deflate`.
-    /// `mask_keys` must return a fresh unpredictable key per frame.
+    /// A client-side connection opened at `now`; `deflate` from
+    /// `handshake::ClientAccepted::deflate`. `mask_keys` must return a fresh
+    /// unpredictable key per frame.
     pub fn client(
         config: &WsConfig,
         deflate: Option<DeflateParams>,
         mask_keys: impl FnMut() -> [u8; 4] + Send + 'static,
+        now: Instant,
     ) -> Self {
-        Self::new(Role::Client, config, deflate, Some(Box::new(mask_keys)))
+        Self::new(Role::Client, config, deflate, Some(Box::new(mask_keys)), now)
     }
 
-    fn new(role: Role, config: &WsConfig, deflate: Option<DeflateParams>, mask_keys: Option<MaskKeySource>) -> Self {
+    fn new(
+        role: Role,
+        config: &WsConfig,
+        deflate: Option<DeflateParams>,
+        mask_keys: Option<MaskKeySource>,
+        now: Instant,
+    ) -> Self {
         let deflate = deflate.map(|p| {
             let level = config.compression.level;
             let (send_bits, send_no_ctx, recv_bits, recv_no_ctx) = match role {
@@ -263,6 +297,11 @@ impl WsConnection {
             eof: false,
             timed_out: false,
             close_deadline: None,
+            ping_interval: config.ping_interval,
+            next_ping: config.ping_interval.map(|interval| now + interval),
+            awaiting_pong: false,
+            idle_timeout: config.idle_timeout,
+            last_input: now,
         }
     }
 
@@ -283,6 +322,9 @@ impl WsConnection {
         if self.input_closed() {
             return;
         }
+        if !bytes.is_empty() {
+            self.last_input = now;
+        }
         self.read_buf.extend_from_slice(bytes);
         self.process(now);
     }
@@ -298,12 +340,14 @@ impl WsConnection {
         &mut self.read_buf
     }
 
-    /// Processes what the driver read into [`read_buffer`](Self::read_buffer).
+    /// Processes what the driver read into [`read_buffer`](Self::read_buffer)
+    /// (call it only after a read that returned bytes: it counts as input).
     pub fn process_read_buffer(&mut self, now: Instant) {
         if self.input_closed() {
             self.read_buf = BytesMut::new();
             return;
         }
+        self.last_input = now;
         self.process(now);
     }
 
@@ -450,7 +494,10 @@ impl WsConnection {
                 }
                 self.events.push_back(Event::Message(Message::Ping(payload)));
             }
-            OpCode::Pong => self.events.push_back(Event::Message(Message::Pong(payload))),
+            OpCode::Pong => {
+                self.awaiting_pong = false;
+                self.events.push_back(Event::Message(Message::Pong(payload)));
+            }
             OpCode::Close => self.handle_close(payload, now),
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 if self.close_sent {
@@ -670,14 +717,45 @@ impl WsConnection {
     /// The next deadline, if any: call [`handle_timeout`](Self::handle_timeout) when it passes.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.timed_out || self.eof {
-            None
-        } else {
-            self.close_deadline
+            return None;
         }
+        if self.state() != WsState::Open {
+            // Heartbeat and idle deadlines only matter while open: once the
+            // close starts, only its own deadline remains (a past heartbeat
+            // deadline must not keep firing).
+            return self.close_deadline;
+        }
+        [self.next_ping, self.idle_deadline()].into_iter().flatten().min()
     }
 
-    /// Tells the engine the time; past the close deadline, the transport should close.
+    fn idle_deadline(&self) -> Option<Instant> {
+        self.idle_timeout.map(|idle| self.last_input + idle)
+    }
+
+    /// Tells the engine the time. While open: past the ping deadline it sends
+    /// a Ping (or closes with 1011 when the last one got no Pong), past the
+    /// idle deadline it closes with 1001. Past the close deadline the
+    /// transport should close.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state() == WsState::Open {
+            if self.idle_deadline().is_some_and(|deadline| now >= deadline) {
+                let _ = self.close(CloseCode::GOING_AWAY, "idle timeout", now);
+                return;
+            }
+            if let (Some(interval), Some(due)) = (self.ping_interval, self.next_ping) {
+                if now >= due {
+                    self.next_ping = Some(now + interval);
+                    if self.awaiting_pong {
+                        let _ = self.close(CloseCode::INTERNAL_ERROR, "ping timeout", now);
+                    } else {
+                        // Like automatic pongs, the heartbeat bypasses the queue limit.
+                        self.queue_frame(OpCode::Ping, false, Bytes::from_static(HEARTBEAT_PAYLOAD));
+                        self.awaiting_pong = true;
+                    }
+                }
+            }
+            return;
+        }
         if let Some(deadline) = self.close_deadline {
             if now >= deadline && !self.timed_out {
                 self.timed_out = true;

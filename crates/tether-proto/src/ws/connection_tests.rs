@@ -49,11 +49,11 @@ fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn server() -> WsConnection {
-    WsConnection::server(&WsConfig::default(), None)
+    WsConnection::server(&WsConfig::default(), None, t0())
 }
 
 fn client() -> WsConnection {
-    WsConnection::client(&WsConfig::default(), None, || KEY)
+    WsConnection::client(&WsConfig::default(), None, || KEY, t0())
 }
 
 fn shared_params() -> DeflateParams {
@@ -193,10 +193,15 @@ fn client_rejects_masked_server_frame() {
 #[test]
 fn client_masks_every_frame_with_keys_from_source() {
     let mut next = 0u8;
-    let mut conn = WsConnection::client(&WsConfig::default(), None, move || {
-        next += 1;
-        [next, 0, 0, next]
-    });
+    let mut conn = WsConnection::client(
+        &WsConfig::default(),
+        None,
+        move || {
+            next += 1;
+            [next, 0, 0, next]
+        },
+        t0(),
+    );
     conn.send_text("ab").unwrap();
     conn.send_binary(vec![1u8, 2]).unwrap();
     let out = transmit(&mut conn);
@@ -248,7 +253,7 @@ fn rsv_bits_without_extension_fail() {
 
 #[test]
 fn rsv1_only_on_first_data_frame_with_deflate() {
-    let deflate = || WsConnection::server(&WsConfig::default(), Some(shared_params()));
+    let deflate = || WsConnection::server(&WsConfig::default(), Some(shared_params()), t0());
     // RSV1 on a continuation.
     assert_fails_with(
         deflate(),
@@ -321,7 +326,7 @@ fn auto_pong_can_be_disabled_and_pongs_surface() {
         ..WsConfig::default()
     };
     let (ev, out, _) = run(
-        WsConnection::server(&config, None),
+        WsConnection::server(&config, None, t0()),
         &cat(&[c(0x89, b"a"), c(0x8A, b"b")]),
     );
     assert!(out.is_empty());
@@ -482,7 +487,7 @@ fn close_handshake_deadline() {
         close_timeout: Duration::from_secs(5),
         ..WsConfig::default()
     };
-    let mut conn = WsConnection::server(&config, None);
+    let mut conn = WsConnection::server(&config, None, t0());
     assert_eq!(conn.poll_timeout(), None);
     conn.close(CloseCode::NORMAL, "", t0()).unwrap();
     transmit(&mut conn);
@@ -493,6 +498,120 @@ fn close_handshake_deadline() {
     assert!(conn.should_close_transport());
     assert_eq!(conn.state(), WsState::Closed);
     assert_eq!(conn.poll_timeout(), None);
+}
+
+fn secs(n: u64) -> Instant {
+    t0() + Duration::from_secs(n)
+}
+
+fn heartbeat(ping: Option<u64>, idle: Option<u64>) -> WsConfig {
+    WsConfig {
+        ping_interval: ping.map(Duration::from_secs),
+        idle_timeout: idle.map(Duration::from_secs),
+        ..WsConfig::default()
+    }
+}
+
+#[test]
+fn heartbeat_pings_every_interval_while_pongs_come_back() {
+    let mut conn = WsConnection::server(&heartbeat(Some(10), None), None, t0());
+    assert_eq!(conn.poll_timeout(), Some(secs(10)));
+    conn.handle_timeout(secs(9));
+    assert!(transmit(&mut conn).is_empty(), "nothing before the interval");
+    conn.handle_timeout(secs(10));
+    assert_eq!(transmit(&mut conn), s(0x89, b"tether"));
+    assert_eq!(conn.poll_timeout(), Some(secs(20)));
+    conn.feed(&c(0x8A, b"tether"), secs(11));
+    assert_eq!(
+        events(&mut conn),
+        vec![Event::Message(Message::Pong(Bytes::from_static(b"tether")))]
+    );
+    conn.handle_timeout(secs(20));
+    assert_eq!(
+        transmit(&mut conn),
+        s(0x89, b"tether"),
+        "answered: the next ping, no close"
+    );
+    assert_eq!(conn.state(), WsState::Open);
+}
+
+#[test]
+fn heartbeat_without_pong_closes_with_1011_then_stops_firing() {
+    let mut conn = WsConnection::server(&heartbeat(Some(10), None), None, t0());
+    conn.handle_timeout(secs(10));
+    transmit(&mut conn);
+    // Data is not a pong: the peer must answer the ping itself.
+    conn.feed(&c(0x82, b"data"), secs(15));
+    conn.handle_timeout(secs(20));
+    assert_eq!(transmit(&mut conn), s(0x88, &close_payload(1011, "ping timeout")));
+    assert_eq!(conn.state(), WsState::Closing);
+    assert_eq!(conn.poll_timeout(), Some(secs(25)), "only the close deadline remains");
+    conn.handle_timeout(secs(21));
+    assert!(transmit(&mut conn).is_empty(), "no ping after the close");
+    conn.handle_timeout(secs(25));
+    assert!(conn.should_close_transport());
+}
+
+#[test]
+fn heartbeat_ping_bypasses_a_full_queue() {
+    let config = WsConfig {
+        max_queued_bytes: 16,
+        ..heartbeat(Some(1), None)
+    };
+    let mut conn = WsConnection::server(&config, None, t0());
+    conn.send_binary(vec![0u8; 64]).unwrap();
+    assert!(matches!(
+        conn.send_binary(vec![0u8; 1]),
+        Err(SendError::QueueFull { .. })
+    ));
+    conn.handle_timeout(secs(1));
+    let out = transmit(&mut conn);
+    assert!(out.ends_with(&s(0x89, b"tether")), "the ping is queued behind the data");
+}
+
+#[test]
+fn client_heartbeat_pings_are_masked() {
+    let mut cli = WsConnection::client(&heartbeat(Some(3), None), None, || KEY, t0());
+    cli.handle_timeout(secs(3));
+    assert_eq!(transmit(&mut cli), c(0x89, b"tether"));
+}
+
+#[test]
+fn idle_timeout_closes_with_1001_and_restarts_with_any_input() {
+    let mut conn = WsConnection::server(&heartbeat(None, Some(30)), None, t0());
+    assert_eq!(conn.poll_timeout(), Some(secs(30)));
+    // A partial frame is input too.
+    conn.feed(&c(0x82, b"abc")[..3], secs(20));
+    assert_eq!(conn.poll_timeout(), Some(secs(50)));
+    conn.handle_timeout(secs(49));
+    assert!(transmit(&mut conn).is_empty());
+    // Bytes read straight into the engine's buffer count as well.
+    conn.read_buffer().extend_from_slice(&c(0x82, b"abc")[3..]);
+    conn.process_read_buffer(secs(40));
+    assert_eq!(events(&mut conn), vec![binary(b"abc")]);
+    assert_eq!(conn.poll_timeout(), Some(secs(70)));
+    conn.handle_timeout(secs(70));
+    assert_eq!(transmit(&mut conn), s(0x88, &close_payload(1001, "idle timeout")));
+    assert_eq!(conn.state(), WsState::Closing);
+    assert_eq!(conn.poll_timeout(), Some(secs(75)));
+}
+
+#[test]
+fn idle_timeout_and_heartbeat_share_one_deadline_queue() {
+    let mut conn = WsConnection::server(&heartbeat(Some(10), Some(25)), None, t0());
+    assert_eq!(conn.poll_timeout(), Some(secs(10)));
+    conn.handle_timeout(secs(10));
+    transmit(&mut conn);
+    conn.feed(&c(0x8A, b"tether"), secs(12)); // the pong is input: idle restarts
+    assert_eq!(conn.poll_timeout(), Some(secs(20)));
+    conn.handle_timeout(secs(20));
+    transmit(&mut conn);
+    assert_eq!(conn.poll_timeout(), Some(secs(30)));
+    conn.feed(&c(0x8A, b"tether"), secs(21));
+    conn.handle_timeout(secs(30));
+    transmit(&mut conn);
+    conn.handle_timeout(secs(40)); // no pong for the ping at 30
+    assert_eq!(transmit(&mut conn), s(0x88, &close_payload(1011, "ping timeout")));
 }
 
 #[test]
@@ -554,17 +673,22 @@ fn message_size_limit_checked_on_declared_frame_length() {
     };
     let frame = c(0x82, &[0; 101]);
     // Only the header arrived: already rejected.
-    let (ev, _, _) = run(WsConnection::server(&config, None), &frame[..8]);
+    let (ev, _, _) = run(WsConnection::server(&config, None, t0()), &frame[..8]);
     assert_eq!(
         ev,
         vec![Event::ProtocolError(ProtocolError::MessageTooLarge { limit: 100 })]
     );
     assert_fails_with(
-        WsConnection::server(&config, None),
+        WsConnection::server(&config, None, t0()),
         &frame,
         ProtocolError::MessageTooLarge { limit: 100 },
     );
-    assert_eq!(run(WsConnection::server(&config, None), &c(0x82, &[0; 100])).0.len(), 1);
+    assert_eq!(
+        run(WsConnection::server(&config, None, t0()), &c(0x82, &[0; 100]))
+            .0
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -575,7 +699,7 @@ fn message_size_limit_across_fragments() {
     };
     let input = cat(&[c(0x02, &[0; 60]), c(0x00, &[0; 40]), c(0x80, &[0; 1])]);
     assert_fails_with(
-        WsConnection::server(&config, None),
+        WsConnection::server(&config, None, t0()),
         &input,
         ProtocolError::MessageTooLarge { limit: 100 },
     );
@@ -589,13 +713,16 @@ fn frame_size_limit() {
     };
     let input = c(0x02, &[0; 11]);
     assert_fails_with(
-        WsConnection::server(&config, None),
+        WsConnection::server(&config, None, t0()),
         &input,
         ProtocolError::FrameTooLarge { len: 11, limit: 10 },
     );
     // Many small frames may still make a bigger message.
     let ok = cat(&[c(0x02, &[0; 10]), c(0x80, &[0; 10])]);
-    assert_eq!(run(WsConnection::server(&config, None), &ok).0, vec![binary(&[0; 20])]);
+    assert_eq!(
+        run(WsConnection::server(&config, None, t0()), &ok).0,
+        vec![binary(&[0; 20])]
+    );
 }
 
 #[test]
@@ -604,7 +731,7 @@ fn send_queue_backpressure() {
         max_queued_bytes: 100,
         ..WsConfig::default()
     };
-    let mut conn = WsConnection::server(&config, None);
+    let mut conn = WsConnection::server(&config, None, t0());
     conn.send_binary(vec![0u8; 150]).unwrap(); // one message may overshoot
     assert_eq!(conn.queued_bytes(), 154);
     assert!(!conn.has_send_capacity());
@@ -652,7 +779,7 @@ fn large_server_payload_queued_without_copy() {
 
 #[test]
 fn idle_connection_holds_no_buffers() {
-    let mut conn = WsConnection::server(&WsConfig::default(), Some(shared_params()));
+    let mut conn = WsConnection::server(&WsConfig::default(), Some(shared_params()), t0());
     let input = cat(&[c(0x01, b"frag"), c(0x89, b"x"), c(0x80, b"ment"), c(0x82, &[1; 5000])]);
     conn.feed(&input[..input.len() - 100], t0());
     conn.feed(&input[input.len() - 100..], t0());
@@ -676,11 +803,11 @@ fn compressed_client_frame(message: &[u8], b0: u8) -> Vec<u8> {
 
 #[test]
 fn rfc7692_hello_through_connection() {
-    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()));
+    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()), t0());
     let frame = c(0xC1, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
     assert_eq!(run(conn, &frame).0, vec![text("Hello")]);
     // Same bytes as two fragments (§7.2.3.1 second example).
-    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()));
+    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()), t0());
     let frames = cat(&[c(0x41, &[0xf2, 0x48, 0xcd]), c(0x80, &[0xc9, 0xc9, 0x07, 0x00])]);
     assert_eq!(run(conn, &frames).0, vec![text("Hello")]);
 }
@@ -692,7 +819,7 @@ fn compressed_frame_without_negotiation_fails() {
 
 #[test]
 fn compressed_invalid_utf8_fails_1007() {
-    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()));
+    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()), t0());
     assert_fails_with(
         conn,
         &compressed_client_frame(&[b'a', 0xff], 0xC1),
@@ -702,7 +829,7 @@ fn compressed_invalid_utf8_fails_1007() {
 
 #[test]
 fn corrupt_compressed_data_fails() {
-    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()));
+    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()), t0());
     assert_fails_with(
         conn,
         &c(0xC2, &[0xff, 0xff, 0xff]),
@@ -716,7 +843,7 @@ fn compression_bomb_rejected_with_1009() {
         max_message_size: 1 << 20,
         ..WsConfig::default()
     };
-    let conn = WsConnection::server(&config, Some(shared_params()));
+    let conn = WsConnection::server(&config, Some(shared_params()), t0());
     let bomb = compressed_client_frame(&vec![0u8; 10 << 20], 0xC2);
     assert!(bomb.len() < 64 * 1024);
     assert_fails_with(conn, &bomb, ProtocolError::MessageTooLarge { limit: 1 << 20 });
@@ -724,8 +851,8 @@ fn compression_bomb_rejected_with_1009() {
 
 fn round_trip(params: DeflateParams, context: bool) {
     let config = WsConfig::default();
-    let mut cli = WsConnection::client(&config, Some(params), || [1, 2, 3, 4]);
-    let mut srv = WsConnection::server(&config, Some(params));
+    let mut cli = WsConnection::client(&config, Some(params), || [1, 2, 3, 4], t0());
+    let mut srv = WsConnection::server(&config, Some(params), t0());
     let messages: Vec<String> = (0..4)
         .map(|i| format!("message number {i}: {}", "lorem ipsum ".repeat(20)))
         .collect();
@@ -740,7 +867,7 @@ fn round_trip(params: DeflateParams, context: bool) {
     assert_eq!(to_server[0] & 0x40, 0x40);
     let mut expected: Vec<Event> = messages.iter().map(|m| text(m)).collect();
     assert_eq!(
-        run(WsConnection::client(&config, Some(params), || [0; 4]), &to_client).0,
+        run(WsConnection::client(&config, Some(params), || [0; 4], t0()), &to_client).0,
         expected
     );
     expected.push(text("tiny"));
@@ -829,7 +956,7 @@ fn split_invariance_config() -> WsConfig {
 }
 
 fn make(deflate: bool) -> WsConnection {
-    WsConnection::server(&split_invariance_config(), deflate.then(shared_params))
+    WsConnection::server(&split_invariance_config(), deflate.then(shared_params), t0())
 }
 
 #[test]
@@ -883,9 +1010,9 @@ proptest! {
         let params = match deflate { 0 => None, 1 => Some(shared_params()), _ => Some(context_params()) };
         let config = WsConfig { max_message_size: 4096, max_frame_size: 2048, ..WsConfig::default() };
         let make = || if client_role {
-            WsConnection::client(&config, params, || [9, 8, 7, 6])
+            WsConnection::client(&config, params, || [9, 8, 7, 6], t0())
         } else {
-            WsConnection::server(&config, params)
+            WsConnection::server(&config, params, t0())
         };
         let mut points: Vec<usize> = splits.iter().map(|s| s % (data.len() + 1)).collect();
         points.sort_unstable();
@@ -913,12 +1040,12 @@ proptest! {
     ) {
         let params = match deflate { 0 => None, 1 => Some(shared_params()), _ => Some(context_params()) };
         let config = WsConfig::default();
-        let mut cli = WsConnection::client(&config, params, || [1, 3, 5, 7]);
+        let mut cli = WsConnection::client(&config, params, || [1, 3, 5, 7], t0());
         for m in &messages {
             cli.send_binary(m.clone()).unwrap();
         }
         let wire = transmit(&mut cli);
-        let mut srv = WsConnection::server(&config, params);
+        let mut srv = WsConnection::server(&config, params, t0());
         for piece in wire.chunks(chunk) {
             srv.feed(piece, t0());
         }

@@ -148,7 +148,12 @@ async fn handshake(target: Target, options: &ClientOptions) -> Result<WebSocket,
     };
     let accepted = hs.validate_response(status, &headers)?;
     let rest = buf.split_off(head_len);
-    let engine = WsConnection::client(&options.ws.engine, accepted.deflate, rand::random::<[u8; 4]>);
+    let engine = WsConnection::client(
+        &options.ws.engine,
+        accepted.deflate,
+        rand::random::<[u8; 4]>,
+        std::time::Instant::now(),
+    );
     Ok(WebSocket::start(
         Box::new(stream),
         rest,

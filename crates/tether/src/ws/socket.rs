@@ -43,14 +43,11 @@ pub enum OverflowPolicy {
 /// Settings of a WebSocket connection (server or client side).
 #[derive(Debug, Clone)]
 pub struct WsOptions {
-    /// Engine limits: frame and message size, close timeout, compression level.
+    /// Engine limits and liveness: frame and message size, close timeout,
+    /// compression level, heartbeat (`ping_interval`, 1011) and idle timeout (1001).
     pub engine: WsConfig,
     /// Server handshake: subprotocols, `Origin` allow-list, compression mode.
     pub handshake: HandshakeConfig,
-    /// Send a ping this often; close (1011) if the previous one got no pong.
-    pub ping_interval: Option<Duration>,
-    /// Close (1001) after this long without receiving anything.
-    pub idle_timeout: Option<Duration>,
     /// Outgoing bytes queued before `send` waits and `try_send` reports full.
     pub max_queued_bytes: usize,
     /// What `try_send` and [`super::Broadcast`] do on a full queue.
@@ -68,8 +65,6 @@ impl Default for WsOptions {
                 ..WsConfig::default()
             },
             handshake: HandshakeConfig::default(),
-            ping_interval: None,
-            idle_timeout: None,
             max_queued_bytes: 4 << 20,
             overflow: OverflowPolicy::Report,
             write_timeout: Duration::from_secs(30),
@@ -125,7 +120,6 @@ struct Inner {
     input_done: bool,
     /// The transport is closed; only buffered events remain.
     finished: bool,
-    awaiting_pong: bool,
     timers: Timers,
     /// The server's stop signal: on shutdown the connection closes with 1001.
     stop: Option<StopSignal>,
@@ -133,12 +127,10 @@ struct Inner {
 
 type StopSignal = Pin<Box<dyn Future<Output = (Stop, watch::Receiver<Stop>)> + Send>>;
 
+/// The engine decides every protocol deadline (heartbeat, idle, close);
+/// the handle adds only the transport's write-progress deadline.
 struct Timers {
-    ping_interval: Option<Duration>,
-    idle_timeout: Option<Duration>,
     write_timeout: Duration,
-    next_ping: Option<Instant>,
-    last_recv: Instant,
     write_progress: Instant,
     /// Armed only while a deadline exists.
     sleep: Option<Pin<Box<Sleep>>>,
@@ -253,9 +245,6 @@ impl Inner {
         }
         loop {
             if let Some(event) = self.engine.poll_event() {
-                if let Event::Message(Message::Pong(_)) = event {
-                    self.awaiting_pong = false;
-                }
                 // Answers (pongs, the close echo) go out before the event is handed over.
                 self.poll_flush(cx);
                 self.wake_senders(limit);
@@ -280,14 +269,12 @@ impl Inner {
             if !self.input_done && self.queued() < READ_STOP {
                 let engine = &mut self.engine;
                 let input_done = &mut self.input_done;
-                let last_recv = &mut self.timers.last_recv;
                 let result = crate::io::poll_read_with(&mut *self.io, cx, |bytes| {
                     let now = Instant::now();
                     if bytes.is_empty() {
                         engine.handle_eof();
                         *input_done = true;
                     } else {
-                        *last_recv = now;
                         engine.feed(bytes, now.into_std());
                     }
                 });
@@ -354,13 +341,8 @@ impl Inner {
     /// Fires due timers; returns whether anything happened.
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> bool {
         let t = &self.timers;
-        // Heartbeat and idle timeout only matter while the connection is open:
-        // once closing, their (past) deadlines must not keep firing.
-        let open = self.engine.state() == WsState::Open;
         let deadline = [
             self.engine.poll_timeout().map(Instant::from_std),
-            t.next_ping.filter(|_| open),
-            t.idle_timeout.filter(|_| open).map(|d| t.last_recv + d),
             (!self.out.is_empty()).then(|| t.write_progress + t.write_timeout),
         ]
         .into_iter()
@@ -395,25 +377,6 @@ impl Inner {
             return true;
         }
         self.engine.handle_timeout(now.into_std());
-        if let Some(idle) = t.idle_timeout {
-            if now >= t.last_recv + idle && self.engine.state() == WsState::Open {
-                let _ = self.engine.close(CloseCode::GOING_AWAY, "idle timeout", now.into_std());
-            }
-        }
-        if let (Some(interval), Some(due)) = (t.ping_interval, t.next_ping) {
-            if now >= due {
-                t.next_ping = Some(now + interval);
-                if self.engine.state() == WsState::Open {
-                    if self.awaiting_pong {
-                        let _ = self
-                            .engine
-                            .close(CloseCode::INTERNAL_ERROR, "ping timeout", now.into_std());
-                    } else {
-                        self.awaiting_pong = self.engine.ping(Bytes::from_static(b"tether")).is_ok();
-                    }
-                }
-            }
-        }
         true
     }
 }
@@ -611,14 +574,9 @@ impl WebSocket {
             waiting_senders: Vec::new(),
             input_done: false,
             finished: false,
-            awaiting_pong: false,
             stop: None,
             timers: Timers {
-                ping_interval: options.ping_interval,
-                idle_timeout: options.idle_timeout,
                 write_timeout: options.write_timeout,
-                next_ping: options.ping_interval.map(|p| now + p),
-                last_recv: now,
                 write_progress: now,
                 sleep: None,
             },
@@ -692,21 +650,16 @@ impl Drop for Shared {
         };
         let placeholder = Inner {
             io: Box::new(tokio::io::duplex(1).0),
-            engine: WsConnection::server(&WsConfig::default(), None),
+            engine: WsConnection::server(&WsConfig::default(), None, std::time::Instant::now()),
             out: VecDeque::new(),
             out_len: 0,
             driver: None,
             waiting_senders: Vec::new(),
             input_done: true,
             finished: true,
-            awaiting_pong: false,
             stop: None,
             timers: Timers {
-                ping_interval: None,
-                idle_timeout: None,
                 write_timeout: Duration::ZERO,
-                next_ping: None,
-                last_recv: Instant::now(),
                 write_progress: Instant::now(),
                 sleep: None,
             },
@@ -716,8 +669,6 @@ impl Drop for Shared {
             if inner.engine.state() == WsState::Open {
                 let _ = inner.engine.close(CloseCode::NORMAL, "", Instant::now().into_std());
             }
-            inner.timers.ping_interval = None;
-            inner.timers.next_ping = None;
             let _ = tokio::time::timeout(LINGER, async {
                 while poll_fn(|cx| inner.poll_recv(cx, usize::MAX)).await.is_some() {}
             })

@@ -53,7 +53,7 @@ where
             let deflate = accepted.deflate;
             resp.extensions_mut()
                 .insert(OnUpgrade::new(move |up: Upgraded| async move {
-                    let engine = WsConnection::server(&options.engine, deflate);
+                    let engine = WsConnection::server(&options.engine, deflate, std::time::Instant::now());
                     let ws = WebSocket::start(up.io, up.read_buf, engine, &options, protocol, up.stop);
                     on_open(ws).await;
                 }));
