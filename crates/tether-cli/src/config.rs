@@ -79,6 +79,10 @@ pub struct ServeConfig {
     /// `Connection: close`. `None`: no limit.
     #[serde(with = "serde_opt_duration")]
     pub max_lifetime: Option<Duration>,
+    /// A keep-alive connection idle this long leaves its task and waits in
+    /// the server's parking lot (less memory). `None`: never.
+    #[serde(with = "serde_opt_duration")]
+    pub park_idle_after: Option<Duration>,
     /// A request head must arrive whole within this after its first byte.
     #[serde(with = "serde_duration")]
     pub header_timeout: Duration,
@@ -129,6 +133,7 @@ impl Default for ServeConfig {
             keep_alive_header: KeepAliveHeaderMode::Fixed,
             no_keep_alive_header: false,
             max_lifetime: None,
+            park_idle_after: Some(Duration::from_secs(1)),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_body: 16 * MIB,
@@ -178,6 +183,7 @@ impl ServeConfig {
         }
         for (key, d) in [
             ("max-lifetime", self.max_lifetime),
+            ("park-idle-after", self.park_idle_after),
             ("ws-ping-interval", self.ws_ping_interval),
             ("ws-idle-timeout", self.ws_idle_timeout),
         ] {
@@ -245,6 +251,11 @@ pub struct ServeArgs {
     #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_MAX_LIFETIME",
           value_parser = parse_opt_duration)]
     pub max_lifetime: Option<OptDuration>,
+
+    /// Park a keep-alive connection idle this long: no task, timer or reactor registration while it waits [default: 1s]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_PARK_IDLE_AFTER",
+          value_parser = parse_opt_duration)]
+    pub park_idle_after: Option<OptDuration>,
 
     /// A request head must arrive within this after its first byte, else 408 [default: 10s]
     #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_HEADER_TIMEOUT",
@@ -333,6 +344,7 @@ impl ServeArgs {
         set(&mut config.keep_alive_header, self.keep_alive_header);
         set(&mut config.no_keep_alive_header, self.no_keep_alive_header);
         set(&mut config.max_lifetime, self.max_lifetime.map(|d| d.0));
+        set(&mut config.park_idle_after, self.park_idle_after.map(|d| d.0));
         set(&mut config.header_timeout, self.header_timeout);
         set(&mut config.body_timeout, self.body_timeout);
         set(&mut config.max_body, self.max_body);
@@ -1105,6 +1117,7 @@ mod tests {
             ("--keep-alive-header", "[default: fixed]"),
             ("--no-keep-alive-header", "[default: false]"),
             ("--max-lifetime", "[default: off]"),
+            ("--park-idle-after", "[default: 1s]"),
             ("--header-timeout", "[default: 10s]"),
             ("--body-timeout", "[default: 30s]"),
             ("--max-body", "[default: 16MiB]"),

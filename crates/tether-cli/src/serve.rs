@@ -172,7 +172,9 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", c.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let handler: SharedHandler = Arc::new(app(&c));
-    let server = Server::new(h1_config(&c), handler).shutdown_timeout(c.shutdown_timeout);
+    let server = Server::new(h1_config(&c), handler)
+        .shutdown_timeout(c.shutdown_timeout)
+        .park_idle_after(c.park_idle_after);
     let max = if c.keep_alive_max == 0 {
         "unlimited".to_string()
     } else {

@@ -102,6 +102,12 @@ impl Server {
         server
     }
 
+    /// The server's process id (for tests/parking_memory.rs).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// What the server wrote on stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -997,6 +997,27 @@ impl ServerConnection {
         matches!(self.phase, Phase::Idle { since: Some(_) })
     }
 
+    /// When the connection became idle, while it waits for its next request
+    /// with nothing received, queued or pending, and is not shutting down.
+    /// Only then may a driver set it aside without a task (parking): the
+    /// next thing that can happen is input, a deadline from
+    /// [`Self::poll_timeout`] or shutdown.
+    pub fn idle_since(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Idle { since: Some(since) }
+                if self.read_buf.is_empty()
+                    && self.out.is_empty()
+                    && self.pending.is_none()
+                    && self.request.is_none()
+                    && !self.shutting_down
+                    && self.closed.is_none() =>
+            {
+                Some(since)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether a request is waiting for its response head.
     pub fn awaiting_response(&self) -> bool {
         matches!(

@@ -165,6 +165,32 @@ fn idle_timeout_starts_after_flush_and_restarts_per_request() {
 }
 
 #[test]
+fn idle_since_only_when_nothing_is_received_queued_or_pending() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.at(0);
+    assert_eq!(
+        h.conn.idle_since(),
+        Some(h.t0),
+        "a fresh connection waits for its first request"
+    );
+    h.at(10);
+    h.feed("GET / HTTP/1.1\r\nHo");
+    assert_eq!(h.conn.idle_since(), None, "part of a head arrived");
+    h.feed("st: x\r\n\r\n");
+    assert_eq!(requests(&h.events()), 1);
+    assert_eq!(h.conn.idle_since(), None, "in flight");
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Empty)
+        .unwrap();
+    assert_eq!(h.conn.idle_since(), None, "response not yet written");
+    h.at(20);
+    h.flush();
+    assert_eq!(h.conn.idle_since(), Some(h.t0 + Duration::from_millis(20)));
+    h.conn.shutdown(h.now);
+    assert_eq!(h.conn.idle_since(), None, "shutting down (closed)");
+}
+
+#[test]
 fn max_requests_mth_response_closes_and_nothing_after_is_processed() {
     let mut h = Harness::new(cfg(|c| c.max_requests = 3));
     let w1 = h.roundtrip(GET);

@@ -79,14 +79,50 @@ pub async fn serve_connection<IO: Transport>(
 /// [`serve_connection`], keeping `guard` alive until the connection ends,
 /// including after an upgrade.
 pub(crate) async fn serve_tracked<IO: Transport>(
-    mut io: IO,
+    io: IO,
     config: Arc<h1::Config>,
+    handler: SharedHandler,
+    shutdown: watch::Receiver<Stop>,
+    guard: Option<OpenGuard>,
+) -> ConnectionEnd {
+    let conn = ServerConnection::new(config, Instant::now().into_std());
+    match drive(io, conn, handler, shutdown, guard, None).await {
+        Driven::Ended(end) => end,
+        Driven::Idle(_) => unreachable!("never parks without park_after"),
+    }
+}
+
+/// How [`drive`] gave a connection back.
+// Returned once per connection or per parking: the size is not worth a box.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Driven<IO> {
+    /// The connection closed or upgraded.
+    Ended(ConnectionEnd),
+    /// It has been idle for `park_after`, with nothing in flight: the caller
+    /// may keep it without a task and [`drive`] it again on input, at its
+    /// deadline or on shutdown.
+    Idle(Paused<IO>),
+}
+
+/// An idle connection between two [`drive`] calls.
+pub(crate) struct Paused<IO> {
+    pub io: IO,
+    pub conn: ServerConnection,
+    pub shutdown: watch::Receiver<Stop>,
+    pub guard: Option<OpenGuard>,
+}
+
+/// Serves `conn` over `io` until it closes, upgrades or (with `park_after`)
+/// has been idle that long.
+pub(crate) async fn drive<IO: Transport>(
+    mut io: IO,
+    mut conn: ServerConnection,
     handler: SharedHandler,
     mut shutdown: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
-) -> ConnectionEnd {
+    park_after: Option<std::time::Duration>,
+) -> Driven<IO> {
     let upgrade_stop = shutdown.clone();
-    let mut conn = ServerConnection::new(config, Instant::now().into_std());
     let mut handler_fut: Option<HandlerFuture> = None;
     let mut body_tx: Option<mpsc::Sender<Result<Bytes, BodyError>>> = None;
     let mut blocked_chunk: Option<Bytes> = None;
@@ -170,7 +206,7 @@ pub(crate) async fn serve_tracked<IO: Transport>(
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
         }
         if let Some(cause) = conn.close_cause() {
-            return ConnectionEnd::Closed(cause, conn.requests_served());
+            return Driven::Ended(ConnectionEnd::Closed(cause, conn.requests_served()));
         }
         if conn.is_upgraded() && !conn.has_output() {
             let served = conn.requests_served();
@@ -187,11 +223,26 @@ pub(crate) async fn serve_tracked<IO: Transport>(
                     drop(guard);
                 });
             }
-            return ConnectionEnd::Upgraded(served);
+            return Driven::Ended(ConnectionEnd::Upgraded(served));
         }
 
         // 3. Wait for whatever comes first.
-        let deadline = conn.poll_timeout().map(Instant::from_std);
+        let mut deadline = conn.poll_timeout().map(Instant::from_std);
+        let quiet = handler_fut.is_none()
+            && stream.is_none()
+            && body_tx.is_none()
+            && blocked_chunk.is_none()
+            && on_upgrade.is_none()
+            && stop == Stop::Run;
+        // Parking is decided only when this timer fires, so a resumed
+        // connection reads what woke it before it can be parked again.
+        let park_at = match (park_after, conn.idle_since(), quiet) {
+            (Some(after), Some(since), true) => Some(Instant::from_std(since) + after),
+            _ => None,
+        };
+        if let Some(p) = park_at {
+            deadline = Some(deadline.map_or(p, |d| d.min(p)));
+        }
         if deadline != armed {
             if let Some(d) = deadline {
                 sleep.as_mut().reset(d);
@@ -230,12 +281,23 @@ pub(crate) async fn serve_tracked<IO: Transport>(
             Wake::Shutdown => match stop {
                 Stop::Run => {}
                 Stop::Graceful => conn.shutdown(Instant::now().into_std()),
-                Stop::Force => return ConnectionEnd::Closed(CloseCause::Shutdown, conn.requests_served()),
+                Stop::Force => {
+                    return Driven::Ended(ConnectionEnd::Closed(CloseCause::Shutdown, conn.requests_served()))
+                }
             },
             Wake::Timer => {
-                conn.handle_timeout(Instant::now().into_std());
+                let now = Instant::now();
+                conn.handle_timeout(now.into_std());
                 // Fired: re-arm even if the deadline did not move.
                 armed = None;
+                if park_at.is_some_and(|p| now >= p) && conn.idle_since().is_some() {
+                    return Driven::Idle(Paused {
+                        io,
+                        conn,
+                        shutdown: upgrade_stop,
+                        guard,
+                    });
+                }
             }
             Wake::BodySlot(ok) => {
                 let chunk = blocked_chunk.take();

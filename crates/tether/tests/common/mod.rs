@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 use tether::proto::h1;
 use tether::server::router::{self, Router};
-use tether::server::{Body, BodyError, Request, Response, Server};
+use tether::server::{Body, BodyError, Request, Response, Server, ServerStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -120,6 +120,7 @@ fn app(started: mpsc::UnboundedSender<&'static str>, gate: Arc<Notify>) -> Route
 /// (or until dropped).
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub stats: Arc<ServerStats>,
     shutdown: Option<oneshot::Sender<()>>,
     serve: Option<JoinHandle<std::io::Result<()>>>,
     started: mpsc::UnboundedReceiver<&'static str>,
@@ -134,17 +135,26 @@ impl TestServer {
 
     /// Starts a server with `config` and `shutdown_timeout`.
     pub async fn start_with(config: h1::Config, shutdown_timeout: Duration) -> Self {
+        Self::start_parking(config, shutdown_timeout, Some(tether::server::DEFAULT_PARK_AFTER)).await
+    }
+
+    /// Starts a server that parks connections idle for `park_after`.
+    pub async fn start_parking(config: h1::Config, shutdown_timeout: Duration, park_after: Option<Duration>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let (started_tx, started) = mpsc::unbounded_channel();
         let gate = Arc::new(Notify::new());
-        let server = Server::new(config, app(started_tx, gate.clone())).shutdown_timeout(shutdown_timeout);
+        let server = Server::new(config, app(started_tx, gate.clone()))
+            .shutdown_timeout(shutdown_timeout)
+            .park_idle_after(park_after);
+        let stats = server.stats();
         let (tx, rx) = oneshot::channel::<()>();
         let serve = tokio::spawn(server.serve(listener, async move {
             let _ = rx.await;
         }));
         Self {
             addr,
+            stats,
             shutdown: Some(tx),
             serve: Some(serve),
             started,

@@ -1,0 +1,189 @@
+//! Parking over real TCP: an idle keep-alive connection leaves its task
+//! (socket off the reactor, engine in the server's lot) and comes back on
+//! input, at its idle deadline, on peer close and on shutdown, with its
+//! keep-alive state (requests served, deadlines) intact.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tether::proto::h1;
+
+const MS: Duration = Duration::from_millis(1);
+const PARK: Duration = Duration::from_millis(100);
+
+async fn start(config: h1::Config) -> TestServer {
+    TestServer::start_parking(config, Duration::from_secs(10), Some(PARK)).await
+}
+
+/// Waits (bounded) until the server's counters reach `parked` and `open`.
+async fn wait_counts(server: &TestServer, parked: u64, open: u64) {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (p, o) = (
+            server.stats.parked.load(Ordering::Relaxed),
+            server.stats.open.load(Ordering::Relaxed),
+        );
+        if (p, o) == (parked, open) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "expected {parked} parked / {open} open, have {p} / {o}"
+        );
+        tokio::time::sleep(10 * MS).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_connection_is_parked_and_served_again() {
+    let server = start(config()).await;
+    let mut a = server.connect().await;
+    assert_eq!(a.send_and_read(&get("/healthz")).await.status, 200);
+    wait_counts(&server, 1, 1).await;
+    let mut b = server.connect().await;
+    assert_eq!(b.send_and_read(&get("/healthz")).await.status, 200);
+    wait_counts(&server, 2, 2).await;
+    for round in 0..3 {
+        let r = a.send_and_read(&post_echo(b"still here")).await;
+        assert_eq!(r.status, 200, "round {round}");
+        assert_eq!(r.body, b"still here");
+        assert!(r.header("connection").is_none(), "{}", r.head);
+        wait_counts(&server, 2, 2).await;
+    }
+}
+
+#[tokio::test]
+async fn parking_waits_for_park_after() {
+    let server = TestServer::start_parking(config(), Duration::from_secs(10), Some(Duration::from_secs(30))).await;
+    let mut c = server.connect().await;
+    assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+    tokio::time::sleep(300 * MS).await;
+    assert_eq!(server.stats.parked.load(Ordering::Relaxed), 0);
+    let off = TestServer::start_parking(config(), Duration::from_secs(10), None).await;
+    let mut c = off.connect().await;
+    assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+    tokio::time::sleep(300 * MS).await;
+    assert_eq!(off.stats.parked.load(Ordering::Relaxed), 0, "parking off");
+    assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+}
+
+#[tokio::test]
+async fn parked_connection_closes_at_its_idle_timeout() {
+    let server = start(h1::Config {
+        idle_timeout: 700 * MS,
+        ..config()
+    })
+    .await;
+    let mut c = server.connect().await;
+    let sent = Instant::now();
+    assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+    wait_counts(&server, 1, 1).await;
+    c.expect_eof(Duration::from_secs(5)).await;
+    assert_between(
+        "idle close of a parked connection",
+        sent.elapsed(),
+        600 * MS,
+        Duration::from_secs(3),
+    );
+    wait_counts(&server, 0, 0).await;
+}
+
+#[tokio::test]
+async fn max_requests_counts_across_parking() {
+    let server = start(h1::Config {
+        max_requests: 3,
+        ..config()
+    })
+    .await;
+    let mut c = server.connect().await;
+    for i in 1..=3 {
+        wait_counts(&server, u64::from(i > 1), 1).await;
+        let r = c.send_and_read(&get("/healthz")).await;
+        assert_eq!(r.status, 200, "request {i}");
+        if i < 3 {
+            assert!(r.header("connection").is_none(), "request {i}: {}", r.head);
+        } else {
+            r.assert_closes();
+        }
+    }
+    c.expect_eof(IO_TIMEOUT).await;
+}
+
+#[tokio::test]
+async fn head_split_across_parking_and_pipelined_requests_are_served() {
+    let server = start(config()).await;
+    let mut c = server.connect().await;
+    assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+    wait_counts(&server, 1, 1).await;
+    // Half a head wakes it; it is not parked again while the head is partial.
+    c.send(b"GET /healthz HTTP/1.1\r\nHo").await;
+    wait_counts(&server, 0, 1).await;
+    tokio::time::sleep(3 * PARK).await;
+    assert_eq!(
+        server.stats.parked.load(Ordering::Relaxed),
+        0,
+        "a partial head is not idle"
+    );
+    c.send(b"st: t\r\n\r\n").await;
+    assert_eq!(c.response().await.status, 200);
+    wait_counts(&server, 1, 1).await;
+    // Two pipelined requests reach a parked connection at once.
+    let mut both = get("/healthz");
+    both.extend_from_slice(&post_echo(b"second"));
+    c.send(&both).await;
+    assert_eq!(c.response().await.status, 200);
+    let second = c.response().await;
+    assert_eq!((second.status, second.body.as_slice()), (200, &b"second"[..]));
+}
+
+#[tokio::test]
+async fn peer_close_while_parked_is_noticed() {
+    let server = start(config()).await;
+    let mut c = server.connect().await;
+    assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+    wait_counts(&server, 1, 1).await;
+    drop(c);
+    wait_counts(&server, 0, 0).await;
+    server.assert_healthy().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_closes_parked_connections_at_once() {
+    let mut server = start(config()).await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut c = server.connect().await;
+        assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+        clients.push(c);
+    }
+    wait_counts(&server, 20, 20).await;
+    server.trigger_shutdown();
+    for c in &mut clients {
+        c.expect_eof(Duration::from_secs(3)).await;
+    }
+    // Far below the 10 s shutdown timeout: nothing was waited out.
+    let took = server.wait_serve_returned(Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+}
+
+#[tokio::test]
+async fn many_parked_connections_are_all_served() {
+    const N: usize = 300;
+    let server = start(config()).await;
+    let mut clients = Vec::with_capacity(N);
+    for _ in 0..N {
+        let mut c = server.connect().await;
+        assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+        clients.push(c);
+    }
+    wait_counts(&server, N as u64, N as u64).await;
+    for (i, c) in clients.iter_mut().enumerate().rev() {
+        let body = format!("conn {i}");
+        let r = c.send_and_read(&post_echo(body.as_bytes())).await;
+        assert_eq!(r.body, body.as_bytes(), "connection {i}");
+    }
+    wait_counts(&server, N as u64, N as u64).await;
+}
