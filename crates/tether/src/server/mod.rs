@@ -4,7 +4,10 @@
 //! Theory of operation: [`Server::serve`] accepts connections and runs each
 //! on its own task with [`driver::serve_connection`], which moves bytes
 //! between the socket and a `tether_proto::h1::ServerConnection` (where every
-//! keep-alive decision is made) and calls the [`Handler`]. On shutdown the
+//! keep-alive decision is made) and calls the [`Handler`]. A connection idle
+//! for [`Server::park_idle_after`] leaves its task for the server's parking
+//! lot (`park`) and gets a task again on input, at its deadline or on
+//! shutdown. On shutdown the
 //! server stops accepting, tells every connection (idle ones close at once,
 //! in-flight ones finish with `Connection: close`), waits for them up to
 //! the shutdown timeout, then aborts the rest.
