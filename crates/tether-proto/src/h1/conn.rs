@@ -262,7 +262,16 @@ pub struct ServerConnection {
     peer_eof: bool,
     closed: Option<CloseCause>,
     shutdown_write: bool,
+    /// Keep buffer capacity across idle periods (see [`Self::set_retain_buffers`]).
+    retain_buffers: bool,
+    /// The most bytes the read buffer has held since its last release: its
+    /// allocation is at least this big even when split-off requests make
+    /// `capacity()` report less.
+    read_high_water: usize,
 }
+
+/// Buffers larger than this are given back even when retention is on.
+const RETAINED_BUFFER_LIMIT: usize = 16 * 1024;
 
 impl ServerConnection {
     /// A new connection accepted at `now`.
@@ -284,6 +293,8 @@ impl ServerConnection {
             peer_eof: false,
             closed: None,
             shutdown_write: false,
+            retain_buffers: false,
+            read_high_water: 0,
         }
     }
 
@@ -311,6 +322,7 @@ impl ServerConnection {
         if n == 0 {
             return;
         }
+        self.read_high_water = self.read_high_water.max(self.read_buf.len());
         match &mut self.phase {
             Phase::Idle { .. } => self.phase = Phase::Head { since: now },
             Phase::Linger { last_read, .. } => {
@@ -764,9 +776,16 @@ impl ServerConnection {
             self.close_now(CloseCause::Lifetime);
         } else {
             self.phase = Phase::Idle { since: Some(self.now) };
-            // An idle connection holds no buffer.
-            self.read_buf = BytesMut::new();
-            self.out.release();
+            if self.retain_buffers
+                && self.read_high_water <= RETAINED_BUFFER_LIMIT
+                && self.out.high_water() <= RETAINED_BUFFER_LIMIT
+            {
+                // Back-to-back requests reuse them; `release_buffers` frees them.
+                self.read_buf.clear();
+                self.out.clear();
+            } else {
+                self.release_buffers();
+            }
         }
     }
 
@@ -995,6 +1014,32 @@ impl ServerConnection {
     /// Whether the connection is idle: waiting for a request with nothing pending.
     pub fn is_idle(&self) -> bool {
         matches!(self.phase, Phase::Idle { since: Some(_) })
+    }
+
+    /// Whether an idle connection keeps its read and output buffers (up to
+    /// 16 KiB) for the next request. Off by default: an idle connection
+    /// holds no buffer. A driver that sets idle connections aside after a
+    /// while turns it on and calls [`Self::release_buffers`] when it does,
+    /// so a busy connection allocates no buffer per request and a parked
+    /// one holds none.
+    pub fn set_retain_buffers(&mut self, retain: bool) {
+        self.retain_buffers = retain;
+    }
+
+    /// Gives back the read and output buffers if they hold nothing.
+    pub fn release_buffers(&mut self) {
+        if self.read_buf.is_empty() {
+            self.read_buf = BytesMut::new();
+            self.read_high_water = 0;
+        }
+        if self.out.is_empty() {
+            self.out.release();
+        }
+    }
+
+    /// Heap capacity of the read and output buffers, for memory tests and metrics.
+    pub fn buffer_capacity(&self) -> usize {
+        self.read_buf.capacity() + self.out.capacity()
     }
 
     /// When the connection became idle, while it waits for its next request

@@ -16,6 +16,8 @@ pub(crate) struct Output {
     queue: VecDeque<Bytes>,
     tail: BytesMut,
     len: usize,
+    /// The most bytes held since the last release.
+    high_water: usize,
 }
 
 impl Output {
@@ -35,11 +37,13 @@ impl Output {
     /// Records that `n` bytes were appended through [`Self::tail_mut`].
     pub(crate) fn wrote_tail(&mut self, n: usize) {
         self.len += n;
+        self.high_water = self.high_water.max(self.len);
     }
 
     pub(crate) fn push_slice(&mut self, b: &[u8]) {
         self.tail.extend_from_slice(b);
         self.len += b.len();
+        self.high_water = self.high_water.max(self.len);
     }
 
     pub(crate) fn push(&mut self, b: Bytes) {
@@ -52,6 +56,7 @@ impl Output {
             self.queue.push_back(tail);
         }
         self.len += b.len();
+        self.high_water = self.high_water.max(self.len);
         self.queue.push_back(b);
     }
 
@@ -92,6 +97,16 @@ impl Output {
         self.queue.clear();
         self.tail.clear();
         self.len = 0;
+    }
+
+    /// The most bytes held since the last release (what its buffers may still hold).
+    pub(crate) fn high_water(&self) -> usize {
+        self.high_water
+    }
+
+    /// Heap capacity held (the queue's slots and the coalescing buffer).
+    pub(crate) fn capacity(&self) -> usize {
+        self.tail.capacity() + self.queue.capacity() * std::mem::size_of::<Bytes>()
     }
 
     /// Gives back all memory (an idle connection holds no buffer).

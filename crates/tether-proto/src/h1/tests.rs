@@ -191,6 +191,37 @@ fn idle_since_only_when_nothing_is_received_queued_or_pending() {
 }
 
 #[test]
+fn idle_connection_holds_no_buffer_unless_retention_is_on() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.roundtrip(GET);
+    assert!(h.conn.is_idle());
+    assert_eq!(h.conn.buffer_capacity(), 0, "released at idle by default");
+
+    h.conn.set_retain_buffers(true);
+    h.roundtrip(GET);
+    assert!(h.conn.is_idle());
+    let kept = h.conn.buffer_capacity();
+    assert!(kept > 0, "kept for the next request");
+    h.roundtrip(GET);
+    assert!(h.conn.buffer_capacity() <= kept, "reused, not grown");
+    h.conn.release_buffers();
+    assert_eq!(h.conn.buffer_capacity(), 0);
+    // Still a working connection afterwards.
+    let wire = h.roundtrip(GET);
+    assert!(wire.starts_with("HTTP/1.1 200"), "{wire}");
+}
+
+#[test]
+fn retained_buffers_have_a_size_limit() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.conn.set_retain_buffers(true);
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "p".repeat(20_000));
+    h.roundtrip(&big);
+    assert!(h.conn.is_idle());
+    assert_eq!(h.conn.buffer_capacity(), 0, "over 16 KiB: given back");
+}
+
+#[test]
 fn max_requests_mth_response_closes_and_nothing_after_is_processed() {
     let mut h = Harness::new(cfg(|c| c.max_requests = 3));
     let w1 = h.roundtrip(GET);

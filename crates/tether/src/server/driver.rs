@@ -123,6 +123,8 @@ pub(crate) async fn drive<IO: Transport>(
     park_after: Option<std::time::Duration>,
 ) -> Driven<IO> {
     let upgrade_stop = shutdown.clone();
+    // Parking frees the buffers; until then back-to-back requests reuse them.
+    conn.set_retain_buffers(park_after.is_some());
     let mut handler_fut: Option<HandlerFuture> = None;
     let mut body_tx: Option<mpsc::Sender<Result<Bytes, BodyError>>> = None;
     let mut blocked_chunk: Option<Bytes> = None;
@@ -243,11 +245,15 @@ pub(crate) async fn drive<IO: Transport>(
         if let Some(p) = park_at {
             deadline = Some(deadline.map_or(p, |d| d.min(p)));
         }
-        if deadline != armed {
-            if let Some(d) = deadline {
+        // The timer is moved only to an earlier deadline. A later or absent
+        // one leaves it armed: it may fire early, and the handling below
+        // re-arms it, so a busy connection (whose idle deadline moves with
+        // every request) does not touch the timer wheel per request.
+        if let Some(d) = deadline {
+            if armed.is_none_or(|a| d < a) {
                 sleep.as_mut().reset(d);
+                armed = Some(d);
             }
-            armed = deadline;
         }
         let wants_read = conn.wants_read();
         let stream_ready = stream.is_some() && conn.output_len() < OUTPUT_HIGH_WATER;
@@ -272,7 +278,7 @@ pub(crate) async fn drive<IO: Transport>(
                 resp = async { handler_fut.as_mut().expect("guarded").await }, if handler_fut.is_some() => Wake::Response(resp),
                 ok = async { body_tx.as_ref().expect("guarded").reserve().await.is_ok() }, if blocked_chunk.is_some() && body_tx.is_some() => Wake::BodySlot(ok),
                 chunk = async { stream.as_mut().expect("guarded").recv().await }, if stream_ready => Wake::StreamChunk(chunk),
-                _ = &mut sleep, if deadline.is_some() => Wake::Timer,
+                _ = &mut sleep, if armed.is_some() => Wake::Timer,
             }
         };
 
@@ -288,9 +294,10 @@ pub(crate) async fn drive<IO: Transport>(
             Wake::Timer => {
                 let now = Instant::now();
                 conn.handle_timeout(now.into_std());
-                // Fired: re-arm even if the deadline did not move.
+                // Fired (maybe before the current deadline): re-arm.
                 armed = None;
                 if park_at.is_some_and(|p| now >= p) && conn.idle_since().is_some() {
+                    conn.release_buffers();
                     return Driven::Idle(Paused {
                         io,
                         conn,

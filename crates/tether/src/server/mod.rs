@@ -118,7 +118,7 @@ impl Server {
                         // An upgraded or parked connection takes the guard along: shutdown waits for it too.
                         let open = OpenConnection::new(self.stats.clone());
                         let conn = h1::ServerConnection::new(self.config.clone(), tokio::time::Instant::now().into_std());
-                        serving.spawn(stream, conn, stop_rx.clone(), Box::new(open), peer);
+                        serving.spawn(stream, conn, stop_rx.clone(), Some(Box::new(open)), peer);
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.

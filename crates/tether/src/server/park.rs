@@ -72,18 +72,20 @@ impl Serving {
         io: TcpStream,
         conn: ServerConnection,
         stop: watch::Receiver<Stop>,
-        guard: OpenGuard,
+        guard: Option<OpenGuard>,
         peer: SocketAddr,
     ) {
         let serving = self.clone();
         tokio::spawn(async move {
             let park_after = serving.lot.as_ref().and(serving.park_after);
-            match driver::drive(io, conn, serving.handler.clone(), stop, Some(guard), park_after).await {
+            match driver::drive(io, conn, serving.handler.clone(), stop, guard, park_after).await {
                 Driven::Ended(end) => log_end(peer, end),
-                Driven::Idle(paused) => match &serving.lot {
-                    Some(lot) => lot.park(&serving, paused, peer),
-                    None => unreachable!("parks only with a lot"),
-                },
+                // `drive` parks only when given `park_after`, that is with a lot.
+                Driven::Idle(paused) => {
+                    if let Some(lot) = &serving.lot {
+                        lot.park(&serving, paused, peer);
+                    }
+                }
             }
         });
     }
@@ -95,7 +97,7 @@ struct Parked {
     socket: std::net::TcpStream,
     conn: ServerConnection,
     stop: watch::Receiver<Stop>,
-    guard: OpenGuard,
+    guard: Option<OpenGuard>,
     peer: SocketAddr,
     serving: Arc<Serving>,
     deadline: Option<Instant>,
@@ -227,7 +229,6 @@ impl ParkingLot {
             shutdown,
             guard,
         } = paused;
-        let guard = guard.expect("a served connection carries its guard");
         let deadline = conn.poll_timeout().map(Instant::from_std);
         let mut lot = lock(&self.shared.lot);
         if lot.closed {
