@@ -268,6 +268,9 @@ pub struct ServerConnection {
     /// allocation is at least this big even when split-off requests make
     /// `capacity()` report less.
     read_high_water: usize,
+    /// The buffers hold an allocation (capacity alone cannot tell: a buffer
+    /// whose contents were split off reports less than it holds).
+    buffers_held: bool,
 }
 
 /// Buffers larger than this are given back even when retention is on.
@@ -295,6 +298,7 @@ impl ServerConnection {
             shutdown_write: false,
             retain_buffers: false,
             read_high_water: 0,
+            buffers_held: false,
         }
     }
 
@@ -323,6 +327,7 @@ impl ServerConnection {
             return;
         }
         self.read_high_water = self.read_high_water.max(self.read_buf.len());
+        self.buffers_held = true;
         match &mut self.phase {
             Phase::Idle { .. } => self.phase = Phase::Head { since: now },
             Phase::Linger { last_read, .. } => {
@@ -1016,25 +1021,54 @@ impl ServerConnection {
         matches!(self.phase, Phase::Idle { since: Some(_) })
     }
 
-    /// Whether an idle connection keeps its read and output buffers (up to
-    /// 16 KiB) for the next request. Off by default: an idle connection
-    /// holds no buffer. A driver that sets idle connections aside after a
-    /// while turns it on and calls [`Self::release_buffers`] when it does,
-    /// so a busy connection allocates no buffer per request and a parked
-    /// one holds none.
+    /// Whether an idle connection keeps its read and output buffers (when
+    /// they stayed within 16 KiB) instead of freeing them. Off by default:
+    /// an idle connection holds no buffer. A driver that pools buffers turns
+    /// it on and moves them out with [`Self::take_buffers`] as soon as the
+    /// connection is idle, and back in with [`Self::give_buffers`] when
+    /// bytes arrive, so back-to-back requests allocate no buffer.
     pub fn set_retain_buffers(&mut self, retain: bool) {
         self.retain_buffers = retain;
     }
 
-    /// Gives back the read and output buffers if they hold nothing.
+    /// Frees the read and output buffers if they hold nothing.
     pub fn release_buffers(&mut self) {
-        if self.read_buf.is_empty() {
+        if self.read_buf.is_empty() && self.out.is_empty() {
             self.read_buf = BytesMut::new();
             self.read_high_water = 0;
-        }
-        if self.out.is_empty() {
             self.out.release();
+            self.buffers_held = false;
         }
+    }
+
+    /// While idle, moves the (empty) read and output buffers out, for a
+    /// driver's pool; `None` when there are none worth keeping.
+    pub fn take_buffers(&mut self) -> Option<(BytesMut, BytesMut)> {
+        self.idle_since()?;
+        if !self.buffers_held {
+            return None;
+        }
+        let read = std::mem::take(&mut self.read_buf);
+        let out = self.out.take_buffer();
+        self.read_high_water = 0;
+        self.buffers_held = false;
+        Some((read, out))
+    }
+
+    /// Gives the connection empty buffers to use, if it has none.
+    pub fn give_buffers(&mut self, (mut read, out): (BytesMut, BytesMut)) {
+        if self.buffers_held || !self.read_buf.is_empty() || !self.out.is_empty() {
+            return;
+        }
+        read.clear();
+        self.read_buf = read;
+        self.out.give_buffer(out);
+        self.buffers_held = true;
+    }
+
+    /// Whether the connection holds buffers (a driver lends some before feeding bytes).
+    pub fn has_buffers(&self) -> bool {
+        self.buffers_held
     }
 
     /// Heap capacity of the read and output buffers, for memory tests and metrics.

@@ -109,6 +109,21 @@ impl Output {
         self.tail.capacity() + self.queue.capacity() * std::mem::size_of::<Bytes>()
     }
 
+    /// Moves the (empty) coalescing buffer out, leaving none.
+    pub(crate) fn take_buffer(&mut self) -> BytesMut {
+        let tail = std::mem::take(&mut self.tail);
+        self.release();
+        tail
+    }
+
+    /// Uses `buf` as the coalescing buffer if there is none.
+    pub(crate) fn give_buffer(&mut self, mut buf: BytesMut) {
+        if self.len == 0 && self.tail.capacity() == 0 {
+            buf.clear();
+            self.tail = buf;
+        }
+    }
+
     /// Gives back all memory (an idle connection holds no buffer).
     pub(crate) fn release(&mut self) {
         *self = Output::default();

@@ -212,6 +212,25 @@ fn idle_connection_holds_no_buffer_unless_retention_is_on() {
 }
 
 #[test]
+fn buffers_move_out_while_idle_and_back_in_for_the_next_request() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.conn.set_retain_buffers(true);
+    h.roundtrip(GET);
+    let (read, out) = h.conn.take_buffers().expect("idle with buffers");
+    assert!(!h.conn.has_buffers());
+    assert_eq!(h.conn.buffer_capacity(), 0, "an idle connection holds none");
+    assert!(h.conn.take_buffers().is_none());
+    h.conn.give_buffers((read, out));
+    assert!(h.conn.has_buffers());
+    let wire = h.roundtrip(GET);
+    assert!(wire.starts_with("HTTP/1.1 200"), "{wire}");
+    // Not while a request is in flight.
+    h.feed(GET);
+    assert_eq!(requests(&h.events()), 1);
+    assert!(h.conn.take_buffers().is_none());
+}
+
+#[test]
 fn retained_buffers_have_a_size_limit() {
     let mut h = Harness::new(cfg(|_| {}));
     h.conn.set_retain_buffers(true);

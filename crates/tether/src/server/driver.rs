@@ -123,8 +123,8 @@ pub(crate) async fn drive<IO: Transport>(
     park_after: Option<std::time::Duration>,
 ) -> Driven<IO> {
     let upgrade_stop = shutdown.clone();
-    // Parking frees the buffers; until then back-to-back requests reuse them.
-    conn.set_retain_buffers(park_after.is_some());
+    // Idle, the connection's buffers go to the thread's pool (see `pool`).
+    conn.set_retain_buffers(true);
     let mut handler_fut: Option<HandlerFuture> = None;
     let mut body_tx: Option<mpsc::Sender<Result<Bytes, BodyError>>> = None;
     let mut blocked_chunk: Option<Bytes> = None;
@@ -229,6 +229,9 @@ pub(crate) async fn drive<IO: Transport>(
         }
 
         // 3. Wait for whatever comes first.
+        if conn.idle_since().is_some() {
+            pool::put(&mut conn);
+        }
         let mut deadline = conn.poll_timeout().map(Instant::from_std);
         let quiet = handler_fut.is_none()
             && stream.is_none()
@@ -384,6 +387,7 @@ fn poll_io<IO: Transport>(
             if bytes.is_empty() {
                 conn.feed_eof(now);
             } else {
+                pool::lend(conn);
                 conn.feed(bytes, now);
             }
         });
@@ -486,6 +490,45 @@ pub(crate) async fn next_stop(mut rx: watch::Receiver<Stop>) -> (Stop, watch::Re
         Err(_) => Stop::Force,
     };
     (stop, rx)
+}
+
+/// A per-thread pool of request buffers: a connection takes a read and an
+/// output buffer when bytes arrive and gives them back as soon as it is
+/// idle, so back-to-back requests allocate none and an idle connection
+/// holds none. At most `POOLED` pairs are kept per thread; buffers that
+/// grew past 16 KiB are freed by the engine instead.
+mod pool {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+    use tether_proto::h1::ServerConnection;
+
+    const POOLED: usize = 64;
+
+    thread_local! {
+        static POOL: RefCell<Vec<(BytesMut, BytesMut)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Gives `conn` pooled buffers if it has none.
+    pub(super) fn lend(conn: &mut ServerConnection) {
+        if !conn.has_buffers() {
+            if let Some(buffers) = POOL.with(|p| p.borrow_mut().pop()) {
+                conn.give_buffers(buffers);
+            }
+        }
+    }
+
+    /// Takes an idle connection's buffers into the pool (or frees them when it is full).
+    pub(super) fn put(conn: &mut ServerConnection) {
+        if let Some(buffers) = conn.take_buffers() {
+            POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < POOLED {
+                    p.push(buffers);
+                }
+            });
+        }
+    }
 }
 
 /// Serves a transport with no shutdown signal (tests, embedding).
