@@ -31,6 +31,13 @@
 //! * A close after a response never destroys it: output is flushed, the
 //!   write side shut down, and input discarded for a bounded time.
 //! * Every close has one [`CloseCause`].
+//!
+//! Memory: an idle connection frees its read and output buffers, unless
+//! its driver asked to keep them ([`ServerConnection::set_retain_buffers`])
+//! to move them into a pool ([`ServerConnection::take_buffers`] /
+//! [`ServerConnection::give_buffers`]). [`ServerConnection::idle_since`]
+//! says when nothing but input, a deadline or shutdown can happen next, so
+//! a driver may set the connection aside without a task.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -4,13 +4,17 @@
 //! It holds no protocol decisions: what the bytes mean, whether the
 //! connection persists and when it closes are the engine's. The driver
 //! only (1) reads into a per-thread scratch buffer and feeds the engine,
-//! so an idle connection holds no read buffer of its own; (2) writes the
+//! lending it request buffers from a per-thread pool when bytes arrive and
+//! taking them back as soon as it is idle (`pool`), so an idle connection
+//! holds no buffer and back-to-back requests allocate none; (2) writes the
 //! engine's output with one vectored write; (3) passes request bodies to
 //! the handler through a small bounded channel (backpressure: the engine
 //! stops yielding body events while the channel is full, and stops asking
 //! for bytes once its buffer is full); (4) streams response bodies while
 //! output is below a high-water mark; (5) waits for whichever comes first:
-//! I/O, the handler, a body chunk, the engine's deadline, or shutdown.
+//! I/O, the handler, a body chunk, the engine's deadline, or shutdown;
+//! (6) with `park_after`, hands an idle connection back to its caller
+//! (`Driven::Idle`) to be parked without a task (`super::park`).
 
 use std::future::poll_fn;
 use std::sync::Arc;
