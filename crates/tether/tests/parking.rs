@@ -187,3 +187,45 @@ async fn many_parked_connections_are_all_served() {
     }
     wait_counts(&server, N as u64, N as u64).await;
 }
+
+/// The same rules on a multi-threaded runtime (what `tether serve` uses with
+/// more than one worker): connections park and resume from any worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parking_on_a_multi_threaded_runtime() {
+    const N: usize = 50;
+    let mut server = start(h1::Config {
+        max_requests: 3,
+        ..config()
+    })
+    .await;
+    let mut clients = Vec::with_capacity(N);
+    for _ in 0..N {
+        let mut c = server.connect().await;
+        assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+        clients.push(c);
+    }
+    wait_counts(&server, N as u64, N as u64).await;
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let r = c.send_and_read(&post_echo(format!("conn {i}").as_bytes())).await;
+            assert_eq!(r.body, format!("conn {i}").as_bytes());
+            assert!(r.header("connection").is_none(), "{}", r.head);
+            c
+        }));
+    }
+    let mut clients = Vec::with_capacity(N);
+    for t in tasks {
+        clients.push(t.await.expect("client task"));
+    }
+    wait_counts(&server, N as u64, N as u64).await;
+    // The third request on each is the last (max 3), counted across parking.
+    let last = clients[0].send_and_read(&get("/healthz")).await;
+    last.assert_closes();
+    clients[0].expect_eof(IO_TIMEOUT).await;
+    server.trigger_shutdown();
+    for c in clients.iter_mut().skip(1) {
+        c.expect_eof(Duration::from_secs(3)).await;
+    }
+    server.wait_serve_returned(Duration::from_secs(5)).await;
+}
