@@ -60,18 +60,18 @@ pub(crate) fn poll_read_with<R: AsyncRead + Unpin + ?Sized>(
 
 /// Reads once from a blocking-API reader (a non-blocking socket off the
 /// runtime) into the thread's scratch buffer and hands the bytes to `take`
-/// (an empty slice means end of file). `Ok(false)`: nothing to read yet.
-pub(crate) fn read_now_with(io: &mut impl std::io::Read, take: impl FnOnce(&[u8])) -> std::io::Result<bool> {
+/// (an empty slice means end of file); nothing to read yet is `Ok` too.
+pub(crate) fn read_now_with(io: &mut impl std::io::Read, take: impl FnOnce(&[u8])) -> std::io::Result<()> {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         loop {
             match io.read(&mut s[..]) {
                 Ok(n) => {
                     take(&s[..n]);
-                    return Ok(true);
+                    return Ok(());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             }
         }

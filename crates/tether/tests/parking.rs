@@ -37,6 +37,17 @@ async fn wait_counts(server: &TestServer, parked: u64, open: u64) {
     }
 }
 
+/// `n` connections, each with one request answered, left idle.
+async fn open_served(server: &TestServer, n: usize) -> Vec<Client> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = server.connect().await;
+        assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+        clients.push(c);
+    }
+    clients
+}
+
 #[tokio::test]
 async fn idle_connection_is_parked_and_served_again() {
     let server = start(config()).await;
@@ -153,12 +164,7 @@ async fn peer_close_while_parked_is_noticed() {
 #[tokio::test]
 async fn graceful_shutdown_closes_parked_connections_at_once() {
     let mut server = start(config()).await;
-    let mut clients = Vec::new();
-    for _ in 0..20 {
-        let mut c = server.connect().await;
-        assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
-        clients.push(c);
-    }
+    let mut clients = open_served(&server, 20).await;
     wait_counts(&server, 20, 20).await;
     server.trigger_shutdown();
     for c in &mut clients {
@@ -173,12 +179,7 @@ async fn graceful_shutdown_closes_parked_connections_at_once() {
 async fn many_parked_connections_are_all_served() {
     const N: usize = 300;
     let server = start(config()).await;
-    let mut clients = Vec::with_capacity(N);
-    for _ in 0..N {
-        let mut c = server.connect().await;
-        assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
-        clients.push(c);
-    }
+    let mut clients = open_served(&server, N).await;
     wait_counts(&server, N as u64, N as u64).await;
     for (i, c) in clients.iter_mut().enumerate().rev() {
         let body = format!("conn {i}");
@@ -198,12 +199,7 @@ async fn parking_on_a_multi_threaded_runtime() {
         ..config()
     })
     .await;
-    let mut clients = Vec::with_capacity(N);
-    for _ in 0..N {
-        let mut c = server.connect().await;
-        assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
-        clients.push(c);
-    }
+    let clients = open_served(&server, N).await;
     wait_counts(&server, N as u64, N as u64).await;
     let mut tasks = Vec::new();
     for (i, mut c) in clients.into_iter().enumerate() {

@@ -303,8 +303,8 @@ pub(crate) async fn drive<IO: Transport>(
                 conn.handle_timeout(now.into_std());
                 // Fired (maybe before the current deadline): re-arm.
                 armed = None;
+                // Its buffers already went back to the pool (step 3).
                 if park_at.is_some_and(|p| now >= p) && conn.idle_since().is_some() {
-                    conn.release_buffers();
                     return Driven::Idle(Paused {
                         io,
                         conn,

@@ -61,7 +61,7 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 /// What every connection of one server shares.
 pub(crate) struct Serving {
     pub handler: SharedHandler,
-    pub park_after: Option<Duration>,
+    /// Present when connections park.
     pub lot: Option<ParkingLot>,
 }
 
@@ -77,7 +77,7 @@ impl Serving {
     ) {
         let serving = self.clone();
         tokio::spawn(async move {
-            let park_after = serving.lot.as_ref().and(serving.park_after);
+            let park_after = serving.lot.as_ref().map(|lot| lot.park_after);
             match driver::drive(io, conn, serving.handler.clone(), stop, guard, park_after).await {
                 Driven::Ended(end) => log_end(peer, end),
                 // `drive` parks only when given `park_after`, that is with a lot.
@@ -192,12 +192,18 @@ struct Shared {
 /// The server's lot of parked connections (see the module documentation).
 #[derive(Clone)]
 pub(crate) struct ParkingLot {
+    /// How long a connection is idle before it parks.
+    park_after: Duration,
     shared: Arc<Shared>,
 }
 
 impl ParkingLot {
     /// Creates the lot and spawns its task, which runs until `stop` leaves `Run`.
-    pub(crate) fn start(stats: Arc<ServerStats>, stop: watch::Receiver<Stop>) -> std::io::Result<Self> {
+    pub(crate) fn start(
+        park_after: Duration,
+        stats: Arc<ServerStats>,
+        stop: watch::Receiver<Stop>,
+    ) -> std::io::Result<Self> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         // Why unsafe: tokio's only non-deprecated way to watch a descriptor
@@ -218,7 +224,7 @@ impl ParkingLot {
             stats,
         });
         tokio::spawn(run(shared.clone(), ready, stop));
-        Ok(Self { shared })
+        Ok(Self { park_after, shared })
     }
 
     /// Takes an idle connection off its task.
@@ -320,15 +326,15 @@ fn resume(shared: &Shared, mut p: Parked) {
     // this input before its parking timer could fire again.
     let now = Instant::now().into_std();
     let conn = &mut p.conn;
-    match crate::io::read_now_with(&mut p.socket, |bytes| {
+    let read = crate::io::read_now_with(&mut p.socket, |bytes| {
         if bytes.is_empty() {
             conn.feed_eof(now);
         } else {
             conn.feed(bytes, now);
         }
-    }) {
-        Ok(_) => {}
-        Err(_) => p.conn.io_error(now),
+    });
+    if read.is_err() {
+        p.conn.io_error(now);
     }
     match TcpStream::from_std(p.socket) {
         Ok(io) => p.serving.spawn(io, p.conn, p.stop, p.guard, p.peer),
