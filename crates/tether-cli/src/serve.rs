@@ -63,7 +63,7 @@ pub fn app(c: &ServeConfig) -> Router {
         let ws = ws.clone();
         async move {
             if ws::is_websocket_request(req.headers()) {
-                ws::upgrade(&req, &ws, ws_echo)
+                ws::upgrade_service(&req, &ws, ws_echo)
             } else {
                 echo(req, max_body).await
             }
@@ -115,20 +115,11 @@ async fn echo(req: Request, max_body: u64) -> Response {
 }
 
 /// Every text or binary message comes back unchanged; pings are answered
-/// by the engine; the close handshake is completed by the engine.
-async fn ws_echo(socket: ws::WebSocket) {
-    let (tx, mut rx) = socket.split();
-    while let Some(item) = rx.recv().await {
-        match item {
-            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
-                if tx.send(m).await.is_err() {
-                    break;
-                }
-            }
-            Ok(Message::Ping(_) | Message::Pong(_)) => {}
-            Ok(Message::Close(_)) | Err(_) => break,
-        }
-    }
+/// by the engine; the close handshake is completed by the engine. Served
+/// by callback, so an idle echo connection parks without a task.
+fn ws_echo(message: Message, replies: &mut ws::Replies<'_>) {
+    // Fails only once the connection is closing: nothing to answer then.
+    let _ = replies.send(message);
 }
 
 fn index_page(c: &ServeConfig) -> String {

@@ -797,6 +797,20 @@ impl WsConnection {
         }
     }
 
+    /// Whether the connection is open with nothing in progress: no buffered
+    /// input (partial frame or fragmented message), no undelivered event and
+    /// nothing queued to send. Between two such moments the engine needs
+    /// nothing but input or its [`poll_timeout`](Self::poll_timeout), so a
+    /// driver may hold it without a task (parking).
+    pub fn is_quiescent(&self) -> bool {
+        self.state() == WsState::Open
+            && self.read_buf.is_empty()
+            && self.pending.is_none()
+            && !self.assembler.in_progress()
+            && self.events.is_empty()
+            && self.queued_bytes == 0
+    }
+
     /// Heap capacity held by the connection's own buffers (read, output,
     /// events; zlib state excluded), for memory tests and metrics.
     pub fn buffer_capacity(&self) -> usize {

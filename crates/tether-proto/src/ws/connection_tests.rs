@@ -500,6 +500,37 @@ fn close_handshake_deadline() {
     assert_eq!(conn.poll_timeout(), None);
 }
 
+#[test]
+fn quiescent_only_when_open_with_nothing_in_progress() {
+    let mut conn = server();
+    assert!(conn.is_quiescent(), "a fresh connection");
+    let frame = c(0x82, b"hello");
+    conn.feed(&frame[..3], t0());
+    assert!(!conn.is_quiescent(), "a partial frame header is buffered");
+    conn.feed(&frame[3..], t0());
+    assert!(!conn.is_quiescent(), "an event waits to be taken");
+    assert_eq!(events(&mut conn), vec![binary(b"hello")]);
+    assert!(conn.is_quiescent());
+    conn.feed(&c(0x02, b"first half"), t0());
+    assert!(events(&mut conn).is_empty());
+    assert!(!conn.is_quiescent(), "a fragmented message is in progress");
+    conn.feed(&c(0x80, b""), t0());
+    assert_eq!(events(&mut conn), vec![binary(b"first half")]);
+    assert!(conn.is_quiescent());
+    conn.send_text("out").unwrap();
+    assert!(!conn.is_quiescent(), "output is queued");
+    transmit(&mut conn);
+    assert!(conn.is_quiescent());
+    conn.feed(&c(0x89, b"p"), t0());
+    assert_eq!(events(&mut conn).len(), 1);
+    assert!(!conn.is_quiescent(), "the automatic pong is queued");
+    transmit(&mut conn);
+    assert!(conn.is_quiescent());
+    conn.close(CloseCode::NORMAL, "", t0()).unwrap();
+    transmit(&mut conn);
+    assert!(!conn.is_quiescent(), "closing");
+}
+
 fn secs(n: u64) -> Instant {
     t0() + Duration::from_secs(n)
 }

@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use super::body::{Body, BodyError, RequestBody};
 use super::handler::{HandlerFuture, Response, SharedHandler};
+use super::park::ParkingLot;
 use super::upgrade::{OnUpgrade, Transport, Upgraded};
 
 /// Streamed response bodies pause above this much queued output.
@@ -68,7 +69,7 @@ enum Wake {
 
 /// Keeps a connection counted as open while it lives (moved into the
 /// upgraded protocol's task when there is one).
-pub(crate) type OpenGuard = Box<dyn Send>;
+pub(crate) type OpenGuard = super::OpenConnection;
 
 /// Serves one connection until it closes or upgrades.
 pub async fn serve_connection<IO: Transport>(
@@ -116,16 +117,18 @@ pub(crate) struct Paused<IO> {
     pub guard: Option<OpenGuard>,
 }
 
-/// Serves `conn` over `io` until it closes, upgrades or (with `park_after`)
-/// has been idle that long.
+/// Serves `conn` over `io` until it closes, upgrades or (with a parking
+/// `lot`) has been idle for the lot's `park_after`. An upgraded protocol
+/// gets the lot too.
 pub(crate) async fn drive<IO: Transport>(
     mut io: IO,
     mut conn: ServerConnection,
     handler: SharedHandler,
     mut shutdown: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
-    park_after: Option<std::time::Duration>,
+    lot: Option<&ParkingLot>,
 ) -> Driven<IO> {
+    let park_after = lot.map(ParkingLot::park_after);
     let upgrade_stop = shutdown.clone();
     // Idle, the connection's buffers go to the thread's pool (see `pool`).
     conn.set_retain_buffers(true);
@@ -223,11 +226,10 @@ pub(crate) async fn drive<IO: Transport>(
                     io: Box::new(io),
                     read_buf,
                     stop: Some(upgrade_stop),
+                    guard,
+                    lot: lot.cloned(),
                 };
-                tokio::spawn(async move {
-                    f(upgraded).await;
-                    drop(guard);
-                });
+                tokio::spawn(f(upgraded));
             }
             return Driven::Ended(ConnectionEnd::Upgraded(served));
         }

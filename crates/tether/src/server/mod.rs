@@ -16,7 +16,7 @@ pub mod body;
 pub mod date;
 pub mod driver;
 pub mod handler;
-mod park;
+pub(crate) mod park;
 pub mod router;
 pub mod static_files;
 pub mod upgrade;
@@ -117,7 +117,7 @@ impl Server {
                         // An upgraded or parked connection takes the guard along: shutdown waits for it too.
                         let open = OpenConnection::new(self.stats.clone());
                         let conn = h1::ServerConnection::new(self.config.clone(), std::time::Instant::now());
-                        serving.spawn(stream, conn, stop_rx.clone(), Some(Box::new(open)), peer);
+                        serving.spawn(stream, conn, stop_rx.clone(), Some(open), peer);
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
@@ -148,8 +148,9 @@ impl Server {
     }
 }
 
-/// Counts a connection as open for as long as it lives.
-struct OpenConnection(Arc<ServerStats>);
+/// Counts a connection as open for as long as it lives (no allocation of
+/// its own: a parked connection keeps no heap object in the allocator's heap).
+pub(crate) struct OpenConnection(Arc<ServerStats>);
 
 impl OpenConnection {
     fn new(stats: Arc<ServerStats>) -> Self {

@@ -1,11 +1,14 @@
-//! Parking: idle keep-alive connections held without a task.
+//! Parking: idle connections held without a task.
 //!
 //! Theory of operation. A keep-alive connection spends most of its life
-//! waiting for the next request. A task, its timer and the runtime's
-//! registration of the socket cost about 1 KiB each while they wait, so a
-//! connection idle for `park_after` (with nothing received, queued or in
-//! flight: `ServerConnection::idle_since`) leaves its task: the driver hands
-//! back the socket and the engine ([`driver::Driven::Idle`]), the socket is
+//! waiting for the next request, a WebSocket most of its life waiting for
+//! the next message. A task, its timer and the runtime's registration of
+//! the socket cost about 1 KiB each while they wait, so a connection idle
+//! for `park_after` (with nothing received, queued or in flight:
+//! `ServerConnection::idle_since`, `WsConnection::is_quiescent`) leaves its
+//! task: its driver hands back the socket and the engine (a [`Sleeper`]:
+//! the keep-alive engine from [`driver::Driven::Idle`], or a callback-served
+//! WebSocket's engine and service from `crate::ws::service`), the socket is
 //! taken off the runtime's reactor and registered, one-shot, with the lot's
 //! own `epoll` instance (through `mio`), and the engine waits in a slab.
 //!
@@ -13,12 +16,13 @@
 //! - readiness of the lot's `epoll` (a parked socket got bytes, EOF or an
 //!   error): those connections are resumed;
 //! - the earliest parked deadline (the engine's own `poll_timeout`: idle
-//!   timeout, lifetime): the engine handles it; a connection it closes is
-//!   closed right there (no task), any other is resumed;
+//!   timeout, lifetime, heartbeat): the engine handles it; a keep-alive
+//!   connection it closes is closed right there (no task), any other is
+//!   resumed;
 //! - shutdown: every parked connection is resumed, and parking stops.
 //!
 //! Resuming registers the socket with the runtime again and spawns a
-//! connection task that [`driver::drive`]s the same engine: every decision
+//! connection task that drives the same engine: every decision
 //! (serve the request, close at the idle timeout, close on shutdown) is the
 //! engine's, exactly as if the connection had never left its task. The lot
 //! decides nothing about the protocol; it only knows when to give a
@@ -27,8 +31,9 @@
 //! States of a connection: `Running --idle park_after--> Parked --input |
 //! deadline | shutdown--> Running`. A parked connection still counts as open.
 //!
-//! Memory. A parked connection is its engine and a slab slot (about 0.7 KiB
-//! measured, against about 2.8 KiB on a task). The tasks it left are freed,
+//! Memory. A parked connection is its engine and a slab slot (measured: about
+//! 0.7 KiB for keep-alive against 2.8 KiB on a task; see docs/benchmarks.md
+//! for WebSockets). The tasks it left are freed,
 //! but glibc's allocator keeps freed memory inside its heap; so after every
 //! `TRIM_BATCH` parkings (at most once per `TRIM_INTERVAL`) the lot asks it
 //! to return free pages to the system (`malloc_trim`).
@@ -77,13 +82,22 @@ impl Serving {
     ) {
         let serving = self.clone();
         tokio::spawn(async move {
-            let park_after = serving.lot.as_ref().map(|lot| lot.park_after);
-            match driver::drive(io, conn, serving.handler.clone(), stop, guard, park_after).await {
+            let lot = serving.lot.as_ref();
+            match driver::drive(io, conn, serving.handler.clone(), stop, guard, lot).await {
                 Driven::Ended(end) => log_end(peer, end),
-                // `drive` parks only when given `park_after`, that is with a lot.
-                Driven::Idle(paused) => {
-                    if let Some(lot) = &serving.lot {
-                        lot.park(&serving, paused, peer);
+                // `drive` parks only when given a lot.
+                Driven::Idle(Paused {
+                    io,
+                    conn,
+                    shutdown,
+                    guard,
+                }) => {
+                    if let Some(lot) = lot {
+                        let sleeper = Sleeping::KeepAlive(KeepAlive {
+                            conn,
+                            serving: serving.clone(),
+                        });
+                        lot.park(io, sleeper, shutdown, guard, peer);
                     }
                 }
             }
@@ -91,21 +105,112 @@ impl Serving {
     }
 }
 
+/// A protocol engine waiting in the lot: what the lot needs to hold it.
+/// The lot decides nothing about the protocol.
+pub(crate) trait Sleeper: Send {
+    /// The engine's next deadline.
+    fn deadline(&self) -> Option<std::time::Instant>;
+    /// Bytes that arrived while parked (an empty slice: end of file).
+    fn feed(&mut self, bytes: &[u8], now: std::time::Instant);
+    /// Reading the socket failed.
+    fn io_error(&mut self, now: std::time::Instant);
+    /// Its deadline passed: handles it when that needs no task and reports
+    /// whether the connection is over (its socket is then closed here).
+    fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool;
+}
+
+/// The engines that park, held by value in the lot's slab: a parked
+/// connection leaves no object in the allocator's heap (whose pages would
+/// then stay resident around the freed tasks), only a slot of one array.
+pub(crate) enum Sleeping {
+    KeepAlive(KeepAlive),
+    WebSocket(crate::ws::ParkedWebSocket),
+}
+
+impl Sleeping {
+    fn get(&self) -> &dyn Sleeper {
+        match self {
+            Sleeping::KeepAlive(k) => k,
+            Sleeping::WebSocket(w) => w,
+        }
+    }
+
+    fn get_mut(&mut self) -> &mut dyn Sleeper {
+        match self {
+            Sleeping::KeepAlive(k) => k,
+            Sleeping::WebSocket(w) => w,
+        }
+    }
+
+    /// Gives the connection a task again.
+    fn resume(
+        self,
+        io: TcpStream,
+        stop: watch::Receiver<Stop>,
+        guard: Option<OpenGuard>,
+        peer: SocketAddr,
+        lot: &ParkingLot,
+    ) {
+        match self {
+            Sleeping::KeepAlive(KeepAlive { conn, serving }) => serving.spawn(io, conn, stop, guard, peer),
+            Sleeping::WebSocket(w) => w.resume(io, stop, guard, lot),
+        }
+    }
+}
+
+/// A parked keep-alive connection.
+pub(crate) struct KeepAlive {
+    conn: ServerConnection,
+    serving: Arc<Serving>,
+}
+
+impl Sleeper for KeepAlive {
+    fn deadline(&self) -> Option<std::time::Instant> {
+        self.conn.poll_timeout()
+    }
+
+    fn feed(&mut self, bytes: &[u8], now: std::time::Instant) {
+        if bytes.is_empty() {
+            self.conn.feed_eof(now);
+        } else {
+            self.conn.feed(bytes, now);
+        }
+    }
+
+    fn io_error(&mut self, now: std::time::Instant) {
+        self.conn.io_error(now);
+    }
+
+    /// The engine decides; when it closes (the idle timeout, the usual
+    /// case) no task is needed.
+    fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
+        self.conn.handle_timeout(now);
+        match self.conn.close_cause() {
+            Some(cause) => {
+                log_end(peer, ConnectionEnd::Closed(cause, self.conn.requests_served()));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// A parked connection: the socket off the runtime, the engine, and what
 /// its task needs to resume.
 struct Parked {
     socket: std::net::TcpStream,
-    conn: ServerConnection,
+    sleeper: Sleeping,
     stop: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
     peer: SocketAddr,
-    serving: Arc<Serving>,
     deadline: Option<Instant>,
 }
 
+// Inline, not boxed: see `Sleeping`.
+#[allow(clippy::large_enum_variant)]
 enum Slot {
     Vacant { generation: u32 },
-    Occupied { generation: u32, parked: Box<Parked> },
+    Occupied { generation: u32, parked: Parked },
 }
 
 /// A slab of parked connections; a token is (generation, index), so a stale
@@ -142,14 +247,11 @@ impl Lot {
         if let Some(d) = parked.deadline {
             self.deadlines.insert((d, tok));
         }
-        *slot = Slot::Occupied {
-            generation,
-            parked: Box::new(parked),
-        };
+        *slot = Slot::Occupied { generation, parked };
         tok
     }
 
-    fn remove(&mut self, tok: u64) -> Option<Box<Parked>> {
+    fn remove(&mut self, tok: u64) -> Option<Parked> {
         let index = tok as u32;
         let generation = (tok >> 32) as u32;
         let slot = self.slots.get_mut(index as usize)?;
@@ -180,6 +282,8 @@ impl Lot {
 }
 
 struct Shared {
+    /// How long a connection is idle before it parks.
+    park_after: Duration,
     lot: Mutex<Lot>,
     registry: Registry,
     /// A connection parked with a deadline earlier than the lot's timer, or
@@ -192,8 +296,6 @@ struct Shared {
 /// The server's lot of parked connections (see the module documentation).
 #[derive(Clone)]
 pub(crate) struct ParkingLot {
-    /// How long a connection is idle before it parks.
-    park_after: Duration,
     shared: Arc<Shared>,
 }
 
@@ -217,6 +319,7 @@ impl ParkingLot {
         let ready = unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)?;
         let shared = Arc::new(Shared {
+            park_after,
             lot: Mutex::new(Lot::default()),
             registry,
             wake: Notify::new(),
@@ -224,22 +327,28 @@ impl ParkingLot {
             stats,
         });
         tokio::spawn(run(shared.clone(), ready, stop));
-        Ok(Self { park_after, shared })
+        Ok(Self { shared })
     }
 
-    /// Takes an idle connection off its task.
-    fn park(&self, serving: &Arc<Serving>, paused: Paused<TcpStream>, peer: SocketAddr) {
-        let Paused {
-            io,
-            conn,
-            shutdown,
-            guard,
-        } = paused;
-        let deadline = conn.poll_timeout().map(Instant::from_std);
+    /// How long a connection is idle before it parks.
+    pub(crate) fn park_after(&self) -> Duration {
+        self.shared.park_after
+    }
+
+    /// Takes an idle connection off its task: `sleeper` holds its engine.
+    pub(crate) fn park(
+        &self,
+        io: TcpStream,
+        sleeper: Sleeping,
+        stop: watch::Receiver<Stop>,
+        guard: Option<OpenGuard>,
+        peer: SocketAddr,
+    ) {
+        let deadline = sleeper.get().deadline().map(Instant::from_std);
         let mut lot = lock(&self.shared.lot);
         if lot.closed {
             drop(lot);
-            serving.spawn(io, conn, shutdown, guard, peer);
+            sleeper.resume(io, stop, guard, peer, self);
             return;
         }
         let socket = match io.into_std() {
@@ -253,11 +362,10 @@ impl ParkingLot {
         let fd = socket.as_raw_fd();
         let tok = lot.insert(Parked {
             socket,
-            conn,
-            stop: shutdown,
+            sleeper,
+            stop,
             guard,
             peer,
-            serving: serving.clone(),
             deadline,
         });
         // One-shot: the first event resumes it, and resuming deregisters it.
@@ -270,7 +378,7 @@ impl ParkingLot {
             drop(lot);
             tracing::debug!(%peer, error = %e, "could not register a parked connection; resuming it");
             if let Some(p) = parked {
-                resume(&self.shared, *p);
+                resume(self, p);
             }
             return;
         }
@@ -288,27 +396,24 @@ fn lock(lot: &Mutex<Lot>) -> MutexGuard<'_, Lot> {
 }
 
 /// Takes a connection out of the lot (if still there) and gives it a task.
-fn unpark(shared: &Shared, tok: u64) {
-    let parked = lock(&shared.lot).remove(tok);
+fn unpark(lot: &ParkingLot, tok: u64) {
+    let parked = lock(&lot.shared.lot).remove(tok);
     if let Some(p) = parked {
-        resume(shared, *p);
+        resume(lot, p);
     }
 }
 
-/// A parked connection's deadline passed: the engine decides. When it
-/// closes (the idle timeout, the usual case) the socket is closed here,
-/// with no task; otherwise the connection resumes.
-fn expire(shared: &Shared, tok: u64) {
-    let Some(mut p) = lock(&shared.lot).remove(tok) else {
+/// A parked connection's deadline passed: its engine decides. When that
+/// ends the connection the socket is closed here, with no task; otherwise
+/// the connection resumes.
+fn expire(lot: &ParkingLot, tok: u64) {
+    let Some(mut p) = lock(&lot.shared.lot).remove(tok) else {
         return;
     };
-    p.conn.handle_timeout(Instant::now().into_std());
-    match p.conn.close_cause() {
-        Some(cause) => {
-            leave_lot(shared, &p);
-            log_end(p.peer, ConnectionEnd::Closed(cause, p.conn.requests_served()));
-        }
-        None => resume(shared, *p),
+    if p.sleeper.get_mut().expire(Instant::now().into_std(), p.peer) {
+        leave_lot(&lot.shared, &p);
+    } else {
+        resume(lot, p);
     }
 }
 
@@ -319,25 +424,19 @@ fn leave_lot(shared: &Shared, p: &Parked) {
     }
 }
 
-fn resume(shared: &Shared, mut p: Parked) {
-    leave_lot(shared, &p);
+fn resume(lot: &ParkingLot, mut p: Parked) {
+    leave_lot(&lot.shared, &p);
     // Read what woke it now: a socket registered anew has no readiness in
     // the runtime until the reactor's next turn, and the driver must see
     // this input before its parking timer could fire again.
     let now = Instant::now().into_std();
-    let conn = &mut p.conn;
-    let read = crate::io::read_now_with(&mut p.socket, |bytes| {
-        if bytes.is_empty() {
-            conn.feed_eof(now);
-        } else {
-            conn.feed(bytes, now);
-        }
-    });
+    let sleeper = p.sleeper.get_mut();
+    let read = crate::io::read_now_with(&mut p.socket, |bytes| sleeper.feed(bytes, now));
     if read.is_err() {
-        p.conn.io_error(now);
+        sleeper.io_error(now);
     }
     match TcpStream::from_std(p.socket) {
-        Ok(io) => p.serving.spawn(io, p.conn, p.stop, p.guard, p.peer),
+        Ok(io) => p.sleeper.resume(io, p.stop, p.guard, p.peer, lot),
         Err(e) => tracing::debug!(peer = %p.peer, error = %e, "could not resume a parked connection; closing it"),
     }
 }
@@ -345,6 +444,8 @@ fn resume(shared: &Shared, mut p: Parked) {
 /// The lot's task: resumes connections on readiness, at their deadline and
 /// on shutdown.
 async fn run(shared: Arc<Shared>, mut ready: AsyncFd<Poll>, mut stop: watch::Receiver<Stop>) {
+    let lot = ParkingLot { shared };
+    let shared = &lot.shared;
     let mut events = Events::with_capacity(EVENTS_PER_POLL);
     let far = || Instant::now() + Duration::from_secs(86_400);
     let sleep = tokio::time::sleep_until(far());
@@ -387,7 +488,7 @@ async fn run(shared: Arc<Shared>, mut ready: AsyncFd<Poll>, mut stop: watch::Rec
                         break;
                     }
                     for event in events.iter() {
-                        unpark(&shared, event.token().0 as u64);
+                        unpark(&lot, event.token().0 as u64);
                     }
                 }
             }
@@ -395,11 +496,11 @@ async fn run(shared: Arc<Shared>, mut ready: AsyncFd<Poll>, mut stop: watch::Rec
                 let now = Instant::now();
                 loop {
                     let due = {
-                        let lot = lock(&shared.lot);
-                        lot.deadlines.first().filter(|(d, _)| *d <= now).map(|(_, t)| *t)
+                        let slab = lock(&shared.lot);
+                        slab.deadlines.first().filter(|(d, _)| *d <= now).map(|(_, t)| *t)
                     };
                     let Some(tok) = due else { break };
-                    expire(&shared, tok);
+                    expire(&lot, tok);
                 }
             }
             _ = shared.wake.notified() => {}
@@ -407,12 +508,12 @@ async fn run(shared: Arc<Shared>, mut ready: AsyncFd<Poll>, mut stop: watch::Rec
     }
     // Shutdown: every parked connection goes back to a task, which closes it.
     let tokens = {
-        let mut lot = lock(&shared.lot);
-        lot.closed = true;
-        lot.tokens()
+        let mut slab = lock(&shared.lot);
+        slab.closed = true;
+        slab.tokens()
     };
     for tok in tokens {
-        unpark(&shared, tok);
+        unpark(&lot, tok);
     }
 }
 

@@ -5,8 +5,10 @@
 //! written, the connection driver stops speaking HTTP and calls the
 //! callback with the transport and the bytes that already arrived after
 //! the request ([`Upgraded`]). The callback runs on a task of its own, so the
-//! HTTP connection's state is freed.
+//! HTTP connection's state is freed; the connection counts as open (server
+//! shutdown waits for it) until the callback's future completes.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -14,7 +16,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// A byte stream a connection can run on (TCP, TLS, in-memory duplex).
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+/// `Any`, so an upgraded protocol can find a TCP socket it may park.
+pub trait Transport: Any + AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
 
 /// The transport after a `101`, with the bytes already read past the request head.
@@ -25,6 +28,22 @@ pub struct Upgraded {
     pub read_buf: BytesMut,
     /// The server's stop signal, so the new protocol can say goodbye on shutdown.
     pub(crate) stop: Option<tokio::sync::watch::Receiver<super::driver::Stop>>,
+    /// Keeps the connection counted as open.
+    pub(crate) guard: Option<super::driver::OpenGuard>,
+    /// The server's parking lot, for protocols that can park idle connections.
+    pub(crate) lot: Option<super::park::ParkingLot>,
+}
+
+impl Upgraded {
+    /// The transport as a runtime TCP socket, when it is one.
+    pub(crate) fn take_tcp(io: Box<dyn Transport>) -> Result<tokio::net::TcpStream, Box<dyn Transport>> {
+        if (&*io as &dyn Any).is::<tokio::net::TcpStream>() {
+            let any: Box<dyn Any> = io;
+            Ok(*any.downcast::<tokio::net::TcpStream>().expect("checked above"))
+        } else {
+            Err(io)
+        }
+    }
 }
 
 impl std::fmt::Debug for Upgraded {
@@ -35,7 +54,7 @@ impl std::fmt::Debug for Upgraded {
     }
 }
 
-type UpgradeFn = Box<dyn FnOnce(Upgraded) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+type UpgradeFn = Box<dyn FnOnce(Upgraded) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// What runs on the connection after its `101` response. Put it in the
 /// response's extensions.
@@ -43,10 +62,28 @@ type UpgradeFn = Box<dyn FnOnce(Upgraded) -> Pin<Box<dyn Future<Output = ()> + S
 pub struct OnUpgrade(std::sync::Arc<std::sync::Mutex<Option<UpgradeFn>>>);
 
 impl OnUpgrade {
-    /// Wraps the function that takes over the upgraded connection.
+    /// Wraps the function that takes over the upgraded connection. The
+    /// connection counts as open until the future `f` returns completes.
     pub fn new<F, Fut>(f: F) -> Self
     where
-        F: FnOnce(Upgraded) -> Fut + Send + Sync + 'static,
+        F: FnOnce(Upgraded) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self::owning_guard(move |mut u: Upgraded| {
+            let guard = u.guard.take();
+            let run = f(u);
+            async move {
+                run.await;
+                drop(guard);
+            }
+        })
+    }
+
+    /// Like [`OnUpgrade::new`], but `f` takes charge of the open-connection
+    /// guard in [`Upgraded`] (so a parked connection can keep it).
+    pub(crate) fn owning_guard<F, Fut>(f: F) -> Self
+    where
+        F: FnOnce(Upgraded) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let boxed: UpgradeFn = Box::new(move |u| Box::pin(f(u)));

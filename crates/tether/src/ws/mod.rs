@@ -31,10 +31,13 @@
 //! has no idle timeout.
 
 mod broadcast;
+mod service;
 mod socket;
 mod upgrade;
 
 pub use broadcast::Broadcast;
+pub(crate) use service::ParkedWebSocket;
+pub use service::{Replies, WsService};
 pub use socket::{OverflowPolicy, TrySendError, WebSocket, WsError, WsOptions, WsReceiver, WsSender};
 pub use tether_proto::ws::{CloseCode, CloseFrame, CompressionConfig, CompressionMode, Message, Utf8Bytes};
-pub use upgrade::{is_websocket_request, upgrade};
+pub use upgrade::{is_websocket_request, upgrade, upgrade_service};

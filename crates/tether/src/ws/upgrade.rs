@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, StatusCode};
 use tether_proto::ws::{handshake, WsConnection};
 
+use super::service::{self, WsService};
 use super::socket::{WebSocket, WsOptions};
 use crate::server::upgrade::{OnUpgrade, Upgraded};
 use crate::server::{Body, Request, Response};
@@ -28,6 +29,39 @@ where
     F: FnOnce(WebSocket) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    accept(req, options, |opened| {
+        OnUpgrade::new(move |up: Upgraded| async move {
+            let Opened {
+                engine,
+                options,
+                protocol,
+            } = opened;
+            let ws = WebSocket::start(up.io, up.read_buf, engine, &options, protocol, up.stop);
+            on_open(ws).await;
+        })
+    })
+}
+
+/// Answers a WebSocket upgrade request like [`upgrade`], but the connection
+/// is then served by `service`, message by message, with no task of the
+/// application's: on a server that parks idle connections
+/// (`Server::park_idle_after`) an idle one waits without any task at all.
+/// See [`WsService`].
+pub fn upgrade_service<S: WsService>(req: &Request, options: &Arc<WsOptions>, service: S) -> Response {
+    accept(req, options, |opened| {
+        OnUpgrade::owning_guard(move |up: Upgraded| service::run(up, opened.engine, service, opened.options))
+    })
+}
+
+/// What an accepted handshake opens.
+struct Opened {
+    engine: WsConnection,
+    options: Arc<WsOptions>,
+    protocol: Option<String>,
+}
+
+/// Runs the handshake: the `101` with `on_upgrade`'s callback, or the error response.
+fn accept(req: &Request, options: &Arc<WsOptions>, on_upgrade: impl FnOnce(Opened) -> OnUpgrade) -> Response {
     match handshake::accept_head(req.method(), req.version(), req.headers(), &options.handshake) {
         Err(e) => {
             tracing::debug!(error = %e, "websocket handshake refused");
@@ -44,19 +78,18 @@ where
             let mut resp = Response::new(Body::Empty);
             *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             *resp.headers_mut() = accepted.response_headers();
-            let options = options.clone();
             let protocol = accepted
                 .subprotocol
                 .as_ref()
                 .and_then(|p| p.to_str().ok())
                 .map(str::to_string);
-            let deflate = accepted.deflate;
-            resp.extensions_mut()
-                .insert(OnUpgrade::new(move |up: Upgraded| async move {
-                    let engine = WsConnection::server(&options.engine, deflate, std::time::Instant::now());
-                    let ws = WebSocket::start(up.io, up.read_buf, engine, &options, protocol, up.stop);
-                    on_open(ws).await;
-                }));
+            // The engine's clocks (heartbeat, idle timeout) start at the handshake.
+            let engine = WsConnection::server(&options.engine, accepted.deflate, std::time::Instant::now());
+            resp.extensions_mut().insert(on_upgrade(Opened {
+                engine,
+                options: options.clone(),
+                protocol,
+            }));
             resp
         }
     }
