@@ -1,7 +1,8 @@
-//! Parking, measured on the real binary: idle keep-alive connections that
-//! leave their tasks hand that memory back to the system. The server's own
-//! resident memory (`VmRSS`) grows by less per idle connection with parking
-//! than without it, in the same test, on the same machine.
+//! Parking, measured on the real binary: idle keep-alive connections and
+//! idle WebSockets (the callback-served `/echo`) that leave their tasks hand
+//! that memory back to the system. The server's own resident memory
+//! (`VmRSS`) grows by less per idle connection with parking than without
+//! it, in the same test, on the same machine.
 
 #[allow(dead_code)]
 #[path = "conformance/harness.rs"]
@@ -24,14 +25,36 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-/// One request answered on a new connection, which then stays open and idle.
-fn open_idle(port: u16) -> TcpStream {
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    KeepAlive,
+    WebSocket,
+}
+
+const UPGRADE: &[u8] = b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// A masked text frame "hi" and its unmasked echo.
+const PING_TEXT: [u8; 8] = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+const ECHOED_TEXT: [u8; 4] = [0x81, 0x02, b'h', b'i'];
+
+/// A new connection, one request answered (or the WebSocket handshake
+/// done), then left open and idle.
+fn open_idle(port: u16, kind: Kind) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let (request, done): (&[u8], fn(&[u8]) -> bool) = match kind {
+        Kind::KeepAlive => (b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", |got| {
+            got.starts_with(b"HTTP/1.1 200") && got.ends_with(b"\r\n\r\nok")
+        }),
+        Kind::WebSocket => (UPGRADE, |got| {
+            got.starts_with(b"HTTP/1.1 101") && got.ends_with(b"\r\n\r\n")
+        }),
+    };
+    s.write_all(request).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
-    while !(got.starts_with(b"HTTP/1.1 200") && got.ends_with(b"\r\n\r\nok")) {
+    while !done(&got) {
         assert!(
             got.len() < 4096,
             "unexpected response: {:?}",
@@ -44,9 +67,21 @@ fn open_idle(port: u16) -> TcpStream {
     s
 }
 
+/// Whether an idle connection still answers (a request, or an echoed message).
+fn answers(c: &mut TcpStream, kind: Kind) -> bool {
+    let (request, expected): (&[u8], &[u8]) = match kind {
+        Kind::KeepAlive => (b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", b"HTTP/1.1 200"),
+        Kind::WebSocket => (&PING_TEXT, &ECHOED_TEXT),
+    };
+    c.write_all(request).unwrap();
+    let mut buf = [0u8; 512];
+    let n = c.read(&mut buf).unwrap_or(0);
+    buf[..n].starts_with(expected)
+}
+
 /// Resident bytes the server gains per idle connection, and whether every
 /// connection still answers afterwards.
-fn growth_per_connection(park: &str) -> f64 {
+fn growth_per_connection(kind: Kind, park: &str) -> f64 {
     let server = Server::start(&[
         "--workers",
         "1",
@@ -56,38 +91,41 @@ fn growth_per_connection(park: &str) -> f64 {
         park,
     ]);
     let pid = server.pid();
-    let mut warm = open_idle(server.port);
+    let mut warm = open_idle(server.port, Kind::KeepAlive);
     warm.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let before = rss_kib(pid);
-    let mut conns: Vec<TcpStream> = (0..CONNECTIONS).map(|_| open_idle(server.port)).collect();
+    let mut conns: Vec<TcpStream> = (0..CONNECTIONS).map(|_| open_idle(server.port, kind)).collect();
     // Parking after 100 ms, the allocator's trim at most once a second.
     std::thread::sleep(Duration::from_millis(2500));
     let after = rss_kib(pid);
     let deadline = Instant::now() + Duration::from_secs(30);
     for (i, c) in conns.iter_mut().enumerate().step_by(97) {
         assert!(Instant::now() < deadline, "checking the connections took too long");
-        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-        let mut buf = [0u8; 512];
-        let n = c.read(&mut buf).unwrap_or(0);
-        assert!(
-            buf[..n].starts_with(b"HTTP/1.1 200"),
-            "connection {i} after the wait ({park})"
-        );
+        assert!(answers(c, kind), "{kind:?} connection {i} after the wait ({park})");
     }
     drop(conns);
     server.stop();
     after.saturating_sub(before) as f64 * 1024.0 / CONNECTIONS as f64
 }
 
-#[test]
-fn parked_connections_return_their_tasks_memory() {
-    let parked = growth_per_connection("100ms");
-    let on_tasks = growth_per_connection("off");
-    eprintln!("RSS per idle keep-alive connection: parked {parked:.0} B, on tasks {on_tasks:.0} B");
+fn assert_parking_saves_memory(kind: Kind) {
+    let parked = growth_per_connection(kind, "100ms");
+    let on_tasks = growth_per_connection(kind, "off");
+    eprintln!("RSS per idle {kind:?} connection: parked {parked:.0} B, on tasks {on_tasks:.0} B");
     assert!(
         parked < on_tasks * 0.6,
-        "parking should save memory: parked {parked:.0} B, on tasks {on_tasks:.0} B per connection"
+        "parking should save memory: parked {parked:.0} B, on tasks {on_tasks:.0} B per {kind:?} connection"
     );
+}
+
+#[test]
+fn parked_connections_return_their_tasks_memory() {
+    assert_parking_saves_memory(Kind::KeepAlive);
+}
+
+#[test]
+fn parked_websockets_return_their_tasks_memory() {
+    assert_parking_saves_memory(Kind::WebSocket);
 }
