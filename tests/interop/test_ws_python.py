@@ -150,6 +150,31 @@ def test_ping_pong(server):
     run(main())
 
 
+@pytest.mark.parametrize("compression", ["deflate", None], ids=["deflate", "no-deflate"])
+def test_echo_and_heartbeat_across_parking(start_server, compression):
+    """Idle echo WebSockets park (no task) after --park-idle-after; the
+    server's heartbeat pings reach them and the client's pongs keep them
+    open; messages and client pings are answered after every parking."""
+    srv = start_server("--park-idle-after", "100ms", "--ws-ping-interval", "300ms")
+
+    async def main():
+        async with echo_connect(srv, compression=compression, ping_interval=None) as ws:
+            for round_ in range(3):
+                # Parked after 100 ms; woken by heartbeats every 300 ms,
+                # each answered by the client's automatic pong.
+                await asyncio.sleep(1.0)
+                await ws.send(f"round {round_}")
+                assert await ws.recv() == f"round {round_}"
+                await asyncio.sleep(0.3)
+                latency = await asyncio.wait_for(await ws.ping(b"parked?"), 10)
+                assert latency >= 0
+            await ws.close(1000)
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            assert ws.close_code == 1000
+
+    run(main())
+
+
 # ---------------------------------------------------------------------------
 # Close
 # ---------------------------------------------------------------------------

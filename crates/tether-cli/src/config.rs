@@ -79,8 +79,9 @@ pub struct ServeConfig {
     /// `Connection: close`. `None`: no limit.
     #[serde(with = "serde_opt_duration")]
     pub max_lifetime: Option<Duration>,
-    /// A keep-alive connection idle this long leaves its task and waits in
-    /// the server's parking lot (less memory). `None`: never.
+    /// A keep-alive connection (or an `/echo` WebSocket) idle this long
+    /// leaves its task and waits in the server's parking lot (less memory).
+    /// `None`: never.
     #[serde(with = "serde_opt_duration")]
     pub park_idle_after: Option<Duration>,
     /// A request head must arrive whole within this after its first byte.
@@ -252,7 +253,7 @@ pub struct ServeArgs {
           value_parser = parse_opt_duration)]
     pub max_lifetime: Option<OptDuration>,
 
-    /// Park a keep-alive connection idle this long: no task, timer or reactor registration while it waits [default: 1s]
+    /// Park a keep-alive connection or an /echo WebSocket idle this long: no task, timer or reactor registration while it waits [default: 1s]
     #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_PARK_IDLE_AFTER",
           value_parser = parse_opt_duration)]
     pub park_idle_after: Option<OptDuration>,

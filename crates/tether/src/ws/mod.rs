@@ -1,5 +1,7 @@
 //! WebSockets on tokio: server upgrade, the [`WebSocket`] handle with
-//! independent sender and receiver halves, and frame-once broadcast.
+//! independent sender and receiver halves, callback-served endpoints
+//! ([`WsService`], [`upgrade_service`]: see `service`, whose idle
+//! connections park without a task), and frame-once broadcast.
 //!
 //! Theory of operation: after the HTTP handshake a connection is one
 //! `tether_proto::ws::WsConnection` (where every protocol decision is made:
