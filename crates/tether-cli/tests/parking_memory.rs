@@ -38,12 +38,15 @@ const UPGRADE: &[u8] = b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\
 const PING_TEXT: [u8; 8] = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
 const ECHOED_TEXT: [u8; 4] = [0x81, 0x02, b'h', b'i'];
 
+/// Whether the bytes read so far are the whole expected response.
+type ResponseDone = fn(&[u8]) -> bool;
+
 /// A new connection, one request answered (or the WebSocket handshake
 /// done), then left open and idle.
 fn open_idle(port: u16, kind: Kind) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (request, done): (&[u8], fn(&[u8]) -> bool) = match kind {
+    let (request, done): (&[u8], ResponseDone) = match kind {
         Kind::KeepAlive => (b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", |got| {
             got.starts_with(b"HTTP/1.1 200") && got.ends_with(b"\r\n\r\nok")
         }),
