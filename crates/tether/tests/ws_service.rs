@@ -274,13 +274,30 @@ async fn idle_timeout_closes_a_parked_connection_with_1001() {
 
 #[tokio::test]
 async fn shutdown_closes_parked_websockets_with_1001() {
+    shutdown_closes_websockets_with_1001(Some(PARK)).await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_websockets_on_their_tasks_with_1001() {
+    shutdown_closes_websockets_with_1001(None).await;
+}
+
+async fn shutdown_closes_websockets_with_1001(park: Option<Duration>) {
     let ended = Arc::new(AtomicUsize::new(0));
-    let server = start(WsOptions::default(), Some(PARK), ended.clone()).await;
+    let server = start(WsOptions::default(), park, ended.clone()).await;
     let mut clients = Vec::new();
     for _ in 0..20 {
         clients.push(Raw::connect(server.port).await);
     }
-    server.wait_counts(20, 20).await;
+    let parked = if park.is_some() { 20 } else { 0 };
+    server.wait_counts(parked, 20).await;
+    if park.is_none() {
+        // Busy connections notice the shutdown too.
+        for c in &mut clients {
+            c.send(0x1, b"busy").await;
+            assert_eq!(c.next().await, (0x1, b"1 busy".to_vec()));
+        }
+    }
     let port = server.port;
     let stopped = tokio::spawn(server.stop());
     for c in &mut clients {

@@ -234,15 +234,27 @@ async fn drive<IO: Parkable, S: WsService>(
     let park_after = lot.as_ref().map(ParkingLot::park_after);
     let outcome = {
         let mut stop_changed = pin!(stop.clone().map(next_stop));
+        // Polled to register its waker, then only once the server has sent
+        // something (a version check, cheaper than polling `changed`); it
+        // is checked in the same poll as the connection, so a wake-up from
+        // it is never missed.
+        let mut stop_registered = false;
         let mut sleep = pin!(tokio::time::sleep_until(now + Duration::from_secs(86_400)));
         loop {
             // The stop signal is looked at only when the connection waits.
             let woke = poll_fn(|cx| match running.poll_drive(cx, sleep.as_mut(), park_after) {
                 Poll::Ready(outcome) => Poll::Ready(Ok(outcome)),
-                Poll::Pending => match stop_changed.as_mut().as_pin_mut().map(|f| f.poll(cx)) {
-                    Some(Poll::Ready(signal)) => Poll::Ready(Err(signal)),
-                    _ => Poll::Pending,
-                },
+                Poll::Pending => {
+                    let due = !stop_registered || stop.as_ref().is_none_or(|s| s.has_changed().unwrap_or(true));
+                    match stop_changed.as_mut().as_pin_mut().filter(|_| due).map(|f| f.poll(cx)) {
+                        Some(Poll::Ready(signal)) => Poll::Ready(Err(signal)),
+                        Some(Poll::Pending) => {
+                            stop_registered = true;
+                            Poll::Pending
+                        }
+                        None => Poll::Pending,
+                    }
+                }
             })
             .await;
             match woke {
@@ -250,6 +262,7 @@ async fn drive<IO: Parkable, S: WsService>(
                 Err((Stop::Force, _)) => break Outcome::Ended,
                 Err((signal, rx)) => {
                     stop_changed.set(Some(next_stop(rx)));
+                    stop_registered = false;
                     if signal == Stop::Graceful {
                         running.going_away();
                     }
