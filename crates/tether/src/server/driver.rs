@@ -58,9 +58,13 @@ pub enum Stop {
     Force,
 }
 
+/// What woke the driver. Small on purpose: it is moved out of `select!`
+/// on every wake-up (a `Response` here cost a `memcpy` per move); the
+/// handler's response waits in a local instead.
 enum Wake {
     Io,
-    Response(Response),
+    /// The handler answered: the response is in `answered`.
+    Answered,
     BodySlot(bool),
     StreamChunk(Option<Result<Bytes, std::io::Error>>),
     Timer,
@@ -273,12 +277,18 @@ pub(crate) async fn drive<IO: Transport>(
         let stream_ready = stream.is_some() && conn.output_len() < OUTPUT_HIGH_WATER;
         // A handler that answers at once is answered before anything is
         // written, so pipelined responses leave together in one write.
-        let ready = match handler_fut.as_mut() {
-            Some(f) => poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await,
-            None => Poll::Pending,
-        };
-        let wake = if let Poll::Ready(resp) = ready {
-            Wake::Response(resp)
+        let mut answered: Option<Response> = None;
+        if let Some(f) = handler_fut.as_mut() {
+            poll_fn(|cx| {
+                if let Poll::Ready(resp) = f.as_mut().poll(cx) {
+                    answered = Some(resp);
+                }
+                Poll::Ready(())
+            })
+            .await;
+        }
+        let wake = if answered.is_some() {
+            Wake::Answered
         } else {
             let io_fut = poll_fn(|cx| poll_io(&mut io, &mut conn, wants_read, cx));
             let stop_future = poll_fn(|cx| {
@@ -297,7 +307,13 @@ pub(crate) async fn drive<IO: Transport>(
                     Wake::Shutdown
                 }
                 w = io_fut => w,
-                resp = async { handler_fut.as_mut().expect("guarded").await }, if handler_fut.is_some() => Wake::Response(resp),
+                _ = poll_fn(|cx| match handler_fut.as_mut().expect("guarded").as_mut().poll(cx) {
+                    Poll::Ready(resp) => {
+                        answered = Some(resp);
+                        Poll::Ready(())
+                    }
+                    Poll::Pending => Poll::Pending,
+                }), if handler_fut.is_some() => Wake::Answered,
                 ok = async { body_tx.as_ref().expect("guarded").reserve().await.is_ok() }, if blocked_chunk.is_some() && body_tx.is_some() => Wake::BodySlot(ok),
                 chunk = async { stream.as_mut().expect("guarded").recv().await }, if stream_ready => Wake::StreamChunk(chunk),
                 _ = &mut sleep, if armed.is_some() => Wake::Timer,
@@ -339,7 +355,8 @@ pub(crate) async fn drive<IO: Transport>(
                     _ => body_tx = None,
                 }
             }
-            Wake::Response(resp) => {
+            Wake::Answered => {
+                let resp = answered.take().expect("set with Wake::Answered");
                 handler_fut = None;
                 if blocked_chunk.is_some() && body_tx.as_ref().is_none_or(|tx| tx.is_closed()) {
                     blocked_chunk = None;
@@ -387,14 +404,15 @@ fn poll_io<IO: Transport>(
     cx: &mut std::task::Context<'_>,
 ) -> Poll<Wake> {
     let mut progressed = false;
+    let now = || Instant::now().into_std();
     if conn.has_output() {
         match crate::io::poll_write_bufs(io, cx, conn.output_bufs()) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                conn.io_error(Instant::now().into_std());
+                conn.io_error(now());
                 return Poll::Ready(Wake::Io);
             }
             Poll::Ready(Ok(written)) => {
-                conn.consume_output(written, Instant::now().into_std());
+                conn.consume_output(written, now());
                 progressed = true;
             }
             Poll::Pending => {}
@@ -402,7 +420,7 @@ fn poll_io<IO: Transport>(
     }
     if wants_read && !progressed {
         let read = crate::io::poll_read_with(io, cx, |bytes| {
-            let now = Instant::now().into_std();
+            let now = now();
             if bytes.is_empty() {
                 conn.feed_eof(now);
             } else {
@@ -413,7 +431,7 @@ fn poll_io<IO: Transport>(
         match read {
             Poll::Ready(Ok(())) => progressed = true,
             Poll::Ready(Err(_)) => {
-                conn.io_error(Instant::now().into_std());
+                conn.io_error(now());
                 progressed = true;
             }
             Poll::Pending => {}
