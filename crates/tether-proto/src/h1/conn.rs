@@ -558,11 +558,25 @@ impl ServerConnection {
     ///
     /// The engine writes `Content-Length`/`Transfer-Encoding`, `Connection`
     /// and `Keep-Alive` itself; a `Connection: close` in `headers` asks the
-    /// engine to close after this response. `Date` is the caller's to add.
+    /// engine to close after this response. `Date` is the caller's to add
+    /// (or see [`send_response_with_date`](Self::send_response_with_date)).
     pub fn send_response(
         &mut self,
         status: StatusCode,
         headers: &HeaderMap,
+        body: ResponseBody,
+    ) -> Result<(), SendError> {
+        self.send_response_with_date(status, headers, None, body)
+    }
+
+    /// [`send_response`](Self::send_response), with a formatted `Date`
+    /// value that the head carries unless `headers` has its own `Date`
+    /// (the engine reads no clock; the caller formats, and may cache, it).
+    pub fn send_response_with_date(
+        &mut self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        date: Option<&[u8]>,
         body: ResponseBody,
     ) -> Result<(), SendError> {
         if self.closed.is_some() {
@@ -586,6 +600,7 @@ impl ServerConnection {
                 chunked: false,
                 connection: ConnectionHeader::None,
                 keep_alive: None,
+                date,
             };
             self.push_head(status, headers, &engine, true);
             self.served += 1;
@@ -664,6 +679,7 @@ impl ServerConnection {
             chunked: framing == OutFraming::Chunked,
             connection,
             keep_alive,
+            date,
         };
         self.push_head(status, headers, &engine, false);
         if let Some(req) = self.request.as_mut() {

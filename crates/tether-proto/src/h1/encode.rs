@@ -13,7 +13,7 @@ use http::StatusCode;
 
 /// The framing and persistence header fields the engine adds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EngineHeaders {
+pub struct EngineHeaders<'a> {
     /// `Content-Length: n`.
     pub content_length: Option<u64>,
     /// `Transfer-Encoding: chunked`.
@@ -22,6 +22,9 @@ pub struct EngineHeaders {
     pub connection: ConnectionHeader,
     /// `Keep-Alive: timeout=T[, max=M]`.
     pub keep_alive: Option<(u64, Option<u32>)>,
+    /// `Date: …`, written only when `headers` has no `Date` of its own
+    /// (RFC 9110 §6.6.1: the caller, which has the clock, formats it).
+    pub date: Option<&'a [u8]>,
 }
 
 /// The value of the engine's `Connection` header.
@@ -65,13 +68,20 @@ pub fn encode_head(
     out.put_u8(b' ');
     out.put_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
     out.put_slice(b"\r\n");
+    let mut has_date = false;
     for (name, value) in headers {
         if !pass_through && engine_owned(name) {
             continue;
         }
+        has_date |= name == header::DATE;
         out.put_slice(name.as_str().as_bytes());
         out.put_slice(b": ");
         out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    if let (false, Some(date)) = (has_date, engine.date) {
+        out.put_slice(b"date: ");
+        out.put_slice(date);
         out.put_slice(b"\r\n");
     }
     if let Some(n) = engine.content_length {
@@ -155,6 +165,7 @@ mod tests {
                 chunked: false,
                 connection: ConnectionHeader::None,
                 keep_alive: Some((5, Some(100))),
+                date: None,
             },
             false,
         );

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{header, HeaderMap, StatusCode};
 
 use super::*;
 
@@ -106,6 +106,43 @@ fn http11_persists_and_advertises_keep_alive() {
     assert!(!wire.contains("connection:"), "{wire}");
     assert!(h.conn.is_idle());
     assert_eq!(h.conn.poll_timeout(), Some(h.now + Duration::from_secs(5)));
+}
+
+#[test]
+fn date_is_added_unless_the_handler_set_one() {
+    const DATE: &str = "Thu, 26 Nov 2026 03:00:00 GMT";
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed(GET);
+    assert_eq!(requests(&h.events()), 1);
+    h.conn
+        .send_response_with_date(
+            StatusCode::OK,
+            &HeaderMap::new(),
+            Some(DATE.as_bytes()),
+            ResponseBody::Empty,
+        )
+        .unwrap();
+    let wire = h.flush();
+    assert_eq!(wire.matches("date: ").count(), 1, "{wire}");
+    assert!(wire.contains(&format!("\r\ndate: {DATE}\r\n")), "{wire}");
+
+    h.feed(GET);
+    assert_eq!(requests(&h.events()), 1);
+    let mut own = HeaderMap::new();
+    own.insert(header::DATE, "Sun, 06 Nov 1994 08:49:37 GMT".parse().unwrap());
+    h.conn
+        .send_response_with_date(StatusCode::OK, &own, Some(DATE.as_bytes()), ResponseBody::Empty)
+        .unwrap();
+    let wire = h.flush();
+    assert_eq!(wire.to_ascii_lowercase().matches("date: ").count(), 1, "{wire}");
+    assert!(
+        wire.contains("Sun, 06 Nov 1994 08:49:37 GMT"),
+        "the handler's Date wins: {wire}"
+    );
+
+    h.feed(GET);
+    assert_eq!(requests(&h.events()), 1);
+    assert!(!h.respond("ok").contains("date: "), "no Date without one given");
 }
 
 #[test]

@@ -11,6 +11,16 @@ thread_local! {
 
 /// The current `Date` header value (IMF-fixdate), cached for the second.
 pub fn now() -> HeaderValue {
+    cached(HeaderValue::clone)
+}
+
+/// Calls `f` with the current `Date` value's bytes, without cloning it.
+/// `f` must not call back into this module.
+pub fn with_current_bytes<R>(f: impl FnOnce(&[u8]) -> R) -> R {
+    cached(|value| f(value.as_bytes()))
+}
+
+fn cached<R>(f: impl FnOnce(&HeaderValue) -> R) -> R {
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     CACHED.with(|c| {
@@ -20,6 +30,6 @@ pub fn now() -> HeaderValue {
             c.1 = HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""));
             c.0 = secs;
         }
-        c.1.clone()
+        f(&c.1)
     })
 }

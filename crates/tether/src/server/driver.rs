@@ -452,12 +452,13 @@ enum Started {
 
 fn start_response(conn: &mut ServerConnection, resp: Response) -> Started {
     let (mut parts, body) = resp.into_parts();
-    if !parts.headers.contains_key(header::DATE) {
-        parts.headers.insert(header::DATE, super::date::now());
-    }
+    // The engine adds `Date` unless the handler set one.
+    let send = |conn: &mut ServerConnection, status, headers: &HeaderMap, body| {
+        super::date::with_current_bytes(|date| conn.send_response_with_date(status, headers, Some(date), body))
+    };
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         let upgrade = parts.extensions.remove::<OnUpgrade>();
-        if let Err(e) = conn.send_response(parts.status, &parts.headers, ResponseBody::Empty) {
+        if let Err(e) = send(conn, parts.status, &parts.headers, ResponseBody::Empty) {
             tracing::warn!(error = %e, "handler answered 101 but the connection cannot upgrade");
             send_error(conn, StatusCode::INTERNAL_SERVER_ERROR);
             return Started::Done;
@@ -477,7 +478,7 @@ fn start_response(conn: &mut ServerConnection, resp: Response) -> Started {
             Some(rx),
         ),
     };
-    if let Err(e) = conn.send_response(parts.status, &parts.headers, framing) {
+    if let Err(e) = send(conn, parts.status, &parts.headers, framing) {
         tracing::warn!(error = %e, "invalid response from handler");
         conn.abort_response();
         return Started::Done;
