@@ -103,6 +103,27 @@ async fn idle_connection_closed_after_idle_timeout() {
 }
 
 #[tokio::test]
+async fn every_response_carries_one_current_date() {
+    let server = TestServer::start(config()).await;
+    let mut c = server.connect().await;
+    for path in ["/healthz", "/missing"] {
+        let r = c.send_and_read(&get(path)).await;
+        let dates = r
+            .head
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("date:"))
+            .count();
+        assert_eq!(dates, 1, "{}", r.head);
+        let date = r.header("date").expect("a Date header");
+        let when = httpdate::parse_http_date(date).expect("an IMF-fixdate");
+        let skew = std::time::SystemTime::now()
+            .duration_since(when)
+            .unwrap_or_else(|e| e.duration());
+        assert!(skew < Duration::from_secs(5), "Date {date} is {skew:?} off");
+    }
+}
+
+#[tokio::test]
 async fn idle_timer_restarts_with_every_request() {
     let server = TestServer::start(h1::Config {
         idle_timeout: 500 * MS,
