@@ -18,7 +18,7 @@
 //! 3. otherwise the fallback ([`Router::fallback`]), by default
 //!    `404 Not Found` with a short text body.
 //!
-//! Matching is one hash lookup plus a scan of the prefixes, kept longest
+//! Matching is one binary search of the exact routes plus a scan of the prefixes, kept longest
 //! first, and allocates nothing. The request is passed on unchanged: a prefix
 //! handler sees the full path, prefix included.
 //!
@@ -29,7 +29,6 @@
 //! The small helpers [`text`], [`empty`], [`not_found`] and
 //! [`method_not_allowed`] build the common responses.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -42,7 +41,9 @@ use super::handler::{Handler, HandlerFuture, Request, Response, SharedHandler};
 /// Routes requests by path: exact routes, then the longest prefix, then the
 /// fallback. See the [module documentation](self).
 pub struct Router {
-    exact: HashMap<String, SharedHandler>,
+    /// Exact routes sorted by path, found by binary search (cheaper per
+    /// request than hashing the path with std's SipHash).
+    exact: Vec<(Box<str>, SharedHandler)>,
     /// Prefix routes, longest prefix first.
     prefixes: Vec<(String, SharedHandler)>,
     fallback: SharedHandler,
@@ -52,7 +53,7 @@ impl Router {
     /// An empty router: every request gets the default `404 Not Found`.
     pub fn new() -> Self {
         Self {
-            exact: HashMap::new(),
+            exact: Vec::new(),
             prefixes: Vec::new(),
             fallback: Arc::new(default_fallback),
         }
@@ -65,10 +66,12 @@ impl Router {
     /// If `path` does not start with `/`, or if it is already routed: both
     /// are programming errors best caught when the router is built.
     pub fn route(mut self, path: impl Into<String>, handler: impl Handler) -> Self {
-        let path = path.into();
+        let path: Box<str> = path.into().into_boxed_str();
         assert!(path.starts_with('/'), "route path {path:?} must start with '/'");
-        assert!(!self.exact.contains_key(&path), "route {path:?} is already registered");
-        self.exact.insert(path, Arc::new(handler));
+        match self.exact.binary_search_by(|(p, _)| p.cmp(&path)) {
+            Ok(_) => panic!("route {path:?} is already registered"),
+            Err(at) => self.exact.insert(at, (path, Arc::new(handler))),
+        }
         self
     }
 
@@ -100,8 +103,8 @@ impl Router {
 
     /// The handler that answers requests for `path` (a URI path, no query).
     fn select(&self, path: &str) -> &SharedHandler {
-        if let Some(h) = self.exact.get(path) {
-            return h;
+        if let Ok(i) = self.exact.binary_search_by(|(p, _)| (**p).cmp(path)) {
+            return &self.exact[i].1;
         }
         self.prefixes
             .iter()
@@ -118,8 +121,7 @@ impl Default for Router {
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut exact: Vec<&str> = self.exact.keys().map(String::as_str).collect();
-        exact.sort_unstable();
+        let exact: Vec<&str> = self.exact.iter().map(|(p, _)| &**p).collect();
         let prefixes: Vec<&str> = self.prefixes.iter().map(|(p, _)| p.as_str()).collect();
         f.debug_struct("Router")
             .field("exact", &exact)
