@@ -63,7 +63,7 @@ pub struct OnUpgrade(std::sync::Arc<std::sync::Mutex<Option<UpgradeFn>>>);
 
 impl OnUpgrade {
     /// Wraps the function that takes over the upgraded connection. The
-    /// connection counts as open until the future `f` returns completes.
+    /// connection counts as open until the future that `f` returns completes.
     pub fn new<F, Fut>(f: F) -> Self
     where
         F: FnOnce(Upgraded) -> Fut + Send + 'static,
