@@ -351,8 +351,10 @@ async fn a_partial_frame_is_never_parked() {
 
 #[tokio::test]
 async fn reading_pauses_while_replies_pile_up() {
-    let mut options = WsOptions::default();
-    options.max_queued_bytes = 64 * 1024;
+    let options = WsOptions {
+        max_queued_bytes: 64 * 1024,
+        ..WsOptions::default()
+    };
     let server = start(options, None, Arc::default()).await;
     let mut raw = Raw::connect(server.port).await;
     let frame = Raw::frame(0x2, &vec![1u8; 256 * 1024]);

@@ -427,22 +427,13 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
                     self.input_done = true;
                     return true;
                 }
-                Poll::Ready(Ok(mut written)) => {
+                Poll::Ready(Ok(written)) => {
                     progressed = true;
                     self.out_len -= written;
                     let now = Instant::now();
                     self.write_progress = now;
                     self.last_io = now;
-                    while written > 0 {
-                        let front = self.out.front_mut().expect("written bytes were queued");
-                        if written >= front.len() {
-                            written -= front.len();
-                            self.out.pop_front();
-                        } else {
-                            let _ = front.split_to(written);
-                            written = 0;
-                        }
-                    }
+                    crate::io::advance_chunks(&mut self.out, written);
                 }
                 Poll::Pending => break,
             }

@@ -188,20 +188,11 @@ impl Inner {
                     self.input_done = true;
                     return true;
                 }
-                Poll::Ready(Ok(mut written)) => {
+                Poll::Ready(Ok(written)) => {
                     progressed = true;
                     self.out_len -= written;
                     self.timers.write_progress = Instant::now();
-                    while written > 0 {
-                        let front = self.out.front_mut().expect("written bytes were queued");
-                        if written >= front.len() {
-                            written -= front.len();
-                            self.out.pop_front();
-                        } else {
-                            let _ = front.split_to(written);
-                            written = 0;
-                        }
-                    }
+                    crate::io::advance_chunks(&mut self.out, written);
                 }
                 Poll::Pending => break,
             }
