@@ -243,40 +243,9 @@ pub(crate) async fn drive<IO: Transport>(
             return Driven::Ended(ConnectionEnd::Upgraded(served));
         }
 
-        // 3. Wait for whatever comes first.
-        if conn.idle_since().is_some() {
-            pool::put(&mut conn);
-        }
-        let mut deadline = conn.poll_timeout().map(Instant::from_std);
-        let quiet = handler_fut.is_none()
-            && stream.is_none()
-            && body_tx.is_none()
-            && blocked_chunk.is_none()
-            && on_upgrade.is_none()
-            && stop == Stop::Run;
-        // Parking is decided only when this timer fires, so a resumed
-        // connection reads what woke it before it can be parked again.
-        let park_at = match (park_after, conn.idle_since(), quiet) {
-            (Some(after), Some(since), true) => Some(Instant::from_std(since) + after),
-            _ => None,
-        };
-        if let Some(p) = park_at {
-            deadline = Some(deadline.map_or(p, |d| d.min(p)));
-        }
-        // The timer is moved only to an earlier deadline. A later or absent
-        // one leaves it armed: it may fire early, and the handling below
-        // re-arms it, so a busy connection (whose idle deadline moves with
-        // every request) does not touch the timer wheel per request.
-        if let Some(d) = deadline {
-            if armed.is_none_or(|a| d < a) {
-                sleep.as_mut().reset(d);
-                armed = Some(d);
-            }
-        }
-        let wants_read = conn.wants_read();
-        let stream_ready = stream.is_some() && conn.output_len() < OUTPUT_HIGH_WATER;
-        // A handler that answers at once is answered before anything is
-        // written, so pipelined responses leave together in one write.
+        // 3. A handler that answers at once is answered before anything is
+        // written (pipelined responses leave together in one write), and
+        // before any deadline is computed.
         let mut answered: Option<Response> = None;
         if let Some(f) = handler_fut.as_mut() {
             poll_fn(|cx| {
@@ -287,9 +256,42 @@ pub(crate) async fn drive<IO: Transport>(
             })
             .await;
         }
+        let mut park_at: Option<Instant> = None;
         let wake = if answered.is_some() {
             Wake::Answered
         } else {
+            // 4. Wait for whatever comes first.
+            if conn.idle_since().is_some() {
+                pool::put(&mut conn);
+            }
+            let mut deadline = conn.poll_timeout().map(Instant::from_std);
+            let quiet = handler_fut.is_none()
+                && stream.is_none()
+                && body_tx.is_none()
+                && blocked_chunk.is_none()
+                && on_upgrade.is_none()
+                && stop == Stop::Run;
+            // Parking is decided only when this timer fires, so a resumed
+            // connection reads what woke it before it can be parked again.
+            park_at = match (park_after, conn.idle_since(), quiet) {
+                (Some(after), Some(since), true) => Some(Instant::from_std(since) + after),
+                _ => None,
+            };
+            if let Some(p) = park_at {
+                deadline = Some(deadline.map_or(p, |d| d.min(p)));
+            }
+            // The timer is moved only to an earlier deadline. A later or absent
+            // one leaves it armed: it may fire early, and the handling below
+            // re-arms it, so a busy connection (whose idle deadline moves with
+            // every request) does not touch the timer wheel per request.
+            if let Some(d) = deadline {
+                if armed.is_none_or(|a| d < a) {
+                    sleep.as_mut().reset(d);
+                    armed = Some(d);
+                }
+            }
+            let wants_read = conn.wants_read();
+            let stream_ready = stream.is_some() && conn.output_len() < OUTPUT_HIGH_WATER;
             let io_fut = poll_fn(|cx| poll_io(&mut io, &mut conn, wants_read, cx));
             let stop_future = poll_fn(|cx| {
                 if stop_registered && !upgrade_stop.has_changed().unwrap_or(true) {
