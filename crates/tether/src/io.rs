@@ -24,17 +24,23 @@ pub(crate) fn poll_write_bufs<'a, W: AsyncWrite + Unpin + ?Sized>(
     cx: &mut Context<'_>,
     bufs: impl Iterator<Item = &'a [u8]>,
 ) -> Poll<std::io::Result<usize>> {
+    let mut bufs = bufs;
+    let Some(first) = bufs.next() else {
+        return Poll::Ready(Ok(0));
+    };
+    let Some(second) = bufs.next() else {
+        // The usual case (coalesced output): no slice array to fill.
+        return Pin::new(io).poll_write(cx, first);
+    };
     let mut slices = [IoSlice::new(&[]); MAX_IOV];
-    let mut n = 0;
-    for (slot, b) in slices.iter_mut().zip(bufs) {
+    slices[0] = IoSlice::new(first);
+    slices[1] = IoSlice::new(second);
+    let mut n = 2;
+    for (slot, b) in slices[2..].iter_mut().zip(bufs) {
         *slot = IoSlice::new(b);
         n += 1;
     }
-    if n == 1 {
-        Pin::new(io).poll_write(cx, &slices[0])
-    } else {
-        Pin::new(io).poll_write_vectored(cx, &slices[..n])
-    }
+    Pin::new(io).poll_write_vectored(cx, &slices[..n])
 }
 
 /// Reads once into the thread's scratch buffer and hands the bytes to

@@ -187,6 +187,17 @@ impl Parkable for Box<dyn Transport> {
     }
 }
 
+/// The time, read at most once per pass of the driving loop (a pass takes
+/// microseconds; deadlines here are seconds).
+#[derive(Default)]
+struct LazyNow(Option<Instant>);
+
+impl LazyNow {
+    fn get(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+}
+
 /// How one stretch on a task ended.
 enum Outcome {
     Ended,
@@ -312,10 +323,11 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
         park_after: Option<Duration>,
     ) -> Poll<Outcome> {
         loop {
+            let mut clock = LazyNow::default();
             // 1. Messages to the service.
             self.state.deliver();
             // 2. Output.
-            let wrote = self.poll_flush(cx);
+            let wrote = self.poll_flush(cx, &mut clock);
             // 3. The end.
             if self.state.engine.should_close_transport() && self.out.is_empty() {
                 // The server closes TCP first; shutting down a TCP write side does not block.
@@ -328,12 +340,13 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
             {
                 let engine = &mut self.state.engine;
                 let input_done = &mut self.input_done;
+                let clock = &mut clock;
                 match crate::io::poll_read_with(&mut self.io, cx, |bytes| {
                     if bytes.is_empty() {
                         engine.handle_eof();
                         *input_done = true;
                     } else {
-                        engine.feed(bytes, Instant::now().into_std());
+                        engine.feed(bytes, clock.get().into_std());
                     }
                 }) {
                     Poll::Ready(result) => {
@@ -342,7 +355,7 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
                             self.input_done = true;
                         }
                         read = true;
-                        self.last_io = Instant::now();
+                        self.last_io = clock.get();
                     }
                     Poll::Pending => {}
                 }
@@ -351,7 +364,7 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
                 continue;
             }
             // 5. Deadlines: the engine's, stalled writes, parking.
-            if self.poll_timers(cx, sleep.as_mut(), park_after) {
+            if self.poll_timers(cx, sleep.as_mut(), park_after, &mut clock) {
                 if self.park_due(park_after) {
                     return Poll::Ready(Outcome::Park);
                 }
@@ -372,7 +385,13 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
 
     /// Waits for the earliest deadline; returns whether one fired (handled
     /// here, except parking, which the caller checks).
-    fn poll_timers(&mut self, cx: &mut Context<'_>, mut sleep: Pin<&mut Sleep>, park_after: Option<Duration>) -> bool {
+    fn poll_timers(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut sleep: Pin<&mut Sleep>,
+        park_after: Option<Duration>,
+        clock: &mut LazyNow,
+    ) -> bool {
         let write_deadline = (!self.out.is_empty()).then(|| self.write_progress + self.state.options.write_timeout);
         let deadline = [
             self.state.engine.poll_timeout().map(Instant::from_std),
@@ -390,7 +409,7 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
             sleep.as_mut().reset(deadline);
             self.armed = Some(deadline);
         }
-        if deadline > Instant::now() && sleep.as_mut().poll(cx).is_pending() {
+        if deadline > clock.get() && sleep.as_mut().poll(cx).is_pending() {
             return false;
         }
         self.armed = None;
@@ -409,10 +428,10 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
 
     /// Takes the engine's output and writes what the transport accepts;
     /// returns whether anything was written (or the transport failed).
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> bool {
+    fn poll_flush(&mut self, cx: &mut Context<'_>, clock: &mut LazyNow) -> bool {
         while let Some(chunk) = self.state.engine.poll_transmit() {
             if self.out.is_empty() {
-                self.write_progress = Instant::now();
+                self.write_progress = clock.get();
             }
             self.out_len += chunk.len();
             self.out.push_back(chunk);
@@ -430,7 +449,7 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
                 Poll::Ready(Ok(written)) => {
                     progressed = true;
                     self.out_len -= written;
-                    let now = Instant::now();
+                    let now = clock.get();
                     self.write_progress = now;
                     self.last_io = now;
                     crate::io::advance_chunks(&mut self.out, written);
@@ -438,9 +457,9 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
                 Poll::Pending => break,
             }
         }
-        if self.out.is_empty() && self.out.capacity() > 0 {
-            self.out = VecDeque::new();
-        }
+        // The queue keeps its (small) capacity while the connection runs:
+        // freeing it when empty cost an allocation per message; a parked
+        // connection leaves it behind with its task.
         progressed
     }
 }
