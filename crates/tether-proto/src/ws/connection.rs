@@ -57,7 +57,10 @@
 //!
 //! *Memory.* Buffers are released when drained (read buffer, output queue,
 //! event queue), so an idle connection holds no heap buffers; with
-//! no-context-takeover compression it holds no zlib state either.
+//! no-context-takeover compression it holds no zlib state either. A driver
+//! that parks idle connections may instead keep the read buffer (up to
+//! 16 KiB) and the event queue while the connection is busy
+//! (`set_retain_buffers`) and free them before it waits (`release_buffers`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -75,6 +78,8 @@ use super::message::{Message, MessageAssembler, Utf8Bytes};
 /// larger server payloads are queued as their own `Bytes`.
 const INLINE_PAYLOAD_LIMIT: usize = 2048;
 const MIN_READ_RESERVE: usize = 4096;
+/// With retention on, a drained read buffer up to this size is kept.
+const RETAINED_READ_LIMIT: usize = 16 * 1024;
 const MAX_READ_RESERVE: usize = 64 * 1024;
 
 /// Which end of the connection this engine is.
@@ -186,6 +191,13 @@ pub struct WsConnection {
     mask_keys: Option<MaskKeySource>,
 
     read_buf: BytesMut,
+    /// Keep drained buffers (see [`WsConnection::set_retain_buffers`]).
+    retain_buffers: bool,
+    /// The most capacity the read buffer has had since it was last freed:
+    /// after a payload is split off, `capacity()` reports only what is
+    /// left of the allocation, not what it holds.
+    /// (u32, saturating: it fits beside the flags; the limit is 16 KiB.)
+    read_high_water: u32,
     pending: Option<PendingFrame>,
     assembler: MessageAssembler,
     events: VecDeque<Event>,
@@ -285,6 +297,8 @@ impl WsConnection {
             deflate,
             mask_keys,
             read_buf: BytesMut::new(),
+            retain_buffers: false,
+            read_high_water: 0,
             pending: None,
             assembler: MessageAssembler::new(),
             events: VecDeque::new(),
@@ -326,6 +340,7 @@ impl WsConnection {
             self.last_input = now;
         }
         self.read_buf.extend_from_slice(bytes);
+        self.note_read_capacity();
         self.process(now);
     }
 
@@ -337,6 +352,7 @@ impl WsConnection {
         });
         self.read_buf
             .reserve(remaining.clamp(MIN_READ_RESERVE, MAX_READ_RESERVE));
+        self.note_read_capacity();
         &mut self.read_buf
     }
 
@@ -344,7 +360,7 @@ impl WsConnection {
     /// (call it only after a read that returned bytes: it counts as input).
     pub fn process_read_buffer(&mut self, now: Instant) {
         if self.input_closed() {
-            self.read_buf = BytesMut::new();
+            self.free_read_buffer();
             return;
         }
         self.last_input = now;
@@ -360,7 +376,7 @@ impl WsConnection {
         if !self.close_received && !self.failed && !self.timed_out {
             self.events.push_back(Event::AbnormalClosure);
         }
-        self.read_buf = BytesMut::new();
+        self.free_read_buffer();
         self.pending = None;
         self.assembler.discard();
     }
@@ -368,7 +384,7 @@ impl WsConnection {
     /// The next event, in order.
     pub fn poll_event(&mut self) -> Option<Event> {
         let event = self.events.pop_front();
-        if event.is_none() && self.events.capacity() > 0 {
+        if event.is_none() && self.events.capacity() > 0 && !self.retain_buffers {
             self.events = VecDeque::new();
         }
         event
@@ -440,9 +456,12 @@ impl WsConnection {
             let payload = self.read_buf.split_to(len).freeze();
             self.handle_frame(header, payload, now);
         }
-        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+        if self.read_buf.is_empty()
+            && self.read_high_water > 0
+            && !(self.retain_buffers && self.read_high_water as usize <= RETAINED_READ_LIMIT)
+        {
             // Idle: hold no read buffer (received payloads keep their own share).
-            self.read_buf = BytesMut::new();
+            self.free_read_buffer();
         }
     }
 
@@ -523,7 +542,7 @@ impl WsConnection {
             Ok(frame) => {
                 self.close_received = true;
                 self.assembler.discard();
-                self.read_buf = BytesMut::new(); // nothing may follow a Close
+                self.free_read_buffer(); // nothing may follow a Close
                 if !self.close_sent {
                     // Echo the peer's code with no reason (or an empty Close if it had none).
                     let echo = frame.as_ref().map(|f| (f.code, ""));
@@ -538,7 +557,7 @@ impl WsConnection {
     fn fail(&mut self, error: ProtocolError, now: Instant) {
         self.failed = true;
         self.pending = None;
-        self.read_buf = BytesMut::new();
+        self.free_read_buffer();
         self.assembler.discard();
         if !self.close_sent {
             let mut reason = error.to_string();
@@ -759,7 +778,7 @@ impl WsConnection {
         if let Some(deadline) = self.close_deadline {
             if now >= deadline && !self.timed_out {
                 self.timed_out = true;
-                self.read_buf = BytesMut::new();
+                self.free_read_buffer();
                 self.pending = None;
                 self.out_queue = VecDeque::new();
                 self.out_tail = BytesMut::new();
@@ -797,6 +816,26 @@ impl WsConnection {
         }
     }
 
+    /// Keeps drained buffers (the read buffer up to 16 KiB, the event
+    /// queue) instead of freeing them, so a busy connection does not
+    /// allocate them anew for every message. Off by default: an idle
+    /// connection then holds no buffer. A driver that turns it on calls
+    /// [`release_buffers`](Self::release_buffers) before the connection
+    /// waits for long (parking).
+    pub fn set_retain_buffers(&mut self, retain: bool) {
+        self.retain_buffers = retain;
+    }
+
+    /// Frees the buffers retention kept, when they hold nothing.
+    pub fn release_buffers(&mut self) {
+        if self.read_buf.is_empty() {
+            self.free_read_buffer();
+        }
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+    }
+
     /// Whether the connection is open with nothing in progress: no buffered
     /// input (partial frame or fragmented message), no undelivered event and
     /// nothing queued to send. Between two such moments the engine needs
@@ -811,10 +850,20 @@ impl WsConnection {
             && self.queued_bytes == 0
     }
 
+    fn note_read_capacity(&mut self) {
+        let capacity = u32::try_from(self.read_buf.capacity()).unwrap_or(u32::MAX);
+        self.read_high_water = self.read_high_water.max(capacity);
+    }
+
+    fn free_read_buffer(&mut self) {
+        self.read_buf = BytesMut::new();
+        self.read_high_water = 0;
+    }
+
     /// Heap capacity held by the connection's own buffers (read, output,
     /// events; zlib state excluded), for memory tests and metrics.
     pub fn buffer_capacity(&self) -> usize {
-        self.read_buf.capacity()
+        self.read_buf.capacity().max(self.read_high_water as usize)
             + self.out_tail.capacity()
             + self.out_queue.capacity() * std::mem::size_of::<Bytes>()
             + self.events.capacity() * std::mem::size_of::<Event>()

@@ -243,6 +243,9 @@ async fn drive<IO: Parkable, S: WsService>(
         armed: None,
     };
     let park_after = lot.as_ref().map(ParkingLot::park_after);
+    // Busy, the engine keeps its buffers; an idle connection parks, and
+    // frees them first. Without parking it frees them after every message.
+    running.state.engine.set_retain_buffers(park_after.is_some());
     let outcome = {
         let mut stop_changed = pin!(stop.clone().map(next_stop));
         // Polled to register its waker, then only once the server has sent
@@ -287,7 +290,8 @@ async fn drive<IO: Parkable, S: WsService>(
             let (Some(lot), Some(stop)) = (lot, stop) else {
                 unreachable!("parks only with a lot, which comes with a stop signal")
             };
-            let Running { io, state, .. } = running;
+            let Running { io, mut state, .. } = running;
+            state.engine.release_buffers();
             let Some(tcp) = io.into_tcp() else {
                 unreachable!("a lot comes only with a TCP socket")
             };
