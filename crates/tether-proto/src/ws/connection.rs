@@ -58,8 +58,8 @@
 //! *Memory.* Buffers are released when drained (read buffer, output queue,
 //! event queue), so an idle connection holds no heap buffers; with
 //! no-context-takeover compression it holds no zlib state either. A driver
-//! that parks idle connections may instead keep the read buffer (up to
-//! 16 KiB) and the event queue while the connection is busy
+//! that parks idle connections may instead keep the read and output
+//! buffers (up to 16 KiB each) and the event queue while the connection is busy
 //! (`set_retain_buffers`) and free them before it waits (`release_buffers`).
 
 use std::collections::VecDeque;
@@ -78,8 +78,8 @@ use super::message::{Message, MessageAssembler, Utf8Bytes};
 /// larger server payloads are queued as their own `Bytes`.
 const INLINE_PAYLOAD_LIMIT: usize = 2048;
 const MIN_READ_RESERVE: usize = 4096;
-/// With retention on, a drained read buffer up to this size is kept.
-const RETAINED_READ_LIMIT: usize = 16 * 1024;
+/// With retention on, drained read and output buffers up to this size are kept.
+const RETAINED_LIMIT: usize = 16 * 1024;
 const MAX_READ_RESERVE: usize = 64 * 1024;
 
 /// Which end of the connection this engine is.
@@ -458,7 +458,7 @@ impl WsConnection {
         }
         if self.read_buf.is_empty()
             && self.read_high_water > 0
-            && !(self.retain_buffers && self.read_high_water as usize <= RETAINED_READ_LIMIT)
+            && !(self.retain_buffers && self.read_high_water as usize <= RETAINED_LIMIT)
         {
             // Idle: hold no read buffer (received payloads keep their own share).
             self.free_read_buffer();
@@ -644,6 +644,11 @@ impl WsConnection {
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         let chunk = match self.out_queue.pop_front() {
             Some(chunk) => chunk,
+            // Retained, the tail's allocation is shared with the chunk and
+            // reclaimed by the next frame once the chunk is written.
+            None if !self.out_tail.is_empty() && self.retain_buffers && self.out_tail.capacity() <= RETAINED_LIMIT => {
+                self.out_tail.split().freeze()
+            }
             None if !self.out_tail.is_empty() => std::mem::take(&mut self.out_tail).freeze(),
             None => {
                 if self.out_queue.capacity() > 0 {
@@ -816,8 +821,8 @@ impl WsConnection {
         }
     }
 
-    /// Keeps drained buffers (the read buffer up to 16 KiB, the event
-    /// queue) instead of freeing them, so a busy connection does not
+    /// Keeps drained buffers (the read buffer and the output coalescing
+    /// buffer up to 16 KiB each, the event queue) instead of freeing them, so a busy connection does not
     /// allocate them anew for every message. Off by default: an idle
     /// connection then holds no buffer. A driver that turns it on calls
     /// [`release_buffers`](Self::release_buffers) before the connection
@@ -833,6 +838,9 @@ impl WsConnection {
         }
         if self.events.is_empty() {
             self.events = VecDeque::new();
+        }
+        if self.out_tail.is_empty() {
+            self.out_tail = BytesMut::new();
         }
     }
 

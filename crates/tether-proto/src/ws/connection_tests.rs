@@ -556,6 +556,15 @@ fn retained_buffers_are_kept_between_messages_and_released_on_request() {
     conn.release_buffers();
     assert_eq!(conn.buffer_capacity(), 0);
 
+    // The output buffer: kept after its bytes are taken, freed on release.
+    conn.send_text("reply").unwrap();
+    assert_eq!(transmit(&mut conn), s(0x81, b"reply"));
+    assert!(conn.buffer_capacity() > 0, "output buffer retained");
+    conn.send_text("again").unwrap();
+    assert_eq!(transmit(&mut conn), s(0x81, b"again"));
+    conn.release_buffers();
+    assert_eq!(conn.buffer_capacity(), 0);
+
     // A read buffer grown past the limit is freed even with retention on.
     conn.feed(&c(0x82, &vec![7u8; 40 * 1024]), t0());
     assert_eq!(events(&mut conn).len(), 1);
