@@ -32,8 +32,10 @@
 //! deadline | shutdown--> Running`. A parked connection still counts as open.
 //!
 //! Memory. A parked connection is its engine and a slab slot (measured: about
-//! 0.7 KiB for keep-alive against 2.8 KiB on a task; see docs/benchmarks.md
-//! for WebSockets). The tasks it left are freed,
+//! 0.7 KiB for keep-alive against 2.8 KiB on a task, 0.5 KiB for a
+//! callback-served WebSocket). The slab is one array that grows with the
+//! most connections parked at once; once it is empty again after a burst
+//! (more than `KEEP_EMPTY_SLOTS` slots) it is freed. The tasks it left are freed,
 //! but glibc's allocator keeps freed memory inside its heap; so after every
 //! `TRIM_BATCH` parkings (at most once per `TRIM_INTERVAL`) the lot asks it
 //! to return free pages to the system (`malloc_trim`).
@@ -209,21 +211,30 @@ struct Parked {
 // Inline, not boxed: see `Sleeping`.
 #[allow(clippy::large_enum_variant)]
 enum Slot {
-    Vacant { generation: u32 },
+    Vacant,
     Occupied { generation: u32, parked: Parked },
 }
 
-/// A slab of parked connections; a token is (generation, index), so a stale
-/// readiness event never reaches a connection parked later in the same slot.
+/// A slab of parked connections; a token is (generation, index), the
+/// generation counted across the whole lot, so a stale readiness event never
+/// reaches a connection parked later in the same slot, even after the slab
+/// was freed and built anew.
 #[derive(Default)]
 struct Lot {
     slots: Vec<Slot>,
     free: Vec<u32>,
+    occupied: usize,
+    /// The generation of the last insert.
+    generation: u32,
     /// (deadline, token), earliest first.
     deadlines: BTreeSet<(Instant, u64)>,
     /// Shutdown began: nothing more is parked.
     closed: bool,
 }
+
+/// An emptied slab with more slots than this is freed (its slots hold
+/// engines by value: 15,000 of them are about 8 MB).
+const KEEP_EMPTY_SLOTS: usize = 1024;
 
 fn token(generation: u32, index: u32) -> u64 {
     (u64::from(generation) << 32) | u64::from(index)
@@ -234,20 +245,18 @@ impl Lot {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot::Vacant { generation: 0 });
+                self.slots.push(Slot::Vacant);
                 (self.slots.len() - 1) as u32
             }
         };
-        let slot = &mut self.slots[index as usize];
-        let generation = match slot {
-            Slot::Vacant { generation } => generation.wrapping_add(1),
-            Slot::Occupied { .. } => unreachable!("free list holds vacant slots"),
-        };
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
         let tok = token(generation, index);
         if let Some(d) = parked.deadline {
             self.deadlines.insert((d, tok));
         }
-        *slot = Slot::Occupied { generation, parked };
+        self.slots[index as usize] = Slot::Occupied { generation, parked };
+        self.occupied += 1;
         tok
     }
 
@@ -259,12 +268,18 @@ impl Lot {
             Slot::Occupied { generation: g, .. } if *g == generation => {}
             _ => return None,
         }
-        let Slot::Occupied { parked, .. } = std::mem::replace(slot, Slot::Vacant { generation }) else {
+        let Slot::Occupied { parked, .. } = std::mem::replace(slot, Slot::Vacant) else {
             unreachable!("checked above")
         };
         self.free.push(index);
+        self.occupied -= 1;
         if let Some(d) = parked.deadline {
             self.deadlines.remove(&(d, tok));
+        }
+        if self.occupied == 0 && self.slots.capacity() > KEEP_EMPTY_SLOTS {
+            // A burst is over: give its memory back.
+            self.slots = Vec::new();
+            self.free = Vec::new();
         }
         Some(parked)
     }
@@ -275,7 +290,7 @@ impl Lot {
             .enumerate()
             .filter_map(|(i, s)| match s {
                 Slot::Occupied { generation, .. } => Some(token(*generation, i as u32)),
-                Slot::Vacant { .. } => None,
+                Slot::Vacant => None,
             })
             .collect()
     }
@@ -533,3 +548,61 @@ fn release_free_memory() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_free_memory() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parked keep-alive connection on a duplicate of `socket`.
+    fn parked(socket: &std::net::TcpStream, serving: &Arc<Serving>, stop: &watch::Receiver<Stop>) -> Parked {
+        let conn = ServerConnection::new(Arc::new(tether_proto::h1::Config::default()), std::time::Instant::now());
+        Parked {
+            socket: socket.try_clone().expect("dup"),
+            sleeper: Sleeping::KeepAlive(KeepAlive {
+                conn,
+                serving: serving.clone(),
+            }),
+            stop: stop.clone(),
+            guard: None,
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            deadline: None,
+        }
+    }
+
+    #[test]
+    fn an_emptied_slab_is_freed_and_old_tokens_stay_stale() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let socket = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let serving = Arc::new(Serving {
+            handler: Arc::new(crate::server::Router::new()),
+            lot: None,
+        });
+        let (_tx, stop) = watch::channel(Stop::Run);
+        let mut lot = Lot::default();
+
+        let small: Vec<u64> = (0..10).map(|_| lot.insert(parked(&socket, &serving, &stop))).collect();
+        for tok in &small {
+            assert!(lot.remove(*tok).is_some());
+        }
+        assert!(lot.slots.capacity() > 0, "a small slab is kept for the next parkings");
+
+        let burst: Vec<u64> = (0..KEEP_EMPTY_SLOTS + 100)
+            .map(|_| lot.insert(parked(&socket, &serving, &stop)))
+            .collect();
+        assert!(lot.slots.capacity() > KEEP_EMPTY_SLOTS);
+        for tok in &burst {
+            assert!(lot.remove(*tok).is_some());
+        }
+        assert_eq!(lot.slots.capacity(), 0, "the burst's slab is freed");
+        assert_eq!(lot.free.capacity(), 0);
+
+        // Slot 0 is used again, with a new generation: old tokens miss.
+        let fresh = lot.insert(parked(&socket, &serving, &stop));
+        assert_eq!(fresh as u32, 0);
+        for tok in small.iter().chain(&burst) {
+            assert_ne!(*tok, fresh);
+            assert!(lot.remove(*tok).is_none());
+        }
+        assert!(lot.remove(fresh).is_some());
+    }
+}
