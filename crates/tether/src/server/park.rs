@@ -37,8 +37,10 @@
 //! most connections parked at once; once it is empty again after a burst
 //! (more than `KEEP_EMPTY_SLOTS` slots) it is freed. The tasks it left are freed,
 //! but glibc's allocator keeps freed memory inside its heap; so after every
-//! `TRIM_BATCH` parkings (at most once per `TRIM_INTERVAL`) the lot asks it
-//! to return free pages to the system (`malloc_trim`).
+//! `TRIM_BATCH` parkings or resumptions (at most once per `TRIM_INTERVAL`:
+//! a burst of resumed connections that then close frees their tasks a
+//! moment later) the lot asks it to return free pages to the system
+//! (`malloc_trim`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -60,7 +62,8 @@ use super::{log_end, ServerStats, SharedHandler};
 
 /// Readiness events taken from the lot's `epoll` per call.
 const EVENTS_PER_POLL: usize = 1024;
-/// Parkings (tasks freed) after which free memory is returned to the system.
+/// Parkings or resumptions (tasks freed, or soon to be) after which free
+/// memory is returned to the system.
 const TRIM_BATCH: usize = 64;
 /// The least time between two such returns (it walks the allocator's heap).
 const TRIM_INTERVAL: Duration = Duration::from_secs(1);
@@ -302,9 +305,9 @@ struct Shared {
     lot: Mutex<Lot>,
     registry: Registry,
     /// A connection parked with a deadline earlier than the lot's timer, or
-    /// `TRIM_BATCH` parkings since the last trim.
+    /// `TRIM_BATCH` parkings or resumptions since the last trim.
     wake: Notify,
-    parked_since_trim: AtomicUsize,
+    turnover_since_trim: AtomicUsize,
     stats: Arc<ServerStats>,
 }
 
@@ -338,7 +341,7 @@ impl ParkingLot {
             lot: Mutex::new(Lot::default()),
             registry,
             wake: Notify::new(),
-            parked_since_trim: AtomicUsize::new(0),
+            turnover_since_trim: AtomicUsize::new(0),
             stats,
         });
         tokio::spawn(run(shared.clone(), ready, stop));
@@ -399,7 +402,7 @@ impl ParkingLot {
         }
         self.shared.stats.parked.fetch_add(1, Ordering::Relaxed);
         drop(lot);
-        let trim_due = self.shared.parked_since_trim.fetch_add(1, Ordering::Relaxed) + 1 == TRIM_BATCH;
+        let trim_due = count_turnover(&self.shared);
         if trim_due || deadline.is_some_and(|d| earliest.is_none_or(|e| d < e)) {
             self.shared.wake.notify_one();
         }
@@ -439,8 +442,16 @@ fn leave_lot(shared: &Shared, p: &Parked) {
     }
 }
 
+/// Counts a parking or resumption; returns whether a trim is now due.
+fn count_turnover(shared: &Shared) -> bool {
+    shared.turnover_since_trim.fetch_add(1, Ordering::Relaxed) + 1 == TRIM_BATCH
+}
+
 fn resume(lot: &ParkingLot, mut p: Parked) {
     leave_lot(&lot.shared, &p);
+    if count_turnover(&lot.shared) {
+        lot.shared.wake.notify_one();
+    }
     // Read what woke it now: a socket registered anew has no readiness in
     // the runtime until the reactor's next turn, and the driver must see
     // this input before its parking timer could fire again.
@@ -466,13 +477,16 @@ async fn run(shared: Arc<Shared>, mut ready: AsyncFd<Poll>, mut stop: watch::Rec
     let sleep = tokio::time::sleep_until(far());
     tokio::pin!(sleep);
     let mut last_trim: Option<Instant> = None;
+    // One more trim after a burst's: the tasks of connections resumed in
+    // the burst free their memory only once they have run.
+    let mut follow_up = false;
     loop {
         let mut next = lock(&shared.lot).deadlines.first().map(|(d, _)| *d);
-        if shared.parked_since_trim.load(Ordering::Relaxed) >= TRIM_BATCH {
+        if follow_up || shared.turnover_since_trim.load(Ordering::Relaxed) >= TRIM_BATCH {
             match last_trim.map(|t| t + TRIM_INTERVAL).filter(|at| *at > Instant::now()) {
                 Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
                 None => {
-                    shared.parked_since_trim.store(0, Ordering::Relaxed);
+                    follow_up = shared.turnover_since_trim.swap(0, Ordering::Relaxed) >= TRIM_BATCH;
                     last_trim = Some(Instant::now());
                     release_free_memory();
                     continue;
