@@ -20,21 +20,7 @@ async fn start(config: h1::Config) -> TestServer {
 
 /// Waits (bounded) until the server's counters reach `parked` and `open`.
 async fn wait_counts(server: &TestServer, parked: u64, open: u64) {
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (p, o) = (
-            server.stats.parked.load(Ordering::Relaxed),
-            server.stats.open.load(Ordering::Relaxed),
-        );
-        if (p, o) == (parked, open) {
-            return;
-        }
-        assert!(
-            Instant::now() < until,
-            "expected {parked} parked / {open} open, have {p} / {o}"
-        );
-        tokio::time::sleep(10 * MS).await;
-    }
+    wait_stats(&server.stats, parked, open).await;
 }
 
 /// `n` connections, each with one request answered, left idle.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::wait_stats;
 use tether::client::ws::{connect, ClientOptions};
 use tether::proto::h1;
 use tether::server::{Request, Router, Server, ServerStats};
@@ -17,8 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
+mod common;
+
 const T: Duration = Duration::from_secs(10);
-const MS: Duration = Duration::from_millis(1);
 const PARK: Duration = Duration::from_millis(100);
 
 struct Running {
@@ -36,21 +38,7 @@ impl Running {
 
     /// Waits (bounded) until the server's counters reach `parked` and `open`.
     async fn wait_counts(&self, parked: u64, open: u64) {
-        let until = Instant::now() + Duration::from_secs(5);
-        loop {
-            let (p, o) = (
-                self.stats.parked.load(Ordering::Relaxed),
-                self.stats.open.load(Ordering::Relaxed),
-            );
-            if (p, o) == (parked, open) {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "expected {parked} parked / {open} open, have {p} / {o}"
-            );
-            tokio::time::sleep(10 * MS).await;
-        }
+        wait_stats(&self.stats, parked, open).await;
     }
 }
 

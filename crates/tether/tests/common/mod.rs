@@ -552,3 +552,20 @@ pub fn assert_between(what: &str, elapsed: Duration, lo: Duration, hi: Duration)
         "{what}: took {elapsed:?}, expected between {lo:?} and {hi:?}"
     );
 }
+
+/// Waits (bounded: 5 s) until a server's counters reach `parked` and `open`.
+pub async fn wait_stats(stats: &ServerStats, parked: u64, open: u64) {
+    use std::sync::atomic::Ordering;
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (p, o) = (stats.parked.load(Ordering::Relaxed), stats.open.load(Ordering::Relaxed));
+        if (p, o) == (parked, open) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "expected {parked} parked / {open} open, have {p} / {o}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
