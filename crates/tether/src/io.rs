@@ -83,18 +83,3 @@ pub(crate) fn read_now_with(io: &mut impl std::io::Read, take: impl FnOnce(&[u8]
         }
     })
 }
-
-/// Drops the first `written` bytes from a queue of output chunks (what one
-/// vectored write took).
-pub(crate) fn advance_chunks(out: &mut std::collections::VecDeque<bytes::Bytes>, mut written: usize) {
-    while written > 0 {
-        let front = out.front_mut().expect("written bytes were queued");
-        if written >= front.len() {
-            written -= front.len();
-            out.pop_front();
-        } else {
-            let _ = front.split_to(written);
-            written = 0;
-        }
-    }
-}

@@ -33,6 +33,7 @@
 //! has no idle timeout.
 
 mod broadcast;
+mod outgoing;
 mod service;
 mod socket;
 mod upgrade;

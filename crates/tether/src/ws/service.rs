@@ -33,7 +33,6 @@
 //! messages that are not replies (the [`super::WebSocket`] handle, held by a
 //! task of the application's, does that).
 
-use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
@@ -41,12 +40,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use tether_proto::ws::{CloseCode, Event, Message, SendError, WsConnection, WsState};
+use tether_proto::ws::{CloseCode, Event, Message, SendError, WsConnection};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
+use super::outgoing::{close_for_shutdown, Flushed, Outgoing};
 use super::socket::{WsError, WsOptions};
 use crate::server::driver::{next_stop, OpenGuard, Stop};
 use crate::server::park::{ParkingLot, Sleeper, Sleeping};
@@ -210,11 +209,8 @@ struct Running<IO, S> {
     io: IO,
     state: Engine<S>,
     /// Chunks taken from the engine, not yet written.
-    out: VecDeque<Bytes>,
-    out_len: usize,
+    out: Outgoing,
     input_done: bool,
-    /// When queued output last made progress.
-    write_progress: Instant,
     /// When the socket last carried bytes either way.
     last_io: Instant,
     /// Shutdown began: no more parking.
@@ -234,10 +230,8 @@ async fn drive<IO: Parkable, S: WsService>(
     let mut running = Running {
         io,
         state,
-        out: VecDeque::new(),
-        out_len: 0,
+        out: Outgoing::new(now),
         input_done: false,
-        write_progress: now,
         last_io: now,
         stopping: false,
         armed: None,
@@ -310,13 +304,7 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
     /// Server shutdown: close with 1001, and park no more.
     fn going_away(&mut self) {
         self.stopping = true;
-        if self.state.engine.state() == WsState::Open {
-            tracing::debug!("server shutting down: closing websocket with 1001");
-            let _ = self
-                .state
-                .engine
-                .close(CloseCode::GOING_AWAY, "server shutting down", Instant::now().into_std());
-        }
+        close_for_shutdown(&mut self.state.engine);
     }
 
     /// Drives the connection until it ends, should park, or must wait.
@@ -340,7 +328,8 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
             }
             // 4. Input, unless output piles up.
             let mut read = false;
-            if !self.input_done && self.out_len + self.state.engine.queued_bytes() < self.state.options.max_queued_bytes
+            if !self.input_done
+                && self.out.len() + self.state.engine.queued_bytes() < self.state.options.max_queued_bytes
             {
                 let engine = &mut self.state.engine;
                 let input_done = &mut self.input_done;
@@ -396,7 +385,7 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
         park_after: Option<Duration>,
         clock: &mut LazyNow,
     ) -> bool {
-        let write_deadline = (!self.out.is_empty()).then(|| self.write_progress + self.state.options.write_timeout);
+        let write_deadline = self.out.stall_deadline(self.state.options.write_timeout);
         let deadline = [
             self.state.engine.poll_timeout().map(Instant::from_std),
             write_deadline,
@@ -421,7 +410,6 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
         if write_deadline.is_some_and(|d| now >= d) {
             tracing::debug!("websocket write stalled; dropping the connection");
             self.out.clear();
-            self.out_len = 0;
             self.state.engine.handle_eof();
             self.input_done = true;
             return true;
@@ -431,40 +419,25 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
     }
 
     /// Takes the engine's output and writes what the transport accepts;
-    /// returns whether anything was written (or the transport failed).
+    /// returns whether anything was written (or the transport failed). The
+    /// queue keeps its (small) capacity while the connection runs: freeing
+    /// it when empty cost an allocation per message; a parked connection
+    /// leaves it behind with its task.
     fn poll_flush(&mut self, cx: &mut Context<'_>, clock: &mut LazyNow) -> bool {
-        while let Some(chunk) = self.state.engine.poll_transmit() {
-            if self.out.is_empty() {
-                self.write_progress = clock.get();
+        match self
+            .out
+            .poll_flush(&mut self.state.engine, &mut self.io, cx, || clock.get())
+        {
+            Flushed::Wrote => {
+                self.last_io = clock.get();
+                true
             }
-            self.out_len += chunk.len();
-            self.out.push_back(chunk);
-        }
-        let mut progressed = false;
-        while !self.out.is_empty() {
-            match crate::io::poll_write_bufs(&mut self.io, cx, self.out.iter().map(|b| &b[..])) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    self.out.clear();
-                    self.out_len = 0;
-                    self.state.engine.handle_eof();
-                    self.input_done = true;
-                    return true;
-                }
-                Poll::Ready(Ok(written)) => {
-                    progressed = true;
-                    self.out_len -= written;
-                    let now = clock.get();
-                    self.write_progress = now;
-                    self.last_io = now;
-                    crate::io::advance_chunks(&mut self.out, written);
-                }
-                Poll::Pending => break,
+            Flushed::Failed => {
+                self.input_done = true;
+                true
             }
+            Flushed::Nothing => false,
         }
-        // The queue keeps its (small) capacity while the connection runs:
-        // freeing it when empty cost an allocation per message; a parked
-        // connection leaves it behind with its task.
-        progressed
     }
 }
 

@@ -7,7 +7,6 @@
 //! when nobody receives, write themselves). An idle connection is the
 //! engine (no buffers while idle), the transport and two wakers.
 
-use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +19,7 @@ use tether_proto::ws::{
 };
 use tokio::time::{Instant, Sleep};
 
+use super::outgoing::{close_for_shutdown, Flushed, Outgoing};
 use crate::server::driver::{next_stop, Stop};
 use crate::server::upgrade::Transport;
 use tokio::sync::watch;
@@ -111,8 +111,7 @@ struct Inner {
     io: Box<dyn Transport>,
     engine: WsConnection,
     /// Chunks taken from the engine, not yet written.
-    out: VecDeque<Bytes>,
-    out_len: usize,
+    out: Outgoing,
     /// The task that receives: it drives reads, writes and timers.
     driver: Option<Waker>,
     /// Senders waiting for queue space.
@@ -131,7 +130,6 @@ type StopSignal = Pin<Box<dyn Future<Output = (Stop, watch::Receiver<Stop>)> + S
 /// the handle adds only the transport's write-progress deadline.
 struct Timers {
     write_timeout: Duration,
-    write_progress: Instant,
     /// Armed only while a deadline exists.
     sleep: Option<Pin<Box<Sleep>>>,
 }
@@ -162,45 +160,23 @@ fn map_event(event: Event) -> Result<Message, WsError> {
 
 impl Inner {
     fn queued(&self) -> usize {
-        self.out_len + self.engine.queued_bytes()
+        self.out.len() + self.engine.queued_bytes()
     }
 
     fn can_send(&self) -> bool {
         !self.finished && self.engine.state() == WsState::Open
     }
 
-    /// Takes the engine's output and writes what the transport accepts.
+    /// Takes the engine's output and writes what the transport accepts;
+    /// returns whether anything was written (or the transport failed).
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> bool {
-        while let Some(chunk) = self.engine.poll_transmit() {
-            if self.out.is_empty() {
-                self.timers.write_progress = Instant::now();
-            }
-            self.out_len += chunk.len();
-            self.out.push_back(chunk);
+        let flushed = self.out.poll_flush(&mut self.engine, &mut *self.io, cx, Instant::now);
+        if flushed == Flushed::Failed {
+            self.input_done = true;
         }
-        let mut progressed = false;
-        while !self.out.is_empty() {
-            match crate::io::poll_write_bufs(&mut *self.io, cx, self.out.iter().map(|b| &b[..])) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    self.out.clear();
-                    self.out_len = 0;
-                    self.engine.handle_eof();
-                    self.input_done = true;
-                    return true;
-                }
-                Poll::Ready(Ok(written)) => {
-                    progressed = true;
-                    self.out_len -= written;
-                    self.timers.write_progress = Instant::now();
-                    crate::io::advance_chunks(&mut self.out, written);
-                }
-                Poll::Pending => break,
-            }
-        }
-        if self.out.is_empty() && self.out.capacity() > 0 {
-            self.out = VecDeque::new();
-        }
-        progressed
+        // An idle handle holds no queue.
+        self.out.shrink_when_empty();
+        flushed != Flushed::Nothing
     }
 
     fn wake_senders(&mut self, limit: usize) {
@@ -312,7 +288,6 @@ impl Inner {
             Stop::Force => {
                 self.stop = None;
                 self.out.clear();
-                self.out_len = 0;
                 self.input_done = true;
                 self.finished = true;
                 true
@@ -321,24 +296,16 @@ impl Inner {
     }
 
     fn going_away(&mut self) {
-        if self.engine.state() == WsState::Open {
-            tracing::debug!("server shutting down: closing websocket with 1001");
-            let _ = self
-                .engine
-                .close(CloseCode::GOING_AWAY, "server shutting down", Instant::now().into_std());
-        }
+        close_for_shutdown(&mut self.engine);
     }
 
     /// Fires due timers; returns whether anything happened.
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> bool {
-        let t = &self.timers;
-        let deadline = [
-            self.engine.poll_timeout().map(Instant::from_std),
-            (!self.out.is_empty()).then(|| t.write_progress + t.write_timeout),
-        ]
-        .into_iter()
-        .flatten()
-        .min();
+        let stall = self.out.stall_deadline(self.timers.write_timeout);
+        let deadline = [self.engine.poll_timeout().map(Instant::from_std), stall]
+            .into_iter()
+            .flatten()
+            .min();
         let Some(deadline) = deadline else {
             self.timers.sleep = None;
             return false;
@@ -357,11 +324,9 @@ impl Inner {
             }
         }
         let now = Instant::now();
-        let t = &mut self.timers;
-        if !self.out.is_empty() && now >= t.write_progress + t.write_timeout {
+        if stall.is_some_and(|d| now >= d) {
             tracing::debug!("websocket write stalled; dropping the connection");
             self.out.clear();
-            self.out_len = 0;
             self.engine.handle_eof();
             self.input_done = true;
             self.finished = true;
@@ -559,8 +524,7 @@ impl WebSocket {
         let inner = Inner {
             io,
             engine,
-            out: VecDeque::new(),
-            out_len: 0,
+            out: Outgoing::new(now),
             driver: None,
             waiting_senders: Vec::new(),
             input_done: false,
@@ -568,7 +532,6 @@ impl WebSocket {
             stop: None,
             timers: Timers {
                 write_timeout: options.write_timeout,
-                write_progress: now,
                 sleep: None,
             },
         };
@@ -642,8 +605,7 @@ impl Drop for Shared {
         let placeholder = Inner {
             io: Box::new(tokio::io::duplex(1).0),
             engine: WsConnection::server(&WsConfig::default(), None, std::time::Instant::now()),
-            out: VecDeque::new(),
-            out_len: 0,
+            out: Outgoing::new(Instant::now()),
             driver: None,
             waiting_senders: Vec::new(),
             input_done: true,
@@ -651,7 +613,6 @@ impl Drop for Shared {
             stop: None,
             timers: Timers {
                 write_timeout: Duration::ZERO,
-                write_progress: Instant::now(),
                 sleep: None,
             },
         };
