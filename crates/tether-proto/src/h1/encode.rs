@@ -111,6 +111,15 @@ pub fn encode_head(
 
 /// Writes `n` in decimal.
 pub fn put_decimal(out: &mut BytesMut, n: u64) {
+    // Most values here (timeouts, short bodies) have one or two digits.
+    if n < 10 {
+        out.put_u8(b'0' + n as u8);
+        return;
+    }
+    if n < 100 {
+        out.put_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+        return;
+    }
     let mut tmp = [0u8; 20];
     let mut i = tmp.len();
     let mut n = n;
@@ -182,5 +191,14 @@ mod tests {
         put_decimal(&mut out, 0);
         put_decimal(&mut out, u64::MAX);
         assert_eq!(&out[..], b"018446744073709551615");
+    }
+
+    #[test]
+    fn decimals_of_every_length() {
+        for n in [0u64, 7, 9, 10, 42, 99, 100, 101, 999, 1000, 65_535, 1 << 40, u64::MAX] {
+            let mut out = BytesMut::new();
+            put_decimal(&mut out, n);
+            assert_eq!(&out[..], n.to_string().as_bytes(), "{n}");
+        }
     }
 }

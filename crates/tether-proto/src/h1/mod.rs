@@ -21,4 +21,4 @@ mod tests;
 pub use config::{Config, KeepAliveHeader};
 pub use conn::{body_error_status, CloseCause, Event, ResponseBody, SendError, ServerConnection};
 pub use decode::BodyError;
-pub use parse::{has_token, BodyFraming, HeadError, RequestHead};
+pub use parse::{has_token, recycle_header_map, BodyFraming, HeadError, RequestHead};

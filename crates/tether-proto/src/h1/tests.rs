@@ -780,6 +780,47 @@ fn split_points_do_not_matter() {
     }
 }
 
+#[test]
+fn recycled_header_maps_are_reused_only_when_they_fit() {
+    let head = |h: &mut Harness| match h.events().into_iter().next() {
+        Some(Event::Request(head)) => head,
+        other => panic!("expected a request, got {other:?}"),
+    };
+    let mut h = Harness::new(cfg(|_| {}));
+    // A spare map with room for 20 fields serves a one-field head, emptied.
+    let mut spare = HeaderMap::with_capacity(20);
+    spare.insert(header::SERVER, "left over".parse().unwrap());
+    let spare_capacity = spare.capacity();
+    recycle_header_map(spare);
+    h.feed("GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+    let first = head(&mut h);
+    assert_eq!(first.headers.capacity(), spare_capacity);
+    assert_eq!(first.headers.len(), 1);
+    assert!(first.headers.get(header::SERVER).is_none(), "the spare map was emptied");
+    h.respond("ok");
+    // A map larger than the spare limit is freed, not kept: the next head
+    // gets a map of its own size.
+    recycle_header_map(HeaderMap::with_capacity(1000));
+    h.feed("GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+    let second = head(&mut h);
+    assert!(second.headers.capacity() < 1000);
+    h.respond("ok");
+    // A head with more fields than the spare holds does not use it (it
+    // would grow it); the spare waits for a smaller head.
+    let mut small = HeaderMap::with_capacity(2);
+    let small_capacity = small.capacity();
+    small.insert(header::SERVER, "x".parse().unwrap());
+    recycle_header_map(small);
+    let many: String = (0..small_capacity + 4).map(|i| format!("X-F{i}: v\r\n")).collect();
+    h.feed(&format!("GET /c HTTP/1.1\r\nHost: x\r\n{many}\r\n"));
+    let third = head(&mut h);
+    assert_eq!(third.headers.len(), small_capacity + 5);
+    assert_ne!(third.headers.capacity(), small_capacity);
+    h.respond("ok");
+    h.feed("GET /d HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(head(&mut h).headers.capacity(), small_capacity);
+}
+
 mod prop {
     use super::*;
     use proptest::prelude::*;

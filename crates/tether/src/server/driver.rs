@@ -157,6 +157,10 @@ pub(crate) async fn drive<IO: Transport>(
     let sleep = tokio::time::sleep_until(Instant::now() + std::time::Duration::from_secs(86_400));
     tokio::pin!(sleep);
     let mut armed: Option<Instant> = None;
+    // The clock as read by the I/O step that ended the last wait: a
+    // response started right after it needs no clock read of its own
+    // for its `Date`.
+    let mut clock: Option<std::time::Instant> = None;
 
     loop {
         // 1. Events, while the handler can take body chunks.
@@ -292,7 +296,9 @@ pub(crate) async fn drive<IO: Transport>(
             }
             let wants_read = conn.wants_read();
             let stream_ready = stream.is_some() && conn.output_len() < OUTPUT_HIGH_WATER;
-            let io_fut = poll_fn(|cx| poll_io(&mut io, &mut conn, wants_read, cx));
+            // Set only by a read or write of this wait, which then ends it.
+            clock = None;
+            let io_fut = poll_fn(|cx| poll_io(&mut io, &mut conn, wants_read, &mut clock, cx));
             let stop_future = poll_fn(|cx| {
                 if stop_registered && !upgrade_stop.has_changed().unwrap_or(true) {
                     return Poll::Pending;
@@ -364,7 +370,8 @@ pub(crate) async fn drive<IO: Transport>(
                     blocked_chunk = None;
                     body_tx = None;
                 }
-                match start_response(&mut conn, resp) {
+                let now = clock.unwrap_or_else(std::time::Instant::now);
+                match start_response(&mut conn, resp, now) {
                     Started::Done => {}
                     Started::Streaming(rx) => stream = Some(rx),
                     Started::Upgrade(u) => on_upgrade = u,
@@ -399,14 +406,16 @@ pub(crate) async fn drive<IO: Transport>(
 }
 
 /// One step of I/O: write queued output (one vectored write), read what is there.
+/// `clock` gets the monotonic reading taken, if one was.
 fn poll_io<IO: Transport>(
     io: &mut IO,
     conn: &mut ServerConnection,
     wants_read: bool,
+    clock: &mut Option<std::time::Instant>,
     cx: &mut std::task::Context<'_>,
 ) -> Poll<Wake> {
     let mut progressed = false;
-    let now = || Instant::now().into_std();
+    let mut now = || *clock.insert(std::time::Instant::now());
     if conn.has_output() {
         match crate::io::poll_write_bufs(io, cx, conn.output_bufs()) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
@@ -452,11 +461,14 @@ enum Started {
     Upgrade(Option<OnUpgrade>),
 }
 
-fn start_response(conn: &mut ServerConnection, resp: Response) -> Started {
+/// Starts sending `resp`; `now` is a fresh monotonic reading (for `Date`).
+fn start_response(conn: &mut ServerConnection, resp: Response, now: std::time::Instant) -> Started {
     let (mut parts, body) = resp.into_parts();
     // The engine adds `Date` unless the handler set one.
     let send = |conn: &mut ServerConnection, status, headers: &HeaderMap, body| {
-        super::date::with_current_bytes(|date| conn.send_response_with_date(status, headers, Some(date), body))
+        super::date::with_current_bytes_at(now, |date| {
+            conn.send_response_with_date(status, headers, Some(date), body)
+        })
     };
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         let upgrade = parts.extensions.remove::<OnUpgrade>();
@@ -485,6 +497,8 @@ fn start_response(conn: &mut ServerConnection, resp: Response) -> Started {
         conn.abort_response();
         return Started::Done;
     }
+    // Its (emptied) map serves a later request head.
+    h1::recycle_header_map(parts.headers);
     match (full, rx) {
         (Some(b), _) => {
             if !b.is_empty() {
