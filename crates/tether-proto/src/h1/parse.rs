@@ -212,22 +212,74 @@ pub fn parse_request(buf: &mut BytesMut, config: &Config) -> Result<Option<Reque
         return Err(HeadError::Malformed);
     }
     let uri = Uri::from_maybe_shared(head.slice(start..start + len)).map_err(|_| HeadError::Malformed)?;
+    let mut seen = FieldsSeen::default();
     let headers = FIELD_OFFSETS.with(|fields| {
         let fields = fields.borrow();
         let mut headers = header_map_for(fields.len());
         for &(ns, nl, vs, vl) in fields.iter() {
             let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
             let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| HeadError::Malformed)?;
+            seen.note(&name);
             let value = if vl == 0 {
                 HeaderValue::from_static("")
             } else {
-                HeaderValue::from_maybe_shared(head.slice(vs..vs + vl)).map_err(|_| HeadError::Malformed)?
+                header_value(head.slice(vs..vs + vl))
             };
             headers.append(name, value);
         }
         Ok(headers)
     })?;
-    interpret(method, uri, version, headers, config).map(Some)
+    interpret(method, uri, version, headers, seen, config).map(Some)
+}
+
+/// A field value as httparse accepted it, without checking its bytes again.
+fn header_value(bytes: bytes::Bytes) -> HeaderValue {
+    debug_assert!(bytes.iter().all(|&b| is_field_value_byte(b)));
+    // SAFETY: `from_maybe_shared_unchecked` requires what
+    // `HeaderValue::from_maybe_shared` checks: every byte is HTAB, SP, VCHAR
+    // or obs-text (not a control byte, not DEL). httparse returns a field
+    // value only when every byte of it is in exactly that set (its
+    // `HEADER_VALUE_MAP`, RFC 9110 §5.5 field-vchar); the test
+    // `h1::tests::httparse_values_satisfy_header_value` checks this for all
+    // 256 byte values, and debug builds assert it here. Checking again cost
+    // about 75 instructions per field (callgrind), a thousand for a
+    // browser's request.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(bytes) }
+}
+
+/// RFC 9110 §5.5: `field-vchar / SP / HTAB`, obs-text included.
+pub(crate) fn is_field_value_byte(b: u8) -> bool {
+    b == b'\t' || (b >= 0x20 && b != 0x7f)
+}
+
+/// Which fields that decide framing and persistence a head carries, noted
+/// while its map is built (so the map is not searched for them again).
+#[derive(Debug, Default, Clone, Copy)]
+struct FieldsSeen {
+    hosts: usize,
+    content_length: bool,
+    transfer_encoding: bool,
+    connection: bool,
+    expect: bool,
+    upgrade: bool,
+}
+
+impl FieldsSeen {
+    fn note(&mut self, name: &HeaderName) {
+        if name == header::HOST {
+            self.hosts += 1;
+        } else if name == header::CONTENT_LENGTH {
+            self.content_length = true;
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == header::CONNECTION {
+            self.connection = true;
+        } else if name == header::EXPECT {
+            self.expect = true;
+        } else if name == header::UPGRADE {
+            self.upgrade = true;
+        }
+    }
 }
 
 fn check_partial(buf: &[u8], config: &Config) -> Result<(), HeadError> {
@@ -322,27 +374,19 @@ fn interpret(
     uri: Uri,
     version: Version,
     headers: HeaderMap,
+    seen: FieldsSeen,
     config: &Config,
 ) -> Result<RequestHead, HeadError> {
-    // One pass over the fields finds which framing and persistence fields
-    // are present; only those are looked up again (most requests have none).
-    let (mut hosts, mut has_cl, mut has_te, mut has_connection, mut has_expect, mut has_upgrade) =
-        (0usize, false, false, false, false, false);
-    for name in headers.keys() {
-        if name == header::HOST {
-            hosts = headers.get_all(header::HOST).iter().count();
-        } else if name == header::CONTENT_LENGTH {
-            has_cl = true;
-        } else if name == header::TRANSFER_ENCODING {
-            has_te = true;
-        } else if name == header::CONNECTION {
-            has_connection = true;
-        } else if name == header::EXPECT {
-            has_expect = true;
-        } else if name == header::UPGRADE {
-            has_upgrade = true;
-        }
-    }
+    // Only the framing and persistence fields the head carries are looked
+    // up (most requests have none but `Host`).
+    let FieldsSeen {
+        hosts,
+        content_length: has_cl,
+        transfer_encoding: has_te,
+        connection: has_connection,
+        expect: has_expect,
+        upgrade: has_upgrade,
+    } = seen;
 
     // Host: exactly one in HTTP/1.1 (RFC 9112 §3.2).
     if (version == Version::HTTP_11 && hosts != 1) || hosts > 1 {

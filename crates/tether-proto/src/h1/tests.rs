@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 
 use super::*;
 
@@ -819,6 +819,43 @@ fn recycled_header_maps_are_reused_only_when_they_fit() {
     h.respond("ok");
     h.feed("GET /d HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(head(&mut h).headers.capacity(), small_capacity);
+}
+
+/// `parse::header_value` skips `HeaderValue`'s own byte check because
+/// httparse accepts a field value only when every byte is one that
+/// `HeaderValue` allows. Checked here for every byte value, at every
+/// position of a value long enough for httparse's SIMD paths.
+#[test]
+fn httparse_values_satisfy_header_value() {
+    for b in 0..=255u8 {
+        for at in [0usize, 1, 15, 16, 31, 32, 47, 63] {
+            let mut value = vec![b'a'; 64];
+            value[at] = b;
+            let mut req = b"GET / HTTP/1.1\r\nHost: x\r\nX-B: ".to_vec();
+            req.extend_from_slice(&value);
+            req.extend_from_slice(b"\r\n\r\n");
+            let mut buf = bytes::BytesMut::from(&req[..]);
+            let parsed = parse::parse_request(&mut buf, &Config::default());
+            let allowed = parse::is_field_value_byte(b);
+            match parsed {
+                Ok(Some(head)) => {
+                    // What reaches the map is all allowed bytes (CR and LF
+                    // may end a line early: the value then stops there).
+                    let got = head.headers.get("x-b").expect("the field").as_bytes();
+                    assert!(
+                        got.iter().all(|&g| parse::is_field_value_byte(g)),
+                        "byte {b:#04x} at {at}: {got:?}"
+                    );
+                    assert!(HeaderValue::from_bytes(got).is_ok(), "byte {b:#04x} at {at}");
+                    // Whitespace at either end is OWS, trimmed.
+                    let trimmed = matches!(b, b' ' | b'\t') && (at == 0 || at == value.len() - 1);
+                    assert!(!allowed || trimmed || got.contains(&b), "byte {b:#04x} at {at} lost");
+                }
+                Ok(None) => panic!("byte {b:#04x} at {at}: incomplete"),
+                Err(_) => assert!(!allowed, "byte {b:#04x} at {at} refused"),
+            }
+        }
+    }
 }
 
 mod prop {

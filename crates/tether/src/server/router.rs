@@ -41,8 +41,10 @@ use super::handler::{Handler, HandlerFuture, Request, Response, SharedHandler};
 /// Routes requests by path: exact routes, then the longest prefix, then the
 /// fallback. See the [module documentation](self).
 pub struct Router {
-    /// Exact routes sorted by path, found by binary search (cheaper per
-    /// request than hashing the path with std's SipHash).
+    /// Exact routes sorted by path length, then bytes ([`route_order`]),
+    /// found by binary search: cheaper per request than hashing the path
+    /// with std's SipHash, and paths of other lengths are passed over
+    /// without comparing bytes.
     exact: Vec<(Box<str>, SharedHandler)>,
     /// Prefix routes, longest prefix first.
     prefixes: Vec<(String, SharedHandler)>,
@@ -68,7 +70,7 @@ impl Router {
     pub fn route(mut self, path: impl Into<String>, handler: impl Handler) -> Self {
         let path: Box<str> = path.into().into_boxed_str();
         assert!(path.starts_with('/'), "route path {path:?} must start with '/'");
-        match self.exact.binary_search_by(|(p, _)| p.cmp(&path)) {
+        match self.exact.binary_search_by(|(p, _)| route_order(p, &path)) {
             Ok(_) => panic!("route {path:?} is already registered"),
             Err(at) => self.exact.insert(at, (path, Arc::new(handler))),
         }
@@ -103,7 +105,7 @@ impl Router {
 
     /// The handler that answers requests for `path` (a URI path, no query).
     fn select(&self, path: &str) -> &SharedHandler {
-        if let Ok(i) = self.exact.binary_search_by(|(p, _)| (**p).cmp(path)) {
+        if let Ok(i) = self.exact.binary_search_by(|(p, _)| route_order(p, path)) {
             return &self.exact[i].1;
         }
         self.prefixes
@@ -128,6 +130,14 @@ impl std::fmt::Debug for Router {
             .field("prefixes", &prefixes)
             .finish_non_exhaustive()
     }
+}
+
+/// The order of exact routes: by length, then by bytes.
+fn route_order(route: &str, path: &str) -> std::cmp::Ordering {
+    route
+        .len()
+        .cmp(&path.len())
+        .then_with(|| route.as_bytes().cmp(path.as_bytes()))
 }
 
 impl Handler for Router {
@@ -303,6 +313,41 @@ mod tests {
         assert_eq!(body_of(&resp), b"health");
         assert_eq!(hit(&r, Method::GET, "/healthz/").await.status(), StatusCode::NOT_FOUND);
         assert_eq!(hit(&r, Method::GET, "/healthzz").await.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn many_exact_routes_of_equal_and_different_lengths() {
+        let paths = [
+            "/b",
+            "/a",
+            "/abc",
+            "/ab",
+            "/zz",
+            "/a/b/c",
+            "/",
+            "/aa",
+            "/ba",
+            "/abd",
+            "/long/path/here",
+        ];
+        let names: Vec<&'static str> = paths
+            .iter()
+            .map(|p| &*Box::leak(format!("n{p}").into_boxed_str()))
+            .collect();
+        let mut r = Router::new();
+        for (p, n) in paths.iter().zip(&names) {
+            r = r.route(*p, named(n));
+        }
+        for (p, n) in paths.iter().zip(&names) {
+            assert_eq!(body_of(&hit(&r, Method::GET, p).await), n.as_bytes(), "{p}");
+        }
+        for missing in ["/c", "/abe", "/a/b", "/zzz", "/long/path/herE"] {
+            assert_eq!(
+                hit(&r, Method::GET, missing).await.status(),
+                StatusCode::NOT_FOUND,
+                "{missing}"
+            );
+        }
     }
 
     #[tokio::test]
