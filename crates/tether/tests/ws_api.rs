@@ -506,6 +506,53 @@ async fn shutdown_closes_websockets_with_1001() {
         .unwrap();
 }
 
+/// The receiving half moves to another task after the first message; the
+/// server's shutdown must still reach the connection through the task that
+/// now receives (the stop signal's waker follows the receiving task).
+#[tokio::test]
+async fn shutdown_reaches_a_websocket_whose_receiver_moved_to_another_task() {
+    let options = Arc::new(WsOptions::default());
+    let router = Router::new().route("/handoff", move |req: Request| {
+        let options = options.clone();
+        async move {
+            ws::upgrade(&req, &options, |socket| async move {
+                let (tx, mut rx) = socket.split();
+                if let Some(Ok(m)) = rx.recv().await {
+                    let _ = tx.send(m).await;
+                }
+                // From here on another task receives.
+                let second = tokio::spawn(async move {
+                    while let Some(Ok(m)) = rx.recv().await {
+                        if matches!(m, Message::Text(_)) && tx.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let _ = second.await;
+            })
+        }
+    });
+    let server = start(router).await;
+    let url = format!("ws://127.0.0.1:{}/handoff", server.port);
+    let mut socket = connect(&url, ClientOptions::default()).await.unwrap();
+    for text in ["first task", "second task"] {
+        socket.send(Message::Text(text.into())).await.unwrap();
+        assert_eq!(next_data(&mut socket).await, Message::Text(text.into()));
+    }
+    let Running { stop, done, .. } = server;
+    let _ = stop.unwrap().send(());
+    // Well before the server's 2 s forced stop.
+    match timeout(Duration::from_secs(1), next_data(&mut socket)).await {
+        Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::GOING_AWAY),
+        other => panic!("expected close 1001 within 1 s, got {other:?}"),
+    }
+    assert!(timeout(T, socket.recv()).await.expect("ends").is_none());
+    timeout(Duration::from_secs(5), done)
+        .await
+        .expect("serve returns")
+        .unwrap();
+}
+
 /// After the idle timeout's close, a peer that never answers is waited for
 /// (close handshake deadline) without the connection spinning on the
 /// expired idle deadline: the server's CPU time stays small.

@@ -122,6 +122,12 @@ struct Inner {
     timers: Timers,
     /// The server's stop signal: on shutdown the connection closes with 1001.
     stop: Option<StopSignal>,
+    /// A second receiver of the same channel, to see cheaply whether it
+    /// moved: `stop` is polled (about 230 instructions) only then, or when
+    /// the receiving task changed (see [`Inner::poll_stop`]).
+    stop_probe: Option<watch::Receiver<Stop>>,
+    /// The waker `stop` last registered, while it is pending.
+    stop_waker: Option<Waker>,
 }
 
 type StopSignal = Pin<Box<dyn Future<Output = (Stop, watch::Receiver<Stop>)> + Send>>;
@@ -271,9 +277,21 @@ impl Inner {
     /// Closes with 1001 when the server shuts down; returns whether it did.
     fn poll_stop(&mut self, cx: &mut Context<'_>) -> bool {
         let Some(stop) = self.stop.as_mut() else { return false };
+        // Its waker is registered and the channel has not moved: polling it
+        // again would only register the same waker again. A different
+        // receiving task must register its own.
+        let moved = self.stop_probe.as_ref().is_none_or(|p| p.has_changed().unwrap_or(true));
+        if !moved && self.stop_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return false;
+        }
         let Poll::Ready((signal, rx)) = stop.as_mut().poll(cx) else {
+            self.stop_waker = Some(cx.waker().clone());
             return false;
         };
+        self.stop_waker = None;
+        if let Some(probe) = self.stop_probe.as_mut() {
+            probe.mark_unchanged();
+        }
         match signal {
             Stop::Run => {
                 self.stop = Some(Box::pin(next_stop(rx)));
@@ -530,6 +548,8 @@ impl WebSocket {
             input_done: false,
             finished: false,
             stop: None,
+            stop_probe: None,
+            stop_waker: None,
             timers: Timers {
                 write_timeout: options.write_timeout,
                 sleep: None,
@@ -538,6 +558,7 @@ impl WebSocket {
         let mut inner = inner;
         if let Some(mut rx) = stop {
             if *rx.borrow_and_update() == Stop::Run {
+                inner.stop_probe = Some(rx.clone());
                 inner.stop = Some(Box::pin(next_stop(rx)));
             } else {
                 inner.going_away();
@@ -611,6 +632,8 @@ impl Drop for Shared {
             input_done: true,
             finished: true,
             stop: None,
+            stop_probe: None,
+            stop_waker: None,
             timers: Timers {
                 write_timeout: Duration::ZERO,
                 sleep: None,
