@@ -6,7 +6,10 @@
 //! with `Transfer-Encoding`, differing `Content-Length` values, a final
 //! coding other than `chunked`, obs-fold, a missing or repeated `Host`.
 //! It never allocates beyond the request's own data: header values are
-//! zero-copy slices of the frozen head buffer.
+//! zero-copy slices of the frozen head buffer (not byte-checked a second
+//! time: httparse accepted exactly the bytes `HeaderValue` allows), and the
+//! header map is a spare one handed back with [`recycle_header_map`] (a
+//! sent response's, emptied) whenever one is big enough.
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;

@@ -15,6 +15,10 @@
 //! I/O, the handler, a body chunk, the engine's deadline, or shutdown;
 //! (6) with `park_after`, hands an idle connection back to its caller
 //! (`Driven::Idle`) to be parked without a task (`super::park`).
+//! Per response it reads no clock of its own when the read that brought
+//! the request just read one (`Date` comes from the per-second cache,
+//! checked against that reading), and hands the sent response's header
+//! map back to the engine for a later request head.
 
 use std::future::{poll_fn, Future};
 use std::sync::Arc;
@@ -186,7 +190,9 @@ pub(crate) async fn drive<IO: Transport>(
                     *req.uri_mut() = head.uri;
                     *req.version_mut() = head.version;
                     *req.headers_mut() = head.headers;
-                    handler_fut = Some(handler.call(req));
+                    // Routed by reference: the request moves once, into
+                    // the handler that answers it.
+                    handler_fut = Some(super::handler::resolve(&*handler, &req).call(req));
                 }
                 Event::Body(chunk) => {
                     if let Some(tx) = &body_tx {

@@ -144,6 +144,10 @@ impl Handler for Router {
     fn call(&self, req: Request) -> HandlerFuture {
         self.select(req.uri().path()).call(req)
     }
+
+    fn resolve(&self, req: &Request) -> Option<&dyn Handler> {
+        Some(&**self.select(req.uri().path()))
+    }
 }
 
 async fn default_fallback(_req: Request) -> Response {
@@ -200,15 +204,26 @@ impl std::fmt::Debug for MethodRouter {
     }
 }
 
+impl MethodRouter {
+    fn select(&self, method: &Method) -> Option<&SharedHandler> {
+        self.routes.iter().find(|(m, _)| m == method).map(|(_, h)| h)
+    }
+}
+
 impl Handler for MethodRouter {
     fn call(&self, req: Request) -> HandlerFuture {
-        match self.routes.iter().find(|(m, _)| m == req.method()) {
-            Some((_, h)) => h.call(req),
+        match self.select(req.method()) {
+            Some(h) => h.call(req),
             None => {
                 let resp = method_not_allowed_with(self.allow.clone());
                 Box::pin(async move { resp })
             }
         }
+    }
+
+    /// The method's handler; none (this router answers 405) otherwise.
+    fn resolve(&self, req: &Request) -> Option<&dyn Handler> {
+        self.select(req.method()).map(|h| &**h)
     }
 }
 
@@ -410,6 +425,43 @@ mod tests {
         let resp = hit(&r, Method::GET, "/api/v1?x=1").await;
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
         assert_eq!(resp.headers()["x-seen"], "/api/v1?x=1");
+    }
+
+    /// The server routes by reference (`handler::resolve`) and then calls
+    /// the handler found: the same answers as calling the router itself,
+    /// nested routers and method routers included.
+    #[tokio::test]
+    async fn resolving_then_calling_answers_like_calling() {
+        let inner = Router::new()
+            .route("/api/v1/ping", get(named("pong")))
+            .route("/api/v1/post", methods(&[Method::POST], named("posted")));
+        let r = Router::new().prefix("/api/", inner).route("/healthz", named("health"));
+        let cases = [
+            (Method::GET, "/api/v1/ping"),
+            (Method::HEAD, "/api/v1/ping"),
+            (Method::DELETE, "/api/v1/ping"),
+            (Method::POST, "/api/v1/post"),
+            (Method::GET, "/api/v1/post"),
+            (Method::GET, "/api/v1/missing"),
+            (Method::GET, "/healthz"),
+            (Method::GET, "/nowhere"),
+        ];
+        for (method, uri) in cases {
+            let called = hit(&r, method.clone(), uri).await;
+            let request = req(method.clone(), uri);
+            let leaf = crate::server::handler::resolve(&r, &request);
+            let resolved = leaf.call(request).await;
+            assert_eq!(resolved.status(), called.status(), "{method} {uri}");
+            assert_eq!(body_of(&resolved), body_of(&called), "{method} {uri}");
+            assert_eq!(resolved.headers(), called.headers(), "{method} {uri}");
+        }
+        // A method the route does not allow stops at its method router,
+        // which answers the 405 itself.
+        let request = req(Method::DELETE, "/api/v1/ping");
+        let leaf = crate::server::handler::resolve(&r, &request);
+        let answer = leaf.call(request).await;
+        assert_eq!(answer.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(answer.headers()[http::header::ALLOW], "GET, HEAD");
     }
 
     #[tokio::test]
