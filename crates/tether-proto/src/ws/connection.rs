@@ -344,14 +344,29 @@ impl WsConnection {
         self.process(now);
     }
 
+    /// Payload bytes of the frame being received that have not arrived yet
+    /// (0 between frames). From 64 KiB or so, reading straight into
+    /// [`read_buffer`](Self::read_buffer) saves a copy per byte.
+    pub fn payload_remaining(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| {
+            (p.header.payload_len as usize).saturating_sub(self.read_buf.len())
+        })
+    }
+
     /// The read buffer, with spare capacity reserved, for the driver to read
     /// into directly; call [`process_read_buffer`](Self::process_read_buffer) after.
+    ///
+    /// For the rest of a frame it asks for at most the larger of 64 KiB and
+    /// what of the frame has arrived, so a peer that declares a large frame
+    /// gets memory only as it sends the bytes (at least 4 KiB is reserved).
     pub fn read_buffer(&mut self) -> &mut BytesMut {
-        let remaining = self.pending.as_ref().map_or(0, |p| {
-            (p.header.payload_len as usize).saturating_sub(self.read_buf.len())
-        });
+        let remaining = self.payload_remaining();
+        let arrived = self.read_buf.len();
+        // `reserve` may double the capacity on top (and lets the allocator
+        // grow a large buffer in place): at most about four times what of
+        // the frame arrived.
         self.read_buf
-            .reserve(remaining.clamp(MIN_READ_RESERVE, MAX_READ_RESERVE));
+            .reserve(remaining.min(MAX_READ_RESERVE.max(arrived)).max(MIN_READ_RESERVE));
         self.note_read_capacity();
         &mut self.read_buf
     }

@@ -1126,3 +1126,46 @@ proptest! {
         prop_assert_eq!(events(&mut srv), expected);
     }
 }
+
+/// Reading the rest of a large frame straight into the engine's buffer:
+/// the reservation grows with what has arrived (a peer that declares a
+/// large frame and sends nothing gets at most 64 KiB), and the payload
+/// comes out intact, unmasked, whatever the read sizes.
+#[test]
+fn read_buffer_for_a_large_frame_grows_with_what_arrived() {
+    let payload: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(|i| (i * 31 % 251) as u8).collect();
+    let frame = c(0x82, &payload);
+    let header_len = frame.len() - payload.len();
+    let mut conn = server();
+    conn.feed(&frame[..header_len], t0());
+    assert_eq!(conn.payload_remaining(), payload.len());
+    // Declared 3 MiB, nothing sent: a small reservation only.
+    let reserved = conn.read_buffer().capacity();
+    assert!((4096..=64 * 1024 + 4096).contains(&reserved), "{reserved}");
+    let mut at = header_len;
+    let mut reads = 0;
+    while at < frame.len() {
+        let buf = conn.read_buffer();
+        let arrived = buf.len();
+        let spare = buf.capacity() - buf.len();
+        assert!(spare > 0);
+        // Proportional to what arrived (the buffer's own growth may double
+        // what was asked for), never the whole declared frame at once.
+        let bound = 4 * (64 * 1024).max(arrived) + 4096;
+        assert!(buf.capacity() <= bound, "capacity {} after {arrived}", buf.capacity());
+        // Reads of uneven sizes, as a socket gives them.
+        let n = spare
+            .min(frame.len() - at)
+            .min(if reads % 3 == 0 { 1000 } else { usize::MAX });
+        buf.extend_from_slice(&frame[at..at + n]);
+        at += n;
+        reads += 1;
+        conn.process_read_buffer(t0());
+    }
+    assert!(reads < 60, "{reads} reads");
+    assert_eq!(conn.payload_remaining(), 0);
+    match conn.poll_event() {
+        Some(Event::Message(Message::Binary(b))) => assert!(b[..] == payload[..], "payload differs"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -33,6 +33,7 @@
 //! has no idle timeout.
 
 mod broadcast;
+mod incoming;
 mod outgoing;
 mod service;
 mod socket;

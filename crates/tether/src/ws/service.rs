@@ -331,22 +331,12 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
             if !self.input_done
                 && self.out.len() + self.state.engine.queued_bytes() < self.state.options.max_queued_bytes
             {
-                let engine = &mut self.state.engine;
-                let input_done = &mut self.input_done;
-                let clock = &mut clock;
-                match crate::io::poll_read_with(&mut self.io, cx, |bytes| {
-                    if bytes.is_empty() {
-                        engine.handle_eof();
-                        *input_done = true;
-                    } else {
-                        engine.feed(bytes, clock.get().into_std());
-                    }
+                let clock_ref = &mut clock;
+                match super::incoming::poll_read(&mut self.io, cx, &mut self.state.engine, || {
+                    clock_ref.get().into_std()
                 }) {
-                    Poll::Ready(result) => {
-                        if result.is_err() {
-                            self.state.engine.handle_eof();
-                            self.input_done = true;
-                        }
+                    Poll::Ready(r) => {
+                        self.input_done |= matches!(r, super::incoming::Read::Ended);
                         read = true;
                         self.last_io = clock.get();
                     }

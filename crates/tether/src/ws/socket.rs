@@ -240,25 +240,11 @@ impl Inner {
             }
             let mut read = false;
             if !self.input_done && self.queued() < READ_STOP {
-                let engine = &mut self.engine;
-                let input_done = &mut self.input_done;
-                let result = crate::io::poll_read_with(&mut *self.io, cx, |bytes| {
-                    let now = Instant::now();
-                    if bytes.is_empty() {
-                        engine.handle_eof();
-                        *input_done = true;
-                    } else {
-                        engine.feed(bytes, now.into_std());
-                    }
-                });
-                match result {
-                    Poll::Ready(Ok(())) => read = true,
-                    Poll::Ready(Err(_)) => {
-                        self.engine.handle_eof();
-                        self.input_done = true;
-                        read = true;
-                    }
-                    Poll::Pending => {}
+                if let Poll::Ready(r) =
+                    super::incoming::poll_read(&mut *self.io, cx, &mut self.engine, std::time::Instant::now)
+                {
+                    self.input_done |= matches!(r, super::incoming::Read::Ended);
+                    read = true;
                 }
             }
             if read || wrote {
