@@ -492,13 +492,18 @@ async fn shutdown_closes_websockets_with_1001() {
     let mut socket = connect(&url, ClientOptions::default()).await.unwrap();
     socket.send(Message::Text("before".into())).await.unwrap();
     assert_eq!(next_data(&mut socket).await, Message::Text("before".into()));
+    shut_down_expecting_going_away(server, &mut socket, T).await;
+}
+
+/// Stops `server` and expects its close 1001 on `socket` within `within`;
+/// our reply completes the handshake, the server closes TCP and returns.
+async fn shut_down_expecting_going_away(server: Running, socket: &mut ws::WebSocket, within: Duration) {
     let Running { stop, done, .. } = server;
     let _ = stop.unwrap().send(());
-    match next_data(&mut socket).await {
-        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::GOING_AWAY),
-        other => panic!("expected close 1001, got {other:?}"),
+    match timeout(within, next_data(socket)).await {
+        Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::GOING_AWAY),
+        other => panic!("expected close 1001 within {within:?}, got {other:?}"),
     }
-    // Our reply completes the handshake; the server closes TCP and returns.
     assert!(timeout(T, socket.recv()).await.expect("ends").is_none());
     timeout(Duration::from_secs(5), done)
         .await
@@ -539,18 +544,8 @@ async fn shutdown_reaches_a_websocket_whose_receiver_moved_to_another_task() {
         socket.send(Message::Text(text.into())).await.unwrap();
         assert_eq!(next_data(&mut socket).await, Message::Text(text.into()));
     }
-    let Running { stop, done, .. } = server;
-    let _ = stop.unwrap().send(());
     // Well before the server's 2 s forced stop.
-    match timeout(Duration::from_secs(1), next_data(&mut socket)).await {
-        Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::GOING_AWAY),
-        other => panic!("expected close 1001 within 1 s, got {other:?}"),
-    }
-    assert!(timeout(T, socket.recv()).await.expect("ends").is_none());
-    timeout(Duration::from_secs(5), done)
-        .await
-        .expect("serve returns")
-        .unwrap();
+    shut_down_expecting_going_away(server, &mut socket, Duration::from_secs(1)).await;
 }
 
 /// After the idle timeout's close, a peer that never answers is waited for
