@@ -29,6 +29,11 @@
 //! * on server shutdown the connection closes with 1001 and counts as open
 //!   until its close handshake ends (or the server's forced stop drops it).
 //!
+//! Both drivers (the handle's and the callback service's) share their I/O
+//! steps: `incoming` reads (through a per-thread scratch buffer, or straight
+//! into the engine's buffer for the rest of a large frame) and `outgoing`
+//! writes (one vectored write, stall deadline, close on shutdown).
+//!
 //! Heartbeat and idle timeout are off by default: per RFC 6455 a WebSocket
 //! has no idle timeout.
 
