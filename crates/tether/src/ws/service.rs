@@ -290,10 +290,23 @@ async fn drive<IO: Parkable, S: WsService>(
                 unreachable!("a lot comes only with a TCP socket")
             };
             let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let service = state.service;
             let parked = ParkedWebSocket {
                 engine: state.engine,
                 options: state.options,
-                service: Box::new(state.service),
+                resume: Box::new(move |engine, options, io, stop, guard, lot| {
+                    spawn_resumed(
+                        Engine {
+                            engine,
+                            service,
+                            options,
+                        },
+                        io,
+                        stop,
+                        guard,
+                        lot,
+                    )
+                }),
             };
             lot.park(tcp, Sleeping::WebSocket(parked), stop, guard, peer);
         }
@@ -432,50 +445,34 @@ impl<IO: Transport, S: WsService> Running<IO, S> {
 }
 
 /// A parked callback-served WebSocket: held by value in the parking lot's
-/// slab; the service is type-erased (a stateless service, like an echo, is
-/// zero-sized and its box allocates nothing).
+/// slab. The service is type-erased inside `resume` (a stateless service,
+/// like an echo, makes a zero-sized closure whose box allocates nothing).
 pub(crate) struct ParkedWebSocket {
     engine: WsConnection,
     options: Arc<WsOptions>,
-    service: Box<dyn ResumeService>,
+    resume: ResumeOnTask,
 }
 
-/// A service that can take its connection back onto a task.
-trait ResumeService: Send {
-    fn resume(
-        self: Box<Self>,
-        engine: WsConnection,
-        options: Arc<WsOptions>,
-        io: TcpStream,
-        stop: watch::Receiver<Stop>,
-        guard: Option<OpenGuard>,
-        lot: ParkingLot,
-    );
-}
+/// Puts a parked connection's engine and service back on a task of their own.
+type ResumeOnTask = Box<
+    dyn FnOnce(WsConnection, Arc<WsOptions>, TcpStream, watch::Receiver<Stop>, Option<OpenGuard>, ParkingLot) + Send,
+>;
 
-impl<S: WsService> ResumeService for S {
-    fn resume(
-        self: Box<Self>,
-        engine: WsConnection,
-        options: Arc<WsOptions>,
-        io: TcpStream,
-        stop: watch::Receiver<Stop>,
-        guard: Option<OpenGuard>,
-        lot: ParkingLot,
-    ) {
-        let state = Engine {
-            engine,
-            service: *self,
-            options,
-        };
-        tokio::spawn(drive(io, state, Some(stop), guard, Some(lot)));
-    }
+/// A resumed connection's task (a function of its own: `drive` cannot
+/// name its own future type from inside).
+fn spawn_resumed<S: WsService>(
+    state: Engine<S>,
+    io: TcpStream,
+    stop: watch::Receiver<Stop>,
+    guard: Option<OpenGuard>,
+    lot: ParkingLot,
+) {
+    tokio::spawn(drive(io, state, Some(stop), guard, Some(lot)));
 }
 
 impl ParkedWebSocket {
     pub(crate) fn resume(self, io: TcpStream, stop: watch::Receiver<Stop>, guard: Option<OpenGuard>, lot: &ParkingLot) {
-        self.service
-            .resume(self.engine, self.options, io, stop, guard, lot.clone());
+        (self.resume)(self.engine, self.options, io, stop, guard, lot.clone());
     }
 }
 
