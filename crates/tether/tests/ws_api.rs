@@ -13,43 +13,17 @@ use tether::server::router::{self, Router};
 use tether::server::{Request, Server};
 use tether::ws::{self, Broadcast, CloseCode, CompressionMode, Message, OverflowPolicy, WsOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
 const T: Duration = Duration::from_secs(10);
 
-struct Running {
-    port: u16,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
-}
+mod common;
+use common::{raw_upgrade, Serving};
 
-impl Running {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        timeout(T, self.done).await.expect("server stops").unwrap();
-    }
-}
-
-async fn start(router: Router) -> Running {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = oneshot::channel::<()>();
-    let server = Server::new(h1::Config::default(), router).shutdown_timeout(Duration::from_secs(2));
-    let done = tokio::spawn(async move {
-        server
-            .serve(listener, async move {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    Running {
-        port,
-        stop: Some(tx),
-        done,
-    }
+async fn start(router: Router) -> Serving {
+    Serving::start(Server::new(h1::Config::default(), router).shutdown_timeout(Duration::from_secs(2))).await
 }
 
 fn echo_router(options: WsOptions) -> Router {
@@ -296,18 +270,6 @@ async fn slow_consumer_is_closed_with_1008() {
     server.stop().await;
 }
 
-/// Opens a TCP connection and sends a WebSocket upgrade request on `/ws`.
-async fn raw_upgrade(port: u16) -> TcpStream {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    tcp.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    tcp
-}
-
 /// Walks unmasked server frames and returns the code of the close frame.
 fn last_close_code(mut frames: &[u8]) -> Option<u16> {
     let mut code = None;
@@ -497,18 +459,14 @@ async fn shutdown_closes_websockets_with_1001() {
 
 /// Stops `server` and expects its close 1001 on `socket` within `within`;
 /// our reply completes the handshake, the server closes TCP and returns.
-async fn shut_down_expecting_going_away(server: Running, socket: &mut ws::WebSocket, within: Duration) {
-    let Running { stop, done, .. } = server;
-    let _ = stop.unwrap().send(());
+async fn shut_down_expecting_going_away(mut server: Serving, socket: &mut ws::WebSocket, within: Duration) {
+    server.begin_stop();
     match timeout(within, next_data(socket)).await {
         Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::GOING_AWAY),
         other => panic!("expected close 1001 within {within:?}, got {other:?}"),
     }
     assert!(timeout(T, socket.recv()).await.expect("ends").is_none());
-    timeout(Duration::from_secs(5), done)
-        .await
-        .expect("serve returns")
-        .unwrap();
+    server.finished(Duration::from_secs(5)).await;
 }
 
 /// The receiving half moves to another task after the first message; the

@@ -8,39 +8,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::wait_stats;
+use common::{raw_upgrade, Serving};
 use tether::client::ws::{connect, ClientOptions};
 use tether::proto::h1;
-use tether::server::{Request, Router, Server, ServerStats};
+use tether::server::{Request, Router, Server};
 use tether::ws::{self, CloseCode, Message, Replies, WsOptions, WsService};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 mod common;
 
 const T: Duration = Duration::from_secs(10);
 const PARK: Duration = Duration::from_millis(100);
-
-struct Running {
-    port: u16,
-    stats: Arc<ServerStats>,
-    stop: Option<oneshot::Sender<()>>,
-    done: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        timeout(T, self.done).await.expect("server stops").unwrap();
-    }
-
-    /// Waits (bounded) until the server's counters reach `parked` and `open`.
-    async fn wait_counts(&self, parked: u64, open: u64) {
-        wait_stats(&self.stats, parked, open).await;
-    }
-}
 
 /// A service that counts its messages and answers each with the count and
 /// the message: its state must survive parking.
@@ -64,34 +44,19 @@ impl WsService for Counting {
     }
 }
 
-async fn start(options: WsOptions, park_after: Option<Duration>, ended: Arc<AtomicUsize>) -> Running {
+async fn start(options: WsOptions, park_after: Option<Duration>, ended: Arc<AtomicUsize>) -> Serving {
     let options = Arc::new(options);
     let router = Router::new().route("/ws", move |req: Request| {
         let options = options.clone();
         let ended = ended.clone();
         async move { ws::upgrade_service(&req, &options, Counting { seen: 0, ended }) }
     });
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = oneshot::channel::<()>();
-    let server = Server::new(h1::Config::default(), router)
-        .shutdown_timeout(Duration::from_secs(5))
-        .park_idle_after(park_after);
-    let stats = server.stats();
-    let done = tokio::spawn(async move {
-        server
-            .serve(listener, async move {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
-    });
-    Running {
-        port,
-        stats,
-        stop: Some(tx),
-        done,
-    }
+    Serving::start(
+        Server::new(h1::Config::default(), router)
+            .shutdown_timeout(Duration::from_secs(5))
+            .park_idle_after(park_after),
+    )
+    .await
 }
 
 /// A WebSocket client on raw TCP, so a test decides every byte (and
@@ -102,13 +67,7 @@ struct Raw {
 
 impl Raw {
     async fn connect(port: u16) -> Raw {
-        let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        tcp.write_all(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        )
-        .await
-        .unwrap();
+        let mut tcp = raw_upgrade(port).await;
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {

@@ -569,3 +569,69 @@ pub async fn wait_stats(stats: &ServerStats, parked: u64, open: u64) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Any configured [`Server`] (its own router and settings) serving on
+/// `127.0.0.1:0` until [`stop`](Serving::stop)ped.
+pub struct Serving {
+    pub port: u16,
+    pub stats: Arc<ServerStats>,
+    stop: Option<oneshot::Sender<()>>,
+    done: JoinHandle<()>,
+}
+
+impl Serving {
+    pub async fn start(server: Server) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local addr").port();
+        let stats = server.stats();
+        let (tx, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            server
+                .serve(listener, async move {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            port,
+            stats,
+            stop: Some(tx),
+            done,
+        }
+    }
+
+    /// Starts graceful shutdown without waiting for it.
+    pub fn begin_stop(&mut self) {
+        let _ = self.stop.take().expect("stopped once").send(());
+    }
+
+    /// Waits (bounded by `within`) for `serve` to return.
+    pub async fn finished(self, within: Duration) {
+        timeout(within, self.done).await.expect("server stops").unwrap();
+    }
+
+    /// Graceful shutdown, waited for (bounded: 10 s).
+    pub async fn stop(mut self) {
+        self.begin_stop();
+        self.finished(Duration::from_secs(10)).await;
+    }
+
+    /// Waits (bounded) until the server's counters reach `parked` and `open`.
+    pub async fn wait_counts(&self, parked: u64, open: u64) {
+        wait_stats(&self.stats, parked, open).await;
+    }
+}
+
+/// Opens a TCP connection and sends a WebSocket upgrade request on `/ws`
+/// (the response is the caller's to read).
+pub async fn raw_upgrade(port: u16) -> TcpStream {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("write the upgrade request");
+    tcp
+}
