@@ -35,6 +35,12 @@ pub struct Config {
     pub body_timeout: Duration,
     /// Output that makes no progress for this long closes the connection.
     pub write_timeout: Duration,
+    /// Unsent output above which the connection stops reading and parsing
+    /// further requests, and a streamed response body pauses: a client
+    /// that pipelines requests and never reads the responses holds at most
+    /// one response plus this much, and its socket is left unread (TCP
+    /// backpressure) until the write timeout closes it.
+    pub max_unsent_output: usize,
     /// Largest accepted request body in bytes (`413` beyond).
     pub max_body: u64,
     /// Largest request head (request line and header fields), `431` beyond.
@@ -66,6 +72,7 @@ impl Default for Config {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
+            max_unsent_output: 256 * 1024,
             max_body: 16 * 1024 * 1024,
             max_head: 64 * 1024,
             max_headers: 100,

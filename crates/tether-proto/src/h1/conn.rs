@@ -395,12 +395,30 @@ impl ServerConnection {
         }
     }
 
-    /// Whether the driver should read more bytes now.
+    /// Whether the driver should read more bytes now. Not while unsent
+    /// output is above `max_unsent_output` between requests or while
+    /// lingering: those bytes could only be the next requests (whose
+    /// responses would pile up behind a peer that does not read) or be
+    /// discarded. The current request's body is still read (bounded by the
+    /// read buffer and the drain limit).
     pub fn wants_read(&self) -> bool {
         match self.phase {
             Phase::Closed | Phase::Upgraded => false,
+            Phase::Idle { .. } | Phase::Head { .. } | Phase::Linger { .. } if self.output_blocked() => false,
             _ => !self.peer_eof && self.read_buf.len() <= self.config.max_head,
         }
+    }
+
+    /// Unsent output is above `max_unsent_output`: no new request is
+    /// parsed and no more is read until the peer takes some.
+    fn output_blocked(&self) -> bool {
+        self.out.len() > self.config.max_unsent_output
+    }
+
+    /// Whether a streamed response body may queue more now (unsent
+    /// output is within `max_unsent_output`).
+    pub fn has_output_capacity(&self) -> bool {
+        !self.output_blocked()
     }
 
     // ----- events -----
@@ -416,6 +434,8 @@ impl ServerConnection {
         loop {
             match self.phase {
                 Phase::Closed | Phase::Upgraded | Phase::Linger { .. } => return None,
+                // The next request waits until the peer reads what is queued.
+                Phase::Idle { .. } | Phase::Head { .. } if self.output_blocked() => return None,
                 Phase::Idle { .. } | Phase::Head { .. } => return self.poll_head(),
                 Phase::Active => return self.poll_body(),
                 Phase::Draining { drained } => {
@@ -915,7 +935,14 @@ impl ServerConnection {
         if n > 0 {
             self.write_progress = now;
         }
+        let was_blocked = self.output_blocked();
         self.out.consume(n);
+        if was_blocked && !self.output_blocked() {
+            if let Phase::Head { since } = &mut self.phase {
+                // The header timer runs only while the head waits on the peer.
+                *since = now;
+            }
+        }
         if self.out.is_empty() {
             self.output_flushed();
         }
@@ -936,6 +963,8 @@ impl ServerConnection {
             Phase::Closed | Phase::Upgraded => return None,
             Phase::Idle { since: Some(s) } => Some(s + c.idle_timeout),
             Phase::Idle { since: None } => None,
+            // Blocked by our own unsent output: the write timeout governs.
+            Phase::Head { .. } if self.output_blocked() => None,
             Phase::Head { since } => Some(since + c.header_timeout),
             Phase::Active | Phase::Draining { .. } => self.body_deadline(),
             Phase::Linger {
@@ -983,7 +1012,7 @@ impl ServerConnection {
             Phase::Idle { since: Some(s) } if now >= s + c.idle_timeout => {
                 self.close_now(CloseCause::IdleTimeout);
             }
-            Phase::Head { since } if now >= since + c.header_timeout => {
+            Phase::Head { since } if !self.output_blocked() && now >= since + c.header_timeout => {
                 self.reject_with(StatusCode::REQUEST_TIMEOUT, CloseCause::HeaderTimeout);
                 self.pending = Some(PendingEvent::Reject(StatusCode::REQUEST_TIMEOUT));
             }

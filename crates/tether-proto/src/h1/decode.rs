@@ -3,7 +3,10 @@
 //! The decoder takes bytes from the front of the connection's read buffer
 //! and yields body chunks as zero-copy `Bytes`. It never reads past the
 //! end of the body, so whatever follows is the next request, exactly.
-//! Chunk-size lines accept a bare LF exactly as the head parser does; sizes
+//! Every line of the chunked framing (chunk-size lines, the end of chunk
+//! data, trailer lines and the final empty line) must end in CRLF (RFC 9112
+//! §7.1): a bare LF is refused, since a proxy in front that reads it
+//! differently would frame the body differently (request smuggling). Sizes
 //! are 1 to 16 hex digits (an empty size is an error, not zero); chunk
 //! extensions are checked for forbidden bytes, counted against a bound and
 //! ignored; trailers are bounded like a head and returned as a `HeaderMap`.
@@ -150,10 +153,6 @@ impl BodyDecoder {
                 }
                 Kind::Chunked(Chunked::DataEnd) => match buf.first() {
                     None => return Ok(Decoded::NeedMore),
-                    Some(b'\n') => {
-                        buf.advance(1);
-                        self.kind = Kind::Chunked(Chunked::Size);
-                    }
                     Some(b'\r') => match buf.get(1) {
                         None => return Ok(Decoded::NeedMore),
                         Some(b'\n') => {
@@ -204,20 +203,18 @@ impl BodyDecoder {
         }
     }
 
-    /// Takes one line (without its LF or CRLF) if a whole line is buffered.
-    /// A CR anywhere but right before the LF is an error.
+    /// Takes one line (without its CRLF) if a whole line is buffered. A
+    /// line must end in CRLF; a bare LF, or a CR anywhere else, is an error.
     fn take_line(&self, buf: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>, BodyError> {
         let window = &buf[..buf.len().min(limit)];
         match window.iter().position(|&b| b == b'\n') {
+            Some(0) => Err(BodyError::InvalidChunk),
             Some(lf) => {
-                let mut line = buf.split_to(lf + 1);
-                line.truncate(lf);
-                if line.last() == Some(&b'\r') {
-                    line.truncate(lf - 1);
-                }
-                if line.contains(&b'\r') {
+                if window[lf - 1] != b'\r' || window[..lf - 1].contains(&b'\r') {
                     return Err(BodyError::InvalidChunk);
                 }
+                let mut line = buf.split_to(lf + 1);
+                line.truncate(lf - 1);
                 Ok(Some(line))
             }
             None if buf.len() >= limit => Err(BodyError::InvalidChunk),
@@ -332,9 +329,26 @@ mod tests {
     }
 
     #[test]
-    fn chunked_bare_lf() {
-        let (body, _, _) = chunked(b"3\nabc\n0\n\n").unwrap();
-        assert_eq!(body, b"abc");
+    fn chunked_lines_need_crlf() {
+        // RFC 9112 §7.1: every line of the framing ends in CRLF. Each of
+        // these has one bare LF (the two reports first).
+        for bad in [
+            &b"5;ext\nhello\r\n0\r\n\r\n"[..],
+            b"5\nhello\n0\n\n",
+            b"3\nabc\r\n0\r\n\r\n",         // size line
+            b"3\r\nabc\n0\r\n\r\n",         // end of chunk data
+            b"3\r\nabc\r\n0\n\r\n",         // last-chunk line
+            b"3\r\nabc\r\n0\r\nT: v\n\r\n", // trailer line
+            b"3\r\nabc\r\n0\r\n\n",         // final empty line
+            b"3\r\nabc\r\n0\r\n\r\r\n",     // a CR before the CRLF
+        ] {
+            assert_eq!(
+                chunked(bad).unwrap_err(),
+                BodyError::InvalidChunk,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -75,9 +75,19 @@ pub enum HeadError {
     /// The request target is longer than the limit.
     #[error("request target too long")]
     TargetTooLong,
-    /// An HTTP/1.1 request without exactly one `Host`.
-    #[error("missing or repeated Host header")]
+    /// An HTTP/1.1 request without exactly one `Host`, or a `Host` value
+    /// that is not `uri-host [ ":" port ]` (RFC 9112 §3.2).
+    #[error("missing, repeated or invalid Host header")]
     Host,
+    /// A request target that is none of the four forms (RFC 9112 §3.2):
+    /// origin-form must start with `/`, `*` is for `OPTIONS` only,
+    /// authority-form for `CONNECT` only, absolute-form needs a scheme and
+    /// an authority.
+    #[error("invalid request target")]
+    Target,
+    /// A method longer than any this server could implement.
+    #[error("method too long")]
+    MethodTooLong,
     /// Bad or conflicting `Content-Length`.
     #[error("invalid Content-Length")]
     ContentLength,
@@ -105,13 +115,14 @@ impl HeadError {
             HeadError::Malformed
             | HeadError::ObsFold
             | HeadError::Host
+            | HeadError::Target
             | HeadError::ContentLength
             | HeadError::LengthAndEncoding
             | HeadError::TransferEncoding => StatusCode::BAD_REQUEST,
             HeadError::Version => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             HeadError::HeadTooLarge | HeadError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HeadError::TargetTooLong => StatusCode::URI_TOO_LONG,
-            HeadError::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
+            HeadError::UnknownCoding | HeadError::MethodTooLong => StatusCode::NOT_IMPLEMENTED,
             HeadError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HeadError::Expectation => StatusCode::EXPECTATION_FAILED,
         }
@@ -188,7 +199,11 @@ pub fn parse_request(buf: &mut BytesMut, config: &Config) -> Result<Option<Reque
     }
     let base = buf.as_ptr() as usize;
     let range = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes()).map_err(|_| HeadError::Malformed)?;
+    let method_bytes = req.method.unwrap_or("").as_bytes();
+    if method_bytes.len() > MAX_METHOD {
+        return Err(HeadError::MethodTooLong);
+    }
+    let method = Method::from_bytes(method_bytes).map_err(|_| HeadError::Malformed)?;
     let path = range(req.path.unwrap_or("").as_bytes());
     let version = match req.version {
         Some(0) => Version::HTTP_10,
@@ -215,6 +230,7 @@ pub fn parse_request(buf: &mut BytesMut, config: &Config) -> Result<Option<Reque
         return Err(HeadError::Malformed);
     }
     let uri = Uri::from_maybe_shared(head.slice(start..start + len)).map_err(|_| HeadError::Malformed)?;
+    check_target_form(&head[start..start + len], &method, &uri)?;
     let mut seen = FieldsSeen::default();
     let headers = FIELD_OFFSETS.with(|fields| {
         let fields = fields.borrow();
@@ -222,7 +238,7 @@ pub fn parse_request(buf: &mut BytesMut, config: &Config) -> Result<Option<Reque
         for &(ns, nl, vs, vl) in fields.iter() {
             let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
             let name = HeaderName::from_bytes(&head[ns..ns + nl]).map_err(|_| HeadError::Malformed)?;
-            seen.note(&name);
+            seen.note(&name, &head[vs..vs + vl]);
             let value = if vl == 0 {
                 HeaderValue::from_static("")
             } else {
@@ -260,6 +276,8 @@ pub(crate) fn is_field_value_byte(b: u8) -> bool {
 #[derive(Debug, Default, Clone, Copy)]
 struct FieldsSeen {
     hosts: usize,
+    /// Every `Host` value seen is `uri-host [ ":" port ]`.
+    hosts_valid: bool,
     content_length: bool,
     transfer_encoding: bool,
     connection: bool,
@@ -268,8 +286,9 @@ struct FieldsSeen {
 }
 
 impl FieldsSeen {
-    fn note(&mut self, name: &HeaderName) {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
         if name == header::HOST {
+            self.hosts_valid = (self.hosts == 0 || self.hosts_valid) && is_valid_host(value);
             self.hosts += 1;
         } else if name == header::CONTENT_LENGTH {
             self.content_length = true;
@@ -286,6 +305,12 @@ impl FieldsSeen {
 }
 
 fn check_partial(buf: &[u8], config: &Config) -> Result<(), HeadError> {
+    // The method is still arriving and already longer than any we could
+    // implement (empty lines before the request line are skipped).
+    let line = &buf[buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len())..];
+    if line.len() > MAX_METHOD && !line[..=MAX_METHOD].contains(&b' ') {
+        return Err(HeadError::MethodTooLong);
+    }
     // The request line is not complete yet and already longer than any
     // acceptable one: the target is too long.
     let line_end = memchr(b'\n', buf);
@@ -384,6 +409,7 @@ fn interpret(
     // up (most requests have none but `Host`).
     let FieldsSeen {
         hosts,
+        hosts_valid: _,
         content_length: has_cl,
         transfer_encoding: has_te,
         connection: has_connection,
@@ -391,8 +417,8 @@ fn interpret(
         upgrade: has_upgrade,
     } = seen;
 
-    // Host: exactly one in HTTP/1.1 (RFC 9112 §3.2).
-    if (version == Version::HTTP_11 && hosts != 1) || hosts > 1 {
+    // Host: exactly one in HTTP/1.1, and a valid value (RFC 9112 §3.2).
+    if (version == Version::HTTP_11 && hosts != 1) || hosts > 1 || (hosts == 1 && !seen.hosts_valid) {
         return Err(HeadError::Host);
     }
 
@@ -502,6 +528,84 @@ fn interpret(
     })
 }
 
+/// Longest accepted method: the longest registered method
+/// (`UPDATEREDIRECTREF`) is 17 bytes; a longer one is answered `501`
+/// (RFC 9110 §9.1) and the connection closed.
+pub const MAX_METHOD: usize = 20;
+
+/// The request target is one of the forms of RFC 9112 §3.2 for `method`.
+fn check_target_form(target: &[u8], method: &Method, uri: &Uri) -> Result<(), HeadError> {
+    let ok = match target.first() {
+        Some(b'/') => true,
+        _ if target == b"*" => method == Method::OPTIONS,
+        _ if method == Method::CONNECT => uri.scheme().is_none() && uri.authority().is_some(),
+        _ => uri.scheme().is_some() && uri.authority().is_some(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(HeadError::Target)
+    }
+}
+
+/// `Host = uri-host [ ":" port ]` (RFC 9112 §3.2, RFC 3986 §3.2.2): a
+/// reg-name (unreserved, pct-encoded, sub-delims), an IPv4 address (a
+/// reg-name's characters cover it) or an IP literal in brackets, then an
+/// optional port of digits. An empty value is valid (a target without an
+/// authority). No userinfo (`user@host`), no spaces.
+pub fn is_valid_host(value: &[u8]) -> bool {
+    let (host_ok, rest) = match value.first() {
+        Some(b'[') => match value.iter().position(|&b| b == b']') {
+            Some(end) => (is_ip_literal(&value[1..end]), &value[end + 1..]),
+            None => return false,
+        },
+        _ => {
+            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+            (is_reg_name(&value[..end]), &value[end..])
+        }
+    };
+    let port_ok = match rest {
+        [] => true,
+        [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    host_ok && port_ok
+}
+
+fn is_reg_name(s: &[u8]) -> bool {
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'%' => {
+                if !(s.len() > i + 2 && s[i + 1].is_ascii_hexdigit() && s[i + 2].is_ascii_hexdigit()) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `IPv6address / IPvFuture` inside the brackets: checked for its
+/// characters (the address's exact grammar is not a framing question).
+fn is_ip_literal(s: &[u8]) -> bool {
+    match s {
+        [] => false,
+        [b'v' | b'V', rest @ ..] => {
+            !rest.is_empty()
+                && rest
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:".contains(&b))
+        }
+        _ => s.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+    }
+}
+
 /// `1*DIGIT` without sign, spaces or overflow.
 pub(crate) fn parse_decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 {
@@ -598,6 +702,98 @@ mod tests {
             HeadError::Host
         );
         assert!(parse("GET / HTTP/1.0\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn host_value_must_be_uri_host_and_port() {
+        for good in [
+            "x",
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:18080",
+            "[::1]",
+            "[::1]:80",
+            "[v1.fe80::a+en1]",
+            "a%20b",
+            "xn--bcher-kva.example",
+            "",
+            "host:",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n");
+            assert!(parse(&raw).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "a b",
+            "user@evil",
+            "user:pw@evil",
+            "a/b",
+            "a?b",
+            "a#b",
+            "host:port",
+            "host:123456",
+            "[::1",
+            "[::g]",
+            "[]",
+            "a%2",
+            "a%zz",
+            "host:80:80",
+            "\"quoted\"",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert_eq!(parse(&raw).unwrap_err(), HeadError::Host, "{bad:?}");
+        }
+        // HTTP/1.0 may omit Host, but a present one must be valid.
+        assert_eq!(
+            parse("GET / HTTP/1.0\r\nHost: a b\r\n\r\n").unwrap_err(),
+            HeadError::Host
+        );
+    }
+
+    #[test]
+    fn request_target_forms() {
+        assert!(parse("GET /a HTTP/1.1\r\nHost: x\r\n\r\n").is_ok());
+        assert!(parse("GET http://x/a HTTP/1.1\r\nHost: x\r\n\r\n").is_ok());
+        assert!(parse("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n").is_ok());
+        assert!(parse("CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n").is_ok());
+        for bad in [
+            "GET healthz HTTP/1.1",
+            "GET healthz?x=1 HTTP/1.1",
+            "GET * HTTP/1.1",
+            "GET x:443 HTTP/1.1",
+            "GET http:/a HTTP/1.1",
+            "GET a/b HTTP/1.1",
+        ] {
+            let raw = format!("{bad}\r\nHost: x\r\n\r\n");
+            // `Target`, or `Malformed` where the URI parser refuses it first.
+            let err = parse(&raw).unwrap_err();
+            assert!(
+                matches!(err, HeadError::Target | HeadError::Malformed),
+                "{bad:?}: {err:?}"
+            );
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn a_method_longer_than_any_is_not_implemented() {
+        let long = "A".repeat(MAX_METHOD + 1);
+        assert!(parse(&format!("{} / HTTP/1.1\r\nHost: x\r\n\r\n", "A".repeat(MAX_METHOD))).is_ok());
+        assert_eq!(
+            parse(&format!("{long} / HTTP/1.1\r\nHost: x\r\n\r\n")).unwrap_err(),
+            HeadError::MethodTooLong
+        );
+        assert_eq!(HeadError::MethodTooLong.status(), StatusCode::NOT_IMPLEMENTED);
+        // Still arriving: refused as soon as it is too long.
+        let huge = "A".repeat(10_000);
+        assert_eq!(
+            find_head_end(huge.as_bytes(), &Config::default()).unwrap_err(),
+            HeadError::MethodTooLong
+        );
+        assert_eq!(
+            find_head_end(format!("\r\n{long}").as_bytes(), &Config::default()).unwrap_err(),
+            HeadError::MethodTooLong
+        );
+        assert!(find_head_end(b"GET /partial", &Config::default()).unwrap().is_none());
     }
 
     #[test]

@@ -597,6 +597,9 @@ fn bad_input_statuses() {
         ("GET / HTTP/1.1\r\n\r\n", 400),
         ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 17000000\r\n\r\n", 413),
         ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: user@evil\r\n\r\n", 400),
+        ("GET healthz HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ];
     for (raw, status) in cases {
         let mut h = Harness::new(cfg(|_| {}));
@@ -639,6 +642,77 @@ fn bad_input_statuses() {
         let evs = h.events();
         assert!(matches!(evs[..], [Event::Reject(s)] if s.as_u16() == status), "{evs:?}");
     }
+}
+
+#[test]
+fn a_method_longer_than_any_gets_501_and_closes() {
+    let mut h = Harness::new(cfg(|_| {}));
+    let w = h.roundtrip(&format!("{} / HTTP/1.1\r\nHost: x\r\n\r\n{GET}", "M".repeat(10_000)));
+    assert!(w.starts_with("HTTP/1.1 501") && w.contains("connection: close"), "{w}");
+    assert_eq!(w.matches("HTTP/1.1").count(), 1, "nothing after it is parsed: {w}");
+    assert_eq!(h.conn.will_close(), Some(CloseCause::ProtocolError));
+}
+
+#[test]
+fn pipelined_requests_wait_while_unsent_output_is_over_the_bound() {
+    let mut h = Harness::new(cfg(|c| {
+        c.max_unsent_output = 1000;
+        c.header_timeout = Duration::from_secs(2);
+        c.write_timeout = Duration::from_secs(30);
+    }));
+    h.feed(&GET.repeat(3));
+    assert_eq!(requests(&h.events()), 1);
+    let big = Bytes::from(vec![b'x'; 3000]);
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Length(3000))
+        .unwrap();
+    h.conn.send_body(big).unwrap();
+    h.conn.finish_response().unwrap();
+    // The peer reads nothing: the next head is not parsed, nothing more is
+    // read, and only the write timeout is pending (not the header timeout:
+    // the stall is the server's own output).
+    assert!(h.events().is_empty());
+    assert!(!h.conn.wants_read());
+    assert!(!h.conn.has_output_capacity());
+    assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_secs(30)));
+    h.at(10_000);
+    h.conn.handle_timeout(h.now);
+    assert!(!h.conn.is_closed(), "no 408 while the output is ours to send");
+    // The peer takes enough to bring it under the bound: the next request
+    // is served and its header timer starts now.
+    h.conn.consume_output(2500, h.now);
+    assert!(h.conn.has_output_capacity());
+    assert!(h.conn.wants_read());
+    assert_eq!(requests(&h.events()), 1);
+    // Never read, the output ends the connection at the write timeout.
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Length(3000))
+        .unwrap();
+    h.conn.send_body(Bytes::from(vec![b'y'; 3000])).unwrap();
+    h.conn.finish_response().unwrap();
+    assert!(h.events().is_empty());
+    h.at(40_000);
+    h.conn.handle_timeout(h.now);
+    assert_eq!(h.conn.close_cause(), Some(CloseCause::WriteTimeout));
+}
+
+#[test]
+fn a_lingering_connection_with_blocked_output_reads_nothing() {
+    let mut h = Harness::new(cfg(|c| c.max_unsent_output = 100));
+    h.feed("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    h.events();
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Length(500))
+        .unwrap();
+    h.conn.send_body(Bytes::from(vec![b'z'; 500])).unwrap();
+    h.conn.finish_response().unwrap();
+    assert!(
+        !h.conn.wants_read(),
+        "discarding input while our output waits costs CPU for nothing"
+    );
+    let _ = h.flush();
+    assert!(h.conn.take_shutdown_write());
+    assert!(h.conn.wants_read(), "flushed: the lingering read begins");
 }
 
 #[test]

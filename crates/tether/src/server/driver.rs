@@ -37,8 +37,6 @@ use super::handler::{HandlerFuture, Response, SharedHandler};
 use super::park::ParkingLot;
 use super::upgrade::{OnUpgrade, Transport, Upgraded};
 
-/// Streamed response bodies pause above this much queued output.
-const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 /// Request body chunks buffered between the driver and the handler.
 const BODY_CHANNEL: usize = 4;
 
@@ -301,7 +299,7 @@ pub(crate) async fn drive<IO: Transport>(
                 }
             }
             let wants_read = conn.wants_read();
-            let stream_ready = stream.is_some() && conn.output_len() < OUTPUT_HIGH_WATER;
+            let stream_ready = stream.is_some() && conn.has_output_capacity();
             // Set only by a read or write of this wait, which then ends it.
             clock = None;
             let io_fut = poll_fn(|cx| poll_io(&mut io, &mut conn, wants_read, &mut clock, cx));
