@@ -39,9 +39,9 @@ fuzz_target!(|data: &[u8]| {
         ..WsConfig::default()
     };
     let mut conn = if setup & 0b100 == 0 {
-        WsConnection::server(&config, deflate, std::time::Instant::now())
+        WsConnection::server(config.clone(), deflate, std::time::Instant::now())
     } else {
-        WsConnection::client(&config, deflate, || [0x12, 0x34, 0x56, 0x78], std::time::Instant::now())
+        WsConnection::client(config.clone(), deflate, || [0x12, 0x34, 0x56, 0x78], std::time::Instant::now())
     };
     let now = Instant::now();
     let piece = usize::from(*piece).max(1);
@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
                 _ => {}
             }
         }
-        while conn.poll_transmit().is_some() {}
+        let _ = conn.take_output(now);
     }
     conn.handle_eof();
     conn.handle_timeout(now + Duration::from_secs(60));

@@ -12,7 +12,7 @@ use http::{header, Method, StatusCode};
 use tether::proto::h1;
 use tether::server::router::{self, Router};
 use tether::server::{Body, BodyError, Request, Response, Server, SharedHandler, StaticFiles};
-use tether::ws::{self, CompressionMode, Message, OverflowPolicy, WsOptions};
+use tether::ws::{self, CompressionMode, Message, QueueOverflow, WsOptions};
 
 use crate::config::{format_duration, KeepAliveHeaderMode, ServeConfig, WsCompression};
 
@@ -50,8 +50,8 @@ pub fn ws_options(c: &ServeConfig) -> WsOptions {
     o.engine.compression.mode = mode;
     o.engine.ping_interval = c.ws_ping_interval;
     o.engine.idle_timeout = c.ws_idle_timeout;
-    o.max_queued_bytes = usize::try_from(c.ws_max_queued).unwrap_or(usize::MAX);
-    o.overflow = OverflowPolicy::Close;
+    o.engine.max_queued_bytes = usize::try_from(c.ws_max_queued).unwrap_or(usize::MAX);
+    o.engine.queue_overflow = QueueOverflow::Close;
     o
 }
 

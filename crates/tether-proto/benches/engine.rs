@@ -93,7 +93,7 @@ fn ws(c: &mut Criterion) {
         g.bench_function("decode_text_frame", |b| {
             let config = WsConfig::default();
             let now = Instant::now();
-            let mut conn = WsConnection::server(&config, None, std::time::Instant::now());
+            let mut conn = WsConnection::server(config.clone(), None, std::time::Instant::now());
             b.iter(|| {
                 conn.feed(black_box(&frame), now);
                 black_box(conn.poll_event().expect("a message"));

@@ -10,6 +10,7 @@
 
 pub mod client;
 mod io;
+pub mod lifecycle;
 pub mod server;
 pub mod ws;
 

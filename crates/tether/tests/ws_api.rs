@@ -11,7 +11,7 @@ use tether::client::ws::{connect, ClientOptions};
 use tether::proto::h1;
 use tether::server::router::{self, Router};
 use tether::server::{Request, Server};
-use tether::ws::{self, Broadcast, CloseCode, CompressionMode, Message, OverflowPolicy, WsOptions};
+use tether::ws::{self, Broadcast, CloseCode, CompressionMode, Message, QueueOverflow, WsConfig, WsOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -179,7 +179,10 @@ async fn backpressure_send_waits_and_try_send_reports_full() {
     let (result_tx, result_rx) = oneshot::channel::<(usize, bool, bool)>();
     let result_tx = Arc::new(std::sync::Mutex::new(Some(result_tx)));
     let options = WsOptions {
-        max_queued_bytes: 64 * 1024,
+        engine: WsConfig {
+            max_queued_bytes: 64 * 1024,
+            ..WsConfig::default()
+        },
         ..WsOptions::default()
     };
     let options = Arc::new(options);
@@ -224,8 +227,11 @@ async fn backpressure_send_waits_and_try_send_reports_full() {
 #[tokio::test]
 async fn slow_consumer_is_closed_with_1008() {
     let options = WsOptions {
-        max_queued_bytes: 32 * 1024,
-        overflow: OverflowPolicy::Close,
+        engine: WsConfig {
+            max_queued_bytes: 32 * 1024,
+            queue_overflow: QueueOverflow::Close,
+            ..WsConfig::default()
+        },
         ..WsOptions::default()
     };
     let options = Arc::new(options);
@@ -402,7 +408,10 @@ async fn broadcast_reaches_every_member_once() {
 #[tokio::test]
 async fn same_task_echo_with_a_full_queue_makes_progress() {
     let options = Arc::new(WsOptions {
-        max_queued_bytes: 64 * 1024,
+        engine: WsConfig {
+            max_queued_bytes: 64 * 1024,
+            ..WsConfig::default()
+        },
         ..WsOptions::default()
     });
     let router = Router::new().route("/ws", move |req: Request| {

@@ -12,7 +12,7 @@ use common::{raw_upgrade, Serving};
 use tether::client::ws::{connect, ClientOptions};
 use tether::proto::h1;
 use tether::server::{Request, Router, Server};
-use tether::ws::{self, CloseCode, Message, Replies, WsOptions, WsService};
+use tether::ws::{self, CloseCode, Message, Replies, WsConfig, WsOptions, WsService};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -299,7 +299,10 @@ async fn a_partial_frame_is_never_parked() {
 #[tokio::test]
 async fn reading_pauses_while_replies_pile_up() {
     let options = WsOptions {
-        max_queued_bytes: 64 * 1024,
+        engine: WsConfig {
+            max_queued_bytes: 64 * 1024,
+            ..WsConfig::default()
+        },
         ..WsOptions::default()
     };
     let server = start(options, None, Arc::default()).await;
@@ -321,5 +324,88 @@ async fn reading_pauses_while_replies_pile_up() {
         assert_eq!((op, payload.len()), (0x2, 256 * 1024));
     }
     drop(raw);
+    server.stop().await;
+}
+
+/// An echo endpoint served by callback, under `options`.
+async fn start_echo(options: WsOptions) -> Serving {
+    let options = Arc::new(options);
+    let router = Router::new().route("/ws", move |req: Request| {
+        let options = options.clone();
+        async move {
+            ws::upgrade_service(&req, &options, |m: Message, replies: &mut Replies<'_>| {
+                let _ = replies.send(m);
+            })
+        }
+    });
+    Serving::start(Server::new(h1::Config::default(), router).shutdown_timeout(Duration::from_secs(5))).await
+}
+
+/// Issue 10, defect 3: `hi` and a Close in one segment. The echo of `hi`
+/// goes out before the close reply (it was lost before), in every run.
+#[tokio::test]
+async fn a_message_and_a_close_in_one_segment_get_the_echo_then_the_close() {
+    let server = start_echo(WsOptions::default()).await;
+    for _ in 0..20 {
+        let mut raw = Raw::connect(server.port).await;
+        raw.tcp
+            .write_all(b"\x81\x82\0\0\0\0hi\x88\x82\0\0\0\0\x03\xe8")
+            .await
+            .unwrap();
+        assert_eq!(raw.next().await, (0x1, b"hi".to_vec()));
+        raw.expect_close(1000).await;
+        raw.expect_eof().await;
+    }
+    server.stop().await;
+}
+
+/// Issue 10, defect 2: under `QueueOverflow::Close` (what `tether serve`
+/// uses) a peer that sends without reading is closed with 1008 `slow
+/// consumer` instead of being held open until the write timeout.
+#[tokio::test]
+async fn a_peer_that_does_not_read_its_echoes_is_closed_as_a_slow_consumer() {
+    let options = WsOptions {
+        engine: WsConfig {
+            max_queued_bytes: 64 * 1024,
+            queue_overflow: ws::QueueOverflow::Close,
+            ..WsConfig::default()
+        },
+        ..WsOptions::default()
+    };
+    let server = start_echo(options).await;
+    let mut raw = Raw::connect(server.port).await;
+    let frame = Raw::frame(0x2, &vec![7u8; 256 * 1024]);
+    let started = Instant::now();
+    // Send without reading (bounded: 64 MiB); the server stops reading once
+    // it has closed, so the writes stall.
+    let mut sent = 0usize;
+    while sent < 256 {
+        match timeout(Duration::from_millis(500), raw.tcp.write_all(&frame)).await {
+            Ok(Ok(())) => sent += 1,
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    assert!(sent < 256, "the server read {sent} messages of 256 KiB without closing");
+    // The echoes that fitted, then the close with 1008.
+    let mut echoes = 0;
+    loop {
+        let (op, payload) = raw.next().await;
+        if op == 0x8 {
+            assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1008);
+            assert_eq!(&payload[2..], b"slow consumer");
+            break;
+        }
+        assert_eq!((op, payload.len()), (0x2, 256 * 1024));
+        echoes += 1;
+    }
+    assert!(echoes >= 1 && echoes < sent, "{echoes} echoes of {sent} messages");
+    // Well before the 30 s write timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(raw);
+    server.wait_counts(0, 0).await;
     server.stop().await;
 }

@@ -125,7 +125,7 @@ pub fn fragmentation() -> Group {
             },
         ),
         case(
-            "5.19 five fragments with a ping after each: pongs, then the echo",
+            "5.19 five fragments with a ping after each: answers in the order asked (the last pong after the echo)",
             |s| {
                 let mut c = Client::open(s);
                 let mut expected = Vec::new();
@@ -136,9 +136,13 @@ pub fn fragmentation() -> Group {
                     let ping = format!("pongme {}!", i + 1);
                     let bytes = c.frames(&[(i == 4, 0, op, part.as_bytes()), (true, 0, PING, ping.as_bytes())]);
                     c.send_raw(&bytes);
+                    if i == 4 {
+                        // The message completed before the last ping arrived:
+                        // its echo goes first.
+                        c.expect_text(&expected);
+                    }
                     c.expect_pong(ping.as_bytes());
                 }
-                c.expect_text(&expected);
                 c.close_normally();
             },
         ),

@@ -5,6 +5,12 @@
 //!
 //! *Input.* The driver appends received bytes ([`WsConnection::feed`], or
 //! [`WsConnection::read_buffer`] + [`WsConnection::process_read_buffer`]).
+//! Frames are processed up to the first complete data message; the rest
+//! waits in the buffer until [`WsConnection::poll_event`] has handed that
+//! message over, so what the user sends in reply is queued before the
+//! effects of any later frame (the Close reply, a 1002): every message
+//! received before a close is delivered and answered first. On end of
+//! file the complete frames still buffered are delivered too.
 //! For each frame the header is decoded and checked against the connection
 //! (masking by role, RSV bits by negotiated extension, fragmentation
 //! sequence, frame and message size limits from the *declared* length, before
@@ -16,13 +22,22 @@
 //! Pong is surfaced, Close runs the close handshake.
 //!
 //! *Output.* `send_*`, `ping`, `pong`, `close` and [`WsConnection::send_encoded`]
-//! encode frames into a queue of `Bytes` that the driver takes with
-//! [`WsConnection::poll_transmit`] (several chunks can go in one vectored
-//! write). Small frames are coalesced into one buffer; large server payloads
-//! are queued as their own `Bytes` without copying. [`WsConnection::queued_bytes`]
-//! and the `max_queued_bytes` limit give backpressure: data sends on a full
-//! queue fail with [`SendError::QueueFull`]. Automatic pongs and Close frames
-//! bypass the limit, so a driver should stop reading while the queue is full.
+//! encode frames into a queue of `Bytes` that stays the engine's until
+//! written: the driver offers it with [`WsConnection::poll_transmit`]
+//! (several chunks for one vectored write) and reports what the transport
+//! took with [`WsConnection::handle_written`]. Small frames are coalesced
+//! into one buffer; large server payloads are queued as their own `Bytes`
+//! without copying. The queue is bounded: a data message that does not fit
+//! `max_queued_bytes` (an empty queue takes any one message) is refused
+//! ([`QueueOverflow::Refuse`]: [`SendError::QueueFull`], and
+//! [`WsConnection::wants_read`] pauses reading while the queue is full) or
+//! closes the connection with 1008 `slow consumer`
+//! ([`QueueOverflow::Close`]). Close frames, automatic pongs and heartbeat
+//! pings bypass the limit (reading pauses while the queue stays over it
+//! after one, so they are bounded by what one read brings). Queued output that makes no progress for
+//! `write_timeout` ends the connection ([`WsEnd::WriteTimeout`]); its timer
+//! starts when the output is first offered for writing (a send carries no
+//! time).
 //!
 //! *States* ([`WsState`]):
 //! ```text
@@ -45,7 +60,11 @@
 //! close start arms one deadline (`close_timeout`, default 5 s):
 //! [`WsConnection::poll_timeout`] reports it and
 //! [`WsConnection::handle_timeout`] past it makes the transport close anyway.
-//! Methods that can start the close take `now`; the engine never reads a clock.
+//! Methods that start the close take `now`, except a close from `send`
+//! (`Message::Close`, a slow consumer), whose deadline is armed by the next
+//! call that brings the time; the engine never reads a clock.
+//! [`WsConnection::shutdown`] closes an open connection with 1001.
+//! [`WsConnection::poll_end`] then says how it ended ([`WsEnd`]).
 //!
 //! *Liveness* (optional, [`WsConfig::ping_interval`] and
 //! [`WsConfig::idle_timeout`]), decided here on the same clock: every ping
@@ -63,11 +82,12 @@
 //! (`set_retain_buffers`) and free them before it waits (`release_buffers`).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::close::{encode_close_payload, parse_close_payload, CloseCode, MAX_CLOSE_REASON};
+use super::close::{encode_close_payload, parse_close_payload, CloseCode, CloseFrame, MAX_CLOSE_REASON};
 use super::deflate::{CompressionConfig, DeflateParams, MessageCompressor, MessageDecompressor};
 use super::error::{ProtocolError, SendError};
 use super::frame::{encode_frame, EncodedFrame, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD};
@@ -98,8 +118,16 @@ pub struct WsConfig {
     pub max_frame_size: usize,
     /// Largest accepted message (after inflating); over it: 1009.
     pub max_message_size: usize,
-    /// Data sends fail with `QueueFull` while this many bytes are queued.
+    /// Bytes queued for writing (frames not yet written to the transport)
+    /// beyond which a data message is not accepted: it is refused or closes
+    /// the connection, as [`WsConfig::queue_overflow`] says. A message always
+    /// fits into an empty queue, so one message may exceed the limit.
     pub max_queued_bytes: usize,
+    /// What a send that does not fit does.
+    pub queue_overflow: QueueOverflow,
+    /// Queued output that makes no progress for this long ends the
+    /// connection ([`WsEnd::WriteTimeout`]): the peer stopped reading.
+    pub write_timeout: Duration,
     /// How long to wait for the peer's Close (and, as a client, for the server's TCP close).
     pub close_timeout: Duration,
     /// Answer every Ping with a Pong automatically.
@@ -119,12 +147,60 @@ impl Default for WsConfig {
         WsConfig {
             max_frame_size: 16 << 20,
             max_message_size: 16 << 20,
-            max_queued_bytes: 8 << 20,
+            max_queued_bytes: 4 << 20,
+            queue_overflow: QueueOverflow::Refuse,
+            write_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(5),
             auto_pong: true,
             compression: CompressionConfig::default(),
             ping_interval: None,
             idle_timeout: None,
+        }
+    }
+}
+
+/// What a send does when the queue has no room for its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueOverflow {
+    /// The send fails with [`SendError::QueueFull`] and the connection stays
+    /// as it is; reading pauses while the queue is full
+    /// ([`WsConnection::wants_read`]), so automatic pongs cannot grow it
+    /// without bound either. For senders that wait for room (backpressure).
+    #[default]
+    Refuse,
+    /// The connection closes with 1008 (policy violation, reason `slow
+    /// consumer`) and the send fails with [`SendError::SlowConsumer`]:
+    /// a peer that does not read costs bounded memory and nobody waits for
+    /// it. Reading goes on while the queue is full (so the next message
+    /// finds it full), unless automatic pongs went over the limit.
+    Close,
+}
+
+/// How a WebSocket connection ended, once it has
+/// ([`WsConnection::poll_end`]). Exactly one per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WsEnd {
+    /// The close handshake completed (either side started it).
+    Closed,
+    /// The peer violated the protocol (the engine sent 1002, 1007 or 1009).
+    ProtocolError,
+    /// The transport ended (EOF, reset) before the close handshake did (1006).
+    Abnormal,
+    /// The peer did not answer our Close within the close timeout.
+    CloseTimeout,
+    /// Queued output made no progress for the write timeout.
+    WriteTimeout,
+}
+
+impl WsEnd {
+    /// A short, stable name for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WsEnd::Closed => "closed",
+            WsEnd::ProtocolError => "protocol_error",
+            WsEnd::Abnormal => "abnormal",
+            WsEnd::CloseTimeout => "close_timeout",
+            WsEnd::WriteTimeout => "write_timeout",
         }
     }
 }
@@ -154,6 +230,15 @@ pub enum Event {
     AbnormalClosure,
 }
 
+/// How far [`WsConnection::process`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Stop once an event is waiting to be taken.
+    Event,
+    /// Process every complete frame (the transport ended).
+    Drained,
+}
+
 /// Source of client masking keys (the crate has no random number generator).
 pub type MaskKeySource = Box<dyn FnMut() -> [u8; 4] + Send>;
 
@@ -180,12 +265,8 @@ struct DeflateEngines {
 /// A sans-I/O WebSocket connection (after the handshake).
 pub struct WsConnection {
     role: Role,
-    max_frame_size: usize,
-    max_message_size: usize,
-    max_queued_bytes: usize,
-    close_timeout: Duration,
-    auto_pong: bool,
-    compress_min_size: usize,
+    /// Limits and timers, shared by the connections of one endpoint.
+    config: Arc<WsConfig>,
     /// Boxed: zlib handles are large and most connections do not compress.
     deflate: Option<Box<DeflateEngines>>,
     mask_keys: Option<MaskKeySource>,
@@ -202,24 +283,46 @@ pub struct WsConnection {
     assembler: MessageAssembler,
     events: VecDeque<Event>,
 
-    /// Chunks ready to write, in order, followed by `out_tail`.
+    /// Chunks ready to write, in order, followed by `out_tail`. They stay
+    /// here until the driver reports them written.
     out_queue: VecDeque<Bytes>,
     /// Small frames coalesced here.
     out_tail: BytesMut,
+    /// Bytes queued and not yet written.
     queued_bytes: usize,
+    /// When queued output last made progress, or was first offered for
+    /// writing (`poll_transmit`); `None` while nothing is queued.
+    write_since: Option<Instant>,
+    /// An answer to input (an automatic control frame, or a reply under
+    /// `Refuse`) was queued over the limit: reading pauses until the queue
+    /// is below it again.
+    answers_over_limit: bool,
 
     close_sent: bool,
     close_received: bool,
     failed: bool,
     eof: bool,
     timed_out: bool,
+    write_timed_out: bool,
     close_deadline: Option<Instant>,
+    /// A close started without the time at hand (a slow-consumer close
+    /// from a send): its deadline is armed at the next call that brings `now`.
+    close_timer_due: bool,
 
-    ping_interval: Option<Duration>,
     next_ping: Option<Instant>,
     awaiting_pong: bool,
-    idle_timeout: Option<Duration>,
     last_input: Instant,
+}
+
+/// A data frame's size on the wire for a payload of `len` bytes (a
+/// server's frame; a client's adds a 4-byte mask, which the limit ignores).
+fn frame_len(len: usize) -> usize {
+    FrameHeader::new(OpCode::Binary, len as u64, None).encoded_len() + len
+}
+
+/// A close frame's code and reason; no frame means 1000 with no reason.
+fn close_parts(frame: Option<&CloseFrame>) -> (CloseCode, &str) {
+    frame.map_or((CloseCode::NORMAL, ""), |f| (f.code, f.reason.as_str()))
 }
 
 /// The heartbeat Ping's payload (a Pong with any payload answers it).
@@ -241,25 +344,25 @@ impl std::fmt::Debug for WsConnection {
 impl WsConnection {
     /// A server-side connection opened at `now`; `deflate` from
     /// `handshake::Accepted::deflate`.
-    pub fn server(config: &WsConfig, deflate: Option<DeflateParams>, now: Instant) -> Self {
-        Self::new(Role::Server, config, deflate, None, now)
+    pub fn server(config: impl Into<Arc<WsConfig>>, deflate: Option<DeflateParams>, now: Instant) -> Self {
+        Self::new(Role::Server, config.into(), deflate, None, now)
     }
 
     /// A client-side connection opened at `now`; `deflate` from
     /// `handshake::ClientAccepted::deflate`. `mask_keys` must return a fresh
     /// unpredictable key per frame.
     pub fn client(
-        config: &WsConfig,
+        config: impl Into<Arc<WsConfig>>,
         deflate: Option<DeflateParams>,
         mask_keys: impl FnMut() -> [u8; 4] + Send + 'static,
         now: Instant,
     ) -> Self {
-        Self::new(Role::Client, config, deflate, Some(Box::new(mask_keys)), now)
+        Self::new(Role::Client, config.into(), deflate, Some(Box::new(mask_keys)), now)
     }
 
     fn new(
         role: Role,
-        config: &WsConfig,
+        config: Arc<WsConfig>,
         deflate: Option<DeflateParams>,
         mask_keys: Option<MaskKeySource>,
         now: Instant,
@@ -288,12 +391,6 @@ impl WsConnection {
         });
         WsConnection {
             role,
-            max_frame_size: config.max_frame_size,
-            max_message_size: config.max_message_size,
-            max_queued_bytes: config.max_queued_bytes,
-            close_timeout: config.close_timeout,
-            auto_pong: config.auto_pong,
-            compress_min_size: config.compression.min_message_size,
             deflate,
             mask_keys,
             read_buf: BytesMut::new(),
@@ -305,22 +402,30 @@ impl WsConnection {
             out_queue: VecDeque::new(),
             out_tail: BytesMut::new(),
             queued_bytes: 0,
+            write_since: None,
+            answers_over_limit: false,
             close_sent: false,
             close_received: false,
             failed: false,
             eof: false,
             timed_out: false,
+            write_timed_out: false,
             close_deadline: None,
-            ping_interval: config.ping_interval,
+            close_timer_due: false,
             next_ping: config.ping_interval.map(|interval| now + interval),
             awaiting_pong: false,
-            idle_timeout: config.idle_timeout,
             last_input: now,
+            config,
         }
     }
 
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The limits and timers this connection runs with.
+    pub fn config(&self) -> &WsConfig {
+        &self.config
     }
 
     /// The negotiated permessage-deflate parameters, if any.
@@ -331,17 +436,20 @@ impl WsConnection {
     // -----------------------------------------------------------------------
     // Input
 
-    /// Takes received bytes and processes every complete frame.
+    /// Takes received bytes and processes frames up to the first complete
+    /// data message (the rest waits in the buffer until that message is
+    /// taken: see [`poll_event`](Self::poll_event)).
     pub fn feed(&mut self, bytes: &[u8], now: Instant) {
         if self.input_closed() {
             return;
         }
+        self.note_time(now);
         if !bytes.is_empty() {
             self.last_input = now;
         }
         self.read_buf.extend_from_slice(bytes);
         self.note_read_capacity();
-        self.process(now);
+        self.process(now, Until::Event);
     }
 
     /// Payload bytes of the frame being received that have not arrived yet
@@ -378,26 +486,37 @@ impl WsConnection {
             self.free_read_buffer();
             return;
         }
+        self.note_time(now);
         self.last_input = now;
-        self.process(now);
+        self.process(now, Until::Event);
     }
 
-    /// The transport reached end of file.
+    /// The transport reached end of file (or failed). Complete frames still
+    /// buffered are processed first: what arrived before the end is
+    /// delivered. Queued output is dropped: the transport closes now.
     pub fn handle_eof(&mut self) {
         if self.eof {
             return;
         }
-        self.eof = true;
-        if !self.close_received && !self.failed && !self.timed_out {
+        if !self.input_closed() {
+            self.process(self.last_input, Until::Drained);
+        }
+        if !self.close_received && !self.failed && !self.transport_gone() {
             self.events.push_back(Event::AbnormalClosure);
         }
-        self.free_read_buffer();
-        self.pending = None;
+        self.eof = true;
+        self.abandon_transport();
         self.assembler.discard();
     }
 
-    /// The next event, in order.
+    /// The next event, in order. Input is processed up to one data message
+    /// at a time: a frame after a message (a Close, a violation) is acted
+    /// on only once the message has been taken, so a reply sent to it goes
+    /// out before the close reply.
     pub fn poll_event(&mut self) -> Option<Event> {
+        if !self.message_waiting() && !self.input_closed() && !self.read_buf.is_empty() {
+            self.process(self.last_input, Until::Event);
+        }
         let event = self.events.pop_front();
         if event.is_none() && self.events.capacity() > 0 && !self.retain_buffers {
             self.events = VecDeque::new();
@@ -405,12 +524,22 @@ impl WsConnection {
         event
     }
 
+    /// A data message waits to be taken: frames after it (a Close above
+    /// all) are processed only once it is, so a reply to it precedes their
+    /// effects on the wire.
+    fn message_waiting(&self) -> bool {
+        matches!(
+            self.events.back(),
+            Some(Event::Message(Message::Text(_) | Message::Binary(_)))
+        )
+    }
+
     fn input_closed(&self) -> bool {
         self.failed || self.close_received || self.eof || self.timed_out
     }
 
-    fn process(&mut self, now: Instant) {
-        while !self.input_closed() {
+    fn process(&mut self, now: Instant, until: Until) {
+        while !self.input_closed() && (until == Until::Drained || !self.message_waiting()) {
             if self.pending.is_none() {
                 let (header, header_len) = match FrameHeader::decode(&self.read_buf) {
                     Ok(Some(decoded)) => decoded,
@@ -498,10 +627,10 @@ impl WsConnection {
         {
             return Err(ProtocolError::Rsv1NotOnFirstDataFrame);
         }
-        if header.payload_len > self.max_frame_size as u64 {
+        if header.payload_len > self.config.max_frame_size as u64 {
             return Err(ProtocolError::FrameTooLarge {
                 len: header.payload_len,
-                limit: self.max_frame_size,
+                limit: self.config.max_frame_size,
             });
         }
         if header.opcode.is_data() && !self.close_sent {
@@ -511,9 +640,9 @@ impl WsConnection {
                 OpCode::Text | OpCode::Binary if in_progress => return Err(ProtocolError::ExpectedContinuation),
                 _ => {}
             }
-            if self.assembler.buffered_len() as u64 + header.payload_len > self.max_message_size as u64 {
+            if self.assembler.buffered_len() as u64 + header.payload_len > self.config.max_message_size as u64 {
                 return Err(ProtocolError::MessageTooLarge {
-                    limit: self.max_message_size,
+                    limit: self.config.max_message_size,
                 });
             }
         }
@@ -523,8 +652,8 @@ impl WsConnection {
     fn handle_frame(&mut self, header: FrameHeader, payload: Bytes, now: Instant) {
         match header.opcode {
             OpCode::Ping => {
-                if self.auto_pong && !self.close_sent {
-                    self.queue_frame(OpCode::Pong, false, payload.clone());
+                if self.config.auto_pong && !self.close_sent {
+                    self.queue_control_unasked(OpCode::Pong, payload.clone());
                 }
                 self.events.push_back(Event::Message(Message::Ping(payload)));
             }
@@ -540,7 +669,7 @@ impl WsConnection {
                 match self.assembler.push_frame(
                     &header,
                     payload,
-                    self.max_message_size,
+                    self.config.max_message_size,
                     self.deflate.as_mut().map(|d| &mut d.decompressor),
                 ) {
                     Ok(Some(message)) => self.events.push_back(Event::Message(message)),
@@ -587,22 +716,30 @@ impl WsConnection {
 
     fn arm_close_timer(&mut self, now: Instant) {
         if self.close_deadline.is_none() {
-            self.close_deadline = Some(now + self.close_timeout);
+            self.close_deadline = Some(now + self.config.close_timeout);
         }
     }
 
     // -----------------------------------------------------------------------
     // Output
 
-    /// Sends a Text, Binary, Ping or Pong message. Close goes through
-    /// [`close`](Self::close) (it starts the close timer).
+    /// Sends a Text, Binary, Ping or Pong message; `Message::Close` starts
+    /// the close handshake like [`close_with`](Self::close_with) (its close
+    /// timer is armed at the next call that brings the time). A data message
+    /// that does not fit the queue limit is refused or closes the
+    /// connection ([`QueueOverflow`]).
     pub fn send(&mut self, message: Message) -> Result<(), SendError> {
         match message {
             Message::Text(text) => self.send_data(OpCode::Text, text.into_bytes()),
             Message::Binary(data) => self.send_data(OpCode::Binary, data),
             Message::Ping(payload) => self.send_control(OpCode::Ping, payload),
             Message::Pong(payload) => self.send_control(OpCode::Pong, payload),
-            Message::Close(_) => Err(SendError::CloseThroughSend),
+            Message::Close(frame) => {
+                let (code, reason) = close_parts(frame.as_ref());
+                self.start_close(code, reason)?;
+                self.close_timer_due = true;
+                Ok(())
+            }
         }
     }
 
@@ -622,12 +759,14 @@ impl WsConnection {
         self.send_control(OpCode::Pong, payload.into())
     }
 
-    /// Sends a frame encoded once for many connections (server only; never compressed).
+    /// Sends a frame encoded once for many connections (server only; never
+    /// compressed). Subject to the queue limit like any data message.
     pub fn send_encoded(&mut self, frame: &EncodedFrame) -> Result<(), SendError> {
         if self.role == Role::Client {
             return Err(SendError::EncodedFrameOnClient);
         }
-        self.check_can_send()?;
+        self.check_open()?;
+        self.check_room(frame.len())?;
         self.flush_tail();
         self.queued_bytes += frame.len();
         self.out_queue.push_back(frame.as_bytes().clone());
@@ -639,6 +778,31 @@ impl WsConnection {
     /// sent afterwards; data frames still arriving are dropped. Bypasses the
     /// queue limit.
     pub fn close(&mut self, code: CloseCode, reason: &str, now: Instant) -> Result<(), SendError> {
+        self.start_close(code, reason)?;
+        self.arm_close_timer(now);
+        Ok(())
+    }
+
+    /// [`close`](Self::close) with a peer-style frame: no frame means 1000
+    /// (normal closure) with no reason.
+    pub fn close_with(&mut self, frame: Option<&CloseFrame>, now: Instant) -> Result<(), SendError> {
+        let (code, reason) = close_parts(frame);
+        self.close(code, reason, now)
+    }
+
+    /// The server (or client) is going away: an open connection closes with
+    /// 1001; one already closing finishes its handshake.
+    pub fn shutdown(&mut self, now: Instant) {
+        if self.state() == WsState::Open {
+            let reason = match self.role {
+                Role::Server => "server shutting down",
+                Role::Client => "going away",
+            };
+            let _ = self.close(CloseCode::GOING_AWAY, reason, now);
+        }
+    }
+
+    fn start_close(&mut self, code: CloseCode, reason: &str) -> Result<(), SendError> {
         if self.send_closed() {
             return Err(SendError::Closed);
         }
@@ -650,78 +814,214 @@ impl WsConnection {
         }
         self.queue_close(encode_close_payload(Some((code, reason))));
         self.assembler.discard();
-        self.arm_close_timer(now);
         Ok(())
     }
 
-    /// The next chunk to write, in order. Take chunks only as fast as they
-    /// can be written: what is taken no longer counts in `queued_bytes`.
-    pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        let chunk = match self.out_queue.pop_front() {
-            Some(chunk) => chunk,
-            // Retained, the tail's allocation is shared with the chunk and
-            // reclaimed by the next frame once the chunk is written.
-            None if !self.out_tail.is_empty() && self.retain_buffers && self.out_tail.capacity() <= RETAINED_LIMIT => {
-                self.out_tail.split().freeze()
-            }
-            None if !self.out_tail.is_empty() => std::mem::take(&mut self.out_tail).freeze(),
-            None => {
-                if self.out_queue.capacity() > 0 {
-                    self.out_queue = VecDeque::new();
-                }
-                return None;
-            }
-        };
-        self.queued_bytes -= chunk.len();
-        Some(chunk)
+    /// The queued output, in order, for one vectored write; `now` starts
+    /// the write timer if this output has not been offered before. Report
+    /// what was written with [`handle_written`](Self::handle_written).
+    /// A driver offers queued output whenever [`has_output`](Self::has_output).
+    pub fn poll_transmit(&mut self, now: Instant) -> impl Iterator<Item = &[u8]> + '_ {
+        self.note_time(now);
+        let tail = (!self.out_tail.is_empty()).then_some(&self.out_tail[..]);
+        self.out_queue.iter().map(|b| &b[..]).chain(tail)
     }
 
-    /// Bytes queued and not yet taken by `poll_transmit`.
+    /// `n` bytes of [`poll_transmit`](Self::poll_transmit)'s output were written at `now`.
+    pub fn handle_written(&mut self, mut n: usize, now: Instant) {
+        debug_assert!(n <= self.queued_bytes, "wrote more than was queued");
+        n = n.min(self.queued_bytes);
+        if n == 0 {
+            return;
+        }
+        self.queued_bytes -= n;
+        self.write_since = Some(now);
+        if self.queued_bytes < self.config.max_queued_bytes {
+            self.answers_over_limit = false;
+        }
+        while n > 0 {
+            let Some(front) = self.out_queue.front_mut() else {
+                self.out_tail.advance(n);
+                break;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.out_queue.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+        if self.queued_bytes == 0 {
+            self.output_drained();
+        }
+    }
+
+    /// Takes all queued output as one buffer, counted as written at `now`
+    /// (for tests and simple drivers).
+    pub fn take_output(&mut self, now: Instant) -> Bytes {
+        let mut all = BytesMut::with_capacity(self.queued_bytes);
+        for chunk in self.poll_transmit(now) {
+            all.extend_from_slice(chunk);
+        }
+        self.handle_written(all.len(), now);
+        all.freeze()
+    }
+
+    fn output_drained(&mut self) {
+        self.write_since = None;
+        if self.retain_buffers && self.out_tail.capacity() <= RETAINED_LIMIT {
+            self.out_tail.clear();
+        } else {
+            self.out_tail = BytesMut::new();
+            self.out_queue = VecDeque::new();
+        }
+    }
+
+    /// Whether output is queued (to be offered with `poll_transmit`).
+    pub fn has_output(&self) -> bool {
+        self.queued_bytes > 0
+    }
+
+    /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
     }
 
-    /// Whether a data send would currently be accepted by the queue limit.
-    pub fn has_send_capacity(&self) -> bool {
-        self.queued_bytes < self.max_queued_bytes
+    /// Whether a data message with a payload of `len` bytes would be
+    /// accepted now (the connection is open and the queue has room for
+    /// it). Senders that wait for room (backpressure) wait for this.
+    pub fn can_send(&self, len: usize) -> bool {
+        !self.send_closed() && self.has_room(frame_len(len))
+    }
+
+    /// Whether the driver should read now: until the transport ends (after
+    /// the peer's Close, reads only discard, and tell a client when the
+    /// server closed TCP), except while the queue is at its limit under
+    /// [`QueueOverflow::Refuse`], or under either policy once an answer
+    /// (automatic control frame, reply) went over it, or while our Close is
+    /// still unwritten: a peer that sends without reading is then held back
+    /// by TCP (and the close, write or idle timer ends it).
+    pub fn wants_read(&self) -> bool {
+        let full = self.queued_bytes >= self.config.max_queued_bytes;
+        let held_back = full && (self.config.queue_overflow == QueueOverflow::Refuse || self.answers_over_limit);
+        // Our Close still waits to be written: the peer has not read it, so
+        // what it sends meanwhile would only be discarded.
+        let close_unsent = self.close_sent && self.queued_bytes > 0;
+        !self.transport_gone() && !held_back && !close_unsent
     }
 
     fn send_closed(&self) -> bool {
-        self.close_sent || self.failed || self.eof || self.timed_out
+        self.close_sent || self.failed || self.eof || self.timed_out || self.write_timed_out
     }
 
-    fn check_can_send(&self) -> Result<(), SendError> {
+    fn check_open(&self) -> Result<(), SendError> {
         if self.send_closed() {
-            return Err(SendError::Closed);
+            Err(SendError::Closed)
+        } else {
+            Ok(())
         }
-        if !self.has_send_capacity() {
-            return Err(SendError::QueueFull {
-                queued: self.queued_bytes,
-                limit: self.max_queued_bytes,
-            });
+    }
+
+    /// A message always fits an empty queue.
+    fn has_room(&self, len: usize) -> bool {
+        self.queued_bytes == 0 || self.queued_bytes.saturating_add(len) <= self.config.max_queued_bytes
+    }
+
+    /// Refuses, or closes the slow consumer, when `len` more bytes do not fit.
+    fn check_room(&mut self, len: usize) -> Result<(), SendError> {
+        if self.has_room(len) {
+            return Ok(());
         }
+        let (queued, limit) = (self.queued_bytes, self.config.max_queued_bytes);
+        match self.config.queue_overflow {
+            QueueOverflow::Refuse => Err(SendError::QueueFull { queued, limit }),
+            QueueOverflow::Close => {
+                self.close_slow_consumer();
+                Err(SendError::SlowConsumer { queued, limit })
+            }
+        }
+    }
+
+    /// Closes with 1008 "slow consumer" (bypassing the queue limit).
+    fn close_slow_consumer(&mut self) {
+        if self.start_close(CloseCode::POLICY_VIOLATION, "slow consumer").is_ok() {
+            self.close_timer_due = true;
+        }
+    }
+
+    /// Queues a reply to a message just received (what a callback-served
+    /// endpoint answers). Under [`QueueOverflow::Close`] it is subject to
+    /// the limit like any send (a peer that asks without reading the
+    /// answers is a slow consumer); under [`QueueOverflow::Refuse`] it is
+    /// never refused: like an automatic Pong it bypasses the limit, and
+    /// reading pauses while the queue stays over it, so the peer's next
+    /// message waits in TCP instead.
+    pub fn send_reply(&mut self, message: Message) -> Result<(), SendError> {
+        if self.config.queue_overflow == QueueOverflow::Close {
+            return self.send(message);
+        }
+        let (opcode, payload) = match message {
+            Message::Text(text) => (OpCode::Text, text.into_bytes()),
+            Message::Binary(data) => (OpCode::Binary, data),
+            Message::Ping(payload) => (OpCode::Ping, payload),
+            Message::Pong(payload) => (OpCode::Pong, payload),
+            Message::Close(_) => return self.send(message),
+        };
+        if opcode.is_control() && payload.len() > MAX_CONTROL_PAYLOAD {
+            return Err(SendError::ControlPayloadTooLong(payload.len()));
+        }
+        self.check_open()?;
+        if opcode.is_control() {
+            self.queue_frame(opcode, false, payload);
+        } else {
+            self.encode_data(opcode, payload);
+        }
+        self.note_answer_queued();
         Ok(())
     }
 
     fn send_data(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), SendError> {
-        self.check_can_send()?;
+        self.check_open()?;
+        self.check_room(frame_len(payload.len()))?;
+        self.encode_data(opcode, payload);
+        Ok(())
+    }
+
+    /// Queues a message's frame, compressed when negotiated and worth it.
+    fn encode_data(&mut self, opcode: OpCode, payload: Bytes) {
         match self.deflate.as_mut() {
-            Some(deflate) if payload.len() >= self.compress_min_size => {
+            Some(deflate) if payload.len() >= self.config.compression.min_message_size => {
                 let compressed = Bytes::from(deflate.compressor.compress(&payload));
                 self.queue_frame(opcode, true, compressed);
             }
             _ => self.queue_frame(opcode, false, payload),
         }
-        Ok(())
     }
 
     fn send_control(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), SendError> {
         if payload.len() > MAX_CONTROL_PAYLOAD {
             return Err(SendError::ControlPayloadTooLong(payload.len()));
         }
-        self.check_can_send()?;
+        self.check_open()?;
+        self.check_room(frame_len(payload.len()))?;
         self.queue_frame(opcode, false, payload);
         Ok(())
+    }
+
+    /// A control frame nobody asked to send (an automatic Pong, a heartbeat
+    /// Ping): it bypasses the limit (a Pong behind a large reply is not a
+    /// slow consumer's fault), and reading pauses while the queue stays
+    /// over it, which bounds such frames by what one read brings.
+    fn queue_control_unasked(&mut self, opcode: OpCode, payload: Bytes) {
+        self.queue_frame(opcode, false, payload);
+        self.note_answer_queued();
+    }
+
+    fn note_answer_queued(&mut self) {
+        if self.queued_bytes >= self.config.max_queued_bytes {
+            self.answers_over_limit = true;
+        }
     }
 
     fn queue_close(&mut self, payload: Bytes) {
@@ -746,7 +1046,7 @@ impl WsConnection {
 
     fn flush_tail(&mut self) {
         if !self.out_tail.is_empty() {
-            self.out_queue.push_back(std::mem::take(&mut self.out_tail).freeze());
+            self.out_queue.push_back(self.out_tail.split().freeze());
         }
     }
 
@@ -755,60 +1055,99 @@ impl WsConnection {
 
     /// The next deadline, if any: call [`handle_timeout`](Self::handle_timeout) when it passes.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.timed_out || self.eof {
+        if self.transport_gone() {
             return None;
         }
+        let write = self.write_deadline();
         if self.state() != WsState::Open {
             // Heartbeat and idle deadlines only matter while open: once the
             // close starts, only its own deadline remains (a past heartbeat
             // deadline must not keep firing).
-            return self.close_deadline;
+            return [self.close_deadline, write].into_iter().flatten().min();
         }
-        [self.next_ping, self.idle_deadline()].into_iter().flatten().min()
+        [self.next_ping, self.idle_deadline(), write]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn write_deadline(&self) -> Option<Instant> {
+        self.write_since.map(|since| since + self.config.write_timeout)
+    }
+
+    /// The transport is over for the engine: nothing more is read, written or timed.
+    fn transport_gone(&self) -> bool {
+        self.eof || self.timed_out || self.write_timed_out
+    }
+
+    /// Arms what waited for the time: the write timer of output not yet
+    /// offered, the close timer of a close started without `now`.
+    fn note_time(&mut self, now: Instant) {
+        if self.write_since.is_none() && self.queued_bytes > 0 {
+            self.write_since = Some(now);
+        }
+        if self.close_timer_due {
+            self.close_timer_due = false;
+            self.arm_close_timer(now);
+        }
+    }
+
+    /// Drops what can no longer be delivered: the transport is over.
+    fn abandon_transport(&mut self) {
+        self.free_read_buffer();
+        self.pending = None;
+        self.out_queue = VecDeque::new();
+        self.out_tail = BytesMut::new();
+        self.queued_bytes = 0;
+        self.write_since = None;
     }
 
     fn idle_deadline(&self) -> Option<Instant> {
-        self.idle_timeout.map(|idle| self.last_input + idle)
+        self.config.idle_timeout.map(|idle| self.last_input + idle)
     }
 
     /// Tells the engine the time. While open: past the ping deadline it sends
     /// a Ping (or closes with 1011 when the last one got no Pong), past the
     /// idle deadline it closes with 1001. Past the close deadline the
     /// transport should close.
+    /// Past the write deadline (queued output made no progress for the
+    /// write timeout) the transport should close, in any state.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.transport_gone() {
+            return;
+        }
+        self.note_time(now);
+        if self.write_deadline().is_some_and(|deadline| now >= deadline) {
+            self.write_timed_out = true;
+            self.abandon_transport();
+            return;
+        }
         if self.state() == WsState::Open {
             if self.idle_deadline().is_some_and(|deadline| now >= deadline) {
                 let _ = self.close(CloseCode::GOING_AWAY, "idle timeout", now);
                 return;
             }
-            if let (Some(interval), Some(due)) = (self.ping_interval, self.next_ping) {
+            if let (Some(interval), Some(due)) = (self.config.ping_interval, self.next_ping) {
                 if now >= due {
                     self.next_ping = Some(now + interval);
                     if self.awaiting_pong {
                         let _ = self.close(CloseCode::INTERNAL_ERROR, "ping timeout", now);
                     } else {
-                        // Like automatic pongs, the heartbeat bypasses the queue limit.
-                        self.queue_frame(OpCode::Ping, false, Bytes::from_static(HEARTBEAT_PAYLOAD));
+                        self.queue_control_unasked(OpCode::Ping, Bytes::from_static(HEARTBEAT_PAYLOAD));
                         self.awaiting_pong = true;
                     }
                 }
             }
             return;
         }
-        if let Some(deadline) = self.close_deadline {
-            if now >= deadline && !self.timed_out {
-                self.timed_out = true;
-                self.free_read_buffer();
-                self.pending = None;
-                self.out_queue = VecDeque::new();
-                self.out_tail = BytesMut::new();
-                self.queued_bytes = 0;
-            }
+        if self.close_deadline.is_some_and(|deadline| now >= deadline) {
+            self.timed_out = true;
+            self.abandon_transport();
         }
     }
 
     pub fn state(&self) -> WsState {
-        if self.failed || self.eof || self.timed_out {
+        if self.failed || self.transport_gone() {
             return WsState::Closed;
         }
         match (self.close_sent, self.close_received) {
@@ -822,7 +1161,7 @@ impl WsConnection {
     /// Whether the driver should now close the TCP connection (after writing
     /// what `poll_transmit` yields, when it can: on EOF or timeout, it need not).
     pub fn should_close_transport(&self) -> bool {
-        if self.eof || self.timed_out {
+        if self.transport_gone() {
             return true;
         }
         let finished = self.failed || (self.close_sent && self.close_received);
@@ -834,6 +1173,25 @@ impl WsConnection {
             // A client waits for the server to close TCP first, unless it failed the connection.
             Role::Client => self.failed,
         }
+    }
+
+    /// How the connection ended, once the transport should close
+    /// ([`should_close_transport`](Self::should_close_transport)).
+    pub fn poll_end(&self) -> Option<WsEnd> {
+        if !self.should_close_transport() {
+            return None;
+        }
+        Some(if self.write_timed_out {
+            WsEnd::WriteTimeout
+        } else if self.failed {
+            WsEnd::ProtocolError
+        } else if self.close_sent && self.close_received {
+            WsEnd::Closed
+        } else if self.timed_out {
+            WsEnd::CloseTimeout
+        } else {
+            WsEnd::Abnormal
+        })
     }
 
     /// Keeps drained buffers (the read buffer and the output coalescing
@@ -854,8 +1212,9 @@ impl WsConnection {
         if self.events.is_empty() {
             self.events = VecDeque::new();
         }
-        if self.out_tail.is_empty() {
+        if self.queued_bytes == 0 {
             self.out_tail = BytesMut::new();
+            self.out_queue = VecDeque::new();
         }
     }
 

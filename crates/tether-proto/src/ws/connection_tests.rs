@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 
-use super::close::CloseCode;
-use super::connection::{Event, WsConfig, WsConnection, WsState};
+use super::close::{CloseCode, CloseFrame};
+use super::connection::{Event, QueueOverflow, WsConfig, WsConnection, WsEnd, WsState};
 use super::deflate::{CompressionMode, DeflateParams, MessageCompressor};
 use super::error::{ProtocolError, SendError};
 use super::frame::{encode_frame, EncodedFrame, FrameHeader, OpCode};
@@ -49,11 +49,11 @@ fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn server() -> WsConnection {
-    WsConnection::server(&WsConfig::default(), None, t0())
+    WsConnection::server(WsConfig::default(), None, t0())
 }
 
 fn client() -> WsConnection {
-    WsConnection::client(&WsConfig::default(), None, || KEY, t0())
+    WsConnection::client(WsConfig::default(), None, || KEY, t0())
 }
 
 fn shared_params() -> DeflateParams {
@@ -78,11 +78,7 @@ fn events(conn: &mut WsConnection) -> Vec<Event> {
 }
 
 fn transmit(conn: &mut WsConnection) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(chunk) = conn.poll_transmit() {
-        out.extend_from_slice(&chunk);
-    }
-    out
+    conn.take_output(t0()).to_vec()
 }
 
 /// Feeds `input` in the given pieces; returns the events and the bytes written.
@@ -194,7 +190,7 @@ fn client_rejects_masked_server_frame() {
 fn client_masks_every_frame_with_keys_from_source() {
     let mut next = 0u8;
     let mut conn = WsConnection::client(
-        &WsConfig::default(),
+        WsConfig::default(),
         None,
         move || {
             next += 1;
@@ -253,7 +249,7 @@ fn rsv_bits_without_extension_fail() {
 
 #[test]
 fn rsv1_only_on_first_data_frame_with_deflate() {
-    let deflate = || WsConnection::server(&WsConfig::default(), Some(shared_params()), t0());
+    let deflate = || WsConnection::server(WsConfig::default(), Some(shared_params()), t0());
     // RSV1 on a continuation.
     assert_fails_with(
         deflate(),
@@ -326,7 +322,7 @@ fn auto_pong_can_be_disabled_and_pongs_surface() {
         ..WsConfig::default()
     };
     let (ev, out, _) = run(
-        WsConnection::server(&config, None, t0()),
+        WsConnection::server(config.clone(), None, t0()),
         &cat(&[c(0x89, b"a"), c(0x8A, b"b")]),
     );
     assert!(out.is_empty());
@@ -440,7 +436,31 @@ fn user_close_validation() {
     assert_eq!(conn.state(), WsState::Open);
     conn.close(CloseCode::NORMAL, &"x".repeat(123), t0()).unwrap();
     assert_eq!(conn.state(), WsState::Closing);
-    assert_eq!(conn.send(Message::Close(None)), Err(SendError::CloseThroughSend));
+    assert_eq!(conn.send(Message::Close(None)), Err(SendError::Closed));
+}
+
+#[test]
+fn a_close_message_without_a_frame_closes_with_1000() {
+    // Through `send` (its timer armed at the next call with the time)...
+    let mut conn = server();
+    conn.send(Message::Close(None)).unwrap();
+    assert_eq!(conn.state(), WsState::Closing);
+    assert_eq!(
+        conn.take_output(secs(1)),
+        Bytes::from(s(0x88, &close_payload(1000, "")))
+    );
+    assert_eq!(conn.poll_timeout(), Some(secs(1) + Duration::from_secs(5)));
+    // ... and through `close_with`, with a frame or without.
+    let mut conn = server();
+    conn.close_with(None, t0()).unwrap();
+    assert_eq!(transmit(&mut conn), s(0x88, &close_payload(1000, "")));
+    let mut conn = server();
+    let frame = CloseFrame {
+        code: CloseCode(4000),
+        reason: "done".into(),
+    };
+    conn.close_with(Some(&frame), t0()).unwrap();
+    assert_eq!(transmit(&mut conn), s(0x88, &close_payload(4000, "done")));
 }
 
 #[test]
@@ -487,7 +507,7 @@ fn close_handshake_deadline() {
         close_timeout: Duration::from_secs(5),
         ..WsConfig::default()
     };
-    let mut conn = WsConnection::server(&config, None, t0());
+    let mut conn = WsConnection::server(config.clone(), None, t0());
     assert_eq!(conn.poll_timeout(), None);
     conn.close(CloseCode::NORMAL, "", t0()).unwrap();
     transmit(&mut conn);
@@ -498,6 +518,227 @@ fn close_handshake_deadline() {
     assert!(conn.should_close_transport());
     assert_eq!(conn.state(), WsState::Closed);
     assert_eq!(conn.poll_timeout(), None);
+}
+
+#[test]
+fn a_message_and_a_close_in_one_read_get_the_reply_before_the_close_reply() {
+    // The bytes: `hi`, then Close 1000, in one segment.
+    let mut conn = server();
+    conn.feed(b"\x81\x82\0\0\0\0hi\x88\x82\0\0\0\0\x03\xe8", t0());
+    assert_eq!(conn.state(), WsState::Open, "the close waits behind the message");
+    assert_eq!(conn.poll_event(), Some(text("hi")));
+    conn.send_text("hi").unwrap();
+    assert_eq!(conn.poll_event(), Some(close_event(1000, "")));
+    assert_eq!(conn.poll_event(), None);
+    assert_eq!(
+        transmit(&mut conn),
+        cat(&[s(0x81, b"hi"), s(0x88, &close_payload(1000, ""))])
+    );
+    assert!(conn.should_close_transport());
+    assert_eq!(conn.poll_end(), Some(WsEnd::Closed));
+}
+
+#[test]
+fn every_message_before_a_violation_is_delivered_and_answered_first() {
+    let mut conn = server();
+    let input = cat(&[c(0x81, b"one"), c(0x82, b"two"), c(0x83, b"bad opcode")]);
+    conn.feed(&input, t0());
+    assert_eq!(conn.poll_event(), Some(text("one")));
+    conn.send_text("1").unwrap();
+    assert_eq!(conn.poll_event(), Some(binary(b"two")));
+    conn.send_text("2").unwrap();
+    assert_eq!(
+        conn.poll_event(),
+        Some(Event::ProtocolError(ProtocolError::ReservedOpcode(3)))
+    );
+    let out = transmit(&mut conn);
+    assert!(out.starts_with(&cat(&[s(0x81, b"1"), s(0x81, b"2")])), "{out:?}");
+    assert_eq!((out[6], &out[8..10]), (0x88, &[0x03, 0xEA][..]), "then the 1002 close");
+    assert_eq!(conn.poll_end(), Some(WsEnd::ProtocolError));
+}
+
+#[test]
+fn messages_buffered_when_the_transport_ends_are_still_delivered() {
+    let mut conn = server();
+    conn.feed(&cat(&[c(0x81, b"a"), c(0x81, b"b"), c(0x81, b"partial")])[..14], t0());
+    conn.handle_eof();
+    assert_eq!(events(&mut conn), vec![text("a"), text("b"), Event::AbnormalClosure]);
+    assert_eq!(conn.poll_end(), Some(WsEnd::Abnormal));
+}
+
+#[test]
+fn control_frames_after_a_waiting_message_wait_with_it() {
+    // A ping behind an untaken message is answered once the message is taken.
+    let mut conn = server();
+    conn.feed(&cat(&[c(0x81, b"m"), c(0x89, b"p")]), t0());
+    assert!(transmit(&mut conn).is_empty());
+    assert_eq!(conn.poll_event(), Some(text("m")));
+    assert_eq!(
+        conn.poll_event(),
+        Some(Event::Message(Message::Ping(Bytes::from_static(b"p"))))
+    );
+    assert_eq!(transmit(&mut conn), s(0x8A, b"p"));
+}
+
+fn limited(limit: usize, overflow: QueueOverflow) -> WsConnection {
+    let config = WsConfig {
+        max_queued_bytes: limit,
+        queue_overflow: overflow,
+        ..WsConfig::default()
+    };
+    WsConnection::server(config, None, t0())
+}
+
+#[test]
+fn a_full_queue_refuses_and_pauses_reading_under_refuse() {
+    let mut conn = limited(100, QueueOverflow::Refuse);
+    assert!(conn.can_send(98), "98 + 2 header bytes fit");
+    assert!(!conn.can_send(10_000) || conn.queued_bytes() == 0);
+    conn.send_binary(vec![0u8; 150]).unwrap(); // an empty queue takes any message
+    assert!(!conn.can_send(1));
+    assert!(!conn.wants_read());
+    assert_eq!(
+        conn.send_text("x"),
+        Err(SendError::QueueFull {
+            queued: 154,
+            limit: 100
+        })
+    );
+    assert_eq!(conn.state(), WsState::Open, "refusing changes nothing");
+    conn.handle_written(60, t0());
+    assert!(conn.can_send(1) && conn.wants_read());
+}
+
+#[test]
+fn a_full_queue_closes_the_slow_consumer_with_1008_under_close() {
+    let mut conn = limited(100, QueueOverflow::Close);
+    conn.send_binary(vec![0u8; 150]).unwrap();
+    assert!(conn.wants_read(), "the close policy never pauses reading");
+    assert_eq!(
+        conn.send_text("x"),
+        Err(SendError::SlowConsumer {
+            queued: 154,
+            limit: 100
+        })
+    );
+    assert_eq!(conn.state(), WsState::Closing);
+    assert_eq!(conn.send_text("x"), Err(SendError::Closed));
+    assert!(
+        !conn.wants_read(),
+        "nothing is read while our close waits to be written"
+    );
+    // The close frame follows what was queued; its timer starts with the
+    // first offer to write it.
+    assert!(conn.poll_transmit(secs(2)).count() > 0);
+    assert_eq!(conn.poll_timeout(), Some(secs(7)));
+    let out = transmit(&mut conn);
+    assert!(out.ends_with(&s(0x88, &close_payload(1008, "slow consumer"))));
+    assert!(conn.wants_read(), "written: read on, for the peer's close");
+    conn.handle_timeout(secs(7));
+    assert_eq!(conn.poll_end(), Some(WsEnd::CloseTimeout));
+}
+
+#[test]
+fn automatic_pongs_bypass_the_limit_and_pause_reading_under_either_policy() {
+    for overflow in [QueueOverflow::Close, QueueOverflow::Refuse] {
+        let mut conn = limited(100, overflow);
+        conn.send_binary(vec![0u8; 150]).unwrap();
+        // A ping behind a large reply is answered, not punished.
+        conn.feed(&cat(&[c(0x89, b"p"), c(0x89, b"q")]), secs(1));
+        assert_eq!(conn.state(), WsState::Open, "{overflow:?}");
+        assert!(!conn.wants_read(), "{overflow:?}: pongs over the limit pause reading");
+        conn.handle_written(100, secs(2));
+        assert!(conn.wants_read(), "{overflow:?}: below the limit again");
+        let out = transmit(&mut conn);
+        assert!(out.ends_with(&cat(&[s(0x8A, b"p"), s(0x8A, b"q")])), "{overflow:?}");
+    }
+}
+
+#[test]
+fn replies_bypass_the_limit_under_refuse_and_obey_it_under_close() {
+    let mut conn = limited(100, QueueOverflow::Refuse);
+    conn.send_binary(vec![0u8; 150]).unwrap();
+    conn.send_reply(Message::Binary(Bytes::from(vec![1u8; 150]))).unwrap();
+    conn.send_reply(Message::Pong(Bytes::from_static(b"x"))).unwrap();
+    assert_eq!(conn.queued_bytes(), 2 * 154 + 3);
+    assert!(!conn.wants_read(), "answers over the limit pause reading");
+    assert_eq!(
+        conn.send_reply(Message::Ping(Bytes::from(vec![0u8; 126]))),
+        Err(SendError::ControlPayloadTooLong(126))
+    );
+    let mut conn = limited(100, QueueOverflow::Close);
+    conn.send_binary(vec![0u8; 150]).unwrap();
+    assert!(matches!(
+        conn.send_reply(Message::Binary(Bytes::from(vec![1u8; 150]))),
+        Err(SendError::SlowConsumer { .. })
+    ));
+    assert_eq!(conn.state(), WsState::Closing);
+}
+
+#[test]
+fn output_that_makes_no_progress_ends_the_connection_at_the_write_timeout() {
+    let config = WsConfig {
+        write_timeout: Duration::from_secs(30),
+        ..WsConfig::default()
+    };
+    let mut conn = WsConnection::server(config, None, t0());
+    conn.send_binary(vec![1u8; 1000]).unwrap();
+    // Not offered yet: no timer (a send carries no time).
+    assert_eq!(conn.poll_timeout(), None);
+    assert_eq!(conn.poll_transmit(secs(10)).count(), 1);
+    assert_eq!(conn.poll_timeout(), Some(secs(40)));
+    // Progress restarts it; the rest stalls.
+    conn.handle_written(500, secs(20));
+    assert_eq!(conn.poll_timeout(), Some(secs(50)));
+    conn.handle_timeout(secs(49));
+    assert_eq!(conn.state(), WsState::Open);
+    conn.handle_timeout(secs(50));
+    assert!(conn.should_close_transport());
+    assert_eq!(conn.poll_end(), Some(WsEnd::WriteTimeout));
+    assert_eq!(conn.queued_bytes(), 0, "what cannot be written is dropped");
+    assert_eq!(conn.send_text("x"), Err(SendError::Closed));
+    assert_eq!(conn.poll_timeout(), None);
+    // Written in full, nothing is pending.
+    let mut conn = server();
+    conn.send_text("x").unwrap();
+    transmit(&mut conn);
+    assert_eq!(conn.poll_timeout(), None);
+}
+
+#[test]
+fn the_write_timeout_also_bounds_a_close_that_cannot_be_written() {
+    let config = WsConfig {
+        write_timeout: Duration::from_secs(3),
+        close_timeout: Duration::from_secs(60),
+        ..WsConfig::default()
+    };
+    let mut conn = WsConnection::server(config, None, t0());
+    conn.close(CloseCode::NORMAL, "", t0()).unwrap();
+    assert_eq!(conn.poll_transmit(t0()).count(), 1);
+    assert_eq!(conn.poll_timeout(), Some(secs(3)));
+    conn.handle_timeout(secs(3));
+    assert_eq!(conn.poll_end(), Some(WsEnd::WriteTimeout));
+}
+
+#[test]
+fn shutdown_closes_an_open_connection_with_1001_once() {
+    let mut conn = server();
+    conn.shutdown(t0());
+    assert_eq!(
+        transmit(&mut conn),
+        s(0x88, &close_payload(1001, "server shutting down"))
+    );
+    assert_eq!(conn.poll_timeout(), Some(secs(5)));
+    conn.shutdown(secs(1));
+    assert!(
+        transmit(&mut conn).is_empty(),
+        "a closing connection finishes its handshake"
+    );
+    conn.feed(&c(0x88, &close_payload(1001, "")), secs(1));
+    assert_eq!(conn.poll_end(), Some(WsEnd::Closed));
+    let mut cli = client();
+    cli.shutdown(t0());
+    assert!(transmit(&mut cli).starts_with(&[0x88, 0x80 | 12]));
 }
 
 #[test]
@@ -585,7 +826,7 @@ fn heartbeat(ping: Option<u64>, idle: Option<u64>) -> WsConfig {
 
 #[test]
 fn heartbeat_pings_every_interval_while_pongs_come_back() {
-    let mut conn = WsConnection::server(&heartbeat(Some(10), None), None, t0());
+    let mut conn = WsConnection::server(heartbeat(Some(10), None), None, t0());
     assert_eq!(conn.poll_timeout(), Some(secs(10)));
     conn.handle_timeout(secs(9));
     assert!(transmit(&mut conn).is_empty(), "nothing before the interval");
@@ -608,7 +849,7 @@ fn heartbeat_pings_every_interval_while_pongs_come_back() {
 
 #[test]
 fn heartbeat_without_pong_closes_with_1011_then_stops_firing() {
-    let mut conn = WsConnection::server(&heartbeat(Some(10), None), None, t0());
+    let mut conn = WsConnection::server(heartbeat(Some(10), None), None, t0());
     conn.handle_timeout(secs(10));
     transmit(&mut conn);
     // Data is not a pong: the peer must answer the ping itself.
@@ -629,7 +870,7 @@ fn heartbeat_ping_bypasses_a_full_queue() {
         max_queued_bytes: 16,
         ..heartbeat(Some(1), None)
     };
-    let mut conn = WsConnection::server(&config, None, t0());
+    let mut conn = WsConnection::server(config.clone(), None, t0());
     conn.send_binary(vec![0u8; 64]).unwrap();
     assert!(matches!(
         conn.send_binary(vec![0u8; 1]),
@@ -642,14 +883,14 @@ fn heartbeat_ping_bypasses_a_full_queue() {
 
 #[test]
 fn client_heartbeat_pings_are_masked() {
-    let mut cli = WsConnection::client(&heartbeat(Some(3), None), None, || KEY, t0());
+    let mut cli = WsConnection::client(heartbeat(Some(3), None), None, || KEY, t0());
     cli.handle_timeout(secs(3));
     assert_eq!(transmit(&mut cli), c(0x89, b"tether"));
 }
 
 #[test]
 fn idle_timeout_closes_with_1001_and_restarts_with_any_input() {
-    let mut conn = WsConnection::server(&heartbeat(None, Some(30)), None, t0());
+    let mut conn = WsConnection::server(heartbeat(None, Some(30)), None, t0());
     assert_eq!(conn.poll_timeout(), Some(secs(30)));
     // A partial frame is input too.
     conn.feed(&c(0x82, b"abc")[..3], secs(20));
@@ -669,7 +910,7 @@ fn idle_timeout_closes_with_1001_and_restarts_with_any_input() {
 
 #[test]
 fn idle_timeout_and_heartbeat_share_one_deadline_queue() {
-    let mut conn = WsConnection::server(&heartbeat(Some(10), Some(25)), None, t0());
+    let mut conn = WsConnection::server(heartbeat(Some(10), Some(25)), None, t0());
     assert_eq!(conn.poll_timeout(), Some(secs(10)));
     conn.handle_timeout(secs(10));
     transmit(&mut conn);
@@ -744,18 +985,18 @@ fn message_size_limit_checked_on_declared_frame_length() {
     };
     let frame = c(0x82, &[0; 101]);
     // Only the header arrived: already rejected.
-    let (ev, _, _) = run(WsConnection::server(&config, None, t0()), &frame[..8]);
+    let (ev, _, _) = run(WsConnection::server(config.clone(), None, t0()), &frame[..8]);
     assert_eq!(
         ev,
         vec![Event::ProtocolError(ProtocolError::MessageTooLarge { limit: 100 })]
     );
     assert_fails_with(
-        WsConnection::server(&config, None, t0()),
+        WsConnection::server(config.clone(), None, t0()),
         &frame,
         ProtocolError::MessageTooLarge { limit: 100 },
     );
     assert_eq!(
-        run(WsConnection::server(&config, None, t0()), &c(0x82, &[0; 100]))
+        run(WsConnection::server(config.clone(), None, t0()), &c(0x82, &[0; 100]))
             .0
             .len(),
         1
@@ -770,7 +1011,7 @@ fn message_size_limit_across_fragments() {
     };
     let input = cat(&[c(0x02, &[0; 60]), c(0x00, &[0; 40]), c(0x80, &[0; 1])]);
     assert_fails_with(
-        WsConnection::server(&config, None, t0()),
+        WsConnection::server(config.clone(), None, t0()),
         &input,
         ProtocolError::MessageTooLarge { limit: 100 },
     );
@@ -784,14 +1025,14 @@ fn frame_size_limit() {
     };
     let input = c(0x02, &[0; 11]);
     assert_fails_with(
-        WsConnection::server(&config, None, t0()),
+        WsConnection::server(config.clone(), None, t0()),
         &input,
         ProtocolError::FrameTooLarge { len: 11, limit: 10 },
     );
     // Many small frames may still make a bigger message.
     let ok = cat(&[c(0x02, &[0; 10]), c(0x80, &[0; 10])]);
     assert_eq!(
-        run(WsConnection::server(&config, None, t0()), &ok).0,
+        run(WsConnection::server(config.clone(), None, t0()), &ok).0,
         vec![binary(&[0; 20])]
     );
 }
@@ -802,10 +1043,11 @@ fn send_queue_backpressure() {
         max_queued_bytes: 100,
         ..WsConfig::default()
     };
-    let mut conn = WsConnection::server(&config, None, t0());
+    let mut conn = WsConnection::server(config.clone(), None, t0());
     conn.send_binary(vec![0u8; 150]).unwrap(); // one message may overshoot
     assert_eq!(conn.queued_bytes(), 154);
-    assert!(!conn.has_send_capacity());
+    assert!(!conn.can_send(1));
+    assert!(!conn.wants_read(), "reading pauses while the queue is full");
     assert_eq!(
         conn.send_text("x"),
         Err(SendError::QueueFull {
@@ -819,6 +1061,7 @@ fn send_queue_backpressure() {
     let out = transmit(&mut conn);
     assert_eq!(out.len(), 157);
     assert_eq!(conn.queued_bytes(), 0);
+    assert!(conn.wants_read());
     conn.send_text("x").unwrap();
     assert_eq!(conn.ping(vec![0u8; 126]), Err(SendError::ControlPayloadTooLong(126)));
 }
@@ -830,10 +1073,10 @@ fn encoded_frame_is_shared_not_copied() {
     let mut b = server();
     a.send_encoded(&frame).unwrap();
     b.send_encoded(&frame).unwrap();
-    let chunk_a = a.poll_transmit().unwrap();
-    let chunk_b = b.poll_transmit().unwrap();
-    assert_eq!(chunk_a.as_ptr(), frame.as_bytes().as_ptr());
-    assert_eq!(chunk_b.as_ptr(), frame.as_bytes().as_ptr());
+    let chunk_a = a.poll_transmit(t0()).next().unwrap().as_ptr();
+    let chunk_b = b.poll_transmit(t0()).next().unwrap().as_ptr();
+    assert_eq!(chunk_a, frame.as_bytes().as_ptr());
+    assert_eq!(chunk_b, frame.as_bytes().as_ptr());
     assert_eq!(client().send_encoded(&frame), Err(SendError::EncodedFrameOnClient));
 }
 
@@ -842,15 +1085,17 @@ fn large_server_payload_queued_without_copy() {
     let payload = Bytes::from(vec![9u8; 10_000]);
     let mut conn = server();
     conn.send_binary(payload.clone()).unwrap();
-    let head = conn.poll_transmit().unwrap();
-    assert_eq!(&head[..], &[0x82, 126, 0x27, 0x10]);
-    assert_eq!(conn.poll_transmit().unwrap().as_ptr(), payload.as_ptr());
-    assert_eq!(conn.poll_transmit(), None);
+    let chunks: Vec<&[u8]> = conn.poll_transmit(t0()).collect();
+    assert_eq!(chunks.len(), 2);
+    assert_eq!(chunks[0], &[0x82, 126, 0x27, 0x10]);
+    assert_eq!(chunks[1].as_ptr(), payload.as_ptr());
+    conn.handle_written(10_004, t0());
+    assert_eq!(conn.poll_transmit(t0()).count(), 0);
 }
 
 #[test]
 fn idle_connection_holds_no_buffers() {
-    let mut conn = WsConnection::server(&WsConfig::default(), Some(shared_params()), t0());
+    let mut conn = WsConnection::server(WsConfig::default(), Some(shared_params()), t0());
     let input = cat(&[c(0x01, b"frag"), c(0x89, b"x"), c(0x80, b"ment"), c(0x82, &[1; 5000])]);
     conn.feed(&input[..input.len() - 100], t0());
     conn.feed(&input[input.len() - 100..], t0());
@@ -862,8 +1107,8 @@ fn idle_connection_holds_no_buffers() {
     assert!(!conn.holds_zlib_state(), "shared mode keeps no zlib state");
     println!("size_of::<WsConnection>() = {}", std::mem::size_of::<WsConnection>());
     // A parked callback-served WebSocket is this struct in a slab slot:
-    // keep it small (392: 384 plus the buffer-retention state).
-    assert!(std::mem::size_of::<WsConnection>() <= 392);
+    // keep it small (336 with the limits shared through one `Arc`).
+    assert!(std::mem::size_of::<WsConnection>() <= 336);
 }
 
 // ---------------------------------------------------------------------------
@@ -876,11 +1121,11 @@ fn compressed_client_frame(message: &[u8], b0: u8) -> Vec<u8> {
 
 #[test]
 fn rfc7692_hello_through_connection() {
-    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()), t0());
+    let conn = WsConnection::server(WsConfig::default(), Some(shared_params()), t0());
     let frame = c(0xC1, &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]);
     assert_eq!(run(conn, &frame).0, vec![text("Hello")]);
     // Same bytes as two fragments (§7.2.3.1 second example).
-    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()), t0());
+    let conn = WsConnection::server(WsConfig::default(), Some(shared_params()), t0());
     let frames = cat(&[c(0x41, &[0xf2, 0x48, 0xcd]), c(0x80, &[0xc9, 0xc9, 0x07, 0x00])]);
     assert_eq!(run(conn, &frames).0, vec![text("Hello")]);
 }
@@ -892,7 +1137,7 @@ fn compressed_frame_without_negotiation_fails() {
 
 #[test]
 fn compressed_invalid_utf8_fails_1007() {
-    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()), t0());
+    let conn = WsConnection::server(WsConfig::default(), Some(shared_params()), t0());
     assert_fails_with(
         conn,
         &compressed_client_frame(&[b'a', 0xff], 0xC1),
@@ -902,7 +1147,7 @@ fn compressed_invalid_utf8_fails_1007() {
 
 #[test]
 fn corrupt_compressed_data_fails() {
-    let conn = WsConnection::server(&WsConfig::default(), Some(shared_params()), t0());
+    let conn = WsConnection::server(WsConfig::default(), Some(shared_params()), t0());
     assert_fails_with(
         conn,
         &c(0xC2, &[0xff, 0xff, 0xff]),
@@ -916,7 +1161,7 @@ fn compression_bomb_rejected_with_1009() {
         max_message_size: 1 << 20,
         ..WsConfig::default()
     };
-    let conn = WsConnection::server(&config, Some(shared_params()), t0());
+    let conn = WsConnection::server(config.clone(), Some(shared_params()), t0());
     let bomb = compressed_client_frame(&vec![0u8; 10 << 20], 0xC2);
     assert!(bomb.len() < 64 * 1024);
     assert_fails_with(conn, &bomb, ProtocolError::MessageTooLarge { limit: 1 << 20 });
@@ -924,8 +1169,8 @@ fn compression_bomb_rejected_with_1009() {
 
 fn round_trip(params: DeflateParams, context: bool) {
     let config = WsConfig::default();
-    let mut cli = WsConnection::client(&config, Some(params), || [1, 2, 3, 4], t0());
-    let mut srv = WsConnection::server(&config, Some(params), t0());
+    let mut cli = WsConnection::client(config.clone(), Some(params), || [1, 2, 3, 4], t0());
+    let mut srv = WsConnection::server(config.clone(), Some(params), t0());
     let messages: Vec<String> = (0..4)
         .map(|i| format!("message number {i}: {}", "lorem ipsum ".repeat(20)))
         .collect();
@@ -940,7 +1185,11 @@ fn round_trip(params: DeflateParams, context: bool) {
     assert_eq!(to_server[0] & 0x40, 0x40);
     let mut expected: Vec<Event> = messages.iter().map(|m| text(m)).collect();
     assert_eq!(
-        run(WsConnection::client(&config, Some(params), || [0; 4], t0()), &to_client).0,
+        run(
+            WsConnection::client(config.clone(), Some(params), || [0; 4], t0()),
+            &to_client
+        )
+        .0,
         expected
     );
     expected.push(text("tiny"));
@@ -1029,7 +1278,7 @@ fn split_invariance_config() -> WsConfig {
 }
 
 fn make(deflate: bool) -> WsConnection {
-    WsConnection::server(&split_invariance_config(), deflate.then(shared_params), t0())
+    WsConnection::server(split_invariance_config(), deflate.then(shared_params), t0())
 }
 
 #[test]
@@ -1083,9 +1332,9 @@ proptest! {
         let params = match deflate { 0 => None, 1 => Some(shared_params()), _ => Some(context_params()) };
         let config = WsConfig { max_message_size: 4096, max_frame_size: 2048, ..WsConfig::default() };
         let make = || if client_role {
-            WsConnection::client(&config, params, || [9, 8, 7, 6], t0())
+            WsConnection::client(config.clone(), params, || [9, 8, 7, 6], t0())
         } else {
-            WsConnection::server(&config, params, t0())
+            WsConnection::server(config.clone(), params, t0())
         };
         let mut points: Vec<usize> = splits.iter().map(|s| s % (data.len() + 1)).collect();
         points.sort_unstable();
@@ -1113,12 +1362,12 @@ proptest! {
     ) {
         let params = match deflate { 0 => None, 1 => Some(shared_params()), _ => Some(context_params()) };
         let config = WsConfig::default();
-        let mut cli = WsConnection::client(&config, params, || [1, 3, 5, 7], t0());
+        let mut cli = WsConnection::client(config.clone(), params, || [1, 3, 5, 7], t0());
         for m in &messages {
             cli.send_binary(m.clone()).unwrap();
         }
         let wire = transmit(&mut cli);
-        let mut srv = WsConnection::server(&config, params, t0());
+        let mut srv = WsConnection::server(config.clone(), params, t0());
         for piece in wire.chunks(chunk) {
             srv.feed(piece, t0());
         }

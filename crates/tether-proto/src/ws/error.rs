@@ -62,16 +62,22 @@ impl ProtocolError {
     }
 }
 
-/// Why a local `send`/`close` call was refused. The connection is unchanged.
+/// Why a local `send`/`close` call was refused. The connection is unchanged,
+/// except after [`SendError::SlowConsumer`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
     /// A Close frame was already sent (or the connection failed): nothing more may be sent.
     #[error("the connection is closing or closed")]
     Closed,
-    /// The output queue holds `queued` bytes, at or over `limit`: wait for the
-    /// transport to drain it (or close with 1008). Control frames bypass the limit.
+    /// The message does not fit: `queued` bytes wait to be written and the
+    /// limit is `limit` ([`QueueOverflow::Refuse`](super::QueueOverflow)):
+    /// wait for [`WsConnection::can_send`](super::WsConnection::can_send).
     #[error("output queue full ({queued} bytes queued, limit {limit})")]
     QueueFull { queued: usize, limit: usize },
+    /// The message did not fit and the connection is closing with 1008
+    /// (slow consumer) ([`QueueOverflow::Close`](super::QueueOverflow)).
+    #[error("slow consumer: output queue full ({queued} bytes queued, limit {limit}); closing with 1008")]
+    SlowConsumer { queued: usize, limit: usize },
     #[error("control frame payload of {0} bytes over 125")]
     ControlPayloadTooLong(usize),
     /// 1005, 1006, 1015 and unregistered codes may not be sent.
@@ -79,9 +85,6 @@ pub enum SendError {
     InvalidCloseCode(u16),
     #[error("close reason of {0} bytes over 123")]
     CloseReasonTooLong(usize),
-    /// Close frames go through `WsConnection::close`, which starts the close timer.
-    #[error("use close() to send a Close frame")]
-    CloseThroughSend,
     /// Pre-encoded frames are unmasked server frames; a client must mask.
     #[error("pre-encoded frames can only be sent by a server")]
     EncodedFrameOnClient,

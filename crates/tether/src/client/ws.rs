@@ -149,7 +149,7 @@ async fn handshake(target: Target, options: &ClientOptions) -> Result<WebSocket,
     let accepted = hs.validate_response(status, &headers)?;
     let rest = buf.split_off(head_len);
     let engine = WsConnection::client(
-        &options.ws.engine,
+        options.ws.engine.clone(),
         accepted.deflate,
         rand::random::<[u8; 4]>,
         std::time::Instant::now(),
@@ -158,7 +158,6 @@ async fn handshake(target: Target, options: &ClientOptions) -> Result<WebSocket,
         Box::new(stream),
         rest,
         engine,
-        &options.ws,
         accepted.subprotocol,
         None,
     ))

@@ -20,7 +20,7 @@
 //! checked against that reading), and hands the sent response's header
 //! map back to the engine for a later request head.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -35,7 +35,8 @@ use tokio::time::Instant;
 use super::body::{Body, BodyError, RequestBody};
 use super::handler::{HandlerFuture, Response, SharedHandler};
 use super::park::ParkingLot;
-use super::upgrade::{OnUpgrade, Transport, Upgraded};
+use super::upgrade::{OnUpgrade, Upgraded};
+use crate::lifecycle::{OpenGuard, StopSignal, Transport};
 
 /// Request body chunks buffered between the driver and the handler.
 const BODY_CHANNEL: usize = 4;
@@ -49,16 +50,7 @@ pub enum ConnectionEnd {
     Upgraded(u32),
 }
 
-/// What the server asks of its connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// Keep serving.
-    Run,
-    /// Graceful shutdown: idle connections close now, in-flight ones after their response.
-    Graceful,
-    /// The shutdown deadline passed: close now.
-    Force,
-}
+pub use crate::lifecycle::Stop;
 
 /// What woke the driver. Small on purpose: it is moved out of `select!`
 /// on every wake-up (a `Response` here cost a `memcpy` per move); the
@@ -72,10 +64,6 @@ enum Wake {
     Timer,
     Shutdown,
 }
-
-/// Keeps a connection counted as open while it lives (moved into the
-/// upgraded protocol's task when there is one).
-pub(crate) type OpenGuard = super::OpenConnection;
 
 /// Serves one connection until it closes or upgrades.
 pub async fn serve_connection<IO: Transport>(
@@ -130,7 +118,7 @@ pub(crate) async fn drive<IO: Transport>(
     mut io: IO,
     mut conn: ServerConnection,
     handler: SharedHandler,
-    mut shutdown: watch::Receiver<Stop>,
+    shutdown: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
     lot: Option<&ParkingLot>,
 ) -> Driven<IO> {
@@ -143,18 +131,13 @@ pub(crate) async fn drive<IO: Transport>(
     let mut blocked_chunk: Option<Bytes> = None;
     let mut stream: Option<mpsc::Receiver<Result<Bytes, std::io::Error>>> = None;
     let mut on_upgrade: Option<OnUpgrade> = None;
-    let mut stop = *shutdown.borrow_and_update();
+    // Registered once for the connection's life, not once per wait (see
+    // `StopSignal`). Its branch stays in every `select!`, so its wake-up is
+    // never missed.
+    let (mut stop, mut stop_signal) = StopSignal::new(shutdown);
     if stop != Stop::Run {
         conn.shutdown(Instant::now().into_std());
     }
-    // Registered once for the connection's life, not once per wait.
-    let stop_changed = next_stop(shutdown);
-    tokio::pin!(stop_changed);
-    // Polled to register its waker, then again only once the server has
-    // sent something (a version check): polling `watch::changed` on every
-    // pass cost about 570 instructions per request (callgrind). Its branch
-    // stays in every `select!`, so its wake-up is never missed.
-    let mut stop_registered = false;
     // One timer for the connection's life, moved to each new deadline.
     let sleep = tokio::time::sleep_until(Instant::now() + std::time::Duration::from_secs(86_400));
     tokio::pin!(sleep);
@@ -303,19 +286,10 @@ pub(crate) async fn drive<IO: Transport>(
             // Set only by a read or write of this wait, which then ends it.
             clock = None;
             let io_fut = poll_fn(|cx| poll_io(&mut io, &mut conn, wants_read, &mut clock, cx));
-            let stop_future = poll_fn(|cx| {
-                if stop_registered && !upgrade_stop.has_changed().unwrap_or(true) {
-                    return Poll::Pending;
-                }
-                let polled = stop_changed.as_mut().poll(cx);
-                stop_registered = polled.is_pending();
-                polled
-            });
             tokio::select! {
                 biased;
-                (next, rx) = stop_future, if stop != Stop::Force => {
+                next = poll_fn(|cx| stop_signal.poll_next(cx)), if stop != Stop::Force => {
                     stop = next;
-                    stop_changed.set(next_stop(rx));
                     Wake::Shutdown
                 }
                 w = io_fut => w,
@@ -538,19 +512,6 @@ fn send_error(conn: &mut ServerConnection, status: StatusCode) {
         let _ = conn.send_body(body);
         let _ = conn.finish_response();
     }
-}
-
-/// The server's next stop signal (a closed channel counts as a forced stop),
-/// with the receiver handed back for the next wait.
-pub(crate) async fn next_stop(mut rx: watch::Receiver<Stop>) -> (Stop, watch::Receiver<Stop>) {
-    // Unconstrained: with the task's coop budget spent, `changed` would
-    // return `Pending` without registering a waker, and the drivers poll
-    // this future again only once the channel has changed.
-    let stop = match tokio::task::unconstrained(rx.changed()).await {
-        Ok(()) => *rx.borrow_and_update(),
-        Err(_) => Stop::Force,
-    };
-    (stop, rx)
 }
 
 /// A per-thread pool of request buffers: a connection takes a read and an

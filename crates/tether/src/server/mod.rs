@@ -29,6 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tether_proto::h1;
+
+use crate::lifecycle::{OpenCount, OpenGuard};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -48,11 +50,10 @@ pub struct ServerStats {
     /// Connections accepted.
     pub accepted: AtomicU64,
     /// Connections currently open, upgraded and parked ones included.
-    pub open: AtomicU64,
+    pub open: Arc<OpenCount>,
     /// Idle connections (keep-alive, and callback-served WebSockets)
     /// currently parked without a task.
     pub parked: AtomicU64,
-    closed: tokio::sync::Notify,
 }
 
 /// An HTTP/1.1 server with exact keep-alive behaviour.
@@ -120,7 +121,7 @@ impl Server {
                         let _ = stream.set_nodelay(true);
                         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
                         // An upgraded or parked connection takes the guard along: shutdown waits for it too.
-                        let open = OpenConnection::new(self.stats.clone());
+                        let open = OpenGuard::new(self.stats.open.clone());
                         let conn = h1::ServerConnection::new(self.config.clone(), std::time::Instant::now());
                         serving.spawn(stream, conn, stop_rx.clone(), Some(open), peer);
                     }
@@ -135,55 +136,21 @@ impl Server {
         drop(listener);
         let _ = stop_tx.send(driver::Stop::Graceful);
         tracing::info!(
-            open = self.stats.open.load(Ordering::Relaxed),
+            open = self.stats.open.get(),
             "shutting down: closing idle connections, finishing in-flight requests"
         );
-        if tokio::time::timeout(self.shutdown_timeout, self.stats.all_closed())
+        if tokio::time::timeout(self.shutdown_timeout, self.stats.open.all_closed())
             .await
             .is_err()
         {
             tracing::warn!(
-                remaining = self.stats.open.load(Ordering::Relaxed),
+                remaining = self.stats.open.get(),
                 "shutdown timeout reached: force-closing connections"
             );
             let _ = stop_tx.send(driver::Stop::Force);
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.stats.all_closed()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.stats.open.all_closed()).await;
         }
         Ok(())
-    }
-}
-
-/// Counts a connection as open for as long as it lives (no allocation of
-/// its own: a parked connection keeps no heap object in the allocator's heap).
-pub(crate) struct OpenConnection(Arc<ServerStats>);
-
-impl OpenConnection {
-    fn new(stats: Arc<ServerStats>) -> Self {
-        stats.open.fetch_add(1, Ordering::AcqRel);
-        Self(stats)
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.closed.notify_waiters();
-        }
-    }
-}
-
-impl ServerStats {
-    /// Completes once no connection is open.
-    async fn all_closed(&self) {
-        loop {
-            let notified = self.closed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.open.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
     }
 }
 

@@ -57,8 +57,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use super::driver::{self, ConnectionEnd, Driven, OpenGuard, Paused, Stop};
+use super::driver::{self, ConnectionEnd, Driven, Paused};
 use super::{log_end, ServerStats, SharedHandler};
+use crate::lifecycle::{OpenGuard, Stop};
 
 /// Readiness events taken from the lot's `epoll` per call.
 const EVENTS_PER_POLL: usize = 1024;

@@ -13,12 +13,8 @@ use std::future::Future;
 use std::pin::Pin;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite};
 
-/// A byte stream a connection can run on (TCP, TLS, in-memory duplex).
-/// `Any`, so an upgraded protocol can find a TCP socket it may park.
-pub trait Transport: Any + AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+pub use crate::lifecycle::Transport;
 
 /// The transport after a `101`, with the bytes already read past the request head.
 pub struct Upgraded {
@@ -27,9 +23,9 @@ pub struct Upgraded {
     /// Bytes the peer sent after the upgrade request, not yet consumed.
     pub read_buf: BytesMut,
     /// The server's stop signal, so the new protocol can say goodbye on shutdown.
-    pub(crate) stop: Option<tokio::sync::watch::Receiver<super::driver::Stop>>,
+    pub(crate) stop: Option<tokio::sync::watch::Receiver<crate::lifecycle::Stop>>,
     /// Keeps the connection counted as open.
-    pub(crate) guard: Option<super::driver::OpenGuard>,
+    pub(crate) guard: Option<crate::lifecycle::OpenGuard>,
     /// The server's parking lot, for protocols that can park idle connections.
     pub(crate) lot: Option<super::park::ParkingLot>,
 }

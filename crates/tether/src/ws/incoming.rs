@@ -18,21 +18,14 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// From this much payload still to come, read into the engine's buffer.
 const DIRECT_READ_MIN: usize = 64 * 1024;
 
-/// What one read brought.
-pub(crate) enum Read {
-    /// Bytes, fed to the engine.
-    Bytes,
-    /// End of file or a read error: the engine has been told.
-    Ended,
-}
-
-/// Reads once and feeds the engine; `now` is called only when bytes came.
+/// Reads once and feeds the engine (bytes, or the end of the transport on
+/// end of file or a read error); `now` is called only when bytes came.
 pub(crate) fn poll_read<R: AsyncRead + Unpin + ?Sized>(
     io: &mut R,
     cx: &mut Context<'_>,
     engine: &mut WsConnection,
     now: impl FnOnce() -> std::time::Instant,
-) -> Poll<Read> {
+) -> Poll<()> {
     if engine.payload_remaining() >= DIRECT_READ_MIN {
         let read = {
             let fut = io.read_buf(engine.read_buffer());
@@ -42,30 +35,27 @@ pub(crate) fn poll_read<R: AsyncRead + Unpin + ?Sized>(
         return match read {
             Poll::Ready(Ok(n)) if n > 0 => {
                 engine.process_read_buffer(now());
-                Poll::Ready(Read::Bytes)
+                Poll::Ready(())
             }
             Poll::Ready(_) => {
                 engine.handle_eof();
-                Poll::Ready(Read::Ended)
+                Poll::Ready(())
             }
             Poll::Pending => Poll::Pending,
         };
     }
-    let mut ended = false;
     let read = crate::io::poll_read_with(io, cx, |bytes| {
         if bytes.is_empty() {
             engine.handle_eof();
-            ended = true;
         } else {
             engine.feed(bytes, now());
         }
     });
     match read {
-        Poll::Ready(Ok(())) if ended => Poll::Ready(Read::Ended),
-        Poll::Ready(Ok(())) => Poll::Ready(Read::Bytes),
+        Poll::Ready(Ok(())) => Poll::Ready(()),
         Poll::Ready(Err(_)) => {
             engine.handle_eof();
-            Poll::Ready(Read::Ended)
+            Poll::Ready(())
         }
         Poll::Pending => Poll::Pending,
     }

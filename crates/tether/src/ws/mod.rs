@@ -4,42 +4,41 @@
 //! connections park without a task), and frame-once broadcast.
 //!
 //! Theory of operation: after the HTTP handshake a connection is one
-//! `tether_proto::ws::WsConnection` (where every protocol decision is made:
-//! framing, masking, UTF-8, close codes, deflate) and the transport, behind
-//! a lock shared by the [`WsSender`] and [`WsReceiver`] halves. There is no
-//! task and no channel per connection, so an idle WebSocket costs about as
-//! much memory as its engine and socket:
+//! `tether_proto::ws::WsConnection`, where every protocol decision is
+//! made (framing, masking, UTF-8, close codes, deflate, the queue limit and
+//! what overflowing it does, the write, close, heartbeat and idle timers,
+//! shutdown's 1001), driven by one driver core (`driver::WsDriver`: the
+//! engine, the transport, the server's stop signal, one timer) under two
+//! faces:
 //!
-//! * receiving drives the connection: [`WsReceiver::recv`] reads, feeds the
-//!   engine, writes queued output (pongs, close replies, messages from other
-//!   tasks), fires timers (heartbeat, idle timeout, close handshake
-//!   deadline, stalled writes) and closes TCP first on the server side once
-//!   the close handshake is complete. Keep a task receiving for as long as
-//!   the connection should live;
-//! * sending queues frames in the engine and wakes the receiving task (or,
-//!   with nobody receiving, writes itself). The queue is counted in bytes:
-//!   `send` waits while it holds `max_queued_bytes` or more (backpressure),
-//!   `try_send` reports [`TrySendError::Full`] instead, and with
-//!   [`OverflowPolicy::Close`] a full queue closes the connection with 1008
-//!   rather than buffering without bound;
-//! * while much output is waiting for a peer that does not read, reading
-//!   pauses (TCP backpressure to the peer);
-//! * when the last handle is dropped, the close handshake is finished in
-//!   the background within a bounded time;
-//! * on server shutdown the connection closes with 1001 and counts as open
-//!   until its close handshake ends (or the server's forced stop drops it).
+//! * the handle: the driver behind a lock shared by the [`WsSender`] and
+//!   [`WsReceiver`] halves. There is no task and no channel per connection.
+//!   Receiving drives the connection ([`WsReceiver::recv`]: reads, writes
+//!   queued output, fires the engine's timers, closes TCP first on the
+//!   server side once the close handshake is complete); keep a task
+//!   receiving for as long as the connection should live. Sending queues
+//!   frames in the engine and wakes the receiving task (or, with nobody
+//!   receiving, writes itself): `send` waits while the queue has no room
+//!   (`WsConfig::max_queued_bytes`), `try_send` and [`Broadcast`] report a
+//!   full queue or, with `QueueOverflow::Close`, close the connection with
+//!   1008. When the last handle is dropped the close handshake is finished
+//!   in the background, bounded by the engine's close and write timeouts;
+//! * the callback service: one task owns the driver and the service by
+//!   value and parks when idle (see `service`).
 //!
-//! Both drivers (the handle's and the callback service's) share their I/O
-//! steps: `incoming` reads (through a per-thread scratch buffer, or straight
-//! into the engine's buffer for the rest of a large frame) and `outgoing`
-//! writes (one vectored write, stall deadline, close on shutdown).
+//! Both share their I/O steps: `incoming` reads (through a per-thread
+//! scratch buffer, or straight into the engine's buffer for the rest of a
+//! large frame) and the driver writes the engine's queue with one vectored
+//! write at a time. On server shutdown the connection closes with 1001 and
+//! counts as open until its close handshake ends (or the server's forced
+//! stop drops it).
 //!
 //! Heartbeat and idle timeout are off by default: per RFC 6455 a WebSocket
 //! has no idle timeout.
 
 mod broadcast;
+mod driver;
 mod incoming;
-mod outgoing;
 mod service;
 mod socket;
 mod upgrade;
@@ -47,6 +46,8 @@ mod upgrade;
 pub use broadcast::Broadcast;
 pub(crate) use service::ParkedWebSocket;
 pub use service::{Replies, WsService};
-pub use socket::{OverflowPolicy, TrySendError, WebSocket, WsError, WsOptions, WsReceiver, WsSender};
-pub use tether_proto::ws::{CloseCode, CloseFrame, CompressionConfig, CompressionMode, Message, Utf8Bytes};
+pub use socket::{TrySendError, WebSocket, WsError, WsOptions, WsReceiver, WsSender};
+pub use tether_proto::ws::{
+    CloseCode, CloseFrame, CompressionConfig, CompressionMode, Message, QueueOverflow, Utf8Bytes, WsConfig, WsEnd,
+};
 pub use upgrade::{is_websocket_request, upgrade, upgrade_service};

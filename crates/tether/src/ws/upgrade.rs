@@ -31,12 +31,8 @@ where
 {
     accept(req, options, |opened| {
         OnUpgrade::new(move |up: Upgraded| async move {
-            let Opened {
-                engine,
-                options,
-                protocol,
-            } = opened;
-            let ws = WebSocket::start(up.io, up.read_buf, engine, &options, protocol, up.stop);
+            let Opened { engine, protocol } = opened;
+            let ws = WebSocket::start(up.io, up.read_buf, engine, protocol, up.stop);
             on_open(ws).await;
         })
     })
@@ -49,14 +45,13 @@ where
 /// See [`WsService`].
 pub fn upgrade_service<S: WsService>(req: &Request, options: &Arc<WsOptions>, service: S) -> Response {
     accept(req, options, |opened| {
-        OnUpgrade::owning_guard(move |up: Upgraded| service::run(up, opened.engine, service, opened.options))
+        OnUpgrade::owning_guard(move |up: Upgraded| service::run(up, opened.engine, service))
     })
 }
 
 /// What an accepted handshake opens.
 struct Opened {
     engine: WsConnection,
-    options: Arc<WsOptions>,
     protocol: Option<String>,
 }
 
@@ -84,12 +79,8 @@ fn accept(req: &Request, options: &Arc<WsOptions>, on_upgrade: impl FnOnce(Opene
                 .and_then(|p| p.to_str().ok())
                 .map(str::to_string);
             // The engine's clocks (heartbeat, idle timeout) start at the handshake.
-            let engine = WsConnection::server(&options.engine, accepted.deflate, std::time::Instant::now());
-            resp.extensions_mut().insert(on_upgrade(Opened {
-                engine,
-                options: options.clone(),
-                protocol,
-            }));
+            let engine = WsConnection::server(options.engine.clone(), accepted.deflate, std::time::Instant::now());
+            resp.extensions_mut().insert(on_upgrade(Opened { engine, protocol }));
             resp
         }
     }

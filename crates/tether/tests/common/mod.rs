@@ -558,7 +558,7 @@ pub async fn wait_stats(stats: &ServerStats, parked: u64, open: u64) {
     use std::sync::atomic::Ordering;
     let until = Instant::now() + Duration::from_secs(5);
     loop {
-        let (p, o) = (stats.parked.load(Ordering::Relaxed), stats.open.load(Ordering::Relaxed));
+        let (p, o) = (stats.parked.load(Ordering::Relaxed), stats.open.get());
         if (p, o) == (parked, open) {
             return;
         }
