@@ -65,6 +65,15 @@ pub enum WsCompression {
 pub struct ServeConfig {
     /// Address to listen on (port 0: any free port).
     pub listen: SocketAddr,
+    /// Listen backlog (connections the kernel queues before they are
+    /// accepted); capped by the system's `net.core.somaxconn`. `None`: that cap.
+    pub backlog: Option<u32>,
+    /// Most connections open at once; beyond it the longest-idle parked
+    /// keep-alive connection is closed, or, with none, 503. `None`: no limit.
+    pub max_connections: Option<usize>,
+    /// Most connections open at once from one client address (503 beyond).
+    /// `None`: no limit.
+    pub max_connections_per_client: Option<usize>,
     /// Idle keep-alive connections are closed after this long.
     #[serde(with = "serde_duration")]
     pub keep_alive_timeout: Duration,
@@ -90,6 +99,10 @@ pub struct ServeConfig {
     /// A request body making no progress for this long closes the connection.
     #[serde(with = "serde_duration")]
     pub body_timeout: Duration,
+    /// A request body must average at least this many bytes per second
+    /// (after a grace of `body_timeout`), else 408 and close. `None`: no minimum.
+    #[serde(with = "serde_opt_size")]
+    pub body_min_rate: Option<u64>,
     /// Largest request body in bytes (`413` beyond).
     #[serde(with = "serde_size")]
     pub max_body: u64,
@@ -97,6 +110,12 @@ pub struct ServeConfig {
     /// remaining connections are dropped.
     #[serde(with = "serde_duration")]
     pub shutdown_timeout: Duration,
+    /// On SIGTERM/SIGINT, idle keep-alive connections stay open this long
+    /// (at most `shutdown_timeout`) for a request already on its way
+    /// (answered with `Connection: close`). `None`: idle connections close
+    /// at once.
+    #[serde(with = "serde_opt_duration")]
+    pub drain: Option<Duration>,
     /// Directory served as static files. `None`: no static files.
     pub root: Option<PathBuf>,
     /// Runtime worker threads; 1 means a current-thread runtime.
@@ -129,6 +148,9 @@ impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            backlog: None,
+            max_connections: None,
+            max_connections_per_client: None,
             keep_alive_timeout: Duration::from_secs(5),
             keep_alive_max: 100,
             keep_alive_header: KeepAliveHeaderMode::Fixed,
@@ -137,8 +159,10 @@ impl Default for ServeConfig {
             park_idle_after: Some(Duration::from_secs(1)),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            body_min_rate: Some(500),
             max_body: 16 * MIB,
             shutdown_timeout: Duration::from_secs(10),
+            drain: Some(Duration::from_secs(1)),
             root: None,
             workers: default_workers(),
             log: "info".to_owned(),
@@ -187,6 +211,7 @@ impl ServeConfig {
             ("park-idle-after", self.park_idle_after),
             ("ws-ping-interval", self.ws_ping_interval),
             ("ws-idle-timeout", self.ws_idle_timeout),
+            ("drain", self.drain),
         ] {
             if let Some(d) = d {
                 check_duration(d, false).with_context(|| format!("invalid {key}"))?;
@@ -211,6 +236,18 @@ impl ServeConfig {
 // Command line
 // ---------------------------------------------------------------------------
 
+/// A size that can be switched off (`off` or `0`): `OptSize(None)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptSize(pub Option<u64>);
+
+/// Parses a size that may be switched off: `off` or `0` give `None`.
+pub fn parse_opt_size(input: &str) -> Result<OptSize, ValueError> {
+    if input.trim().eq_ignore_ascii_case("off") {
+        return Ok(OptSize(None));
+    }
+    parse_size(input).map(|n| OptSize((n > 0).then_some(n)))
+}
+
 /// A duration that can be switched off (`off` or `0`): `OptDuration(None)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptDuration(pub Option<Duration>);
@@ -228,6 +265,18 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:8080]
     #[arg(long, value_name = "ADDR", env = "TETHER_LISTEN")]
     pub listen: Option<SocketAddr>,
+
+    /// Listen backlog: connections the kernel queues before they are accepted, capped by net.core.somaxconn [default: the system's somaxconn]
+    #[arg(long, value_name = "N", env = "TETHER_BACKLOG", value_parser = clap::value_parser!(u32).range(1..))]
+    pub backlog: Option<u32>,
+
+    /// Most connections open at once; beyond it the longest-idle parked keep-alive connection is closed to make room, or, with none, the new one gets 503 [default: no limit]
+    #[arg(long, value_name = "N", env = "TETHER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
+    /// Most connections open at once from one client address; beyond it 503 [default: no limit]
+    #[arg(long, value_name = "N", env = "TETHER_MAX_CONNECTIONS_PER_CLIENT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_client: Option<u64>,
 
     /// Close an idle keep-alive connection after this long [default: 5s]
     #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_KEEP_ALIVE_TIMEOUT",
@@ -268,6 +317,10 @@ pub struct ServeArgs {
           value_parser = parse_duration)]
     pub body_timeout: Option<Duration>,
 
+    /// A request body must average this many bytes per second after a grace of --body-timeout, else 408; off for no minimum [default: 500]
+    #[arg(long, allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_BODY_MIN_RATE", value_parser = parse_opt_size)]
+    pub body_min_rate: Option<OptSize>,
+
     /// Largest request body, 413 beyond [default: 16MiB]
     #[arg(long, allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_MAX_BODY", value_parser = parse_size)]
     pub max_body: Option<u64>,
@@ -276,6 +329,11 @@ pub struct ServeArgs {
     #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_SHUTDOWN_TIMEOUT",
           value_parser = parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+
+    /// On SIGTERM/SIGINT, keep idle connections open this long (at most the shutdown timeout) for a request already on its way (answered with `Connection: close`); off closes them at once [default: 1s]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_DRAIN",
+          value_parser = parse_opt_duration)]
+    pub drain: Option<OptDuration>,
 
     /// Serve static files from this directory [default: none]
     #[arg(long, value_name = "DIR", env = "TETHER_ROOT")]
@@ -340,6 +398,15 @@ impl ServeArgs {
             }
         }
         set(&mut config.listen, self.listen);
+        if self.backlog.is_some() {
+            config.backlog = self.backlog;
+        }
+        if let Some(n) = self.max_connections {
+            config.max_connections = Some(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+        if let Some(n) = self.max_connections_per_client {
+            config.max_connections_per_client = Some(usize::try_from(n).unwrap_or(usize::MAX));
+        }
         set(&mut config.keep_alive_timeout, self.keep_alive_timeout);
         set(&mut config.keep_alive_max, self.keep_alive_max);
         set(&mut config.keep_alive_header, self.keep_alive_header);
@@ -348,8 +415,10 @@ impl ServeArgs {
         set(&mut config.park_idle_after, self.park_idle_after.map(|d| d.0));
         set(&mut config.header_timeout, self.header_timeout);
         set(&mut config.body_timeout, self.body_timeout);
+        set(&mut config.body_min_rate, self.body_min_rate.map(|s| s.0));
         set(&mut config.max_body, self.max_body);
         set(&mut config.shutdown_timeout, self.shutdown_timeout);
+        set(&mut config.drain, self.drain.map(|d| d.0));
         if self.root.is_some() {
             config.root = self.root;
         }
@@ -595,6 +664,25 @@ mod serde_opt_duration {
     }
 }
 
+mod serde_opt_size {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(bytes: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(n) => s.serialize_str(&format_size(*n)),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let n: u64 = match super::serde_size::deserialize_text(d)? {
+            text if text.trim().eq_ignore_ascii_case("off") => return Ok(None),
+            text => parse_size(&text).map_err(serde::de::Error::custom)?,
+        };
+        Ok((n > 0).then_some(n))
+    }
+}
+
 mod serde_size {
     use super::*;
 
@@ -610,11 +698,15 @@ mod serde_size {
     }
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let text = match SizeRepr::deserialize(d)? {
+        parse_size(&deserialize_text(d)?).map_err(serde::de::Error::custom)
+    }
+
+    /// A size as written in the file: an integer or a string.
+    pub fn deserialize_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(match SizeRepr::deserialize(d)? {
             SizeRepr::Int(n) => n.to_string(),
             SizeRepr::Str(s) => s,
-        };
-        parse_size(&text).map_err(serde::de::Error::custom)
+        })
     }
 }
 

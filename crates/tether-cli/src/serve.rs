@@ -29,7 +29,11 @@ pub fn h1_config(c: &ServeConfig) -> h1::Config {
         max_lifetime: c.max_lifetime,
         header_timeout: c.header_timeout,
         body_timeout: c.body_timeout,
+        body_min_rate: c
+            .body_min_rate
+            .and_then(|r| std::num::NonZeroU32::new(u32::try_from(r).unwrap_or(u32::MAX))),
         max_body: c.max_body,
+        shutdown_drain: c.drain.unwrap_or_default().min(c.shutdown_timeout),
         ..h1::Config::default()
     }
 }
@@ -158,14 +162,15 @@ pub fn run(c: ServeConfig) -> anyhow::Result<()> {
 }
 
 async fn serve(c: ServeConfig) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(c.listen)
-        .await
-        .with_context(|| format!("binding {}", c.listen))?;
+    let backlog = c.backlog.unwrap_or_else(tether::server::default_backlog);
+    let listener = tether::server::bind(c.listen, backlog).with_context(|| format!("binding {}", c.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let handler: SharedHandler = Arc::new(app(&c));
     let server = Server::new(h1_config(&c), handler)
         .shutdown_timeout(c.shutdown_timeout)
-        .park_idle_after(c.park_idle_after);
+        .park_idle_after(c.park_idle_after)
+        .max_connections(c.max_connections)
+        .max_connections_per_client(c.max_connections_per_client);
     let max = if c.keep_alive_max == 0 {
         "unlimited".to_string()
     } else {

@@ -11,6 +11,7 @@
 pub mod client;
 mod io;
 pub mod lifecycle;
+mod memory;
 pub mod server;
 pub mod ws;
 

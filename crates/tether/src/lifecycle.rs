@@ -17,10 +17,12 @@
 //! of them depends on another for it.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -118,18 +120,26 @@ async fn next_stop(mut rx: watch::Receiver<Stop>) -> (Stop, watch::Receiver<Stop
     (stop, rx)
 }
 
-/// How many connections of one server are open, and a way to wait until
-/// none is.
+/// How many connections of one server are open (in all, and per client
+/// address when asked to count them), and a way to wait until none is.
 #[derive(Debug, Default)]
 pub struct OpenCount {
     open: AtomicU64,
     closed: Notify,
+    /// Open connections per client address (only guards made with
+    /// [`OpenGuard::for_peer`] count here).
+    per_peer: Mutex<HashMap<IpAddr, u32>>,
 }
 
 impl OpenCount {
     /// Connections open now (upgraded and parked ones included).
     pub fn get(&self) -> u64 {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Connections open now from `ip` (counted by [`OpenGuard::for_peer`]).
+    pub fn from_peer(&self, ip: IpAddr) -> u32 {
+        lock(&self.per_peer).get(&ip).copied().unwrap_or(0)
     }
 
     /// Completes once no connection is open.
@@ -150,21 +160,46 @@ impl OpenCount {
 /// its own: a parked connection keeps no heap object in the allocator's
 /// heap for it).
 #[derive(Debug)]
-pub(crate) struct OpenGuard(Arc<OpenCount>);
+pub(crate) struct OpenGuard {
+    count: Arc<OpenCount>,
+    /// Counted per client address too.
+    peer: Option<IpAddr>,
+}
 
 impl OpenGuard {
     pub(crate) fn new(count: Arc<OpenCount>) -> Self {
         count.open.fetch_add(1, Ordering::AcqRel);
-        Self(count)
+        Self { count, peer: None }
+    }
+
+    /// A guard that also counts the connection under its client's address.
+    pub(crate) fn for_peer(count: Arc<OpenCount>, ip: IpAddr) -> Self {
+        *lock(&count.per_peer).entry(ip).or_insert(0) += 1;
+        let mut guard = Self::new(count);
+        guard.peer = Some(ip);
+        guard
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.closed.notify_waiters();
+        if let Some(ip) = self.peer {
+            let mut per_peer = lock(&self.count.per_peer);
+            if let Some(n) = per_peer.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    per_peer.remove(&ip);
+                }
+            }
+        }
+        if self.count.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.count.closed.notify_waiters();
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -227,5 +262,21 @@ mod tests {
             .await
             .expect("all_closed completes")
             .unwrap();
+    }
+
+    #[test]
+    fn guards_for_a_peer_count_per_address_and_in_all() {
+        let count = Arc::new(OpenCount::default());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "::1".parse().unwrap();
+        let a = OpenGuard::for_peer(count.clone(), ip);
+        let b = OpenGuard::for_peer(count.clone(), ip);
+        let c = OpenGuard::for_peer(count.clone(), other);
+        let d = OpenGuard::new(count.clone());
+        assert_eq!((count.get(), count.from_peer(ip), count.from_peer(other)), (4, 2, 1));
+        drop((a, c, d));
+        assert_eq!((count.get(), count.from_peer(ip), count.from_peer(other)), (1, 1, 0));
+        drop(b);
+        assert!(lock(&count.per_peer).is_empty(), "no entry is left behind");
     }
 }

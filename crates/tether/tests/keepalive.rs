@@ -697,15 +697,43 @@ async fn slowloris_between_requests_gets_408_not_idle_timeout() {
 // ----- 10. graceful shutdown -----
 
 #[tokio::test]
-async fn shutdown_closes_idle_connection_at_once() {
-    let mut server = TestServer::start(config()).await;
+async fn shutdown_drains_an_idle_connection_then_closes_it() {
+    let mut cfg = config();
+    cfg.shutdown_drain = 500 * MS;
+    let mut server = TestServer::start(cfg.clone()).await;
     let mut c = server.connect().await;
     c.send(&get("/healthz")).await;
     assert_eq!(c.response().await.status, 200);
     server.trigger_shutdown();
-    // Idle timeout is 5 s: a close well before it is the shutdown's.
+    // Idle timeout is 5 s: a close well before it is the drain's end.
     let took = c.expect_eof(secs(4.0)).await;
-    assert!(took < secs(2.0), "idle connection closed only after {took:?}");
+    assert!(
+        took >= 400 * MS && took < secs(2.0),
+        "idle connection closed after {took:?}"
+    );
+    server.wait_serve_returned(secs(3.0)).await;
+
+    // A request sent during the drain is answered, with `Connection: close`.
+    let mut server = TestServer::start(cfg).await;
+    let mut c = server.connect().await;
+    assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+    server.trigger_shutdown();
+    tokio::time::sleep(100 * MS).await;
+    let r = c.send_and_read(&get("/healthz")).await;
+    assert_eq!(r.status, 200);
+    r.assert_closes();
+    c.expect_eof(IO_TIMEOUT).await;
+    server.wait_serve_returned(secs(3.0)).await;
+
+    // No drain: closed at once.
+    let mut cfg = config();
+    cfg.shutdown_drain = Duration::ZERO;
+    let mut server = TestServer::start(cfg).await;
+    let mut c = server.connect().await;
+    assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+    server.trigger_shutdown();
+    let took = c.expect_eof(secs(4.0)).await;
+    assert!(took < 300 * MS, "closed after {took:?}");
     server.wait_serve_returned(secs(3.0)).await;
 }
 

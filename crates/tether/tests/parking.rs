@@ -148,15 +148,31 @@ async fn peer_close_while_parked_is_noticed() {
 }
 
 #[tokio::test]
-async fn graceful_shutdown_closes_parked_connections_at_once() {
-    let mut server = start(config()).await;
+async fn graceful_shutdown_drains_parked_connections_in_the_lot() {
+    let mut config = config();
+    config.shutdown_drain = 600 * MS;
+    let mut server = start(config).await;
     let mut clients = open_served(&server, 20).await;
     wait_counts(&server, 20, 20).await;
+    let t = Instant::now();
     server.trigger_shutdown();
-    for c in &mut clients {
+    // Draining, they stay where they are: in the lot, without a task.
+    tokio::time::sleep(200 * MS).await;
+    assert_eq!(server.stats.parked.load(Ordering::Relaxed), 19 + 1);
+    // A request that arrives in the drain is answered, with close.
+    let r = clients[0].send_and_read(&get("/healthz")).await;
+    assert_eq!(r.status, 200);
+    r.assert_closes();
+    clients[0].expect_eof(Duration::from_secs(2)).await;
+    // The rest close when the drain ends, well before the idle timeout.
+    for c in &mut clients[1..] {
         c.expect_eof(Duration::from_secs(3)).await;
     }
-    // Far below the 10 s shutdown timeout: nothing was waited out.
+    assert!(
+        t.elapsed() >= 500 * MS,
+        "closed before the drain ended: {:?}",
+        t.elapsed()
+    );
     let took = server.wait_serve_returned(Duration::from_secs(5)).await;
     assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
 }

@@ -1,5 +1,6 @@
 //! Keep-alive policy and limits for one HTTP/1.1 server connection.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 /// What the `Keep-Alive` response header advertises.
@@ -33,6 +34,12 @@ pub struct Config {
     /// A request body that makes no progress for this long closes the
     /// connection.
     pub body_timeout: Duration,
+    /// Minimum average rate of a request body, in bytes per second: a body
+    /// must arrive by `body_timeout` plus one second per this many bytes
+    /// received (as Apache's `mod_reqtimeout` `MinRate`), else `408` and
+    /// close. Ends bodies trickled slowly enough to dodge `body_timeout`.
+    /// `None`: no minimum.
+    pub body_min_rate: Option<NonZeroU32>,
     /// Output that makes no progress for this long closes the connection.
     pub write_timeout: Duration,
     /// Unsent output above which the connection stops reading and parsing
@@ -57,6 +64,10 @@ pub struct Config {
     pub linger_time: Duration,
     /// A lingering close ends when the peer is silent this long.
     pub linger_idle: Duration,
+    /// On graceful shutdown, how long an idle connection stays open for a
+    /// request its client may already be sending (answered with
+    /// `Connection: close`); zero closes idle connections at once.
+    pub shutdown_drain: Duration,
 }
 
 /// Most header fields the parser can hold at once; `max_headers` is capped by it.
@@ -71,6 +82,7 @@ impl Default for Config {
             max_lifetime: None,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            body_min_rate: NonZeroU32::new(500),
             write_timeout: Duration::from_secs(30),
             max_unsent_output: 256 * 1024,
             max_body: 16 * 1024 * 1024,
@@ -80,6 +92,7 @@ impl Default for Config {
             max_drain: 256 * 1024,
             linger_time: Duration::from_secs(10),
             linger_idle: Duration::from_secs(2),
+            shutdown_drain: Duration::from_secs(1),
         }
     }
 }

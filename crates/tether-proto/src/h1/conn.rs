@@ -40,7 +40,7 @@
 //! a driver may set the connection aside without a task.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap};
@@ -82,6 +82,10 @@ pub enum CloseCause {
     Lifetime,
     /// The server is shutting down.
     Shutdown,
+    /// Closed while idle to make room for a new client (the server ran out
+    /// of file descriptors or reached its connection limit); closing an
+    /// idle persistent connection is always allowed (RFC 9112 §9.5).
+    Reclaimed,
 }
 
 impl CloseCause {
@@ -101,6 +105,7 @@ impl CloseCause {
             CloseCause::NetworkError => "network_error",
             CloseCause::Lifetime => "lifetime",
             CloseCause::Shutdown => "shutdown",
+            CloseCause::Reclaimed => "reclaimed",
         }
     }
 }
@@ -245,6 +250,8 @@ struct InFlight {
     /// `None`: no body, or already complete.
     body: Option<BodyDecoder>,
     body_failed: bool,
+    /// When the head was complete (the body's clock for the minimum rate).
+    body_started: Instant,
     body_progress: Instant,
     response: ResponseProgress,
 }
@@ -265,6 +272,10 @@ pub struct ServerConnection {
     write_progress: Instant,
     lifetime_expired: bool,
     shutting_down: bool,
+    /// While shutting down, an idle connection stays open until then (the
+    /// drain), so a request its client sends meanwhile is answered (with
+    /// `Connection: close`) instead of meeting a closed socket.
+    drain_until: Option<Instant>,
     close_after: Option<CloseCause>,
     peer_eof: bool,
     closed: Option<CloseCause>,
@@ -299,6 +310,7 @@ impl ServerConnection {
             write_progress: now,
             lifetime_expired: false,
             shutting_down: false,
+            drain_until: None,
             close_after: None,
             peer_eof: false,
             closed: None,
@@ -511,6 +523,7 @@ impl ServerConnection {
             upgrade: head.upgrade,
             body,
             body_failed: false,
+            body_started: self.now,
             body_progress: self.now,
             response: ResponseProgress::NotStarted,
         });
@@ -533,6 +546,7 @@ impl ServerConnection {
             upgrade: false,
             body: None,
             body_failed: true,
+            body_started: self.now,
             body_progress: self.now,
             response: ResponseProgress::NotStarted,
         });
@@ -822,7 +836,7 @@ impl ServerConnection {
     }
 
     fn enter_idle(&mut self) {
-        if self.shutting_down {
+        if self.shutting_down && !self.draining() {
             self.close_now(CloseCause::Shutdown);
         } else if self.lifetime_expired {
             self.close_now(CloseCause::Lifetime);
@@ -961,7 +975,7 @@ impl ServerConnection {
         let c = &self.config;
         let phase_deadline = match self.phase {
             Phase::Closed | Phase::Upgraded => return None,
-            Phase::Idle { since: Some(s) } => Some(s + c.idle_timeout),
+            Phase::Idle { since: Some(s) } => [Some(s + c.idle_timeout), self.drain_until].into_iter().flatten().min(),
             Phase::Idle { since: None } => None,
             // Blocked by our own unsent output: the write timeout governs.
             Phase::Head { .. } if self.output_blocked() => None,
@@ -988,7 +1002,15 @@ impl ServerConnection {
             // Buffered bytes waiting for the handler: the stall is ours, not the peer's.
             return None;
         }
-        Some(req.body_progress + self.config.body_timeout)
+        let c = &self.config;
+        let stalled = req.body_progress + c.body_timeout;
+        // Below the minimum rate: after a grace of one body timeout, each
+        // `rate` bytes received buy one more second (Apache's MinRate).
+        let too_slow = c.body_min_rate.map(|rate| {
+            let earned_ms = body.received().saturating_mul(1000) / u64::from(rate.get());
+            req.body_started + c.body_timeout + Duration::from_millis(earned_ms)
+        });
+        Some(too_slow.map_or(stalled, |t| t.min(stalled)))
     }
 
     /// Acts on every deadline that has passed at `now`.
@@ -1009,6 +1031,9 @@ impl ServerConnection {
             return;
         }
         match self.phase {
+            Phase::Idle { since: Some(_) } if self.shutting_down && !self.draining() => {
+                self.close_now(CloseCause::Shutdown);
+            }
             Phase::Idle { since: Some(s) } if now >= s + c.idle_timeout => {
                 self.close_now(CloseCause::IdleTimeout);
             }
@@ -1037,16 +1062,42 @@ impl ServerConnection {
         }
     }
 
-    /// Graceful shutdown: an idle connection closes at once; a request in
-    /// progress is answered with `Connection: close`.
+    /// Graceful shutdown. Every response from now on carries `Connection:
+    /// close`. An idle connection is drained: it stays open for
+    /// `Config::shutdown_drain`, so a request its client sends meanwhile (a
+    /// busy client's next one, already on its way) is answered, with
+    /// `Connection: close`; one still idle when the drain ends is closed
+    /// ([`CloseCause::Shutdown`]). A request in progress is answered with
+    /// `Connection: close`. With no drain, an idle connection closes at once.
     pub fn shutdown(&mut self, now: Instant) {
         self.now = now;
-        self.shutting_down = true;
-        match self.phase {
-            Phase::Idle { since: Some(_) } => self.close_now(CloseCause::Shutdown),
-            Phase::Draining { .. } => self.close_after_flush(CloseCause::Shutdown),
-            _ => {}
+        if self.shutting_down {
+            return;
         }
+        self.shutting_down = true;
+        self.drain_until = Some(now + self.config.shutdown_drain);
+        if let Phase::Idle { since: Some(_) } = self.phase {
+            if !self.draining() {
+                self.close_now(CloseCause::Shutdown);
+            }
+        }
+    }
+
+    /// Closes the connection if it is idle (waiting for a request with
+    /// nothing received, queued or pending), to make room for a new one;
+    /// returns whether it did ([`CloseCause::Reclaimed`]).
+    pub fn reclaim(&mut self, now: Instant) -> bool {
+        self.now = now;
+        if self.idle_since().is_none() {
+            return false;
+        }
+        self.close_now(CloseCause::Reclaimed);
+        true
+    }
+
+    /// Shutting down and the drain has not ended.
+    fn draining(&self) -> bool {
+        self.drain_until.is_some_and(|until| self.now < until)
     }
 
     // ----- state -----

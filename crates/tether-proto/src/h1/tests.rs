@@ -571,6 +571,48 @@ fn body_timeout_fails_stalled_body() {
 }
 
 #[test]
+fn a_body_trickled_below_the_minimum_rate_ends_with_408() {
+    // One byte every 4 s never trips a 5 s stall timeout, but falls below
+    // 100 bytes/s: the body must be complete by 5 s + 1 s per 100 bytes.
+    let mut h = Harness::new(cfg(|c| {
+        c.body_timeout = Duration::from_secs(5);
+        c.body_min_rate = std::num::NonZeroU32::new(100);
+    }));
+    h.feed("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n");
+    assert_eq!(requests(&h.events()), 1);
+    let mut t = 0;
+    loop {
+        t += 4000;
+        assert!(t <= 12_000, "still open after {t} ms");
+        h.at(t);
+        h.conn.handle_timeout(h.now);
+        if h.conn.will_close().is_some() {
+            break;
+        }
+        h.feed("x");
+        h.events();
+    }
+    // The 1 byte received by then earned 10 ms: the deadline was 5.01 s.
+    assert_eq!(t, 8000);
+    assert!(matches!(h.events()[..], [Event::BodyFailed(BodyError::Timeout)]));
+    assert_eq!(h.conn.will_close(), Some(CloseCause::BodyTimeout));
+    // A body at the rate is fine: 1000 bytes at 200 bytes/s.
+    let mut h = Harness::new(cfg(|c| {
+        c.body_timeout = Duration::from_secs(5);
+        c.body_min_rate = std::num::NonZeroU32::new(100);
+    }));
+    h.feed("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n");
+    h.events();
+    for i in 1..=5 {
+        h.at(i * 1000);
+        h.conn.handle_timeout(h.now);
+        h.feed(&"y".repeat(200));
+        h.events();
+    }
+    assert_eq!(h.conn.will_close(), None);
+}
+
+#[test]
 fn rejected_head_answers_once_and_nothing_after_is_parsed() {
     // Request smuggling: CL + TE, followed by a smuggled request.
     let mut h = Harness::new(cfg(|_| {}));
@@ -743,12 +785,39 @@ fn lingering_close_is_bounded() {
 }
 
 #[test]
-fn shutdown_closes_idle_at_once_and_in_flight_with_close() {
-    let mut h = Harness::new(cfg(|_| {}));
+fn shutdown_drains_idle_connections_and_answers_in_flight_with_close() {
+    // Idle at shutdown: open for the drain; a request arriving in it is
+    // answered with `Connection: close`.
+    let mut h = Harness::new(cfg(|c| c.shutdown_drain = Duration::from_secs(1)));
+    h.roundtrip(GET);
+    h.at(100);
+    h.conn.shutdown(h.now);
+    assert!(!h.conn.is_closed());
+    assert_eq!(h.conn.idle_since(), None, "a draining connection does not park");
+    assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_millis(1100)));
+    h.at(600);
+    let w = h.roundtrip(GET);
+    assert!(w.starts_with("HTTP/1.1 200") && w.contains("connection: close"), "{w}");
+    assert_eq!(h.conn.will_close(), Some(CloseCause::Shutdown));
+
+    // Still idle when the drain ends: closed.
+    let mut h = Harness::new(cfg(|c| c.shutdown_drain = Duration::from_secs(1)));
+    h.roundtrip(GET);
+    h.conn.shutdown(h.now);
+    h.at(999);
+    h.conn.handle_timeout(h.now);
+    assert!(!h.conn.is_closed());
+    h.at(1000);
+    h.conn.handle_timeout(h.now);
+    assert_eq!(h.conn.close_cause(), Some(CloseCause::Shutdown));
+
+    // No drain: idle connections close at once.
+    let mut h = Harness::new(cfg(|c| c.shutdown_drain = Duration::ZERO));
     h.roundtrip(GET);
     h.conn.shutdown(h.now);
     assert_eq!(h.conn.close_cause(), Some(CloseCause::Shutdown));
 
+    // In flight: answered with close.
     let mut h = Harness::new(cfg(|_| {}));
     h.feed(GET);
     h.events();
@@ -757,6 +826,37 @@ fn shutdown_closes_idle_at_once_and_in_flight_with_close() {
     let w = h.respond("ok");
     assert!(w.contains("connection: close"));
     assert_eq!(h.conn.will_close(), Some(CloseCause::Shutdown));
+
+    // A keep-alive response already on its way when shutdown came: the
+    // connection then drains like an idle one, so the client's next request
+    // (sent without a `Connection: close` to warn it) is still answered.
+    let mut h = Harness::new(cfg(|c| c.shutdown_drain = Duration::from_secs(1)));
+    h.feed(GET);
+    h.events();
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Length(2))
+        .unwrap();
+    h.conn.shutdown(h.now);
+    h.conn.send_body(Bytes::from_static(b"ok")).unwrap();
+    h.conn.finish_response().unwrap();
+    let first = h.flush();
+    assert!(!first.contains("connection: close"), "{first}");
+    assert!(!h.conn.is_closed());
+    let w = h.roundtrip(GET);
+    assert!(w.contains("connection: close"), "{w}");
+}
+
+#[test]
+fn only_an_idle_connection_can_be_reclaimed() {
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed("GET / HTTP/1.1\r\n");
+    assert!(!h.conn.reclaim(h.now), "a request is arriving");
+    h.feed("Host: x\r\n\r\n");
+    h.events();
+    assert!(!h.conn.reclaim(h.now), "a request is in flight");
+    let _ = h.respond("ok");
+    assert!(h.conn.reclaim(h.now));
+    assert_eq!(h.conn.close_cause(), Some(CloseCause::Reclaimed));
 }
 
 #[test]

@@ -126,6 +126,8 @@ pub(crate) async fn drive<IO: Transport>(
     let upgrade_stop = shutdown.clone();
     // Idle, the connection's buffers go to the thread's pool (see `pool`).
     conn.set_retain_buffers(true);
+    // Its largest buffers, reported when this returns (see `memory`).
+    let mut peak = crate::memory::PeakBuffers::default();
     let mut handler_fut: Option<HandlerFuture> = None;
     let mut body_tx: Option<mpsc::Sender<Result<Bytes, BodyError>>> = None;
     let mut blocked_chunk: Option<Bytes> = None;
@@ -135,8 +137,10 @@ pub(crate) async fn drive<IO: Transport>(
     // `StopSignal`). Its branch stays in every `select!`, so its wake-up is
     // never missed.
     let (mut stop, mut stop_signal) = StopSignal::new(shutdown);
-    if stop != Stop::Run {
-        conn.shutdown(Instant::now().into_std());
+    match stop {
+        Stop::Run => {}
+        Stop::Graceful => conn.shutdown(Instant::now().into_std()),
+        Stop::Force => return Driven::Ended(ConnectionEnd::Closed(CloseCause::Shutdown, conn.requests_served())),
     }
     // One timer for the connection's life, moved to each new deadline.
     let sleep = tokio::time::sleep_until(Instant::now() + std::time::Duration::from_secs(86_400));
@@ -252,6 +256,7 @@ pub(crate) async fn drive<IO: Transport>(
             Wake::Answered
         } else {
             // 4. Wait for whatever comes first.
+            peak.note(conn.output_len() + conn.buffer_capacity());
             if conn.idle_since().is_some() {
                 pool::put(&mut conn);
             }

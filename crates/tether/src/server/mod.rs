@@ -13,6 +13,7 @@
 //! in-flight ones finish with `Connection: close`), waits for them up to
 //! the shutdown timeout, then aborts the rest.
 
+mod admission;
 pub mod body;
 pub mod date;
 pub mod driver;
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 use tether_proto::h1;
 
-use crate::lifecycle::{OpenCount, OpenGuard};
+use crate::lifecycle::OpenCount;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -44,6 +45,32 @@ pub use upgrade::{OnUpgrade, Upgraded};
 /// Default for [`Server::park_idle_after`].
 pub const DEFAULT_PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// The listen backlog [`bind`] uses by default: the system's cap
+/// (`net.core.somaxconn`, 4096 on current Linux), which `listen` would
+/// apply anyway; 4096 where it cannot be read. A backlog of 128 (std's)
+/// overflows at a few hundred simultaneous connects: their SYNs are
+/// retransmitted after a second, or answered with SYN cookies.
+pub fn default_backlog() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(4096)
+}
+
+/// Binds a listener on `addr` with `SO_REUSEADDR` and a listen backlog of
+/// `backlog` (the kernel caps it at `net.core.somaxconn`). Call it from
+/// within a tokio runtime.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Counters a running server keeps.
 #[derive(Debug, Default)]
 pub struct ServerStats {
@@ -54,6 +81,8 @@ pub struct ServerStats {
     /// Idle connections (keep-alive, and callback-served WebSockets)
     /// currently parked without a task.
     pub parked: AtomicU64,
+    /// Connections refused (`503`) at a connection limit.
+    pub refused: AtomicU64,
 }
 
 /// An HTTP/1.1 server with exact keep-alive behaviour.
@@ -62,6 +91,7 @@ pub struct Server {
     handler: SharedHandler,
     shutdown_timeout: Duration,
     park_after: Option<Duration>,
+    limits: admission::Limits,
     stats: Arc<ServerStats>,
 }
 
@@ -73,6 +103,7 @@ impl Server {
             handler: Arc::new(handler),
             shutdown_timeout: Duration::from_secs(10),
             park_after: Some(DEFAULT_PARK_AFTER),
+            limits: admission::Limits::default(),
             stats: Arc::new(ServerStats::default()),
         }
     }
@@ -95,6 +126,24 @@ impl Server {
         self
     }
 
+    /// Most connections open at once (upgraded and parked ones included).
+    /// At the limit, the longest-idle parked keep-alive connection is
+    /// closed to make room; when none can be, a new connection is answered
+    /// `503` (`Retry-After: 1`) and closed. `None` (the default): no limit
+    /// but the process's file descriptors.
+    pub fn max_connections(mut self, max: Option<usize>) -> Self {
+        self.limits.max_connections = max;
+        self
+    }
+
+    /// Most connections open at once from one client address; beyond it a
+    /// new connection from that address is answered `503` and closed.
+    /// `None` (the default): no limit.
+    pub fn max_connections_per_client(mut self, max: Option<usize>) -> Self {
+        self.limits.max_per_client = max;
+        self
+    }
+
     /// The server's counters.
     pub fn stats(&self) -> Arc<ServerStats> {
         self.stats.clone()
@@ -108,6 +157,7 @@ impl Server {
             Some(after) => Some(park::ParkingLot::start(after, self.stats.clone(), stop_rx.clone())?),
             None => None,
         };
+        let mut admission = admission::Admission::new(self.limits, self.stats.open.clone(), lot.clone());
         let serving = Arc::new(park::Serving {
             handler: self.handler.clone(),
             lot,
@@ -120,16 +170,19 @@ impl Server {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
                         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                        // An upgraded or parked connection takes the guard along: shutdown waits for it too.
-                        let open = OpenGuard::new(self.stats.open.clone());
-                        let conn = h1::ServerConnection::new(self.config.clone(), std::time::Instant::now());
-                        serving.spawn(stream, conn, stop_rx.clone(), Some(open), peer);
+                        match admission.admit(peer) {
+                            // An upgraded or parked connection takes the guard along: shutdown waits for it too.
+                            admission::Verdict::Admit(open) => {
+                                let conn = h1::ServerConnection::new(self.config.clone(), std::time::Instant::now());
+                                serving.spawn(stream, conn, stop_rx.clone(), Some(open), peer);
+                            }
+                            admission::Verdict::Refuse => {
+                                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                                tokio::spawn(admission::refuse(stream));
+                            }
+                        }
                     }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    Err(e) => admission.accept_failed(e).await,
                 }
             }
         }

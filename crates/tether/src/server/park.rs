@@ -123,6 +123,26 @@ pub(crate) trait Sleeper: Send {
     /// Its deadline passed: handles it when that needs no task and reports
     /// whether the connection is over (its socket is then closed here).
     fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool;
+    /// The server began a graceful shutdown: what the connection needs.
+    fn shutdown(&mut self, now: std::time::Instant, peer: SocketAddr) -> AtShutdown;
+    /// The server's forced stop: `Closed` (logged) or `Resume` (its task
+    /// ends it, so its application hears of it).
+    fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown;
+    /// The server needs room (descriptors, its connection limit): closes
+    /// the connection if the protocol allows it now, and says whether it did.
+    fn reclaim(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool;
+}
+
+/// What a parked connection needs when a graceful shutdown begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AtShutdown {
+    /// It is over: its socket is closed here.
+    Closed,
+    /// It waits on in the lot (a draining keep-alive connection: input
+    /// resumes it, its drain deadline closes it without a task).
+    Stay,
+    /// It needs its task (to write a close frame).
+    Resume,
 }
 
 /// The engines that park, held by value in the lot's slab: a parked
@@ -191,6 +211,36 @@ impl Sleeper for KeepAlive {
     /// case) no task is needed.
     fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
         self.conn.handle_timeout(now);
+        self.closed(peer)
+    }
+
+    /// An idle keep-alive connection may always be closed (RFC 9112 §9.5).
+    fn reclaim(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
+        self.conn.reclaim(now) && self.closed(peer)
+    }
+
+    fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
+        log_end(
+            peer,
+            ConnectionEnd::Closed(tether_proto::h1::CloseCause::Shutdown, self.conn.requests_served()),
+        );
+        AtShutdown::Closed
+    }
+
+    /// The engine drains it (or, without a drain, closes it).
+    fn shutdown(&mut self, now: std::time::Instant, peer: SocketAddr) -> AtShutdown {
+        self.conn.shutdown(now);
+        if self.closed(peer) {
+            AtShutdown::Closed
+        } else {
+            AtShutdown::Stay
+        }
+    }
+}
+
+impl KeepAlive {
+    /// Whether the engine closed it (logged here, as no task will).
+    fn closed(&self, peer: SocketAddr) -> bool {
         match self.conn.close_cause() {
             Some(cause) => {
                 log_end(peer, ConnectionEnd::Closed(cause, self.conn.requests_served()));
@@ -288,6 +338,23 @@ impl Lot {
         Some(parked)
     }
 
+    /// Re-reads a parked connection's deadline after its engine changed.
+    fn refresh_deadline(&mut self, tok: u64) {
+        let Some(Slot::Occupied { generation, parked }) = self.slots.get_mut(tok as u32 as usize) else {
+            return;
+        };
+        if *generation != (tok >> 32) as u32 {
+            return;
+        }
+        let new = parked.sleeper.get().deadline().map(Instant::from_std);
+        if let Some(old) = std::mem::replace(&mut parked.deadline, new) {
+            self.deadlines.remove(&(old, tok));
+        }
+        if let Some(d) = new {
+            self.deadlines.insert((d, tok));
+        }
+    }
+
     fn tokens(&self) -> Vec<u64> {
         self.slots
             .iter()
@@ -352,6 +419,41 @@ impl ParkingLot {
     /// How long a connection is idle before it parks.
     pub(crate) fn park_after(&self) -> Duration {
         self.shared.park_after
+    }
+
+    /// Closes up to `n` parked connections that may be closed now (idle
+    /// keep-alive ones), the longest idle first (the earliest idle
+    /// deadline); returns how many it closed. For a server out of file
+    /// descriptors or at its connection limit.
+    pub(crate) fn reclaim_idle(&self, n: usize) -> usize {
+        let now = Instant::now().into_std();
+        let mut reclaimed = 0;
+        // Looked at in deadline order; WebSockets (which say no) are skipped,
+        // but only so many, so a lot full of them is not scanned in full.
+        let candidates: Vec<u64> = lock(&self.shared.lot)
+            .deadlines
+            .iter()
+            .take(n.saturating_mul(4) + 64)
+            .map(|(_, tok)| *tok)
+            .collect();
+        for tok in candidates {
+            if reclaimed == n {
+                break;
+            }
+            let mut slab = lock(&self.shared.lot);
+            let Some(Slot::Occupied { parked, .. }) = slab.slots.get_mut(tok as u32 as usize) else {
+                continue;
+            };
+            let peer = parked.peer;
+            if parked.sleeper.get_mut().reclaim(now, peer) {
+                if let Some(p) = slab.remove(tok) {
+                    drop(slab);
+                    leave_lot(&self.shared, &p);
+                    reclaimed += 1;
+                }
+            }
+        }
+        reclaimed
     }
 
     /// Takes an idle connection off its task: `sleeper` holds its engine.
@@ -489,7 +591,7 @@ async fn run(shared: Arc<Shared>, mut ready: AsyncFd<Poll>, mut stop: watch::Rec
                 None => {
                     follow_up = shared.turnover_since_trim.swap(0, Ordering::Relaxed) >= TRIM_BATCH;
                     last_trim = Some(Instant::now());
-                    release_free_memory();
+                    crate::memory::release_free_memory();
                     continue;
                 }
             }
@@ -498,8 +600,11 @@ async fn run(shared: Arc<Shared>, mut ready: AsyncFd<Poll>, mut stop: watch::Rec
         tokio::select! {
             biased;
             changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow_and_update() != Stop::Run {
-                    break;
+                let order = if changed.is_err() { Stop::Force } else { *stop.borrow_and_update() };
+                match order {
+                    Stop::Run => {}
+                    Stop::Graceful => shut_down_parked(&lot),
+                    Stop::Force => break,
                 }
             }
             guard = ready.readable_mut() => {
@@ -535,34 +640,63 @@ async fn run(shared: Arc<Shared>, mut ready: AsyncFd<Poll>, mut stop: watch::Rec
             }
             _ = shared.wake.notified() => {}
         }
+        let slab = lock(&shared.lot);
+        if slab.closed && slab.occupied == 0 {
+            break;
+        }
     }
-    // Shutdown: every parked connection goes back to a task, which closes it.
+    // A forced stop (or the last drained connection gone): whatever is
+    // still parked ends now.
     let tokens = {
         let mut slab = lock(&shared.lot);
         slab.closed = true;
         slab.tokens()
     };
     for tok in tokens {
-        unpark(&lot, tok);
+        let parked = lock(&shared.lot).remove(tok);
+        if let Some(mut p) = parked {
+            match p.sleeper.get_mut().forced_stop(p.peer) {
+                AtShutdown::Resume => resume(&lot, p),
+                AtShutdown::Closed | AtShutdown::Stay => leave_lot(shared, &p),
+            }
+        }
     }
 }
 
-/// Returns the allocator's free pages to the system (glibc keeps memory
-/// freed in the middle of its heap).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn release_free_memory() {
-    let started = std::time::Instant::now();
-    // Why unsafe: an FFI call; measured: with 15,000 parked connections it
-    // brings the server from 46 MB to 15 MB of resident memory (the tasks
-    // they left). Exercised by `parked_connections_return_their_tasks_memory`.
-    // SAFETY: `malloc_trim` has no preconditions: it only releases free
-    // memory, and may be called at any time from any thread.
-    let released = unsafe { libc::malloc_trim(0) };
-    tracing::debug!(released = released != 0, took = ?started.elapsed(), "returned free memory after parking");
+/// A graceful shutdown began: nothing more parks; each parked connection's
+/// engine is told, and closes, stays (a keep-alive connection draining:
+/// input resumes it, its drain deadline closes it here) or resumes (a
+/// WebSocket, to write its close frame).
+fn shut_down_parked(lot: &ParkingLot) {
+    let tokens = {
+        let mut slab = lock(&lot.shared.lot);
+        slab.closed = true;
+        slab.tokens()
+    };
+    let now = Instant::now().into_std();
+    for tok in tokens {
+        let mut slab = lock(&lot.shared.lot);
+        let Some(Slot::Occupied { parked, .. }) = slab.slots.get_mut(tok as u32 as usize) else {
+            continue;
+        };
+        let peer = parked.peer;
+        match parked.sleeper.get_mut().shutdown(now, peer) {
+            AtShutdown::Stay => slab.refresh_deadline(tok),
+            AtShutdown::Closed => {
+                if let Some(p) = slab.remove(tok) {
+                    drop(slab);
+                    leave_lot(&lot.shared, &p);
+                }
+            }
+            AtShutdown::Resume => {
+                if let Some(p) = slab.remove(tok) {
+                    drop(slab);
+                    resume(lot, p);
+                }
+            }
+        }
+    }
 }
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_free_memory() {}
 
 #[cfg(test)]
 mod tests {

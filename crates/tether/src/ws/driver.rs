@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::lifecycle::{Stop, StopSignal, Transport};
+use crate::memory::PeakBuffers;
 
 /// What [`WsDriver::poll_turn`] returns to its face.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,8 @@ pub(crate) struct WsDriver<IO> {
     /// When the socket last carried bytes either way.
     pub(crate) last_io: Instant,
     ending: Option<Ending>,
+    /// Its largest buffers, reported when the driver is dropped (see `memory`).
+    peak: PeakBuffers,
 }
 
 /// A deadline that passed.
@@ -117,6 +120,7 @@ impl<IO: Transport> WsDriver<IO> {
             armed: None,
             last_io: now,
             ending: None,
+            peak: PeakBuffers::default(),
         }
     }
 
@@ -199,6 +203,10 @@ impl<IO: Transport> WsDriver<IO> {
     #[inline]
     pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>, clock: &mut LazyNow) -> bool {
         let mut wrote = false;
+        if self.engine.has_output() {
+            self.peak
+                .note(self.engine.queued_bytes() + self.engine.buffer_capacity());
+        }
         while self.engine.has_output() {
             let now = clock.get();
             match crate::io::poll_write_bufs(&mut self.io, cx, self.engine.poll_transmit(now.into_std())) {

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use super::driver::{Turn, WsDriver};
 use super::socket::WsError;
 use crate::lifecycle::{OpenGuard, Stop, Transport};
-use crate::server::park::{ParkingLot, Sleeper, Sleeping};
+use crate::server::park::{AtShutdown, ParkingLot, Sleeper, Sleeping};
 use crate::server::upgrade::Upgraded;
 
 /// What a callback-served WebSocket endpoint does with each message.
@@ -281,6 +281,22 @@ impl Sleeper for ParkedWebSocket {
 
     /// Heartbeat pings and the idle close must be written: always resume.
     fn expire(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> bool {
+        false
+    }
+
+    /// The close frame (1001) must be written: resume.
+    fn shutdown(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> AtShutdown {
+        AtShutdown::Resume
+    }
+
+    /// Its task ends it and tells the service (`on_end`).
+    fn forced_stop(&mut self, _peer: SocketAddr) -> AtShutdown {
+        AtShutdown::Resume
+    }
+
+    /// An open WebSocket is never closed to make room: it has no idle
+    /// state a client expects to lose.
+    fn reclaim(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> bool {
         false
     }
 }
