@@ -19,11 +19,12 @@ from tether_server import Server, check_stopped  # noqa: E402
 
 @pytest.fixture
 def start_server():
-    """Factory: start_server('--keep-alive-max', '3') -> Server."""
+    """Factory: start_server('--keep-alive-max', '3') -> Server; `nofile=N`
+    runs it with an open-file limit of N."""
     servers: list[Server] = []
 
-    def start(*args: str) -> Server:
-        s = Server([str(a) for a in args])
+    def start(*args: str, nofile: int | None = None) -> Server:
+        s = Server([str(a) for a in args], nofile=nofile)
         servers.append(s)
         return s
 

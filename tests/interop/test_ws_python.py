@@ -20,14 +20,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 
 from tether_server import server_fixture
-from util import Conn, ProtocolError, request
+from util import Conn, ProtocolError, client_frame, read_frame, request, ws_handshake
 
 # One default server (permessage-deflate in its default `shared` mode) for
 # the tests that need nothing special.
 server = server_fixture()
 
 TIMEOUT = 30.0
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def run(coro, timeout: float = TIMEOUT):
@@ -288,56 +287,6 @@ def test_context_takeover_mode(start_server):
 # ---------------------------------------------------------------------------
 # Raw frames: check that the server really compresses
 # ---------------------------------------------------------------------------
-
-
-def ws_handshake(conn: Conn, port: int, extensions_offer: str | None) -> dict:
-    key = base64.b64encode(os.urandom(16)).decode()
-    headers = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", key),
-        ("Sec-WebSocket-Version", "13"),
-    ]
-    if extensions_offer:
-        headers.append(("Sec-WebSocket-Extensions", extensions_offer))
-    resp = conn.exchange(request("GET", "/echo", headers, host=f"127.0.0.1:{port}"))
-    assert resp.status == 101, resp
-    want = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
-    assert resp.header("sec-websocket-accept") == want
-    return {"extensions": resp.header("sec-websocket-extensions")}
-
-
-def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False) -> bytes:
-    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
-    mask = os.urandom(4)
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", b0, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, 0x80 | 127, n)
-    masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
-    return head + mask + masked
-
-
-def read_frame(conn: Conn, timeout: float = 10.0) -> tuple[bool, bool, int, bytes]:
-    """(fin, rsv1, opcode, payload) of one server frame (must be unmasked)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    head = conn._read_exact(2, deadline, "frame header")
-    fin, rsv1, opcode = bool(head[0] & 0x80), bool(head[0] & 0x40), head[0] & 0x0F
-    if head[0] & 0x30:
-        raise ProtocolError(f"RSV2/RSV3 set: {head!r}")
-    if head[1] & 0x80:
-        raise ProtocolError("server frame is masked")
-    n = head[1] & 0x7F
-    if n == 126:
-        (n,) = struct.unpack("!H", conn._read_exact(2, deadline, "length"))
-    elif n == 127:
-        (n,) = struct.unpack("!Q", conn._read_exact(8, deadline, "length"))
-    return fin, rsv1, opcode, conn._read_exact(n, deadline, "payload")
 
 
 def deflate_message(data: bytes) -> bytes:

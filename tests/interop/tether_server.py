@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import threading
@@ -34,7 +35,9 @@ MAX_OUTPUT_LINES = 10_000
 class Server:
     """A running `tether serve` process and everything it printed."""
 
-    def __init__(self, args: list[str]):
+    def __init__(self, args: list[str], nofile: int | None = None):
+        """`nofile`: the process's open-file limit (soft and hard), for
+        tests of descriptor exhaustion."""
         if not BINARY.is_file():
             pytest.fail(f"{BINARY} not found: run `cargo build --release --bin tether` (scripts/test does)")
         # The server takes TETHER_* variables as configuration: pass none.
@@ -47,8 +50,13 @@ class Server:
         self._listening = threading.Event()
         self.host = ""
         self.port = 0
+        def limit_files() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
             self.args,
+            preexec_fn=limit_files if nofile is not None else None,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,  # the listening line may be on either
@@ -80,6 +88,10 @@ class Server:
                     self.host, self.port = m.group(1), int(m.group(2))
                     self._listening.set()
         self._listening.set()  # end of output: stop waiting
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def output(self) -> str:
         return "server output:\n" + "\n".join("  | " + line for line in self.lines)

@@ -8,7 +8,11 @@ server fails a test instead of hanging it.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import socket
+import struct
 import time
 from dataclasses import dataclass, field
 
@@ -264,3 +268,102 @@ def keep_alive_params(value: str | None) -> dict[str, str]:
         if sep:
             out[k.strip().lower()] = v.strip()
     return out
+
+
+# ---------------------------------------------------------------------------
+# Raw WebSocket frames (RFC 6455), for tests that decide every byte
+# ---------------------------------------------------------------------------
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_handshake(conn: Conn, port: int, extensions_offer: str | None = None, path: str = "/echo") -> dict:
+    """Upgrades `conn` (raw sockets) and checks the 101's accept key."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", key),
+        ("Sec-WebSocket-Version", "13"),
+    ]
+    if extensions_offer:
+        headers.append(("Sec-WebSocket-Extensions", extensions_offer))
+    resp = conn.exchange(request("GET", path, headers, host=f"127.0.0.1:{port}"))
+    assert resp.status == 101, resp
+    want = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
+    assert resp.header("sec-websocket-accept") == want
+    return {"extensions": resp.header("sec-websocket-extensions")}
+
+
+def mask_payload(payload: bytes, mask: bytes) -> bytes:
+    """XORs `payload` with the 4-byte `mask` (whole-buffer arithmetic: fast
+    enough for megabytes)."""
+    n = len(payload)
+    if n == 0:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv1: bool = False, length: int | None = None) -> bytes:
+    """A masked client frame; `length` declares another payload length
+    than `payload`'s (for lying headers)."""
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    mask = os.urandom(4)
+    n = len(payload) if length is None else length
+    if n < 126:
+        head = struct.pack("!BB", b0, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, 0x80 | 127, n)
+    return head + mask + mask_payload(payload, mask)
+
+
+def read_frame(conn: Conn, timeout: float = 10.0) -> tuple[bool, bool, int, bytes]:
+    """(fin, rsv1, opcode, payload) of one server frame (must be unmasked)."""
+    deadline = time.monotonic() + timeout
+    head = conn._read_exact(2, deadline, "frame header")
+    fin, rsv1, opcode = bool(head[0] & 0x80), bool(head[0] & 0x40), head[0] & 0x0F
+    if head[0] & 0x30:
+        raise ProtocolError(f"RSV2/RSV3 set: {head!r}")
+    if head[1] & 0x80:
+        raise ProtocolError("server frame is masked")
+    n = head[1] & 0x7F
+    if n == 126:
+        (n,) = struct.unpack("!H", conn._read_exact(2, deadline, "length"))
+    elif n == 127:
+        (n,) = struct.unpack("!Q", conn._read_exact(8, deadline, "length"))
+    return fin, rsv1, opcode, conn._read_exact(n, deadline, "payload")
+
+
+def close_code(payload: bytes) -> int:
+    """The code of a Close frame's payload (1005 when it has none)."""
+    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+
+
+# ---------------------------------------------------------------------------
+# A process's resources, from /proc
+# ---------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of process `pid`."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process `pid` has used."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 (1-based), here 11 and 12.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_fds(pid: int) -> int:
+    """Descriptors process `pid` has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))

@@ -99,6 +99,10 @@ pub struct ServeConfig {
     /// A request body making no progress for this long closes the connection.
     #[serde(with = "serde_duration")]
     pub body_timeout: Duration,
+    /// Output (HTTP or WebSocket) that makes no progress for this long
+    /// closes the connection: the peer stopped reading.
+    #[serde(with = "serde_duration")]
+    pub write_timeout: Duration,
     /// A request body must average at least this many bytes per second
     /// (after a grace of `body_timeout`), else 408 and close. `None`: no minimum.
     #[serde(with = "serde_opt_size")]
@@ -160,6 +164,7 @@ impl Default for ServeConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             body_min_rate: Some(500),
+            write_timeout: Duration::from_secs(30),
             max_body: 16 * MIB,
             shutdown_timeout: Duration::from_secs(10),
             drain: Some(Duration::from_secs(1)),
@@ -202,6 +207,7 @@ impl ServeConfig {
             ("keep-alive-timeout", self.keep_alive_timeout),
             ("header-timeout", self.header_timeout),
             ("body-timeout", self.body_timeout),
+            ("write-timeout", self.write_timeout),
             ("shutdown-timeout", self.shutdown_timeout),
         ] {
             check_duration(d, false).with_context(|| format!("invalid {key}"))?;
@@ -317,6 +323,11 @@ pub struct ServeArgs {
           value_parser = parse_duration)]
     pub body_timeout: Option<Duration>,
 
+    /// Close a connection (HTTP or WebSocket) whose output makes no progress for this long: the peer stopped reading [default: 30s]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_WRITE_TIMEOUT",
+          value_parser = parse_duration)]
+    pub write_timeout: Option<Duration>,
+
     /// A request body must average this many bytes per second after a grace of --body-timeout, else 408; off for no minimum [default: 500]
     #[arg(long, allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_BODY_MIN_RATE", value_parser = parse_opt_size)]
     pub body_min_rate: Option<OptSize>,
@@ -416,6 +427,7 @@ impl ServeArgs {
         set(&mut config.header_timeout, self.header_timeout);
         set(&mut config.body_timeout, self.body_timeout);
         set(&mut config.body_min_rate, self.body_min_rate.map(|s| s.0));
+        set(&mut config.write_timeout, self.write_timeout);
         set(&mut config.max_body, self.max_body);
         set(&mut config.shutdown_timeout, self.shutdown_timeout);
         set(&mut config.drain, self.drain.map(|d| d.0));

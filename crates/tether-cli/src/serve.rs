@@ -29,6 +29,7 @@ pub fn h1_config(c: &ServeConfig) -> h1::Config {
         max_lifetime: c.max_lifetime,
         header_timeout: c.header_timeout,
         body_timeout: c.body_timeout,
+        write_timeout: c.write_timeout,
         body_min_rate: c
             .body_min_rate
             .and_then(|r| std::num::NonZeroU32::new(u32::try_from(r).unwrap_or(u32::MAX))),
@@ -53,6 +54,7 @@ pub fn ws_options(c: &ServeConfig) -> WsOptions {
     o.handshake.compression.mode = mode;
     o.engine.compression.mode = mode;
     o.engine.ping_interval = c.ws_ping_interval;
+    o.engine.write_timeout = c.write_timeout;
     o.engine.idle_timeout = c.ws_idle_timeout;
     o.engine.max_queued_bytes = usize::try_from(c.ws_max_queued).unwrap_or(usize::MAX);
     o.engine.queue_overflow = QueueOverflow::Close;

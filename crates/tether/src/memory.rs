@@ -80,6 +80,10 @@ pub(crate) fn trim_soon() {
         *LAST_TRIM.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let _ = tokio::task::spawn_blocking(release_free_memory).await;
         PENDING.store(false, Ordering::Release);
+        // Reports that came in while this one was pending asked for nothing.
+        if RELEASED.load(Ordering::Relaxed) >= RELEASE_THRESHOLD {
+            trim_soon();
+        }
     });
 }
 
