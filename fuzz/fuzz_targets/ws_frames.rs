@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     let now = Instant::now();
     let piece = usize::from(*piece).max(1);
     for chunk in stream.chunks(piece) {
-        conn.feed(chunk, now);
+        conn.handle_input(chunk, now);
         while let Some(event) = conn.poll_event() {
             match event {
                 Event::Message(Message::Text(text)) => {
@@ -60,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
         }
         let _ = conn.take_output(now);
     }
-    conn.handle_eof();
+    conn.handle_eof(now);
     conn.handle_timeout(now + Duration::from_secs(60));
-    assert!(conn.should_close_transport());
+    assert!(conn.poll_close().is_some());
 });

@@ -46,7 +46,7 @@ fn h1(c: &mut Criterion) {
         let headers = HeaderMap::new();
         let body = Bytes::from_static(b"ok");
         b.iter(|| {
-            conn.feed(REQUEST, now);
+            conn.handle_input(REQUEST, now);
             let Some(Event::Request(_)) = conn.poll_event() else {
                 panic!("no request")
             };
@@ -95,7 +95,7 @@ fn ws(c: &mut Criterion) {
             let now = Instant::now();
             let mut conn = WsConnection::server(config.clone(), None, std::time::Instant::now());
             b.iter(|| {
-                conn.feed(black_box(&frame), now);
+                conn.handle_input(black_box(&frame), now);
                 black_box(conn.poll_event().expect("a message"));
             })
         });

@@ -16,4 +16,5 @@
 //! (the `tether` crate drives it on tokio).
 
 pub mod h1;
+mod output;
 pub mod ws;

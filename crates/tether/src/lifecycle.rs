@@ -83,6 +83,7 @@ impl StopSignal {
     /// as [`Stop::Force`]). Cheap while nothing changed and the same task
     /// waits: the inner future is polled only to register a new waker or
     /// once the channel moved.
+    #[inline]
     pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
         let moved = self.probe.has_changed().unwrap_or(true);
         if !moved && self.registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {

@@ -49,8 +49,8 @@ use http::{Method, StatusCode, Version};
 use super::config::{Config, KeepAliveHeader};
 use super::decode::{BodyDecoder, BodyError, Decoded};
 use super::encode::{self, ConnectionHeader, EngineHeaders};
-use super::output::Output;
 use super::parse::{self, BodyFraming, HeadError, RequestHead};
+use crate::output::Output;
 
 /// Why a connection ended. Every connection ends with exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -269,7 +269,9 @@ pub struct ServerConnection {
     served: u32,
     opened_at: Instant,
     now: Instant,
-    write_progress: Instant,
+    /// When queued output last made progress, or was first offered for
+    /// writing ([`Self::poll_transmit`]); `None` while nothing is queued.
+    write_since: Option<Instant>,
     lifetime_expired: bool,
     shutting_down: bool,
     /// While shutting down, an idle connection stays open until then (the
@@ -307,7 +309,7 @@ impl ServerConnection {
             served: 0,
             opened_at: now,
             now,
-            write_progress: now,
+            write_since: None,
             lifetime_expired: false,
             shutting_down: false,
             drain_until: None,
@@ -329,9 +331,9 @@ impl ServerConnection {
     // ----- input -----
 
     /// Appends received bytes (copying). See [`Self::read_buffer`] for the zero-copy path.
-    pub fn feed(&mut self, data: &[u8], now: Instant) {
+    pub fn handle_input(&mut self, data: &[u8], now: Instant) {
         self.read_buffer().extend_from_slice(data);
-        self.note_read(data.len(), now);
+        self.handle_read(data.len(), now);
     }
 
     /// The buffer the driver reads into; call [`Self::note_read`] after.
@@ -340,7 +342,7 @@ impl ServerConnection {
     }
 
     /// Records that `n` bytes were appended to the read buffer at `now`.
-    pub fn note_read(&mut self, n: usize, now: Instant) {
+    pub fn handle_read(&mut self, n: usize, now: Instant) {
         self.now = now;
         if n == 0 {
             return;
@@ -359,7 +361,7 @@ impl ServerConnection {
     }
 
     /// The peer closed its sending side.
-    pub fn feed_eof(&mut self, now: Instant) {
+    pub fn handle_eof(&mut self, now: Instant) {
         self.now = now;
         self.peer_eof = true;
         match self.phase {
@@ -400,7 +402,7 @@ impl ServerConnection {
     }
 
     /// A read or write failed: the connection is gone.
-    pub fn io_error(&mut self, now: Instant) {
+    pub fn handle_io_error(&mut self, now: Instant) {
         self.now = now;
         if self.closed.is_none() {
             self.close_now(CloseCause::NetworkError);
@@ -869,6 +871,7 @@ impl ServerConnection {
     }
 
     fn close_now(&mut self, cause: CloseCause) {
+        self.write_since = None;
         self.closed = Some(cause);
         self.phase = Phase::Closed;
         self.request = None;
@@ -877,16 +880,10 @@ impl ServerConnection {
     }
 
     fn push_out(&mut self, b: Bytes) {
-        if self.out.is_empty() {
-            self.write_progress = self.now;
-        }
         self.out.push(b);
     }
 
     fn push_head(&mut self, status: StatusCode, headers: &HeaderMap, engine: &EngineHeaders, pass_through: bool) {
-        if self.out.is_empty() {
-            self.write_progress = self.now;
-        }
         let tail = self.out.tail_mut();
         let before = tail.len();
         encode::encode_head(tail, status, headers, engine, pass_through);
@@ -926,8 +923,15 @@ impl ServerConnection {
         self.out.len()
     }
 
-    /// The queued output, in order, for one vectored write.
-    pub fn output_bufs(&self) -> impl Iterator<Item = &[u8]> + '_ {
+    /// The queued output, in order, for one vectored write; `now` starts
+    /// the write timer if this output has not been offered before (a
+    /// response carries no time of its own). Report what was written with
+    /// [`Self::handle_written`]. A driver offers queued output whenever
+    /// [`Self::has_output`].
+    pub fn poll_transmit(&mut self, now: Instant) -> impl Iterator<Item = &[u8]> + '_ {
+        if self.write_since.is_none() && !self.out.is_empty() {
+            self.write_since = Some(now);
+        }
         self.out.bufs()
     }
 
@@ -935,19 +939,19 @@ impl ServerConnection {
     /// simple drivers); counts as written at `now`.
     pub fn take_output(&mut self, now: Instant) -> Bytes {
         let mut all = BytesMut::with_capacity(self.out.len());
-        for b in self.out.bufs() {
+        for b in self.poll_transmit(now) {
             all.extend_from_slice(b);
         }
         let n = all.len();
-        self.consume_output(n, now);
+        self.handle_written(n, now);
         all.freeze()
     }
 
-    /// Records that `n` bytes of output were written at `now`.
-    pub fn consume_output(&mut self, n: usize, now: Instant) {
+    /// `n` bytes of [`Self::poll_transmit`]'s output were written at `now`.
+    pub fn handle_written(&mut self, n: usize, now: Instant) {
         self.now = now;
         if n > 0 {
-            self.write_progress = now;
+            self.write_since = Some(now);
         }
         let was_blocked = self.output_blocked();
         self.out.consume(n);
@@ -958,13 +962,15 @@ impl ServerConnection {
             }
         }
         if self.out.is_empty() {
+            self.write_since = None;
             self.output_flushed();
         }
     }
 
     /// True once, when the driver should shut down the write side (after
     /// the last response was flushed) and keep reading to linger.
-    pub fn take_shutdown_write(&mut self) -> bool {
+    #[must_use]
+    pub fn poll_shutdown_write(&mut self) -> bool {
         std::mem::take(&mut self.shutdown_write)
     }
 
@@ -987,7 +993,7 @@ impl ServerConnection {
             } => Some((s + c.linger_time).min(last_read + c.linger_idle)),
             Phase::Linger { since: None, .. } => None,
         };
-        let write_deadline = (!self.out.is_empty()).then(|| self.write_progress + c.write_timeout);
+        let write_deadline = self.write_since.map(|since| since + c.write_timeout);
         let lifetime = match (c.max_lifetime, self.lifetime_expired) {
             (Some(l), false) => Some(self.opened_at + l),
             _ => None,
@@ -1026,7 +1032,7 @@ impl ServerConnection {
                 }
             }
         }
-        if !self.out.is_empty() && now >= self.write_progress + c.write_timeout {
+        if self.write_since.is_some_and(|since| now >= since + c.write_timeout) {
             self.close_now(CloseCause::WriteTimeout);
             return;
         }
@@ -1069,7 +1075,7 @@ impl ServerConnection {
     /// `Connection: close`; one still idle when the drain ends is closed
     /// ([`CloseCause::Shutdown`]). A request in progress is answered with
     /// `Connection: close`. With no drain, an idle connection closes at once.
-    pub fn shutdown(&mut self, now: Instant) {
+    pub fn handle_shutdown(&mut self, now: Instant) {
         self.now = now;
         if self.shutting_down {
             return;
@@ -1103,7 +1109,8 @@ impl ServerConnection {
     // ----- state -----
 
     /// Why the connection closed, once it has; the driver then drops the transport.
-    pub fn close_cause(&self) -> Option<CloseCause> {
+    #[must_use]
+    pub fn poll_close(&self) -> Option<CloseCause> {
         self.closed
     }
 

@@ -12,7 +12,6 @@ pub mod config;
 pub mod conn;
 pub mod decode;
 pub mod encode;
-mod output;
 pub mod parse;
 
 #[cfg(test)]

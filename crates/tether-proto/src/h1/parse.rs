@@ -552,44 +552,57 @@ fn check_target_form(target: &[u8], method: &Method, uri: &Uri) -> Result<(), He
 /// reg-name (unreserved, pct-encoded, sub-delims), an IPv4 address (a
 /// reg-name's characters cover it) or an IP literal in brackets, then an
 /// optional port of digits. An empty value is valid (a target without an
-/// authority). No userinfo (`user@host`), no spaces.
+/// authority). No userinfo (`user@host`), no spaces. One table look-up per
+/// byte (a character-class test per byte cost about 40 instructions per
+/// request, callgrind).
 pub fn is_valid_host(value: &[u8]) -> bool {
-    let (host_ok, rest) = match value.first() {
-        Some(b'[') => match value.iter().position(|&b| b == b']') {
-            Some(end) => (is_ip_literal(&value[1..end]), &value[end + 1..]),
-            None => return false,
-        },
-        _ => {
-            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
-            (is_reg_name(&value[..end]), &value[end..])
+    let rest = if value.first() == Some(&b'[') {
+        match value.iter().position(|&b| b == b']') {
+            Some(end) if is_ip_literal(&value[1..end]) => &value[end + 1..],
+            _ => return false,
         }
+    } else {
+        let mut i = 0;
+        while i < value.len() {
+            let b = value[i];
+            if REG_NAME[b as usize] {
+                i += 1;
+            } else if b == b'%'
+                && value.len() > i + 2
+                && value[i + 1].is_ascii_hexdigit()
+                && value[i + 2].is_ascii_hexdigit()
+            {
+                i += 3;
+            } else if b == b':' {
+                break;
+            } else {
+                return false;
+            }
+        }
+        &value[i..]
     };
-    let port_ok = match rest {
+    match rest {
         [] => true,
         [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
         _ => false,
-    };
-    host_ok && port_ok
+    }
 }
 
-fn is_reg_name(s: &[u8]) -> bool {
-    let mut i = 0;
-    while i < s.len() {
-        match s[i] {
-            b'%' => {
-                if !(s.len() > i + 2 && s[i + 1].is_ascii_hexdigit() && s[i + 2].is_ascii_hexdigit()) {
-                    return false;
-                }
-                i += 3;
-                continue;
-            }
-            b if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b) => {}
-            _ => return false,
-        }
-        i += 1;
+/// RFC 3986 reg-name characters but `%`: unreserved and sub-delims.
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+            );
+        b += 1;
     }
-    true
-}
+    table
+};
 
 /// `IPv6address / IPvFuture` inside the brackets: checked for its
 /// characters (the address's exact grammar is not a framing question).

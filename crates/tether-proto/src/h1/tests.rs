@@ -34,7 +34,7 @@ impl Harness {
         self.now
     }
     fn feed(&mut self, data: &str) {
-        self.conn.feed(data.as_bytes(), self.now);
+        self.conn.handle_input(data.as_bytes(), self.now);
     }
     fn events(&mut self) -> Vec<Event> {
         let mut v = Vec::new();
@@ -152,9 +152,9 @@ fn http10_closes_unless_keep_alive() {
     assert!(wire.contains("connection: close\r\n"), "{wire}");
     assert!(!wire.contains("keep-alive:"), "{wire}");
     // Output flushed: the write side is shut down and input discarded (linger).
-    assert!(h.conn.take_shutdown_write());
-    h.conn.feed_eof(h.now);
-    assert_eq!(h.conn.close_cause(), Some(CloseCause::ClientClose));
+    assert!(h.conn.poll_shutdown_write());
+    h.conn.handle_eof(h.now);
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::ClientClose));
 
     let mut h = Harness::new(cfg(|_| {}));
     let wire = h.roundtrip("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
@@ -196,7 +196,7 @@ fn idle_timeout_starts_after_flush_and_restarts_per_request() {
     assert!(!h.conn.is_closed());
     h.at(6200);
     h.conn.handle_timeout(h.now);
-    assert_eq!(h.conn.close_cause(), Some(CloseCause::IdleTimeout));
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::IdleTimeout));
     // Nothing is sent on an idle close.
     assert!(!h.conn.has_output());
 }
@@ -223,7 +223,7 @@ fn idle_since_only_when_nothing_is_received_queued_or_pending() {
     h.at(20);
     h.flush();
     assert_eq!(h.conn.idle_since(), Some(h.t0 + Duration::from_millis(20)));
-    h.conn.shutdown(h.now);
+    h.conn.handle_shutdown(h.now);
     assert_eq!(h.conn.idle_since(), None, "shutting down (closed)");
 }
 
@@ -292,9 +292,9 @@ fn max_requests_mth_response_closes_and_nothing_after_is_processed() {
     assert_eq!(h.conn.will_close(), Some(CloseCause::MaxRequests));
     assert_eq!(h.conn.requests_served(), 3);
     assert!(h.conn.poll_event().is_none());
-    assert!(h.conn.take_shutdown_write());
-    h.conn.feed_eof(h.now);
-    assert_eq!(h.conn.close_cause(), Some(CloseCause::MaxRequests));
+    assert!(h.conn.poll_shutdown_write());
+    h.conn.handle_eof(h.now);
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::MaxRequests));
 }
 
 #[test]
@@ -349,7 +349,7 @@ fn lifetime_closes_idle_connection() {
     assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_secs(3)));
     h.at(3000);
     h.conn.handle_timeout(h.now);
-    assert_eq!(h.conn.close_cause(), Some(CloseCause::Lifetime));
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::Lifetime));
 }
 
 #[test]
@@ -716,13 +716,14 @@ fn pipelined_requests_wait_while_unsent_output_is_over_the_bound() {
     assert!(h.events().is_empty());
     assert!(!h.conn.wants_read());
     assert!(!h.conn.has_output_capacity());
+    let _ = h.conn.poll_transmit(h.now).count();
     assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_secs(30)));
     h.at(10_000);
     h.conn.handle_timeout(h.now);
     assert!(!h.conn.is_closed(), "no 408 while the output is ours to send");
     // The peer takes enough to bring it under the bound: the next request
     // is served and its header timer starts now.
-    h.conn.consume_output(2500, h.now);
+    h.conn.handle_written(2500, h.now);
     assert!(h.conn.has_output_capacity());
     assert!(h.conn.wants_read());
     assert_eq!(requests(&h.events()), 1);
@@ -735,7 +736,7 @@ fn pipelined_requests_wait_while_unsent_output_is_over_the_bound() {
     assert!(h.events().is_empty());
     h.at(40_000);
     h.conn.handle_timeout(h.now);
-    assert_eq!(h.conn.close_cause(), Some(CloseCause::WriteTimeout));
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::WriteTimeout));
 }
 
 #[test]
@@ -753,7 +754,7 @@ fn a_lingering_connection_with_blocked_output_reads_nothing() {
         "discarding input while our output waits costs CPU for nothing"
     );
     let _ = h.flush();
-    assert!(h.conn.take_shutdown_write());
+    assert!(h.conn.poll_shutdown_write());
     assert!(h.conn.wants_read(), "flushed: the lingering read begins");
 }
 
@@ -764,7 +765,7 @@ fn lingering_close_is_bounded() {
         c.linger_time = Duration::from_secs(5);
     }));
     h.roundtrip("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    assert!(h.conn.take_shutdown_write());
+    assert!(h.conn.poll_shutdown_write());
     // The peer keeps sending: discarded, never parsed.
     for t in [1000, 2500, 4000] {
         h.at(t);
@@ -775,7 +776,7 @@ fn lingering_close_is_bounded() {
     }
     h.at(5000);
     h.conn.handle_timeout(h.now);
-    assert_eq!(h.conn.close_cause(), Some(CloseCause::ClientClose));
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::ClientClose));
     // A silent peer ends it after linger_idle.
     let mut h = Harness::new(cfg(|c| c.linger_idle = Duration::from_secs(2)));
     h.roundtrip("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -791,7 +792,7 @@ fn shutdown_drains_idle_connections_and_answers_in_flight_with_close() {
     let mut h = Harness::new(cfg(|c| c.shutdown_drain = Duration::from_secs(1)));
     h.roundtrip(GET);
     h.at(100);
-    h.conn.shutdown(h.now);
+    h.conn.handle_shutdown(h.now);
     assert!(!h.conn.is_closed());
     assert_eq!(h.conn.idle_since(), None, "a draining connection does not park");
     assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_millis(1100)));
@@ -803,25 +804,25 @@ fn shutdown_drains_idle_connections_and_answers_in_flight_with_close() {
     // Still idle when the drain ends: closed.
     let mut h = Harness::new(cfg(|c| c.shutdown_drain = Duration::from_secs(1)));
     h.roundtrip(GET);
-    h.conn.shutdown(h.now);
+    h.conn.handle_shutdown(h.now);
     h.at(999);
     h.conn.handle_timeout(h.now);
     assert!(!h.conn.is_closed());
     h.at(1000);
     h.conn.handle_timeout(h.now);
-    assert_eq!(h.conn.close_cause(), Some(CloseCause::Shutdown));
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::Shutdown));
 
     // No drain: idle connections close at once.
     let mut h = Harness::new(cfg(|c| c.shutdown_drain = Duration::ZERO));
     h.roundtrip(GET);
-    h.conn.shutdown(h.now);
-    assert_eq!(h.conn.close_cause(), Some(CloseCause::Shutdown));
+    h.conn.handle_shutdown(h.now);
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::Shutdown));
 
     // In flight: answered with close.
     let mut h = Harness::new(cfg(|_| {}));
     h.feed(GET);
     h.events();
-    h.conn.shutdown(h.now);
+    h.conn.handle_shutdown(h.now);
     assert!(!h.conn.is_closed());
     let w = h.respond("ok");
     assert!(w.contains("connection: close"));
@@ -836,7 +837,7 @@ fn shutdown_drains_idle_connections_and_answers_in_flight_with_close() {
     h.conn
         .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Length(2))
         .unwrap();
-    h.conn.shutdown(h.now);
+    h.conn.handle_shutdown(h.now);
     h.conn.send_body(Bytes::from_static(b"ok")).unwrap();
     h.conn.finish_response().unwrap();
     let first = h.flush();
@@ -856,7 +857,7 @@ fn only_an_idle_connection_can_be_reclaimed() {
     assert!(!h.conn.reclaim(h.now), "a request is in flight");
     let _ = h.respond("ok");
     assert!(h.conn.reclaim(h.now));
-    assert_eq!(h.conn.close_cause(), Some(CloseCause::Reclaimed));
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::Reclaimed));
 }
 
 #[test]
@@ -864,28 +865,28 @@ fn eof_cases() {
     // EOF while idle.
     let mut h = Harness::new(cfg(|_| {}));
     h.roundtrip(GET);
-    h.conn.feed_eof(h.now);
-    assert_eq!(h.conn.close_cause(), Some(CloseCause::PeerClosed));
+    h.conn.handle_eof(h.now);
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::PeerClosed));
     // Pipelined requests then EOF: all answered, then closed.
     let mut h = Harness::new(cfg(|_| {}));
-    h.conn.feed(format!("{GET}{GET}").as_bytes(), h.now);
-    h.conn.feed_eof(h.now);
+    h.conn.handle_input(format!("{GET}{GET}").as_bytes(), h.now);
+    h.conn.handle_eof(h.now);
     let w = h.roundtrip("");
     assert_eq!(w.matches("HTTP/1.1 200").count(), 2, "{w}");
-    assert_eq!(h.conn.close_cause(), Some(CloseCause::PeerClosed));
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::PeerClosed));
     // EOF in the middle of a body.
     let mut h = Harness::new(cfg(|_| {}));
     h.feed("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01");
     h.events();
-    h.conn.feed_eof(h.now);
+    h.conn.handle_eof(h.now);
     assert!(matches!(h.events()[..], [Event::BodyFailed(BodyError::Incomplete)]));
     // Partial head then EOF: closed without an answer.
     let mut h = Harness::new(cfg(|_| {}));
     h.feed("GET / HT");
     h.events();
-    h.conn.feed_eof(h.now);
+    h.conn.handle_eof(h.now);
     assert!(h.events().is_empty());
-    assert_eq!(h.conn.close_cause(), Some(CloseCause::PeerClosed));
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::PeerClosed));
 }
 
 #[test]
@@ -896,16 +897,41 @@ fn write_timeout_closes_stalled_output() {
     h.conn
         .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Empty)
         .unwrap();
-    assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_secs(5)));
-    h.at(5000);
+    // The timer starts when the output is first offered for writing.
+    assert_eq!(h.conn.poll_timeout(), None);
+    h.at(1000);
+    assert_eq!(h.conn.poll_transmit(h.now).count(), 1);
+    assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_secs(6)));
+    h.at(6000);
     h.conn.handle_timeout(h.now);
-    assert_eq!(h.conn.close_cause(), Some(CloseCause::WriteTimeout));
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::WriteTimeout));
+}
+
+#[test]
+fn a_slow_handler_s_response_gets_a_full_write_timeout() {
+    // The request arrived at 0; the handler answers at 60 s. The write timer
+    // starts when the answer is offered, not from the engine's last reading
+    // of the clock (which would close it at once).
+    let mut h = Harness::new(cfg(|c| {
+        c.write_timeout = Duration::from_secs(30);
+        c.idle_timeout = Duration::from_secs(5);
+    }));
+    h.feed(GET);
+    h.events();
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Empty)
+        .unwrap();
+    h.at(60_000);
+    let _ = h.conn.poll_transmit(h.now).count();
+    assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_secs(90)));
+    h.conn.handle_timeout(h.now);
+    assert!(!h.conn.is_closed());
 }
 
 #[test]
 fn upgrade_hands_over_remaining_bytes() {
     let mut h = Harness::new(cfg(|_| {}));
-    h.conn.feed(
+    h.conn.handle_input(
         b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x80",
         h.now,
     );
@@ -1048,11 +1074,11 @@ mod prop {
             points.sort_unstable();
             let mut start = 0;
             for p in points {
-                h.conn.feed(&data[start..p], h.now);
+                h.conn.handle_input(&data[start..p], h.now);
                 start = p;
                 let _ = h.roundtrip("");
             }
-            h.conn.feed_eof(h.now);
+            h.conn.handle_eof(h.now);
             let _ = h.roundtrip("");
         }
 
@@ -1065,7 +1091,7 @@ mod prop {
             raw += &body;
             let mut h = Harness::new(cfg(|_| {}));
             let _ = h.roundtrip(&raw);
-            h.conn.feed_eof(h.now);
+            h.conn.handle_eof(h.now);
             let _ = h.roundtrip("");
         }
     }

@@ -3,8 +3,8 @@
 //! Theory of operation. Everything that decides what happens on an open
 //! WebSocket connection lives here; the other modules are pure helpers.
 //!
-//! *Input.* The driver appends received bytes ([`WsConnection::feed`], or
-//! [`WsConnection::read_buffer`] + [`WsConnection::process_read_buffer`]).
+//! *Input.* The driver appends received bytes ([`WsConnection::handle_input`],
+//! or [`WsConnection::read_buffer`] + [`WsConnection::handle_read`]).
 //! Frames are processed up to the first complete data message; the rest
 //! waits in the buffer until [`WsConnection::poll_event`] has handed that
 //! message over, so what the user sends in reply is queued before the
@@ -53,7 +53,7 @@
 //! [`ProtocolError`] (1002, 1007 or 1009) unless one was already sent, emits
 //! [`Event::ProtocolError`] as the last event, and stops reading.
 //!
-//! *Transport close.* [`WsConnection::should_close_transport`] says when the
+//! *Transport close.* [`WsConnection::poll_close`] says when the
 //! driver should close TCP: the server does so once the close handshake is
 //! done (or the connection failed) and the queue is drained; the client waits
 //! for the server to close first (EOF) unless it failed the connection. Every
@@ -63,8 +63,8 @@
 //! Methods that start the close take `now`, except a close from `send`
 //! (`Message::Close`, a slow consumer), whose deadline is armed by the next
 //! call that brings the time; the engine never reads a clock.
-//! [`WsConnection::shutdown`] closes an open connection with 1001.
-//! [`WsConnection::poll_end`] then says how it ended ([`WsEnd`]).
+//! [`WsConnection::handle_shutdown`] closes an open connection with 1001.
+//! [`WsConnection::poll_close`] says how it ended ([`WsEnd`]).
 //!
 //! *Liveness* (optional, [`WsConfig::ping_interval`] and
 //! [`WsConfig::idle_timeout`]), decided here on the same clock: every ping
@@ -93,6 +93,7 @@ use super::error::{ProtocolError, SendError};
 use super::frame::{encode_frame, EncodedFrame, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD};
 use super::mask::apply_mask;
 use super::message::{Message, MessageAssembler, Utf8Bytes};
+use crate::output::Output;
 
 /// Payloads up to this size are copied into the coalescing output buffer;
 /// larger server payloads are queued as their own `Bytes`.
@@ -177,7 +178,7 @@ pub enum QueueOverflow {
 }
 
 /// How a WebSocket connection ended, once it has
-/// ([`WsConnection::poll_end`]). Exactly one per connection.
+/// ([`WsConnection::poll_close`]). Exactly one per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WsEnd {
     /// The close handshake completed (either side started it).
@@ -283,13 +284,9 @@ pub struct WsConnection {
     assembler: MessageAssembler,
     events: VecDeque<Event>,
 
-    /// Chunks ready to write, in order, followed by `out_tail`. They stay
-    /// here until the driver reports them written.
-    out_queue: VecDeque<Bytes>,
-    /// Small frames coalesced here.
-    out_tail: BytesMut,
-    /// Bytes queued and not yet written.
-    queued_bytes: usize,
+    /// Frames not yet written (small ones coalesced, large payloads and
+    /// shared frames as their own `Bytes`).
+    out: Output,
     /// When queued output last made progress, or was first offered for
     /// writing (`poll_transmit`); `None` while nothing is queued.
     write_since: Option<Instant>,
@@ -335,7 +332,7 @@ impl std::fmt::Debug for WsConnection {
             .field("state", &self.state())
             .field("deflate", &self.deflate_params())
             .field("buffered", &self.read_buf.len())
-            .field("queued_bytes", &self.queued_bytes)
+            .field("queued_bytes", &self.out.len())
             .field("close_deadline", &self.close_deadline)
             .finish_non_exhaustive()
     }
@@ -399,9 +396,7 @@ impl WsConnection {
             pending: None,
             assembler: MessageAssembler::new(),
             events: VecDeque::new(),
-            out_queue: VecDeque::new(),
-            out_tail: BytesMut::new(),
-            queued_bytes: 0,
+            out: Output::default(),
             write_since: None,
             answers_over_limit: false,
             close_sent: false,
@@ -439,7 +434,7 @@ impl WsConnection {
     /// Takes received bytes and processes frames up to the first complete
     /// data message (the rest waits in the buffer until that message is
     /// taken: see [`poll_event`](Self::poll_event)).
-    pub fn feed(&mut self, bytes: &[u8], now: Instant) {
+    pub fn handle_input(&mut self, bytes: &[u8], now: Instant) {
         if self.input_closed() {
             return;
         }
@@ -462,7 +457,7 @@ impl WsConnection {
     }
 
     /// The read buffer, with spare capacity reserved, for the driver to read
-    /// into directly; call [`process_read_buffer`](Self::process_read_buffer) after.
+    /// into directly; call [`handle_read`](Self::handle_read) after.
     ///
     /// For the rest of a frame it asks for at most the larger of 64 KiB and
     /// what of the frame has arrived, so a peer that declares a large frame
@@ -481,7 +476,7 @@ impl WsConnection {
 
     /// Processes what the driver read into [`read_buffer`](Self::read_buffer)
     /// (call it only after a read that returned bytes: it counts as input).
-    pub fn process_read_buffer(&mut self, now: Instant) {
+    pub fn handle_read(&mut self, now: Instant) {
         if self.input_closed() {
             self.free_read_buffer();
             return;
@@ -494,10 +489,11 @@ impl WsConnection {
     /// The transport reached end of file (or failed). Complete frames still
     /// buffered are processed first: what arrived before the end is
     /// delivered. Queued output is dropped: the transport closes now.
-    pub fn handle_eof(&mut self) {
+    pub fn handle_eof(&mut self, now: Instant) {
         if self.eof {
             return;
         }
+        self.note_time(now);
         if !self.input_closed() {
             self.process(self.last_input, Until::Drained);
         }
@@ -767,9 +763,7 @@ impl WsConnection {
         }
         self.check_open()?;
         self.check_room(frame.len())?;
-        self.flush_tail();
-        self.queued_bytes += frame.len();
-        self.out_queue.push_back(frame.as_bytes().clone());
+        self.out.push_shared(frame.as_bytes().clone());
         Ok(())
     }
 
@@ -792,7 +786,7 @@ impl WsConnection {
 
     /// The server (or client) is going away: an open connection closes with
     /// 1001; one already closing finishes its handshake.
-    pub fn shutdown(&mut self, now: Instant) {
+    pub fn handle_shutdown(&mut self, now: Instant) {
         if self.state() == WsState::Open {
             let reason = match self.role {
                 Role::Server => "server shutting down",
@@ -823,36 +817,21 @@ impl WsConnection {
     /// A driver offers queued output whenever [`has_output`](Self::has_output).
     pub fn poll_transmit(&mut self, now: Instant) -> impl Iterator<Item = &[u8]> + '_ {
         self.note_time(now);
-        let tail = (!self.out_tail.is_empty()).then_some(&self.out_tail[..]);
-        self.out_queue.iter().map(|b| &b[..]).chain(tail)
+        self.out.bufs()
     }
 
     /// `n` bytes of [`poll_transmit`](Self::poll_transmit)'s output were written at `now`.
-    pub fn handle_written(&mut self, mut n: usize, now: Instant) {
-        debug_assert!(n <= self.queued_bytes, "wrote more than was queued");
-        n = n.min(self.queued_bytes);
+    pub fn handle_written(&mut self, n: usize, now: Instant) {
+        debug_assert!(n <= self.out.len(), "wrote more than was queued");
         if n == 0 {
             return;
         }
-        self.queued_bytes -= n;
+        self.out.consume(n);
         self.write_since = Some(now);
-        if self.queued_bytes < self.config.max_queued_bytes {
+        if self.out.len() < self.config.max_queued_bytes {
             self.answers_over_limit = false;
         }
-        while n > 0 {
-            let Some(front) = self.out_queue.front_mut() else {
-                self.out_tail.advance(n);
-                break;
-            };
-            if n >= front.len() {
-                n -= front.len();
-                self.out_queue.pop_front();
-            } else {
-                front.advance(n);
-                n = 0;
-            }
-        }
-        if self.queued_bytes == 0 {
+        if self.out.is_empty() {
             self.output_drained();
         }
     }
@@ -860,7 +839,7 @@ impl WsConnection {
     /// Takes all queued output as one buffer, counted as written at `now`
     /// (for tests and simple drivers).
     pub fn take_output(&mut self, now: Instant) -> Bytes {
-        let mut all = BytesMut::with_capacity(self.queued_bytes);
+        let mut all = BytesMut::with_capacity(self.out.len());
         for chunk in self.poll_transmit(now) {
             all.extend_from_slice(chunk);
         }
@@ -870,22 +849,19 @@ impl WsConnection {
 
     fn output_drained(&mut self) {
         self.write_since = None;
-        if self.retain_buffers && self.out_tail.capacity() <= RETAINED_LIMIT {
-            self.out_tail.clear();
-        } else {
-            self.out_tail = BytesMut::new();
-            self.out_queue = VecDeque::new();
+        if !(self.retain_buffers && self.out.capacity() <= RETAINED_LIMIT) {
+            self.out.release();
         }
     }
 
     /// Whether output is queued (to be offered with `poll_transmit`).
     pub fn has_output(&self) -> bool {
-        self.queued_bytes > 0
+        !self.out.is_empty()
     }
 
     /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        self.out.len()
     }
 
     /// Whether a data message with a payload of `len` bytes would be
@@ -903,11 +879,11 @@ impl WsConnection {
     /// still unwritten: a peer that sends without reading is then held back
     /// by TCP (and the close, write or idle timer ends it).
     pub fn wants_read(&self) -> bool {
-        let full = self.queued_bytes >= self.config.max_queued_bytes;
+        let full = self.out.len() >= self.config.max_queued_bytes;
         let held_back = full && (self.config.queue_overflow == QueueOverflow::Refuse || self.answers_over_limit);
         // Our Close still waits to be written: the peer has not read it, so
         // what it sends meanwhile would only be discarded.
-        let close_unsent = self.close_sent && self.queued_bytes > 0;
+        let close_unsent = self.close_sent && self.out.len() > 0;
         !self.transport_gone() && !held_back && !close_unsent
     }
 
@@ -925,7 +901,7 @@ impl WsConnection {
 
     /// A message always fits an empty queue.
     fn has_room(&self, len: usize) -> bool {
-        self.queued_bytes == 0 || self.queued_bytes.saturating_add(len) <= self.config.max_queued_bytes
+        self.out.len() == 0 || self.out.len().saturating_add(len) <= self.config.max_queued_bytes
     }
 
     /// Refuses, or closes the slow consumer, when `len` more bytes do not fit.
@@ -933,7 +909,7 @@ impl WsConnection {
         if self.has_room(len) {
             return Ok(());
         }
-        let (queued, limit) = (self.queued_bytes, self.config.max_queued_bytes);
+        let (queued, limit) = (self.out.len(), self.config.max_queued_bytes);
         match self.config.queue_overflow {
             QueueOverflow::Refuse => Err(SendError::QueueFull { queued, limit }),
             QueueOverflow::Close => {
@@ -1019,7 +995,7 @@ impl WsConnection {
     }
 
     fn note_answer_queued(&mut self) {
-        if self.queued_bytes >= self.config.max_queued_bytes {
+        if self.out.len() >= self.config.max_queued_bytes {
             self.answers_over_limit = true;
         }
     }
@@ -1033,20 +1009,16 @@ impl WsConnection {
         let mask = self.mask_keys.as_mut().map(|next_key| next_key());
         let mut header = FrameHeader::new(opcode, payload.len() as u64, mask);
         header.rsv1 = rsv1;
-        self.queued_bytes += header.encoded_len() + payload.len();
         if mask.is_some() || payload.len() <= INLINE_PAYLOAD_LIMIT {
-            encode_frame(&mut self.out_tail, &header, &payload);
+            let tail = self.out.tail_mut();
+            let before = tail.len();
+            encode_frame(tail, &header, &payload);
+            let n = tail.len() - before;
+            self.out.wrote_tail(n);
         } else {
             let (head, head_len) = header.encode();
-            self.out_tail.extend_from_slice(&head[..head_len]);
-            self.flush_tail();
-            self.out_queue.push_back(payload);
-        }
-    }
-
-    fn flush_tail(&mut self) {
-        if !self.out_tail.is_empty() {
-            self.out_queue.push_back(self.out_tail.split().freeze());
+            self.out.push_slice(&head[..head_len]);
+            self.out.push_shared(payload);
         }
     }
 
@@ -1083,7 +1055,7 @@ impl WsConnection {
     /// Arms what waited for the time: the write timer of output not yet
     /// offered, the close timer of a close started without `now`.
     fn note_time(&mut self, now: Instant) {
-        if self.write_since.is_none() && self.queued_bytes > 0 {
+        if self.write_since.is_none() && self.out.len() > 0 {
             self.write_since = Some(now);
         }
         if self.close_timer_due {
@@ -1096,9 +1068,7 @@ impl WsConnection {
     fn abandon_transport(&mut self) {
         self.free_read_buffer();
         self.pending = None;
-        self.out_queue = VecDeque::new();
-        self.out_tail = BytesMut::new();
-        self.queued_bytes = 0;
+        self.out.release();
         self.write_since = None;
     }
 
@@ -1153,19 +1123,19 @@ impl WsConnection {
         match (self.close_sent, self.close_received) {
             (false, false) => WsState::Open,
             (true, false) => WsState::Closing,
-            (_, true) if self.queued_bytes > 0 => WsState::CloseReceived,
+            (_, true) if self.out.len() > 0 => WsState::CloseReceived,
             (_, true) => WsState::Closed,
         }
     }
 
     /// Whether the driver should now close the TCP connection (after writing
     /// what `poll_transmit` yields, when it can: on EOF or timeout, it need not).
-    pub fn should_close_transport(&self) -> bool {
+    fn should_close_transport(&self) -> bool {
         if self.transport_gone() {
             return true;
         }
         let finished = self.failed || (self.close_sent && self.close_received);
-        if !finished || self.queued_bytes > 0 {
+        if !finished || self.out.len() > 0 {
             return false;
         }
         match self.role {
@@ -1175,9 +1145,13 @@ impl WsConnection {
         }
     }
 
-    /// How the connection ended, once the transport should close
-    /// ([`should_close_transport`](Self::should_close_transport)).
-    pub fn poll_end(&self) -> Option<WsEnd> {
+    /// How the connection ended, once the driver should close the transport
+    /// (the server closes TCP first once the close handshake is done or the
+    /// connection failed, and the queue is written; the client waits for
+    /// the server's close unless it failed the connection; on end of file or
+    /// a timeout at once). `None` while it goes on.
+    #[must_use]
+    pub fn poll_close(&self) -> Option<WsEnd> {
         if !self.should_close_transport() {
             return None;
         }
@@ -1212,9 +1186,8 @@ impl WsConnection {
         if self.events.is_empty() {
             self.events = VecDeque::new();
         }
-        if self.queued_bytes == 0 {
-            self.out_tail = BytesMut::new();
-            self.out_queue = VecDeque::new();
+        if self.out.is_empty() {
+            self.out.release();
         }
     }
 
@@ -1229,7 +1202,7 @@ impl WsConnection {
             && self.pending.is_none()
             && !self.assembler.in_progress()
             && self.events.is_empty()
-            && self.queued_bytes == 0
+            && self.out.len() == 0
     }
 
     fn note_read_capacity(&mut self) {
@@ -1246,8 +1219,7 @@ impl WsConnection {
     /// events; zlib state excluded), for memory tests and metrics.
     pub fn buffer_capacity(&self) -> usize {
         self.read_buf.capacity().max(self.read_high_water as usize)
-            + self.out_tail.capacity()
-            + self.out_queue.capacity() * std::mem::size_of::<Bytes>()
+            + self.out.capacity()
             + self.events.capacity() * std::mem::size_of::<Event>()
             + self.assembler.buffered_len()
     }

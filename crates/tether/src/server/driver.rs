@@ -21,6 +21,7 @@
 //! map back to the engine for a later request head.
 
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -30,7 +31,7 @@ use http::{Request as HttpRequest, StatusCode};
 use tether_proto::h1::{self, body_error_status, CloseCause, Event, ResponseBody, ServerConnection};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::body::{Body, BodyError, RequestBody};
 use super::handler::{HandlerFuture, Response, SharedHandler};
@@ -114,9 +115,17 @@ pub(crate) struct Paused<IO> {
 /// Serves `conn` over `io` until it closes, upgrades or (with a parking
 /// `lot`) has been idle for the lot's `park_after`. An upgraded protocol
 /// gets the lot too.
+///
+/// Each pass: [`Driving::dispatch_events`] (engine events to the handler
+/// and its body channel), the terminal states (write side shut, closed,
+/// upgraded: [`Driving::hand_over`]), [`Driving::answer_now`] (a handler
+/// that is already done is answered before anything is written, so
+/// pipelined responses leave together), else [`Driving::wait`] (I/O, the
+/// handler, a body slot, a stream chunk, the timer, the stop signal), then
+/// [`Driving::on_wake`].
 pub(crate) async fn drive<IO: Transport>(
-    mut io: IO,
-    mut conn: ServerConnection,
+    io: IO,
+    conn: ServerConnection,
     handler: SharedHandler,
     shutdown: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
@@ -124,266 +133,381 @@ pub(crate) async fn drive<IO: Transport>(
 ) -> Driven<IO> {
     let park_after = lot.map(ParkingLot::park_after);
     let upgrade_stop = shutdown.clone();
-    // Idle, the connection's buffers go to the thread's pool (see `pool`).
-    conn.set_retain_buffers(true);
-    // Its largest buffers, reported when this returns (see `memory`).
-    let mut peak = crate::memory::PeakBuffers::default();
-    let mut handler_fut: Option<HandlerFuture> = None;
-    let mut body_tx: Option<mpsc::Sender<Result<Bytes, BodyError>>> = None;
-    let mut blocked_chunk: Option<Bytes> = None;
-    let mut stream: Option<mpsc::Receiver<Result<Bytes, std::io::Error>>> = None;
-    let mut on_upgrade: Option<OnUpgrade> = None;
-    // Registered once for the connection's life, not once per wait (see
-    // `StopSignal`). Its branch stays in every `select!`, so its wake-up is
-    // never missed.
-    let (mut stop, mut stop_signal) = StopSignal::new(shutdown);
-    match stop {
-        Stop::Run => {}
-        Stop::Graceful => conn.shutdown(Instant::now().into_std()),
-        Stop::Force => return Driven::Ended(ConnectionEnd::Closed(CloseCause::Shutdown, conn.requests_served())),
+    let mut d = Driving::new(io, conn, handler, shutdown);
+    if d.stop == Stop::Force {
+        return d.ended(CloseCause::Shutdown);
     }
     // One timer for the connection's life, moved to each new deadline.
     let sleep = tokio::time::sleep_until(Instant::now() + std::time::Duration::from_secs(86_400));
     tokio::pin!(sleep);
-    let mut armed: Option<Instant> = None;
-    // The clock as read by the I/O step that ended the last wait: a
-    // response started right after it needs no clock read of its own
-    // for its `Date`.
-    let mut clock: Option<std::time::Instant> = None;
-
     loop {
-        // 1. Events, while the handler can take body chunks.
-        while blocked_chunk.is_none() {
-            let Some(event) = conn.poll_event() else { break };
+        d.dispatch_events();
+        if d.conn.poll_shutdown_write() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), d.io.shutdown()).await;
+        }
+        if let Some(cause) = d.conn.poll_close() {
+            return d.ended(cause);
+        }
+        if d.conn.is_upgraded() && !d.conn.has_output() {
+            return d.hand_over(upgrade_stop, guard, lot);
+        }
+        let wake = match d.answer_now().await {
+            true => Wake::Answered,
+            false => d.wait(sleep.as_mut(), park_after).await,
+        };
+        match d.on_wake(wake) {
+            Next::Go => {}
+            Next::Park => {
+                let Driving { io, conn, .. } = d;
+                return Driven::Idle(Paused {
+                    io,
+                    conn,
+                    shutdown: upgrade_stop,
+                    guard,
+                });
+            }
+            Next::Close(cause) => return d.ended(cause),
+        }
+    }
+}
+
+/// What [`Driving::on_wake`] decided.
+enum Next {
+    Go,
+    /// Idle for `park_after`: give the connection back to be parked.
+    Park,
+    /// End it now (a forced stop).
+    Close(CloseCause),
+}
+
+/// One connection on its task: the engine, the transport, and what the
+/// driver keeps between waits (the handler's future, the request body's
+/// channel, a streamed response body, an upgrade waiting for its `101`).
+struct Driving<IO> {
+    io: IO,
+    conn: ServerConnection,
+    handler: SharedHandler,
+    handler_fut: Option<HandlerFuture>,
+    /// The handler's answer, taken by `on_wake` (it waits here, not in a
+    /// return value: a `Response` moved per wake-up cost a `memcpy`).
+    answered: Option<Response>,
+    body_tx: Option<mpsc::Sender<Result<Bytes, BodyError>>>,
+    /// A body chunk the full channel could not take yet.
+    blocked_chunk: Option<Bytes>,
+    stream: Option<mpsc::Receiver<Result<Bytes, std::io::Error>>>,
+    on_upgrade: Option<OnUpgrade>,
+    /// The server's last order, and its channel (see `StopSignal`).
+    stop: Stop,
+    stop_signal: StopSignal,
+    /// The deadline the timer is armed for.
+    armed: Option<Instant>,
+    /// When this wait may end in parking.
+    park_at: Option<Instant>,
+    /// The clock as read by the I/O step that ended the last wait: a
+    /// response started right after it needs no clock read of its own for
+    /// its `Date`.
+    clock: Option<std::time::Instant>,
+    /// Its largest buffers, reported when it is dropped (see `memory`).
+    peak: crate::memory::PeakBuffers,
+}
+
+impl<IO: Transport> Driving<IO> {
+    fn new(io: IO, mut conn: ServerConnection, handler: SharedHandler, shutdown: watch::Receiver<Stop>) -> Self {
+        // Idle, the connection's buffers go to the thread's pool (see `pool`).
+        conn.set_retain_buffers(true);
+        // Registered once for the connection's life, not once per wait.
+        let (stop, stop_signal) = StopSignal::new(shutdown);
+        if stop == Stop::Graceful {
+            conn.handle_shutdown(Instant::now().into_std());
+        }
+        Self {
+            io,
+            conn,
+            handler,
+            handler_fut: None,
+            answered: None,
+            body_tx: None,
+            blocked_chunk: None,
+            stream: None,
+            on_upgrade: None,
+            stop,
+            stop_signal,
+            armed: None,
+            park_at: None,
+            clock: None,
+            peak: Default::default(),
+        }
+    }
+
+    fn ended(&self, cause: CloseCause) -> Driven<IO> {
+        Driven::Ended(ConnectionEnd::Closed(cause, self.conn.requests_served()))
+    }
+
+    /// Step 1: the engine's events, while the handler can take body chunks.
+    fn dispatch_events(&mut self) {
+        while self.blocked_chunk.is_none() {
+            let Some(event) = self.conn.poll_event() else { break };
             match event {
-                Event::Request(head) => {
-                    let body = match head.body {
-                        h1::BodyFraming::Empty => RequestBody::empty(),
-                        h1::BodyFraming::Length(n) => {
-                            let (tx, body) = RequestBody::channel(BODY_CHANNEL, Some(n));
-                            body_tx = Some(tx);
-                            body
-                        }
-                        h1::BodyFraming::Chunked => {
-                            let (tx, body) = RequestBody::channel(BODY_CHANNEL, None);
-                            body_tx = Some(tx);
-                            body
-                        }
-                    };
-                    let mut req = HttpRequest::new(body);
-                    *req.method_mut() = head.method;
-                    *req.uri_mut() = head.uri;
-                    *req.version_mut() = head.version;
-                    *req.headers_mut() = head.headers;
-                    // Routed by reference: the request moves once, into
-                    // the handler that answers it.
-                    handler_fut = Some(super::handler::resolve(&*handler, &req).call(req));
-                }
+                Event::Request(head) => self.start_request(head),
                 Event::Body(chunk) => {
-                    if let Some(tx) = &body_tx {
+                    if let Some(tx) = &self.body_tx {
                         match tx.try_send(Ok(chunk)) {
                             Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(Ok(chunk))) => blocked_chunk = Some(chunk),
-                            Err(_) => body_tx = None, // the handler dropped its body: discard
+                            Err(mpsc::error::TrySendError::Full(Ok(chunk))) => self.blocked_chunk = Some(chunk),
+                            Err(_) => self.body_tx = None, // the handler dropped its body: discard
                         }
                     }
                 }
-                Event::EndOfBody(_) => body_tx = None,
-                Event::BodyFailed(e) => {
-                    if let Some(tx) = body_tx.take() {
-                        let _ = tx.try_send(Err(match e {
-                            h1::BodyError::TooLarge => BodyError::TooLarge {
-                                limit: conn.config().max_body,
-                            },
-                            h1::BodyError::Incomplete => BodyError::Incomplete,
-                            other => BodyError::Invalid(other.to_string()),
-                        }));
-                    }
-                    if conn.awaiting_response() {
-                        // The handler cannot finish a request whose body broke:
-                        // the engine's error status answers instead.
-                        handler_fut = None;
-                        send_error(&mut conn, body_error_status(e));
-                    }
-                }
+                Event::EndOfBody(_) => self.body_tx = None,
+                Event::BodyFailed(e) => self.body_failed(e),
                 Event::Reject(status) => {
-                    handler_fut = None;
-                    body_tx = None;
-                    send_error(&mut conn, status);
+                    self.handler_fut = None;
+                    self.body_tx = None;
+                    send_error(&mut self.conn, status);
                 }
             }
         }
+    }
 
-        // 2. Terminal states.
-        if conn.take_shutdown_write() {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.shutdown()).await;
-        }
-        if let Some(cause) = conn.close_cause() {
-            return Driven::Ended(ConnectionEnd::Closed(cause, conn.requests_served()));
-        }
-        if conn.is_upgraded() && !conn.has_output() {
-            let served = conn.requests_served();
-            let read_buf = conn.take_upgraded_bytes();
-            if let Some(f) = on_upgrade.take().and_then(|u| u.take()) {
-                // A task of its own: this connection's HTTP state is freed.
-                let upgraded = Upgraded {
-                    io: Box::new(io),
-                    read_buf,
-                    stop: Some(upgrade_stop),
-                    guard,
-                    lot: lot.cloned(),
-                };
-                tokio::spawn(f(upgraded));
-            }
-            return Driven::Ended(ConnectionEnd::Upgraded(served));
-        }
-
-        // 3. A handler that answers at once is answered before anything is
-        // written (pipelined responses leave together in one write), and
-        // before any deadline is computed.
-        let mut answered: Option<Response> = None;
-        if let Some(f) = handler_fut.as_mut() {
-            poll_fn(|cx| {
-                if let Poll::Ready(resp) = f.as_mut().poll(cx) {
-                    answered = Some(resp);
-                }
-                Poll::Ready(())
-            })
-            .await;
-        }
-        let mut park_at: Option<Instant> = None;
-        let wake = if answered.is_some() {
-            Wake::Answered
-        } else {
-            // 4. Wait for whatever comes first.
-            peak.note(conn.output_len() + conn.buffer_capacity());
-            if conn.idle_since().is_some() {
-                pool::put(&mut conn);
-            }
-            let mut deadline = conn.poll_timeout().map(Instant::from_std);
-            let quiet = handler_fut.is_none()
-                && stream.is_none()
-                && body_tx.is_none()
-                && blocked_chunk.is_none()
-                && on_upgrade.is_none()
-                && stop == Stop::Run;
-            // Parking is decided only when this timer fires, so a resumed
-            // connection reads what woke it before it can be parked again.
-            park_at = match (park_after, conn.idle_since(), quiet) {
-                (Some(after), Some(since), true) => Some(Instant::from_std(since) + after),
-                _ => None,
-            };
-            if let Some(p) = park_at {
-                deadline = Some(deadline.map_or(p, |d| d.min(p)));
-            }
-            // The timer is moved only to an earlier deadline. A later or absent
-            // one leaves it armed: it may fire early, and the handling below
-            // re-arms it, so a busy connection (whose idle deadline moves with
-            // every request) does not touch the timer wheel per request.
-            if let Some(d) = deadline {
-                if armed.is_none_or(|a| d < a) {
-                    sleep.as_mut().reset(d);
-                    armed = Some(d);
-                }
-            }
-            let wants_read = conn.wants_read();
-            let stream_ready = stream.is_some() && conn.has_output_capacity();
-            // Set only by a read or write of this wait, which then ends it.
-            clock = None;
-            let io_fut = poll_fn(|cx| poll_io(&mut io, &mut conn, wants_read, &mut clock, cx));
-            tokio::select! {
-                biased;
-                next = poll_fn(|cx| stop_signal.poll_next(cx)), if stop != Stop::Force => {
-                    stop = next;
-                    Wake::Shutdown
-                }
-                w = io_fut => w,
-                _ = poll_fn(|cx| match handler_fut.as_mut().expect("guarded").as_mut().poll(cx) {
-                    Poll::Ready(resp) => {
-                        answered = Some(resp);
-                        Poll::Ready(())
-                    }
-                    Poll::Pending => Poll::Pending,
-                }), if handler_fut.is_some() => Wake::Answered,
-                ok = async { body_tx.as_ref().expect("guarded").reserve().await.is_ok() }, if blocked_chunk.is_some() && body_tx.is_some() => Wake::BodySlot(ok),
-                chunk = async { stream.as_mut().expect("guarded").recv().await }, if stream_ready => Wake::StreamChunk(chunk),
-                _ = &mut sleep, if armed.is_some() => Wake::Timer,
+    /// A request head: its body channel, and the handler that answers it.
+    fn start_request(&mut self, head: h1::RequestHead) {
+        let length = match head.body {
+            h1::BodyFraming::Empty => None,
+            h1::BodyFraming::Length(n) => Some(Some(n)),
+            h1::BodyFraming::Chunked => Some(None),
+        };
+        let body = match length {
+            None => RequestBody::empty(),
+            Some(length) => {
+                let (tx, body) = RequestBody::channel(BODY_CHANNEL, length);
+                self.body_tx = Some(tx);
+                body
             }
         };
+        let mut req = HttpRequest::new(body);
+        *req.method_mut() = head.method;
+        *req.uri_mut() = head.uri;
+        *req.version_mut() = head.version;
+        *req.headers_mut() = head.headers;
+        // Routed by reference: the request moves once, into the handler
+        // that answers it.
+        self.handler_fut = Some(super::handler::resolve(&*self.handler, &req).call(req));
+    }
 
+    /// The request's body broke: the handler hears of it, and, if it has
+    /// not answered, the engine's error status answers instead.
+    fn body_failed(&mut self, e: h1::BodyError) {
+        if let Some(tx) = self.body_tx.take() {
+            let _ = tx.try_send(Err(match e {
+                h1::BodyError::TooLarge => BodyError::TooLarge {
+                    limit: self.conn.config().max_body,
+                },
+                h1::BodyError::Incomplete => BodyError::Incomplete,
+                other => BodyError::Invalid(other.to_string()),
+            }));
+        }
+        if self.conn.awaiting_response() {
+            self.handler_fut = None;
+            send_error(&mut self.conn, body_error_status(e));
+        }
+    }
+
+    /// The connection switched protocols and its `101` is written: the
+    /// transport goes to the upgrade's callback, on a task of its own (this
+    /// connection's HTTP state is freed).
+    fn hand_over(self, stop: watch::Receiver<Stop>, guard: Option<OpenGuard>, lot: Option<&ParkingLot>) -> Driven<IO> {
+        let Driving {
+            io,
+            mut conn,
+            on_upgrade,
+            ..
+        } = self;
+        let served = conn.requests_served();
+        let read_buf = conn.take_upgraded_bytes();
+        if let Some(f) = on_upgrade.and_then(|u| u.take()) {
+            let upgraded = Upgraded {
+                io: Box::new(io),
+                read_buf,
+                stop: Some(stop),
+                guard,
+                lot: lot.cloned(),
+            };
+            tokio::spawn(f(upgraded));
+        }
+        Driven::Ended(ConnectionEnd::Upgraded(served))
+    }
+
+    /// Step 3: a handler that answers at once is answered before anything
+    /// is written (pipelined responses leave together in one write), and
+    /// before any deadline is computed. Returns whether it answered.
+    async fn answer_now(&mut self) -> bool {
+        let Some(f) = self.handler_fut.as_mut() else {
+            return false;
+        };
+        let answered = &mut self.answered;
+        poll_fn(|cx| {
+            if let Poll::Ready(resp) = f.as_mut().poll(cx) {
+                *answered = Some(resp);
+            }
+            Poll::Ready(())
+        })
+        .await;
+        self.answered.is_some()
+    }
+
+    /// Step 4: waits for whatever comes first: the stop signal, I/O, the
+    /// handler, room for a blocked body chunk, a stream chunk, the timer.
+    async fn wait(&mut self, mut sleep: Pin<&mut Sleep>, park_after: Option<std::time::Duration>) -> Wake {
+        self.peak.note(self.conn.output_len() + self.conn.buffer_capacity());
+        if self.conn.idle_since().is_some() {
+            pool::put(&mut self.conn);
+        }
+        self.arm_timer(sleep.as_mut(), park_after);
+        let wants_read = self.conn.wants_read();
+        let stream_ready = self.stream.is_some() && self.conn.has_output_capacity();
+        // Set only by a read or write of this wait, which then ends it.
+        self.clock = None;
+        let Driving {
+            io,
+            conn,
+            handler_fut,
+            answered,
+            body_tx,
+            blocked_chunk,
+            stream,
+            stop,
+            stop_signal,
+            armed,
+            clock,
+            ..
+        } = self;
+        tokio::select! {
+            biased;
+            next = poll_fn(|cx| stop_signal.poll_next(cx)), if *stop != Stop::Force => {
+                *stop = next;
+                Wake::Shutdown
+            }
+            w = poll_fn(|cx| poll_io(io, conn, wants_read, clock, cx)) => w,
+            _ = poll_fn(|cx| match handler_fut.as_mut().expect("guarded").as_mut().poll(cx) {
+                Poll::Ready(resp) => {
+                    *answered = Some(resp);
+                    Poll::Ready(())
+                }
+                Poll::Pending => Poll::Pending,
+            }), if handler_fut.is_some() => Wake::Answered,
+            ok = async { body_tx.as_ref().expect("guarded").reserve().await.is_ok() }, if blocked_chunk.is_some() && body_tx.is_some() => Wake::BodySlot(ok),
+            chunk = async { stream.as_mut().expect("guarded").recv().await }, if stream_ready => Wake::StreamChunk(chunk),
+            _ = &mut sleep, if armed.is_some() => Wake::Timer,
+        }
+    }
+
+    /// Moves the timer to the engine's next deadline, or to when the
+    /// connection may park (decided only when the timer fires, so a resumed
+    /// connection reads what woke it before it can be parked again).
+    fn arm_timer(&mut self, sleep: Pin<&mut Sleep>, park_after: Option<std::time::Duration>) {
+        let quiet = self.handler_fut.is_none()
+            && self.stream.is_none()
+            && self.body_tx.is_none()
+            && self.blocked_chunk.is_none()
+            && self.on_upgrade.is_none()
+            && self.stop == Stop::Run;
+        self.park_at = match (park_after, self.conn.idle_since(), quiet) {
+            (Some(after), Some(since), true) => Some(Instant::from_std(since) + after),
+            _ => None,
+        };
+        let deadline = [self.conn.poll_timeout().map(Instant::from_std), self.park_at]
+            .into_iter()
+            .flatten()
+            .min();
+        // The timer is moved only to an earlier deadline. A later or absent
+        // one leaves it armed: it may fire early, and `on_wake` re-arms it,
+        // so a busy connection (whose idle deadline moves with every
+        // request) does not touch the timer wheel per request.
+        if let Some(d) = deadline {
+            if self.armed.is_none_or(|a| d < a) {
+                sleep.reset(d);
+                self.armed = Some(d);
+            }
+        }
+    }
+
+    /// Step 5: acts on what ended the wait.
+    fn on_wake(&mut self, wake: Wake) -> Next {
         match wake {
             Wake::Io => {}
-            Wake::Shutdown => match stop {
+            Wake::Shutdown => match self.stop {
                 Stop::Run => {}
-                Stop::Graceful => conn.shutdown(Instant::now().into_std()),
-                Stop::Force => {
-                    return Driven::Ended(ConnectionEnd::Closed(CloseCause::Shutdown, conn.requests_served()))
-                }
+                Stop::Graceful => self.conn.handle_shutdown(Instant::now().into_std()),
+                Stop::Force => return Next::Close(CloseCause::Shutdown),
             },
             Wake::Timer => {
                 let now = Instant::now();
-                conn.handle_timeout(now.into_std());
+                self.conn.handle_timeout(now.into_std());
                 // Fired (maybe before the current deadline): re-arm.
-                armed = None;
-                // Its buffers already went back to the pool (step 3).
-                if park_at.is_some_and(|p| now >= p) && conn.idle_since().is_some() {
-                    return Driven::Idle(Paused {
-                        io,
-                        conn,
-                        shutdown: upgrade_stop,
-                        guard,
-                    });
+                self.armed = None;
+                // Its buffers already went back to the pool (in `wait`).
+                if self.park_at.is_some_and(|p| now >= p) && self.conn.idle_since().is_some() {
+                    return Next::Park;
                 }
             }
             Wake::BodySlot(ok) => {
-                let chunk = blocked_chunk.take();
-                match (ok, chunk, &body_tx) {
+                let chunk = self.blocked_chunk.take();
+                match (ok, chunk, &self.body_tx) {
                     (true, Some(chunk), Some(tx)) => {
                         if tx.try_send(Ok(chunk)).is_err() {
-                            body_tx = None;
+                            self.body_tx = None;
                         }
                     }
-                    _ => body_tx = None,
+                    _ => self.body_tx = None,
                 }
             }
-            Wake::Answered => {
-                let resp = answered.take().expect("set with Wake::Answered");
-                handler_fut = None;
-                if blocked_chunk.is_some() && body_tx.as_ref().is_none_or(|tx| tx.is_closed()) {
-                    blocked_chunk = None;
-                    body_tx = None;
-                }
-                let now = clock.unwrap_or_else(std::time::Instant::now);
-                match start_response(&mut conn, resp, now) {
-                    Started::Done => {}
-                    Started::Streaming(rx) => stream = Some(rx),
-                    Started::Upgrade(u) => on_upgrade = u,
-                }
-            }
-            Wake::StreamChunk(chunk) => match chunk {
-                Some(Ok(bytes)) => {
-                    if conn.send_body(bytes).is_err() {
-                        stream = None;
-                        conn.abort_response();
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "response body stream failed; closing");
-                    stream = None;
-                    conn.abort_response();
-                }
-                None => {
-                    stream = None;
-                    if let Err(e) = conn.finish_response() {
-                        tracing::debug!(error = %e, "response body ended early; closing");
-                    }
-                }
-            },
+            Wake::Answered => self.respond(),
+            Wake::StreamChunk(chunk) => self.stream_chunk(chunk),
         }
         // A handler that dropped its body receiver: stop feeding it.
-        if blocked_chunk.is_some() && body_tx.as_ref().is_none_or(|tx| tx.is_closed()) {
-            blocked_chunk = None;
-            body_tx = None;
+        if self.blocked_chunk.is_some() && self.body_tx.as_ref().is_none_or(|tx| tx.is_closed()) {
+            self.blocked_chunk = None;
+            self.body_tx = None;
+        }
+        Next::Go
+    }
+
+    /// The handler answered: the response starts.
+    fn respond(&mut self) {
+        let resp = self.answered.take().expect("set with Wake::Answered");
+        self.handler_fut = None;
+        if self.blocked_chunk.is_some() && self.body_tx.as_ref().is_none_or(|tx| tx.is_closed()) {
+            self.blocked_chunk = None;
+            self.body_tx = None;
+        }
+        let now = self.clock.unwrap_or_else(std::time::Instant::now);
+        match start_response(&mut self.conn, resp, now) {
+            Started::Done => {}
+            Started::Streaming(rx) => self.stream = Some(rx),
+            Started::Upgrade(u) => self.on_upgrade = u,
+        }
+    }
+
+    /// A piece of a streamed response body, its end, or its failure.
+    fn stream_chunk(&mut self, chunk: Option<Result<Bytes, std::io::Error>>) {
+        match chunk {
+            Some(Ok(bytes)) => {
+                if self.conn.send_body(bytes).is_err() {
+                    self.stream = None;
+                    self.conn.abort_response();
+                }
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body stream failed; closing");
+                self.stream = None;
+                self.conn.abort_response();
+            }
+            None => {
+                self.stream = None;
+                if let Err(e) = self.conn.finish_response() {
+                    tracing::debug!(error = %e, "response body ended early; closing");
+                }
+            }
         }
     }
 }
@@ -400,13 +524,14 @@ fn poll_io<IO: Transport>(
     let mut progressed = false;
     let mut now = || *clock.insert(std::time::Instant::now());
     if conn.has_output() {
-        match crate::io::poll_write_bufs(io, cx, conn.output_bufs()) {
+        let at = now();
+        match crate::io::poll_write_bufs(io, cx, conn.poll_transmit(at)) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                conn.io_error(now());
+                conn.handle_io_error(at);
                 return Poll::Ready(Wake::Io);
             }
             Poll::Ready(Ok(written)) => {
-                conn.consume_output(written, now());
+                conn.handle_written(written, at);
                 progressed = true;
             }
             Poll::Pending => {}
@@ -416,16 +541,16 @@ fn poll_io<IO: Transport>(
         let read = crate::io::poll_read_with(io, cx, |bytes| {
             let now = now();
             if bytes.is_empty() {
-                conn.feed_eof(now);
+                conn.handle_eof(now);
             } else {
                 pool::lend(conn);
-                conn.feed(bytes, now);
+                conn.handle_input(bytes, now);
             }
         });
         match read {
             Poll::Ready(Ok(())) => progressed = true,
             Poll::Ready(Err(_)) => {
-                conn.io_error(now());
+                conn.handle_io_error(now());
                 progressed = true;
             }
             Poll::Pending => {}

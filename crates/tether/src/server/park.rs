@@ -117,9 +117,9 @@ pub(crate) trait Sleeper: Send {
     /// The engine's next deadline.
     fn deadline(&self) -> Option<std::time::Instant>;
     /// Bytes that arrived while parked (an empty slice: end of file).
-    fn feed(&mut self, bytes: &[u8], now: std::time::Instant);
+    fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant);
     /// Reading the socket failed.
-    fn io_error(&mut self, now: std::time::Instant);
+    fn handle_io_error(&mut self, now: std::time::Instant);
     /// Its deadline passed: handles it when that needs no task and reports
     /// whether the connection is over (its socket is then closed here).
     fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool;
@@ -195,16 +195,16 @@ impl Sleeper for KeepAlive {
         self.conn.poll_timeout()
     }
 
-    fn feed(&mut self, bytes: &[u8], now: std::time::Instant) {
+    fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant) {
         if bytes.is_empty() {
-            self.conn.feed_eof(now);
+            self.conn.handle_eof(now);
         } else {
-            self.conn.feed(bytes, now);
+            self.conn.handle_input(bytes, now);
         }
     }
 
-    fn io_error(&mut self, now: std::time::Instant) {
-        self.conn.io_error(now);
+    fn handle_io_error(&mut self, now: std::time::Instant) {
+        self.conn.handle_io_error(now);
     }
 
     /// The engine decides; when it closes (the idle timeout, the usual
@@ -229,7 +229,7 @@ impl Sleeper for KeepAlive {
 
     /// The engine drains it (or, without a drain, closes it).
     fn shutdown(&mut self, now: std::time::Instant, peer: SocketAddr) -> AtShutdown {
-        self.conn.shutdown(now);
+        self.conn.handle_shutdown(now);
         if self.closed(peer) {
             AtShutdown::Closed
         } else {
@@ -241,7 +241,7 @@ impl Sleeper for KeepAlive {
 impl KeepAlive {
     /// Whether the engine closed it (logged here, as no task will).
     fn closed(&self, peer: SocketAddr) -> bool {
-        match self.conn.close_cause() {
+        match self.conn.poll_close() {
             Some(cause) => {
                 log_end(peer, ConnectionEnd::Closed(cause, self.conn.requests_served()));
                 true
@@ -560,9 +560,9 @@ fn resume(lot: &ParkingLot, mut p: Parked) {
     // this input before its parking timer could fire again.
     let now = Instant::now().into_std();
     let sleeper = p.sleeper.get_mut();
-    let read = crate::io::read_now_with(&mut p.socket, |bytes| sleeper.feed(bytes, now));
+    let read = crate::io::read_now_with(&mut p.socket, |bytes| sleeper.handle_input(bytes, now));
     if read.is_err() {
-        sleeper.io_error(now);
+        sleeper.handle_io_error(now);
     }
     match TcpStream::from_std(p.socket) {
         Ok(io) => p.sleeper.resume(io, p.stop, p.guard, p.peer, lot),

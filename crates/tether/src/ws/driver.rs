@@ -101,12 +101,12 @@ impl<IO: Transport> WsDriver<IO> {
                 // Already stopping: say goodbye at once; a forced stop
                 // still reaches it through the signal.
                 Stop::Graceful => {
-                    engine.shutdown(now.into_std());
+                    engine.handle_shutdown(now.into_std());
                     stopping = true;
                     Some(signal)
                 }
                 Stop::Force => {
-                    engine.handle_eof();
+                    engine.handle_eof(now.into_std());
                     None
                 }
             }
@@ -144,10 +144,10 @@ impl<IO: Transport> WsDriver<IO> {
         loop {
             let mut clock = LazyNow::default();
             let wrote = self.poll_write(cx, &mut clock);
-            if self.engine.should_close_transport() {
+            if let Some(end) = self.engine.poll_close() {
                 // Shutting down a TCP write side does not block.
                 let _ = AsyncWrite::poll_shutdown(Pin::new(&mut self.io), cx);
-                self.finish(Ending::Engine(self.engine.poll_end().unwrap_or(WsEnd::Abnormal)));
+                self.finish(Ending::Engine(end));
                 return Poll::Ready(Turn::Ended);
             }
             if self.engine.wants_read() {
@@ -171,7 +171,7 @@ impl<IO: Transport> WsDriver<IO> {
             match self.stop.as_mut().map(|s| s.poll_next(cx)) {
                 Some(Poll::Ready(Stop::Graceful)) => {
                     self.stopping = true;
-                    self.engine.shutdown(Instant::now().into_std());
+                    self.engine.handle_shutdown(Instant::now().into_std());
                     continue;
                 }
                 Some(Poll::Ready(Stop::Force)) => {
@@ -211,7 +211,7 @@ impl<IO: Transport> WsDriver<IO> {
             let now = clock.get();
             match crate::io::poll_write_bufs(&mut self.io, cx, self.engine.poll_transmit(now.into_std())) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    self.engine.handle_eof();
+                    self.engine.handle_eof(now.into_std());
                     return true;
                 }
                 Poll::Ready(Ok(n)) => {

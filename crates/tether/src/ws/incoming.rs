@@ -34,27 +34,29 @@ pub(crate) fn poll_read<R: AsyncRead + Unpin + ?Sized>(
         };
         return match read {
             Poll::Ready(Ok(n)) if n > 0 => {
-                engine.process_read_buffer(now());
+                engine.handle_read(now());
                 Poll::Ready(())
             }
             Poll::Ready(_) => {
-                engine.handle_eof();
+                engine.handle_eof(now());
                 Poll::Ready(())
             }
             Poll::Pending => Poll::Pending,
         };
     }
+    let mut now = Some(now);
+    let mut clock = || (now.take().expect("read once"))();
     let read = crate::io::poll_read_with(io, cx, |bytes| {
         if bytes.is_empty() {
-            engine.handle_eof();
+            engine.handle_eof(clock());
         } else {
-            engine.feed(bytes, now());
+            engine.handle_input(bytes, clock());
         }
     });
     match read {
         Poll::Ready(Ok(())) => Poll::Ready(()),
         Poll::Ready(Err(_)) => {
-            engine.handle_eof();
+            engine.handle_eof(clock());
             Poll::Ready(())
         }
         Poll::Pending => Poll::Pending,

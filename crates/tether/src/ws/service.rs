@@ -136,7 +136,7 @@ pub(crate) async fn run<S: WsService>(up: Upgraded, mut engine: WsConnection, se
         lot,
     } = up;
     if !read_buf.is_empty() {
-        engine.feed(&read_buf, std::time::Instant::now());
+        engine.handle_input(&read_buf, std::time::Instant::now());
     }
     drop(read_buf);
     match (Upgraded::take_tcp(io), lot) {
@@ -267,16 +267,16 @@ impl Sleeper for ParkedWebSocket {
         self.engine.poll_timeout()
     }
 
-    fn feed(&mut self, bytes: &[u8], now: std::time::Instant) {
+    fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant) {
         if bytes.is_empty() {
-            self.engine.handle_eof();
+            self.engine.handle_eof(now);
         } else {
-            self.engine.feed(bytes, now);
+            self.engine.handle_input(bytes, now);
         }
     }
 
-    fn io_error(&mut self, _now: std::time::Instant) {
-        self.engine.handle_eof();
+    fn handle_io_error(&mut self, now: std::time::Instant) {
+        self.engine.handle_eof(now);
     }
 
     /// Heartbeat pings and the idle close must be written: always resume.

@@ -363,7 +363,7 @@ impl WebSocket {
         stop: Option<watch::Receiver<Stop>>,
     ) -> Self {
         if !buffered.is_empty() {
-            engine.feed(&buffered, std::time::Instant::now());
+            engine.handle_input(&buffered, std::time::Instant::now());
         }
         let inner = Inner {
             conn: WsDriver::new(io, engine, stop),

@@ -1,7 +1,9 @@
-//! The connection's output queue: small pieces (heads, chunk lines, short
-//! bodies) are coalesced into one buffer so a typical response is a single
-//! contiguous write; large bodies stay as their own shared `Bytes` (no copy)
-//! and go out in the same vectored write.
+//! A connection's output queue, for both engines: small pieces (heads,
+//! chunk lines, short bodies, small frames) are coalesced into one buffer so
+//! a typical response or message is a single contiguous write; large bodies
+//! and payloads (and frames encoded once for many connections) stay as their
+//! own shared `Bytes` (no copy) and go out in the same vectored write. The
+//! bytes stay queued until the driver reports them written (`consume`).
 
 use std::collections::VecDeque;
 
@@ -46,11 +48,18 @@ impl Output {
         self.high_water = self.high_water.max(self.len);
     }
 
+    /// Queues `b`, copied next to what precedes it when small.
     pub(crate) fn push(&mut self, b: Bytes) {
         if b.len() <= COALESCE_LIMIT {
             self.push_slice(&b);
             return;
         }
+        self.push_shared(b);
+    }
+
+    /// Queues `b` as it is, never copied (a large payload, a frame shared
+    /// by many connections).
+    pub(crate) fn push_shared(&mut self, b: Bytes) {
         if !self.tail.is_empty() {
             let tail = self.tail.split().freeze();
             self.queue.push_back(tail);
