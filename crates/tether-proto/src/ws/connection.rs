@@ -883,7 +883,7 @@ impl WsConnection {
         let held_back = full && (self.config.queue_overflow == QueueOverflow::Refuse || self.answers_over_limit);
         // Our Close still waits to be written: the peer has not read it, so
         // what it sends meanwhile would only be discarded.
-        let close_unsent = self.close_sent && self.out.len() > 0;
+        let close_unsent = self.close_sent && !self.out.is_empty();
         !self.transport_gone() && !held_back && !close_unsent
     }
 
@@ -901,7 +901,7 @@ impl WsConnection {
 
     /// A message always fits an empty queue.
     fn has_room(&self, len: usize) -> bool {
-        self.out.len() == 0 || self.out.len().saturating_add(len) <= self.config.max_queued_bytes
+        self.out.is_empty() || self.out.len().saturating_add(len) <= self.config.max_queued_bytes
     }
 
     /// Refuses, or closes the slow consumer, when `len` more bytes do not fit.
@@ -1055,7 +1055,7 @@ impl WsConnection {
     /// Arms what waited for the time: the write timer of output not yet
     /// offered, the close timer of a close started without `now`.
     fn note_time(&mut self, now: Instant) {
-        if self.write_since.is_none() && self.out.len() > 0 {
+        if self.write_since.is_none() && !self.out.is_empty() {
             self.write_since = Some(now);
         }
         if self.close_timer_due {
@@ -1123,7 +1123,7 @@ impl WsConnection {
         match (self.close_sent, self.close_received) {
             (false, false) => WsState::Open,
             (true, false) => WsState::Closing,
-            (_, true) if self.out.len() > 0 => WsState::CloseReceived,
+            (_, true) if !self.out.is_empty() => WsState::CloseReceived,
             (_, true) => WsState::Closed,
         }
     }
@@ -1135,7 +1135,7 @@ impl WsConnection {
             return true;
         }
         let finished = self.failed || (self.close_sent && self.close_received);
-        if !finished || self.out.len() > 0 {
+        if !finished || !self.out.is_empty() {
             return false;
         }
         match self.role {
@@ -1202,7 +1202,7 @@ impl WsConnection {
             && self.pending.is_none()
             && !self.assembler.in_progress()
             && self.events.is_empty()
-            && self.out.len() == 0
+            && self.out.is_empty()
     }
 
     fn note_read_capacity(&mut self) {
