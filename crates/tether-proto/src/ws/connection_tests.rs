@@ -513,7 +513,7 @@ fn close_handshake_deadline() {
     transmit(&mut conn);
     assert_eq!(conn.poll_timeout(), Some(t0() + Duration::from_secs(5)));
     conn.handle_timeout(t0() + Duration::from_secs(4));
-    assert!(!conn.poll_close().is_some());
+    assert!(conn.poll_close().is_none());
     conn.handle_timeout(t0() + Duration::from_secs(5));
     assert!(conn.poll_close().is_some());
     assert_eq!(conn.state(), WsState::Closed);
@@ -932,7 +932,7 @@ fn server_closes_transport_after_handshake_client_waits() {
     let mut srv = server();
     srv.close(CloseCode::NORMAL, "done", t0()).unwrap();
     let to_client = transmit(&mut srv);
-    assert!(!srv.poll_close().is_some());
+    assert!(srv.poll_close().is_none());
 
     let mut cli = client();
     cli.handle_input(&to_client, t0());
@@ -940,7 +940,7 @@ fn server_closes_transport_after_handshake_client_waits() {
     assert_eq!(cli.state(), WsState::CloseReceived);
     let to_server = transmit(&mut cli);
     assert_eq!(cli.state(), WsState::Closed);
-    assert!(!cli.poll_close().is_some(), "client waits for the server's TCP close");
+    assert!(cli.poll_close().is_none(), "client waits for the server's TCP close");
     assert_eq!(cli.poll_timeout(), Some(t0() + Duration::from_secs(5)));
 
     srv.handle_input(&to_server, t0());
@@ -959,7 +959,7 @@ fn client_closes_transport_itself_at_deadline() {
     transmit(&mut cli);
     cli.handle_input(&s(0x88, &close_payload(1000, "")), t0() + Duration::from_secs(1));
     assert_eq!(cli.state(), WsState::Closed);
-    assert!(!cli.poll_close().is_some());
+    assert!(cli.poll_close().is_none());
     cli.handle_timeout(t0() + Duration::from_secs(5));
     assert!(cli.poll_close().is_some());
 }
