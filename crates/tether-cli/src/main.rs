@@ -3,6 +3,8 @@
 //! Subcommands: `serve` runs the keep-alive + WebSocket server. Errors are
 //! reported with context on stderr and a non-zero exit status.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod config;
 mod serve;

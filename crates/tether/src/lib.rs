@@ -8,6 +8,8 @@
 //! drives HTTP/1.1 connections and calls handlers; [`ws`] upgrades them to
 //! WebSockets; [`client`] opens WebSockets to other servers.
 
+#![deny(unsafe_code)]
+
 pub mod client;
 mod io;
 pub mod lifecycle;

@@ -18,19 +18,55 @@
 //!   Active ── 101 sent ──▶ Upgraded (the bytes belong to another protocol)
 //! ```
 //!
+//! Transitions (`Phase`, and what moves it):
+//!
+//! | from | input | to |
+//! |---|---|---|
+//! | `Idle` | a byte arrives (`handle_read`) | `Head` |
+//! | `Idle` | idle timer, lifetime, EOF, drain over, `reclaim` | `Closed` |
+//! | `Head` | the head completes (`poll_event`) | `Active` |
+//! | `Head` | a refused head, the header timer (408) | `Active`, closing after the error response |
+//! | `Active` | the response completes, body read | `Idle` (or `Head` with pipelined bytes) |
+//! | `Active` | the response completes, body unread | `Draining` |
+//! | `Active` | the response completes, closing | `Linger` |
+//! | `Active` | `101` sent | `Upgraded` |
+//! | `Draining` | the body's end | `Idle` / `Head` |
+//! | `Draining` | more than `max_drain`, the body timer | `Linger` |
+//! | `Linger` | output flushed, then silence or `linger_time` | `Closed` |
+//! | any | the write timer | `Closed` |
+//!
+//! Timers (one deadline at a time from [`ServerConnection::poll_timeout`]):
+//!
+//! | timer | runs while | expiry |
+//! |---|---|---|
+//! | idle `T` | `Idle`, output flushed | close, `IdleTimeout` |
+//! | drain | `Idle` after `handle_shutdown` | close, `Shutdown` |
+//! | header `H` | `Head`, unless our own unsent output blocks it | `408`, `HeaderTimeout` |
+//! | body | `Active`/`Draining` with body bytes due from the peer: no progress for `body_timeout`, or below `body_min_rate` after its grace | `408`, `BodyTimeout` |
+//! | write | output offered and unwritten: no progress for `write_timeout` | close, `WriteTimeout` |
+//! | linger | `Linger` after the flush: `linger_idle` of silence or `linger_time` | close |
+//! | lifetime | until `max_lifetime` | next response says close; idle: close, `Lifetime` |
+//!
 //! Rules, each a unit test in `tests.rs`:
 //! * HTTP/1.1 persists unless `Connection: close`; HTTP/1.0 only with
 //!   `Connection: keep-alive`, and then the response says so.
 //! * The M-th response carries `Connection: close`; nothing after it is
 //!   processed, pipelined or not. Every persistent response carries
-//!   `Keep-Alive: timeout=T, max=M` unless configured off.
+//!   `Keep-Alive: timeout=T, max=M` unless configured off, T never more than
+//!   the connection will really wait (the idle timeout, or what is left of
+//!   its lifetime), in whole seconds rounded down: a window under a second
+//!   advertises `timeout=0` (reuse it only for a request already on its way).
 //! * Requests are answered strictly in order: the next head is not parsed
-//!   before the current response is complete.
+//!   before the current response is complete, nor while more than
+//!   `max_unsent_output` waits for a peer that does not read (nothing is
+//!   read then either: TCP backpressure).
 //! * An unread request body is drained (up to `max_drain`) before the next
 //!   request; a longer one makes the response close the connection.
 //! * A close after a response never destroys it: output is flushed, the
 //!   write side shut down, and input discarded for a bounded time.
-//! * Every close has one [`CloseCause`].
+//! * Graceful shutdown drains idle connections for `shutdown_drain`.
+//! * Every close has one [`CloseCause`]; one place decides whether a
+//!   response keeps the connection (`close_decision`).
 //!
 //! Memory: an idle connection frees its read and output buffers, unless
 //! its driver asked to keep them ([`ServerConnection::set_retain_buffers`])
@@ -132,6 +168,11 @@ pub enum Event {
     /// A request head was refused: answer with this status (via
     /// [`ServerConnection::send_response`]); the connection then closes.
     Reject(StatusCode),
+}
+
+/// 204 and 304 carry no body and no `Content-Length` of one.
+fn is_bodiless_status(status: StatusCode) -> bool {
+    status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
 }
 
 /// The status that answers a failed body, when no response has started.
@@ -336,7 +377,7 @@ impl ServerConnection {
         self.handle_read(data.len(), now);
     }
 
-    /// The buffer the driver reads into; call [`Self::note_read`] after.
+    /// The buffer the driver reads into; call [`Self::handle_read`] after.
     pub fn read_buffer(&mut self) -> &mut BytesMut {
         &mut self.read_buf
     }
@@ -615,6 +656,30 @@ impl ServerConnection {
         date: Option<&[u8]>,
         body: ResponseBody,
     ) -> Result<(), SendError> {
+        self.check_response_allowed(status)?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return self.send_switching_protocols(headers, date);
+        }
+        let framing = self.response_framing(status, body);
+        let cause = self.close_decision(headers, framing);
+        if let Some(c) = cause {
+            self.close_after = Some(c);
+        }
+        let keep = cause.is_none();
+        self.served += 1;
+        let engine = self.engine_headers(keep, status, body, framing, date);
+        self.push_head(status, headers, &engine, false);
+        if let Some(req) = self.request.as_mut() {
+            req.response = ResponseProgress::Sending { framing, keep };
+        }
+        if body == ResponseBody::Empty || framing == OutFraming::Length(0) && body != ResponseBody::Streaming {
+            self.complete_response();
+        }
+        Ok(())
+    }
+
+    /// Whether a response with `status` may start now.
+    fn check_response_allowed(&self, status: StatusCode) -> Result<(), SendError> {
         if self.closed.is_some() {
             return Err(SendError::Closed);
         }
@@ -627,52 +692,69 @@ impl ServerConnection {
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             return Err(SendError::Informational);
         }
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            if !req.upgrade || self.close_after.is_some() {
-                return Err(SendError::NotUpgrade);
-            }
-            let engine = EngineHeaders {
-                content_length: None,
-                chunked: false,
-                connection: ConnectionHeader::None,
-                keep_alive: None,
-                date,
-            };
-            self.push_head(status, headers, &engine, true);
-            self.served += 1;
-            self.request = None;
-            self.phase = Phase::Upgraded;
-            return Ok(());
+        if status == StatusCode::SWITCHING_PROTOCOLS && (!req.upgrade || self.close_after.is_some()) {
+            return Err(SendError::NotUpgrade);
         }
+        Ok(())
+    }
 
-        let no_body_status = status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-        let framing = if no_body_status || req.method_is_head {
-            OutFraming::Discard
-        } else {
-            match body {
-                ResponseBody::Empty => OutFraming::Length(0),
-                ResponseBody::Length(n) => OutFraming::Length(n),
-                ResponseBody::Streaming if req.version == Version::HTTP_11 => OutFraming::Chunked,
-                ResponseBody::Streaming => OutFraming::CloseDelimited,
-            }
+    /// `101`: the head goes out as the handler wrote it, and the connection
+    /// belongs to the new protocol once it is flushed.
+    fn send_switching_protocols(&mut self, headers: &HeaderMap, date: Option<&[u8]>) -> Result<(), SendError> {
+        let engine = EngineHeaders {
+            content_length: None,
+            chunked: false,
+            connection: ConnectionHeader::None,
+            keep_alive: None,
+            date,
         };
+        self.push_head(StatusCode::SWITCHING_PROTOCOLS, headers, &engine, true);
+        self.served += 1;
+        self.request = None;
+        self.phase = Phase::Upgraded;
+        Ok(())
+    }
 
+    /// How the body is delimited: none for HEAD, 204 and 304; a length;
+    /// chunked for a stream in HTTP/1.1, the close in HTTP/1.0.
+    fn response_framing(&self, status: StatusCode, body: ResponseBody) -> OutFraming {
+        let Some(req) = self.request.as_ref() else {
+            return OutFraming::Discard;
+        };
+        if is_bodiless_status(status) || req.method_is_head {
+            return OutFraming::Discard;
+        }
+        match body {
+            ResponseBody::Empty => OutFraming::Length(0),
+            ResponseBody::Length(n) => OutFraming::Length(n),
+            ResponseBody::Streaming if req.version == Version::HTTP_11 => OutFraming::Chunked,
+            ResponseBody::Streaming => OutFraming::CloseDelimited,
+        }
+    }
+
+    /// The one place that decides keep-alive: whether the connection closes
+    /// after this response, and for which cause (the first that applies).
+    fn close_decision(&self, headers: &HeaderMap, framing: OutFraming) -> Option<CloseCause> {
+        let req = self.request.as_ref()?;
         let max = self.config.max_requests;
         // A walk over the (few) fields a handler sets is cheaper than the
         // hashed lookup of `has_token` (about 100 instructions a response).
-        let handler_close = headers
-            .iter()
-            .any(|(name, value)| name == header::CONNECTION && parse::list_has_token(value.as_bytes(), b"close"));
-        let unread_too_long = req
-            .body
-            .as_ref()
-            .and_then(|b| b.remaining())
-            .is_some_and(|left| left > self.config.max_drain);
-        let cause = if let Some(c) = self.close_after {
+        let handler_close = || {
+            headers
+                .iter()
+                .any(|(name, value)| name == header::CONNECTION && parse::list_has_token(value.as_bytes(), b"close"))
+        };
+        let unread_too_long = || {
+            req.body
+                .as_ref()
+                .and_then(|b| b.remaining())
+                .is_some_and(|left| left > self.config.max_drain)
+        };
+        if let Some(c) = self.close_after {
             Some(c)
         } else if !req.keep_alive {
             Some(CloseCause::ClientClose)
-        } else if handler_close {
+        } else if handler_close() {
             Some(CloseCause::ServerClose)
         } else if max != 0 && self.served + 1 >= max {
             Some(CloseCause::MaxRequests)
@@ -682,53 +764,66 @@ impl ServerConnection {
             Some(CloseCause::Shutdown)
         } else if framing == OutFraming::CloseDelimited {
             Some(CloseCause::ServerClose)
-        } else if unread_too_long {
+        } else if unread_too_long() {
             Some(CloseCause::UnreadBody)
         } else {
             None
-        };
-        if let Some(c) = cause {
-            self.close_after = Some(c);
         }
-        let keep = cause.is_none();
-        self.served += 1;
+    }
 
+    /// The fields the engine writes: framing, `Connection`, `Keep-Alive`
+    /// (never advertising more than the connection will get: the idle
+    /// timeout, or what is left of its lifetime if less, in whole seconds
+    /// rounded down), `Date`.
+    fn engine_headers<'d>(
+        &self,
+        keep: bool,
+        status: StatusCode,
+        body: ResponseBody,
+        framing: OutFraming,
+        date: Option<&'d [u8]>,
+    ) -> EngineHeaders<'d> {
+        let version = self.request.as_ref().map_or(Version::HTTP_11, |r| r.version);
         let keep_alive = if keep && self.config.keep_alive_header != KeepAliveHeader::Off {
-            let max_param = match (max, self.config.keep_alive_header) {
+            let max_param = match (self.config.max_requests, self.config.keep_alive_header) {
                 (0, _) => None,
                 (m, KeepAliveHeader::Remaining) => Some(m - self.served),
                 (m, _) => Some(m),
             };
-            Some((self.config.idle_timeout.as_secs(), max_param))
+            Some((self.advertised_timeout().as_secs(), max_param))
         } else {
             None
         };
-        let connection = match (keep, req.version) {
+        let connection = match (keep, version) {
             (false, _) => ConnectionHeader::Close,
             (true, Version::HTTP_10) => ConnectionHeader::KeepAlive,
             (true, _) => ConnectionHeader::None,
         };
-        let content_length = match (no_body_status, body) {
+        let content_length = match (is_bodiless_status(status), body) {
             (true, _) => None,
             (false, ResponseBody::Empty) => Some(0),
             (false, ResponseBody::Length(n)) => Some(n),
             (false, ResponseBody::Streaming) => None,
         };
-        let engine = EngineHeaders {
+        EngineHeaders {
             content_length,
             chunked: framing == OutFraming::Chunked,
             connection,
             keep_alive,
             date,
-        };
-        self.push_head(status, headers, &engine, false);
-        if let Some(req) = self.request.as_mut() {
-            req.response = ResponseProgress::Sending { framing, keep };
         }
-        if body == ResponseBody::Empty || framing == OutFraming::Length(0) && body != ResponseBody::Streaming {
-            self.complete_response();
+    }
+
+    /// How long the connection will wait for the next request: the idle
+    /// timeout, or what is left of its lifetime when that is less.
+    fn advertised_timeout(&self) -> Duration {
+        match self.config.max_lifetime {
+            Some(lifetime) => {
+                let left = (self.opened_at + lifetime).saturating_duration_since(self.now);
+                left.min(self.config.idle_timeout)
+            }
+            None => self.config.idle_timeout,
         }
-        Ok(())
     }
 
     /// Sends a piece of the response body.

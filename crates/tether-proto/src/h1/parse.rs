@@ -252,6 +252,7 @@ pub fn parse_request(buf: &mut BytesMut, config: &Config) -> Result<Option<Reque
 }
 
 /// A field value as httparse accepted it, without checking its bytes again.
+#[allow(unsafe_code)]
 fn header_value(bytes: bytes::Bytes) -> HeaderValue {
     debug_assert!(bytes.iter().all(|&b| is_field_value_byte(b)));
     // SAFETY: `from_maybe_shared_unchecked` requires what

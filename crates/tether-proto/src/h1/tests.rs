@@ -328,6 +328,31 @@ fn fractional_timeout_is_advertised_rounded_down() {
 }
 
 #[test]
+fn the_advertised_timeout_is_never_more_than_the_lifetime_left() {
+    let mut h = Harness::new(cfg(|c| {
+        c.idle_timeout = Duration::from_secs(5);
+        c.max_lifetime = Some(Duration::from_secs(8));
+    }));
+    h.at(1000);
+    assert!(h.roundtrip(GET).contains("keep-alive: timeout=5, max=100\r\n"));
+    h.at(4500);
+    assert!(
+        h.roundtrip(GET).contains("keep-alive: timeout=3, max=100\r\n"),
+        "3.5 s left"
+    );
+    h.at(7600);
+    assert!(
+        h.roundtrip(GET).contains("keep-alive: timeout=0, max=100\r\n"),
+        "0.4 s left"
+    );
+    // ... and an idle connection closes when the lifetime ends.
+    assert_eq!(h.conn.poll_timeout(), Some(h.t0 + Duration::from_secs(8)));
+    h.at(8000);
+    h.conn.handle_timeout(h.now);
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::Lifetime));
+}
+
+#[test]
 fn lifetime_closes_next_response() {
     let mut h = Harness::new(cfg(|c| c.max_lifetime = Some(Duration::from_secs(60))));
     h.at(10);

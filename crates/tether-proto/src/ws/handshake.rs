@@ -234,7 +234,18 @@ pub enum ClientHandshakeError {
     Subprotocol,
     #[error("extension negotiation: {0}")]
     Extension(#[from] ExtensionResponseError),
+    /// The bytes are not an HTTP/1.1 response head.
+    #[error("malformed handshake response")]
+    MalformedResponse,
+    /// The response head is longer than [`MAX_RESPONSE_HEAD`].
+    #[error("handshake response head over {MAX_RESPONSE_HEAD} bytes")]
+    ResponseTooLarge,
 }
+
+/// Longest handshake response head a client accepts.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most header fields in a handshake response.
+const MAX_RESPONSE_FIELDS: usize = 64;
 
 /// What a successful client handshake agreed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,6 +323,33 @@ impl ClientHandshake {
         let mut out = Vec::with_capacity(256);
         self.write_request(host, path, &HeaderMap::new(), &mut out)?;
         Ok(out)
+    }
+
+    /// Reads the server's answer from the front of `buf` (the bytes read so
+    /// far): `Ok(None)` while the head is incomplete, else what was agreed
+    /// and the head's length (bytes after it belong to the WebSocket).
+    pub fn handle_response(&self, buf: &[u8]) -> Result<Option<(ClientAccepted, usize)>, ClientHandshakeError> {
+        let mut storage = [httparse::EMPTY_HEADER; MAX_RESPONSE_FIELDS];
+        let mut resp = httparse::Response::new(&mut storage);
+        let head_len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => return Ok(None),
+            Ok(httparse::Status::Partial) => return Err(ClientHandshakeError::ResponseTooLarge),
+            Err(_) => return Err(ClientHandshakeError::MalformedResponse),
+        };
+        if head_len > MAX_RESPONSE_HEAD {
+            return Err(ClientHandshakeError::ResponseTooLarge);
+        }
+        let status =
+            StatusCode::from_u16(resp.code.unwrap_or(0)).map_err(|_| ClientHandshakeError::MalformedResponse)?;
+        let mut headers = HeaderMap::with_capacity(resp.headers.len());
+        for h in resp.headers.iter() {
+            let name =
+                HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ClientHandshakeError::MalformedResponse)?;
+            let value = HeaderValue::from_bytes(h.value).map_err(|_| ClientHandshakeError::MalformedResponse)?;
+            headers.append(name, value);
+        }
+        Ok(Some((self.validate_response(status, &headers)?, head_len)))
     }
 
     /// Checks the server's response head.
@@ -672,5 +710,34 @@ mod tests {
             c.validate_response(StatusCode::SWITCHING_PROTOCOLS, &response(&ext)),
             Err(ClientHandshakeError::Extension(_))
         ));
+    }
+
+    #[test]
+    fn client_reads_the_response_from_bytes_at_any_split() {
+        let c = client();
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                     Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        let mut wire = head.to_vec();
+        wire.extend_from_slice(b"\x81\x02hi");
+        for split in 0..head.len() {
+            assert_eq!(c.handle_response(&wire[..split]), Ok(None), "split {split}");
+        }
+        let (accepted, len) = c.handle_response(&wire).unwrap().unwrap();
+        assert_eq!(len, head.len(), "what follows the head is the WebSocket's");
+        assert_eq!(accepted.subprotocol, None);
+        assert_eq!(
+            c.handle_response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+            Err(ClientHandshakeError::Status(StatusCode::OK))
+        );
+        assert_eq!(
+            c.handle_response(b"SSH-2.0-OpenSSH\r\n\r\n"),
+            Err(ClientHandshakeError::MalformedResponse)
+        );
+        let endless = [
+            b"HTTP/1.1 101 Switching Protocols\r\nX: ".as_slice(),
+            &[b'a'; MAX_RESPONSE_HEAD],
+        ]
+        .concat();
+        assert_eq!(c.handle_response(&endless), Err(ClientHandshakeError::ResponseTooLarge));
     }
 }

@@ -39,11 +39,17 @@ impl Utf8Bytes {
     }
 
     /// Wraps bytes the caller has already validated.
-    pub(crate) fn from_validated(bytes: Bytes) -> Self {
+    ///
+    /// # Safety
+    /// `bytes` must be valid UTF-8: [`Utf8Bytes::as_str`] hands them out as
+    /// a `str` without checking again. (Debug builds check.)
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn from_validated(bytes: Bytes) -> Self {
         debug_assert!(std::str::from_utf8(&bytes).is_ok());
         Utf8Bytes(bytes)
     }
 
+    #[allow(unsafe_code)]
     pub fn as_str(&self) -> &str {
         // SAFETY: every constructor validates the bytes (or receives a `str`),
         // and the bytes are immutable. Re-validating here would cost a pass over
@@ -218,7 +224,12 @@ impl MessageAssembler {
         };
         if text {
             self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
-            Ok(Some(Message::Text(Utf8Bytes::from_validated(data))))
+            // SAFETY: every byte of `data` went through `self.utf8` (as it
+            // arrived, or after inflating), and `finish` says it ended on a
+            // whole code point.
+            #[allow(unsafe_code)]
+            let text = unsafe { Utf8Bytes::from_validated(data) };
+            Ok(Some(Message::Text(text)))
         } else {
             Ok(Some(Message::Binary(data)))
         }

@@ -4,15 +4,12 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use tether_proto::ws::{ClientHandshake, ClientHandshakeError, CompressionConfig, WsConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::ws::{WebSocket, WsOptions};
-
-/// Most bytes of a handshake response head.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -56,9 +53,6 @@ pub enum ConnectError {
     /// Connect plus handshake took longer than the deadline.
     #[error("handshake timed out")]
     Timeout,
-    /// The server's answer was not a valid HTTP response head.
-    #[error("malformed handshake response")]
-    MalformedResponse,
     /// The server refused or answered wrongly.
     #[error("handshake failed: {0}")]
     Handshake(#[from] ClientHandshakeError),
@@ -122,31 +116,16 @@ async fn handshake(target: Target, options: &ClientOptions) -> Result<WebSocket,
     hs.write_request(&target.host_header, &target.path, &options.headers, &mut request)?;
     stream.write_all(&request).await?;
 
+    // The engine reads the answer; this only brings it the bytes.
     let mut buf = BytesMut::with_capacity(1024);
-    let (status, headers, head_len) = loop {
+    let (accepted, head_len) = loop {
         if stream.read_buf(&mut buf).await? == 0 {
-            return Err(ConnectError::MalformedResponse);
+            return Err(ConnectError::Handshake(ClientHandshakeError::MalformedResponse));
         }
-        let mut storage = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut storage);
-        match resp.parse(&buf) {
-            Ok(httparse::Status::Complete(n)) => {
-                let status =
-                    StatusCode::from_u16(resp.code.unwrap_or(0)).map_err(|_| ConnectError::MalformedResponse)?;
-                let mut headers = HeaderMap::new();
-                for h in resp.headers.iter() {
-                    let name =
-                        http::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ConnectError::MalformedResponse)?;
-                    let value = http::HeaderValue::from_bytes(h.value).map_err(|_| ConnectError::MalformedResponse)?;
-                    headers.append(name, value);
-                }
-                break (status, headers, n);
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_RESPONSE_HEAD => continue,
-            _ => return Err(ConnectError::MalformedResponse),
+        if let Some(done) = hs.handle_response(&buf)? {
+            break done;
         }
     };
-    let accepted = hs.validate_response(status, &headers)?;
     let rest = buf.split_off(head_len);
     let engine = WsConnection::client(
         options.ws.engine.clone(),

@@ -402,6 +402,7 @@ impl ParkingLot {
         // above and closed only when the `Poll` drops; the `AsyncFd` owns the
         // `Poll`, so the descriptor stays open and the same for the `AsyncFd`'s
         // whole life, and `as_raw_fd` always returns it.
+        #[allow(unsafe_code)]
         let ready = unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) }
             .map_err(std::io::Error::from)?;
         let shared = Arc::new(Shared {
