@@ -177,6 +177,55 @@ pub enum QueueOverflow {
     Close,
 }
 
+/// The queue as it was when a connection's driver took it away to process
+/// input (outside any lock): a sender checks a message against it with the
+/// engine's own rule ([`QueueRoom::admit`]) and hands it over later
+/// ([`WsConnection::send_admitted`]), so it never waits for the processing.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueRoom {
+    queued: usize,
+    limit: usize,
+    overflow: QueueOverflow,
+    open: bool,
+}
+
+impl QueueRoom {
+    /// Whether a data message with a payload of `len` bytes fits (counting
+    /// it if so): `Err(QueueFull)` under [`QueueOverflow::Refuse`],
+    /// `Err(SlowConsumer)` under [`QueueOverflow::Close`] (then close the
+    /// connection with [`WsConnection::close_slow_consumer`] when it is
+    /// back), `Err(Closed)` if it was closing.
+    pub fn admit(&mut self, len: usize) -> Result<(), SendError> {
+        self.admit_frame(frame_len(len))
+    }
+
+    /// [`admit`](Self::admit) for a frame of `len` bytes already encoded
+    /// ([`EncodedFrame::len`]).
+    pub fn admit_frame(&mut self, len: usize) -> Result<(), SendError> {
+        if !self.open {
+            return Err(SendError::Closed);
+        }
+        if room_for(self.queued, len, self.limit) {
+            self.queued = self.queued.saturating_add(len);
+            return Ok(());
+        }
+        let (queued, limit) = (self.queued, self.limit);
+        Err(match self.overflow {
+            QueueOverflow::Refuse => SendError::QueueFull { queued, limit },
+            QueueOverflow::Close => {
+                self.open = false;
+                SendError::SlowConsumer { queued, limit }
+            }
+        })
+    }
+}
+
+/// The queue limit's rule: a message of `len` bytes fits `queued` bytes
+/// under `limit`; an empty queue takes any one message.
+fn room_for(queued: usize, len: usize, limit: usize) -> bool {
+    queued == 0 || queued.saturating_add(len) <= limit
+}
+
 /// How a WebSocket connection ended, once it has
 /// ([`WsConnection::poll_close`]). Exactly one per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -901,7 +950,46 @@ impl WsConnection {
 
     /// A message always fits an empty queue.
     fn has_room(&self, len: usize) -> bool {
-        self.out.is_empty() || self.out.len().saturating_add(len) <= self.config.max_queued_bytes
+        room_for(self.out.len(), len, self.config.max_queued_bytes)
+    }
+
+    /// The queue as it is now, for senders to check messages against while
+    /// the connection is away (see [`QueueRoom`]).
+    pub fn queue_room(&self) -> QueueRoom {
+        QueueRoom {
+            queued: self.out.len(),
+            limit: self.config.max_queued_bytes,
+            overflow: self.config.queue_overflow,
+            open: !self.send_closed(),
+        }
+    }
+
+    /// Queues a message that [`QueueRoom::admit`] admitted: the limit is not
+    /// checked again (answers queued meanwhile may have used some of the
+    /// room). Fails only if the connection closed meanwhile.
+    pub fn send_admitted(&mut self, message: Message) -> Result<(), SendError> {
+        self.check_open()?;
+        match message {
+            Message::Text(text) => self.encode_data(OpCode::Text, text.into_bytes()),
+            Message::Binary(data) => self.encode_data(OpCode::Binary, data),
+            Message::Ping(payload) | Message::Pong(payload) if payload.len() > MAX_CONTROL_PAYLOAD => {
+                return Err(SendError::ControlPayloadTooLong(payload.len()))
+            }
+            Message::Ping(payload) => self.queue_frame(OpCode::Ping, false, payload),
+            Message::Pong(payload) => self.queue_frame(OpCode::Pong, false, payload),
+            Message::Close(frame) => return self.send(Message::Close(frame)),
+        }
+        Ok(())
+    }
+
+    /// Queues a shared frame that [`QueueRoom::admit`] admitted.
+    pub fn send_encoded_admitted(&mut self, frame: &EncodedFrame) -> Result<(), SendError> {
+        if self.role == Role::Client {
+            return Err(SendError::EncodedFrameOnClient);
+        }
+        self.check_open()?;
+        self.out.push_shared(frame.as_bytes().clone());
+        Ok(())
     }
 
     /// Refuses, or closes the slow consumer, when `len` more bytes do not fit.
@@ -919,8 +1007,9 @@ impl WsConnection {
         }
     }
 
-    /// Closes with 1008 "slow consumer" (bypassing the queue limit).
-    fn close_slow_consumer(&mut self) {
+    /// Closes with 1008 `slow consumer` (bypassing the queue limit): what a
+    /// full queue does under [`QueueOverflow::Close`].
+    pub fn close_slow_consumer(&mut self) {
         if self.start_close(CloseCode::POLICY_VIOLATION, "slow consumer").is_ok() {
             self.close_timer_due = true;
         }

@@ -676,6 +676,30 @@ fn replies_bypass_the_limit_under_refuse_and_obey_it_under_close() {
 }
 
 #[test]
+fn a_queue_room_admits_by_the_engine_s_rule_and_send_admitted_queues_without_it() {
+    let mut conn = limited(100, QueueOverflow::Refuse);
+    conn.send_binary(vec![0u8; 60]).unwrap();
+    let mut room = conn.queue_room();
+    assert_eq!(room.admit(30), Ok(()), "62 + 32 fit 100");
+    assert_eq!(room.admit(30), Err(SendError::QueueFull { queued: 94, limit: 100 }));
+    // Meanwhile the engine queued an answer; the admitted message still goes in.
+    conn.handle_input(&c(0x89, b"p"), t0());
+    conn.send_admitted(Message::Binary(Bytes::from(vec![1u8; 30]))).unwrap();
+    assert_eq!(conn.queued_bytes(), 62 + 3 + 32);
+    let mut room = limited(100, QueueOverflow::Close).queue_room();
+    assert_eq!(room.admit_frame(100), Ok(()), "an empty queue takes any one frame");
+    assert!(matches!(room.admit(1), Err(SendError::SlowConsumer { .. })));
+    assert_eq!(room.admit(1), Err(SendError::Closed), "then it is closing");
+    let mut closing = server();
+    closing.close(CloseCode::NORMAL, "", t0()).unwrap();
+    assert_eq!(closing.queue_room().admit(1), Err(SendError::Closed));
+    assert_eq!(
+        closing.send_admitted(Message::Binary(Bytes::new())),
+        Err(SendError::Closed)
+    );
+}
+
+#[test]
 fn output_that_makes_no_progress_ends_the_connection_at_the_write_timeout() {
     let config = WsConfig {
         write_timeout: Duration::from_secs(30),

@@ -16,8 +16,8 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use tether_proto::ws::{
-    CloseCode, EncodedFrame, Event, HandshakeConfig, Message, ProtocolError, QueueOverflow, SendError, WsConfig,
-    WsConnection, WsState,
+    CloseCode, CloseFrame, EncodedFrame, Event, HandshakeConfig, Message, ProtocolError, QueueRoom, SendError,
+    WsConfig, WsConnection, WsState,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -50,7 +50,7 @@ pub enum WsError {
     #[error("the connection ended without a close frame")]
     AbnormalClosure,
     /// The message cannot be sent as asked (control payload too long, bad
-    /// close code), or the queue was full (see [`QueueOverflow`]).
+    /// close code), or the queue was full (see [`QueueOverflow`](super::QueueOverflow)).
     #[error("invalid message: {0}")]
     Invalid(#[from] SendError),
 }
@@ -58,10 +58,10 @@ pub enum WsError {
 /// A non-waiting send that did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum TrySendError {
-    /// The outgoing queue is full ([`QueueOverflow::Refuse`]); the message is handed back.
+    /// The outgoing queue is full ([`QueueOverflow::Refuse`](super::QueueOverflow::Refuse)); the message is handed back.
     #[error("the outgoing queue is full")]
     Full(Message),
-    /// The connection is closed; with [`QueueOverflow::Close`] a full queue
+    /// The connection is closed; with [`QueueOverflow::Close`](super::QueueOverflow::Close) a full queue
     /// also closes it (1008).
     #[error("the WebSocket is closed")]
     Closed(Message),
@@ -72,13 +72,43 @@ struct Shared {
 }
 
 struct Inner {
-    conn: WsDriver<Box<dyn Transport>>,
+    /// The connection; `None` while the receiving task processes input
+    /// with it outside the lock (see `Away`).
+    conn: Option<WsDriver<Box<dyn Transport>>>,
+    /// While the connection is away: its queue as it was, and the sends
+    /// that came meanwhile, handed over when it is back.
+    away: Option<Away>,
     /// The task that receives: it drives reads, writes and timers.
     driver: Option<Waker>,
     /// Senders waiting for queue space.
     waiting_senders: Vec<Waker>,
     /// The transport is closed; only buffered events remain.
     finished: bool,
+}
+
+/// Sends made while the receiving task had the connection out of the lock
+/// (reading, inflating, validating a message: up to 16 MiB of work). A
+/// sender, or a broadcast to many connections, never waits for that: the
+/// engine's queue rule is checked against the queue as it was
+/// (`QueueRoom`), and what it admits is queued when the connection is back.
+struct Away {
+    room: QueueRoom,
+    staged: Vec<Staged>,
+    /// A staged send overflowed under `QueueOverflow::Close`.
+    slow_consumer: bool,
+}
+
+enum Staged {
+    Message(Message),
+    Encoded(EncodedFrame),
+}
+
+/// What the receiving task did with the connection out of the lock.
+enum Step {
+    Event(Event),
+    Again,
+    Ended,
+    Pending,
 }
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
@@ -112,18 +142,75 @@ fn send_error(e: SendError) -> WsError {
     }
 }
 
+/// What a non-waiting send did.
+enum Sent {
+    Queued,
+    Full,
+    Closed,
+}
+
 impl Inner {
-    fn engine(&mut self) -> &mut WsConnection {
-        &mut self.conn.engine
+    fn is_open(&self) -> bool {
+        !self.finished
+            && match (&self.conn, &self.away) {
+                (Some(conn), _) => conn.engine.state() == WsState::Open,
+                (None, Some(away)) => !away.slow_consumer,
+                (None, None) => false,
+            }
     }
 
-    fn is_open(&self) -> bool {
-        !self.finished && self.conn.engine.state() == WsState::Open
+    /// Whether a message of `len` payload bytes would be accepted now.
+    fn can_send(&self, len: usize) -> bool {
+        match (&self.conn, &self.away) {
+            (Some(conn), _) => conn.engine.can_send(len),
+            (None, Some(away)) => away.room.clone().admit(len).is_ok(),
+            (None, None) => false,
+        }
+    }
+
+    /// Queues without waiting: in the engine, or, while the connection is
+    /// away, staged against its queue as it was.
+    fn try_queue(&mut self, message: Staged, len: usize) -> Sent {
+        if let Some(conn) = self.conn.as_mut() {
+            let result = match &message {
+                Staged::Message(m) => conn.engine.send(m.clone()),
+                Staged::Encoded(f) => conn.engine.send_encoded(f),
+            };
+            return match result {
+                Ok(()) => Sent::Queued,
+                Err(SendError::QueueFull { .. }) => Sent::Full,
+                Err(e) => {
+                    if matches!(e, SendError::SlowConsumer { .. }) {
+                        tracing::debug!(error = %e, "closing slow websocket consumer");
+                    }
+                    Sent::Closed
+                }
+            };
+        }
+        let Some(away) = self.away.as_mut() else {
+            return Sent::Closed;
+        };
+        let admitted = match &message {
+            Staged::Message(_) => away.room.admit(len),
+            Staged::Encoded(frame) => away.room.admit_frame(frame.len()),
+        };
+        match admitted {
+            Ok(()) => {
+                away.staged.push(message);
+                Sent::Queued
+            }
+            Err(SendError::QueueFull { .. }) => Sent::Full,
+            Err(SendError::SlowConsumer { .. }) => {
+                away.slow_consumer = true;
+                Sent::Closed
+            }
+            Err(_) => Sent::Closed,
+        }
     }
 
     /// Wakes waiting senders once there is room (or nothing more can be sent).
     fn wake_senders(&mut self) {
-        if !self.waiting_senders.is_empty() && (self.conn.engine.can_send(0) || !self.is_open()) {
+        if !self.waiting_senders.is_empty() && (self.can_send(0) || !self.is_open()) {
             for w in self.waiting_senders.drain(..) {
                 w.wake();
             }
@@ -144,38 +231,106 @@ impl Inner {
         if self.finished {
             return;
         }
-        if self.is_driver(cx) {
-            self.conn.poll_write(cx, &mut Default::default());
-        } else if let Some(d) = &self.driver {
-            d.wake_by_ref();
+        let driving = self.is_driver(cx);
+        match self.conn.as_mut() {
+            Some(conn) if driving => {
+                conn.poll_write(cx, &mut Default::default());
+            }
+            _ => {
+                if let Some(d) = &self.driver {
+                    d.wake_by_ref();
+                }
+            }
         }
     }
 
-    /// Drives the connection until it has an event for the receiver.
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, WsError>>> {
-        if !self.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            self.driver = Some(cx.waker().clone());
+    /// Takes the connection out of the lock for the receiving task.
+    fn check_out(&mut self) -> Option<WsDriver<Box<dyn Transport>>> {
+        let conn = self.conn.take()?;
+        self.away = Some(Away {
+            room: conn.engine.queue_room(),
+            staged: Vec::new(),
+            slow_consumer: false,
+        });
+        Some(conn)
+    }
+
+    /// Puts it back and queues what was staged meanwhile; returns whether
+    /// anything was (the connection then needs another turn).
+    fn check_in(&mut self, mut conn: WsDriver<Box<dyn Transport>>, cx: &mut Context<'_>) -> bool {
+        let away = self.away.take();
+        let mut changed = false;
+        if let Some(away) = away {
+            changed = !away.staged.is_empty() || away.slow_consumer;
+            for staged in away.staged {
+                let _ = match staged {
+                    Staged::Message(m) => conn.engine.send_admitted(m),
+                    Staged::Encoded(f) => conn.engine.send_encoded_admitted(&f),
+                };
+            }
+            if away.slow_consumer {
+                tracing::debug!("closing slow websocket consumer");
+                conn.engine.close_slow_consumer();
+            }
+            if changed {
+                conn.poll_write(cx, &mut Default::default());
+            }
         }
-        loop {
-            if let Some(event) = self.engine().poll_event() {
-                // Answers (pongs, the close echo) go out before the event is handed over.
-                if !self.finished {
-                    self.conn.poll_write(cx, &mut Default::default());
-                }
-                self.wake_senders();
+        self.conn = Some(conn);
+        changed
+    }
+}
+
+/// The receiving task's work with the connection out of the lock: the next
+/// event (processing input: unmasking, UTF-8, inflating), else a turn.
+fn drive_away(conn: &mut WsDriver<Box<dyn Transport>>, finished: bool, cx: &mut Context<'_>) -> Step {
+    if let Some(event) = conn.engine.poll_event() {
+        // Answers (pongs, the close echo) go out before the event is handed over.
+        if !finished {
+            conn.poll_write(cx, &mut Default::default());
+        }
+        return Step::Event(event);
+    }
+    if finished {
+        return Step::Ended;
+    }
+    match conn.poll_turn(cx, |_| None) {
+        Poll::Ready(Turn::Ended) => Step::Ended,
+        Poll::Ready(Turn::Input | Turn::Deadline) => Step::Again,
+        Poll::Pending => Step::Pending,
+    }
+}
+
+/// Drives the connection until it has an event for the receiver.
+fn poll_recv(shared: &Shared, cx: &mut Context<'_>) -> Poll<Option<Result<Message, WsError>>> {
+    let mut g = lock(shared);
+    if !g.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        g.driver = Some(cx.waker().clone());
+    }
+    loop {
+        let finished = g.finished;
+        let Some(mut conn) = g.check_out() else {
+            return Poll::Ready(None);
+        };
+        drop(g);
+        let step = drive_away(&mut conn, finished, cx);
+        g = lock(shared);
+        let staged = g.check_in(conn, cx);
+        match step {
+            Step::Event(event) => {
+                g.wake_senders();
                 return Poll::Ready(Some(map_event(event)));
             }
-            if self.finished {
-                self.wake_senders();
+            Step::Ended if g.finished => {
+                g.wake_senders();
                 return Poll::Ready(None);
             }
-            match self.conn.poll_turn(cx, |_| None) {
-                Poll::Ready(Turn::Ended) => self.finished = true,
-                Poll::Ready(Turn::Input | Turn::Deadline) => {}
-                Poll::Pending => {
-                    self.wake_senders();
-                    return Poll::Pending;
-                }
+            Step::Ended => g.finished = true,
+            Step::Again => {}
+            Step::Pending if staged => {}
+            Step::Pending => {
+                g.wake_senders();
+                return Poll::Pending;
             }
         }
     }
@@ -209,70 +364,74 @@ impl WsSender {
             if !g.is_open() {
                 return Poll::Ready(Err(WsError::Closed));
             }
-            if !g.engine().can_send(len) {
+            if !g.can_send(len) {
                 // Make room: write now if this task drives (it may be the
                 // only one that would), else ask the driver.
                 g.kick(cx);
-                if !g.engine().can_send(len) {
+                if !g.can_send(len) {
                     g.waiting_senders.push(cx.waker().clone());
                     return Poll::Pending;
                 }
             }
-            let result = g.engine().send(message.take().expect("polled after completion"));
+            let message = message.take().expect("polled after completion");
+            let result = match g.conn.as_mut() {
+                Some(conn) => conn.engine.send(message).map_err(send_error),
+                None => match g.try_queue(Staged::Message(message), len) {
+                    Sent::Queued => Ok(()),
+                    Sent::Full | Sent::Closed => Err(WsError::Closed),
+                },
+            };
             g.kick(cx);
-            Poll::Ready(result.map_err(send_error))
+            Poll::Ready(result)
         })
         .await
     }
 
     /// Sends without waiting: [`TrySendError::Full`] when the queue has no
-    /// room (with [`QueueOverflow::Close`] the connection is closed with
-    /// 1008 instead, and the message comes back as `Closed`).
+    /// room (with [`QueueOverflow::Close`](super::QueueOverflow::Close) the connection is closed with
+    /// 1008 instead, and the message comes back as `Closed`). Never waits
+    /// for the connection's input processing either.
     pub fn try_send(&self, message: Message) -> Result<(), TrySendError> {
+        let mut g = lock(&self.shared);
         if let Message::Close(ref frame) = message {
-            let mut g = lock(&self.shared);
-            let result = g.engine().close_with(frame.as_ref(), Instant::now().into_std());
+            let result = match g.conn.as_mut() {
+                Some(conn) => conn.engine.close_with(frame.as_ref(), Instant::now().into_std()),
+                None => Err(SendError::Closed),
+            };
             g.kick(&mut Context::from_waker(Waker::noop()));
             return result.map_err(|_| TrySendError::Closed(message));
         }
-        let mut g = lock(&self.shared);
         if !g.is_open() {
             return Err(TrySendError::Closed(message));
         }
-        if !g.engine().can_send(payload_len(&message)) && g.engine().config().queue_overflow == QueueOverflow::Refuse {
-            return Err(TrySendError::Full(message));
-        }
-        let result = g.engine().send(message.clone());
+        let len = payload_len(&message);
+        let sent = g.try_queue(Staged::Message(message.clone()), len);
         g.kick(&mut Context::from_waker(Waker::noop()));
-        match result {
-            Ok(()) => Ok(()),
-            Err(SendError::QueueFull { .. }) => Err(TrySendError::Full(message)),
-            Err(e) => {
-                if matches!(e, SendError::SlowConsumer { .. }) {
-                    tracing::debug!(error = %e, "closing slow websocket consumer");
-                    g.wake_senders();
-                }
+        match sent {
+            Sent::Queued => Ok(()),
+            Sent::Full => Err(TrySendError::Full(message)),
+            Sent::Closed => {
+                g.wake_senders();
                 Err(TrySendError::Closed(message))
             }
         }
     }
 
-    /// Sends a frame encoded once for many connections (see [`super::Broadcast`]).
+    /// Sends a frame encoded once for many connections (see
+    /// [`super::Broadcast`]); never waits, not even for the connection's
+    /// input processing.
     pub fn try_send_encoded(&self, frame: &EncodedFrame) -> Result<(), TrySendError> {
         let mut g = lock(&self.shared);
         if !g.is_open() {
             return Err(TrySendError::Closed(Message::Binary(Default::default())));
         }
-        let result = g.engine().send_encoded(frame);
+        let sent = g.try_queue(Staged::Encoded(frame.clone()), frame.len());
         g.kick(&mut Context::from_waker(Waker::noop()));
-        match result {
-            Ok(()) => Ok(()),
-            Err(SendError::QueueFull { .. }) => Err(TrySendError::Full(Message::Binary(Default::default()))),
-            Err(e) => {
-                if matches!(e, SendError::SlowConsumer { .. }) {
-                    tracing::debug!(error = %e, "closing slow websocket consumer");
-                    g.wake_senders();
-                }
+        match sent {
+            Sent::Queued => Ok(()),
+            Sent::Full => Err(TrySendError::Full(Message::Binary(Default::default()))),
+            Sent::Closed => {
+                g.wake_senders();
                 Err(TrySendError::Closed(Message::Binary(Default::default())))
             }
         }
@@ -280,20 +439,28 @@ impl WsSender {
 
     /// Starts the close handshake with `code` and `reason`.
     pub async fn close(&self, code: CloseCode, reason: &str) -> Result<(), WsError> {
-        self.close_with(Some(&tether_proto::ws::CloseFrame {
+        self.close_with(Some(&CloseFrame {
             code,
             reason: reason.to_owned().into(),
         }))
         .await
     }
 
-    async fn close_with(&self, frame: Option<&tether_proto::ws::CloseFrame>) -> Result<(), WsError> {
+    async fn close_with(&self, frame: Option<&CloseFrame>) -> Result<(), WsError> {
         poll_fn(|cx| {
             let mut g = lock(&self.shared);
             if g.finished {
                 return Poll::Ready(Err(WsError::Closed));
             }
-            let result = g.engine().close_with(frame, Instant::now().into_std());
+            let Some(conn) = g.conn.as_mut() else {
+                // The receiving task has it out: wait until it is back.
+                g.waiting_senders.push(cx.waker().clone());
+                if let Some(d) = &g.driver {
+                    d.wake_by_ref();
+                }
+                return Poll::Pending;
+            };
+            let result = conn.engine.close_with(frame, Instant::now().into_std());
             g.kick(cx);
             g.wake_senders();
             Poll::Ready(result.map_err(send_error))
@@ -303,7 +470,7 @@ impl WsSender {
 
     /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        lock(&self.shared).conn.engine.queued_bytes()
+        lock(&self.shared).conn.as_ref().map_or(0, |c| c.engine.queued_bytes())
     }
 
     /// Whether the connection is closed for sending.
@@ -330,7 +497,7 @@ impl WsReceiver {
     /// pongs are delivered too (pongs are sent automatically). A
     /// `Message::Close` is the peer's close frame; `None` follows it.
     pub async fn recv(&mut self) -> Option<Result<Message, WsError>> {
-        poll_fn(|cx| lock(&self.shared).poll_recv(cx)).await
+        poll_fn(|cx| poll_recv(&self.shared, cx)).await
     }
 }
 
@@ -366,7 +533,8 @@ impl WebSocket {
             engine.handle_input(&buffered, std::time::Instant::now());
         }
         let inner = Inner {
-            conn: WsDriver::new(io, engine, stop),
+            conn: Some(WsDriver::new(io, engine, stop)),
+            away: None,
             driver: None,
             waiting_senders: Vec::new(),
             finished: false,
@@ -426,23 +594,21 @@ impl Drop for Shared {
         if inner.finished {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let (Some(mut conn), Ok(runtime)) = (inner.conn.take(), tokio::runtime::Handle::try_current()) else {
             return;
         };
-        let placeholder = Inner {
-            conn: WsDriver::new(
-                Box::new(tokio::io::empty()),
-                WsConnection::server(WsConfig::default(), None, std::time::Instant::now()),
-                None,
-            ),
-            driver: None,
-            waiting_senders: Vec::new(),
-            finished: true,
-        };
-        let mut inner = std::mem::replace(inner, placeholder);
         runtime.spawn(async move {
-            let _ = inner.engine().close(CloseCode::NORMAL, "", Instant::now().into_std());
-            while poll_fn(|cx| inner.poll_recv(cx)).await.is_some() {}
+            let _ = conn.engine.close(CloseCode::NORMAL, "", Instant::now().into_std());
+            // Events are of no use to anyone now; the engine ends it.
+            poll_fn(|cx| loop {
+                while conn.engine.poll_event().is_some() {}
+                match conn.poll_turn(cx, |_| None) {
+                    Poll::Ready(Turn::Ended) => return Poll::Ready(()),
+                    Poll::Ready(_) => {}
+                    Poll::Pending => return Poll::Pending,
+                }
+            })
+            .await;
         });
     }
 }
