@@ -67,6 +67,7 @@ pub(crate) fn poll_read_with<R: AsyncRead + Unpin + ?Sized>(
 /// Reads once from a blocking-API reader (a non-blocking socket off the
 /// runtime) into the thread's scratch buffer and hands the bytes to `take`
 /// (an empty slice means end of file); nothing to read yet is `Ok` too.
+#[cfg_attr(not(all(unix, target_pointer_width = "64")), allow(dead_code))]
 pub(crate) fn read_now_with(io: &mut impl std::io::Read, take: impl FnOnce(&[u8])) -> std::io::Result<()> {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();

@@ -37,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::park::ParkingLot;
+use super::serving::Lot;
 use crate::lifecycle::{OpenCount, OpenGuard};
 
 /// Idle connections closed per failed accept.
@@ -90,13 +90,13 @@ impl Throttled {
 pub(crate) struct Admission {
     limits: Limits,
     open: Arc<OpenCount>,
-    lot: Option<ParkingLot>,
+    lot: Option<Lot>,
     out_of_descriptors: Throttled,
     refused: Throttled,
 }
 
 impl Admission {
-    pub(crate) fn new(limits: Limits, open: Arc<OpenCount>, lot: Option<ParkingLot>) -> Self {
+    pub(crate) fn new(limits: Limits, open: Arc<OpenCount>, lot: Option<Lot>) -> Self {
         Self {
             limits,
             open,

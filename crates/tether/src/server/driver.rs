@@ -35,7 +35,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::body::{Body, BodyError, RequestBody};
 use super::handler::{HandlerFuture, Response, SharedHandler};
-use super::park::ParkingLot;
+use super::serving::Lot;
 use super::upgrade::{OnUpgrade, Upgraded};
 use crate::lifecycle::{OpenGuard, StopSignal, Transport};
 
@@ -129,9 +129,9 @@ pub(crate) async fn drive<IO: Transport>(
     handler: SharedHandler,
     shutdown: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
-    lot: Option<&ParkingLot>,
+    lot: Option<&Lot>,
 ) -> Driven<IO> {
-    let park_after = lot.map(ParkingLot::park_after);
+    let park_after = lot.map(Lot::park_after);
     let upgrade_stop = shutdown.clone();
     let mut d = Driving::new(io, conn, handler, shutdown);
     if d.stop == Stop::Force {
@@ -315,7 +315,7 @@ impl<IO: Transport> Driving<IO> {
     /// The connection switched protocols and its `101` is written: the
     /// transport goes to the upgrade's callback, on a task of its own (this
     /// connection's HTTP state is freed).
-    fn hand_over(self, stop: watch::Receiver<Stop>, guard: Option<OpenGuard>, lot: Option<&ParkingLot>) -> Driven<IO> {
+    fn hand_over(self, stop: watch::Receiver<Stop>, guard: Option<OpenGuard>, lot: Option<&Lot>) -> Driven<IO> {
         let Driving {
             io,
             mut conn,

@@ -18,8 +18,15 @@ pub mod body;
 pub mod date;
 pub mod driver;
 pub mod handler;
+// Parking needs a 64-bit Unix (its own epoll through mio's Unix
+// descriptors, 64-bit tokens); elsewhere the same interface never parks.
+#[cfg(all(unix, target_pointer_width = "64"))]
+pub(crate) mod park;
+#[cfg(not(all(unix, target_pointer_width = "64")))]
+#[path = "park_unsupported.rs"]
 pub(crate) mod park;
 pub mod router;
+pub(crate) mod serving;
 pub mod static_files;
 pub mod upgrade;
 
@@ -154,11 +161,18 @@ impl Server {
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(driver::Stop::Run);
         let lot = match self.park_after {
-            Some(after) => Some(park::ParkingLot::start(after, self.stats.clone(), stop_rx.clone())?),
+            Some(after) => match serving::Lot::start(after, self.stats.clone(), stop_rx.clone()) {
+                Ok(lot) => Some(lot),
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    tracing::warn!(error = %e, "idle connections stay on their tasks");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
             None => None,
         };
         let mut admission = admission::Admission::new(self.limits, self.stats.open.clone(), lot.clone());
-        let serving = Arc::new(park::Serving {
+        let serving = Arc::new(serving::Serving {
             handler: self.handler.clone(),
             lot,
         });

@@ -51,14 +51,12 @@ use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
-use tether_proto::h1::ServerConnection;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use super::driver::{self, ConnectionEnd, Driven, Paused};
-use super::{log_end, ServerStats, SharedHandler};
+use super::ServerStats;
 use crate::lifecycle::{OpenGuard, Stop};
 
 /// Readiness events taken from the lot's `epoll` per call.
@@ -69,51 +67,9 @@ const TRIM_BATCH: usize = 64;
 /// The least time between two such returns (it walks the allocator's heap).
 const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What every connection of one server shares.
-pub(crate) struct Serving {
-    pub handler: SharedHandler,
-    /// Present when connections park.
-    pub lot: Option<ParkingLot>,
-}
-
-impl Serving {
-    /// Runs a connection on a task of its own until it ends or parks.
-    pub(crate) fn spawn(
-        self: &Arc<Self>,
-        io: TcpStream,
-        conn: ServerConnection,
-        stop: watch::Receiver<Stop>,
-        guard: Option<OpenGuard>,
-        peer: SocketAddr,
-    ) {
-        let serving = self.clone();
-        tokio::spawn(async move {
-            let lot = serving.lot.as_ref();
-            match driver::drive(io, conn, serving.handler.clone(), stop, guard, lot).await {
-                Driven::Ended(end) => log_end(peer, end),
-                // `drive` parks only when given a lot.
-                Driven::Idle(Paused {
-                    io,
-                    conn,
-                    shutdown,
-                    guard,
-                }) => {
-                    if let Some(lot) = lot {
-                        let sleeper = Sleeping::KeepAlive(KeepAlive {
-                            conn,
-                            serving: serving.clone(),
-                        });
-                        lot.park(io, sleeper, shutdown, guard, peer);
-                    }
-                }
-            }
-        });
-    }
-}
-
 /// A protocol engine waiting in the lot: what the lot needs to hold it.
 /// The lot decides nothing about the protocol.
-pub(crate) trait Sleeper: Send {
+pub(crate) trait Sleeper: Send + Sized + 'static {
     /// The engine's next deadline.
     fn deadline(&self) -> Option<std::time::Instant>;
     /// Bytes that arrived while parked (an empty slice: end of file).
@@ -131,6 +87,15 @@ pub(crate) trait Sleeper: Send {
     /// The server needs room (descriptors, its connection limit): closes
     /// the connection if the protocol allows it now, and says whether it did.
     fn reclaim(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool;
+    /// Gives the connection a task again (it may park again in `lot`).
+    fn resume(
+        self,
+        io: TcpStream,
+        stop: watch::Receiver<Stop>,
+        guard: Option<OpenGuard>,
+        peer: SocketAddr,
+        lot: &ParkingLot<Self>,
+    );
 }
 
 /// What a parked connection needs when a graceful shutdown begins.
@@ -145,137 +110,32 @@ pub(crate) enum AtShutdown {
     Resume,
 }
 
-/// The engines that park, held by value in the lot's slab: a parked
-/// connection leaves no object in the allocator's heap (whose pages would
-/// then stay resident around the freed tasks), only a slot of one array.
-pub(crate) enum Sleeping {
-    KeepAlive(KeepAlive),
-    WebSocket(crate::ws::ParkedWebSocket),
-}
-
-impl Sleeping {
-    fn get(&self) -> &dyn Sleeper {
-        match self {
-            Sleeping::KeepAlive(k) => k,
-            Sleeping::WebSocket(w) => w,
-        }
-    }
-
-    fn get_mut(&mut self) -> &mut dyn Sleeper {
-        match self {
-            Sleeping::KeepAlive(k) => k,
-            Sleeping::WebSocket(w) => w,
-        }
-    }
-
-    /// Gives the connection a task again.
-    fn resume(
-        self,
-        io: TcpStream,
-        stop: watch::Receiver<Stop>,
-        guard: Option<OpenGuard>,
-        peer: SocketAddr,
-        lot: &ParkingLot,
-    ) {
-        match self {
-            Sleeping::KeepAlive(KeepAlive { conn, serving }) => serving.spawn(io, conn, stop, guard, peer),
-            Sleeping::WebSocket(w) => w.resume(io, stop, guard, lot),
-        }
-    }
-}
-
-/// A parked keep-alive connection.
-pub(crate) struct KeepAlive {
-    conn: ServerConnection,
-    serving: Arc<Serving>,
-}
-
-impl Sleeper for KeepAlive {
-    fn deadline(&self) -> Option<std::time::Instant> {
-        self.conn.poll_timeout()
-    }
-
-    fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant) {
-        if bytes.is_empty() {
-            self.conn.handle_eof(now);
-        } else {
-            self.conn.handle_input(bytes, now);
-        }
-    }
-
-    fn handle_io_error(&mut self, now: std::time::Instant) {
-        self.conn.handle_io_error(now);
-    }
-
-    /// The engine decides; when it closes (the idle timeout, the usual
-    /// case) no task is needed.
-    fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
-        self.conn.handle_timeout(now);
-        self.closed(peer)
-    }
-
-    /// An idle keep-alive connection may always be closed (RFC 9112 §9.5).
-    fn reclaim(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
-        self.conn.reclaim(now) && self.closed(peer)
-    }
-
-    fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
-        log_end(
-            peer,
-            ConnectionEnd::Closed(tether_proto::h1::CloseCause::Shutdown, self.conn.requests_served()),
-        );
-        AtShutdown::Closed
-    }
-
-    /// The engine drains it (or, without a drain, closes it).
-    fn shutdown(&mut self, now: std::time::Instant, peer: SocketAddr) -> AtShutdown {
-        self.conn.handle_shutdown(now);
-        if self.closed(peer) {
-            AtShutdown::Closed
-        } else {
-            AtShutdown::Stay
-        }
-    }
-}
-
-impl KeepAlive {
-    /// Whether the engine closed it (logged here, as no task will).
-    fn closed(&self, peer: SocketAddr) -> bool {
-        match self.conn.poll_close() {
-            Some(cause) => {
-                log_end(peer, ConnectionEnd::Closed(cause, self.conn.requests_served()));
-                true
-            }
-            None => false,
-        }
-    }
-}
-
 /// A parked connection: the socket off the runtime, the engine, and what
 /// its task needs to resume.
-struct Parked {
+struct Parked<S> {
     socket: std::net::TcpStream,
-    sleeper: Sleeping,
+    sleeper: S,
     stop: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
     peer: SocketAddr,
     deadline: Option<Instant>,
 }
 
-// Inline, not boxed: see `Sleeping`.
+// Inline, not boxed: a parked connection leaves no object in the
+// allocator's heap (whose pages would then stay resident around the freed
+// tasks), only a slot of one array.
 #[allow(clippy::large_enum_variant)]
-enum Slot {
+enum Slot<S> {
     Vacant,
-    Occupied { generation: u32, parked: Parked },
+    Occupied { generation: u32, parked: Parked<S> },
 }
 
 /// A slab of parked connections; a token is (generation, index), the
 /// generation counted across the whole lot, so a stale readiness event never
 /// reaches a connection parked later in the same slot, even after the slab
 /// was freed and built anew.
-#[derive(Default)]
-struct Lot {
-    slots: Vec<Slot>,
+struct Lot<S> {
+    slots: Vec<Slot<S>>,
     free: Vec<u32>,
     occupied: usize,
     /// The generation of the last insert.
@@ -286,6 +146,19 @@ struct Lot {
     closed: bool,
 }
 
+impl<S> Default for Lot<S> {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            free: Vec::new(),
+            occupied: 0,
+            generation: 0,
+            deadlines: BTreeSet::new(),
+            closed: false,
+        }
+    }
+}
+
 /// An emptied slab with more slots than this is freed (its slots hold
 /// engines by value: 15,000 of them are about 8 MB).
 const KEEP_EMPTY_SLOTS: usize = 1024;
@@ -294,8 +167,18 @@ fn token(generation: u32, index: u32) -> u64 {
     (u64::from(generation) << 32) | u64::from(index)
 }
 
-impl Lot {
-    fn insert(&mut self, parked: Parked) -> u64 {
+// A token needs all 64 bits (generation and index) to tell a stale
+// readiness event from a live one; the lot is built only where `usize`
+// holds them (see `server::park_unsupported` elsewhere).
+const _: () = assert!(usize::BITS >= 64);
+
+/// A token as `mio` carries it: no bits are lost (see the assertion above).
+fn tok_to_usize(tok: u64) -> usize {
+    usize::try_from(tok).expect("64-bit usize")
+}
+
+impl<S: Sleeper> Lot<S> {
+    fn insert(&mut self, parked: Parked<S>) -> u64 {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -314,7 +197,15 @@ impl Lot {
         tok
     }
 
-    fn remove(&mut self, tok: u64) -> Option<Parked> {
+    /// The connection parked under `tok`, if it is still there.
+    fn get_mut(&mut self, tok: u64) -> Option<&mut Parked<S>> {
+        match self.slots.get_mut(tok as u32 as usize)? {
+            Slot::Occupied { generation, parked } if *generation == (tok >> 32) as u32 => Some(parked),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, tok: u64) -> Option<Parked<S>> {
         let index = tok as u32;
         let generation = (tok >> 32) as u32;
         let slot = self.slots.get_mut(index as usize)?;
@@ -340,13 +231,10 @@ impl Lot {
 
     /// Re-reads a parked connection's deadline after its engine changed.
     fn refresh_deadline(&mut self, tok: u64) {
-        let Some(Slot::Occupied { generation, parked }) = self.slots.get_mut(tok as u32 as usize) else {
+        let Some(parked) = self.get_mut(tok) else {
             return;
         };
-        if *generation != (tok >> 32) as u32 {
-            return;
-        }
-        let new = parked.sleeper.get().deadline().map(Instant::from_std);
+        let new = parked.sleeper.deadline().map(Instant::from_std);
         if let Some(old) = std::mem::replace(&mut parked.deadline, new) {
             self.deadlines.remove(&(old, tok));
         }
@@ -367,10 +255,10 @@ impl Lot {
     }
 }
 
-struct Shared {
+struct Shared<S> {
     /// How long a connection is idle before it parks.
     park_after: Duration,
-    lot: Mutex<Lot>,
+    lot: Mutex<Lot<S>>,
     registry: Registry,
     /// A connection parked with a deadline earlier than the lot's timer, or
     /// `TRIM_BATCH` parkings or resumptions since the last trim.
@@ -379,13 +267,21 @@ struct Shared {
     stats: Arc<ServerStats>,
 }
 
-/// The server's lot of parked connections (see the module documentation).
-#[derive(Clone)]
-pub(crate) struct ParkingLot {
-    shared: Arc<Shared>,
+/// The server's lot of parked connections (see the module documentation),
+/// holding engines of type `S` by value.
+pub(crate) struct ParkingLot<S> {
+    shared: Arc<Shared<S>>,
 }
 
-impl ParkingLot {
+impl<S> Clone for ParkingLot<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: Sleeper> ParkingLot<S> {
     /// Creates the lot and spawns its task, which runs until `stop` leaves `Run`.
     pub(crate) fn start(
         park_after: Duration,
@@ -442,11 +338,11 @@ impl ParkingLot {
                 break;
             }
             let mut slab = lock(&self.shared.lot);
-            let Some(Slot::Occupied { parked, .. }) = slab.slots.get_mut(tok as u32 as usize) else {
+            let Some(parked) = slab.get_mut(tok) else {
                 continue;
             };
             let peer = parked.peer;
-            if parked.sleeper.get_mut().reclaim(now, peer) {
+            if parked.sleeper.reclaim(now, peer) {
                 if let Some(p) = slab.remove(tok) {
                     drop(slab);
                     leave_lot(&self.shared, &p);
@@ -461,12 +357,12 @@ impl ParkingLot {
     pub(crate) fn park(
         &self,
         io: TcpStream,
-        sleeper: Sleeping,
+        sleeper: S,
         stop: watch::Receiver<Stop>,
         guard: Option<OpenGuard>,
         peer: SocketAddr,
     ) {
-        let deadline = sleeper.get().deadline().map(Instant::from_std);
+        let deadline = sleeper.deadline().map(Instant::from_std);
         let mut lot = lock(&self.shared.lot);
         if lot.closed {
             drop(lot);
@@ -494,7 +390,7 @@ impl ParkingLot {
         if let Err(e) = self
             .shared
             .registry
-            .register(&mut SourceFd(&fd), Token(tok as usize), Interest::READABLE)
+            .register(&mut SourceFd(&fd), Token(tok_to_usize(tok)), Interest::READABLE)
         {
             let parked = lot.remove(tok);
             drop(lot);
@@ -513,12 +409,12 @@ impl ParkingLot {
     }
 }
 
-fn lock(lot: &Mutex<Lot>) -> MutexGuard<'_, Lot> {
+fn lock<S>(lot: &Mutex<Lot<S>>) -> MutexGuard<'_, Lot<S>> {
     lot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Takes a connection out of the lot (if still there) and gives it a task.
-fn unpark(lot: &ParkingLot, tok: u64) {
+fn unpark<S: Sleeper>(lot: &ParkingLot<S>, tok: u64) {
     let parked = lock(&lot.shared.lot).remove(tok);
     if let Some(p) = parked {
         resume(lot, p);
@@ -528,18 +424,18 @@ fn unpark(lot: &ParkingLot, tok: u64) {
 /// A parked connection's deadline passed: its engine decides. When that
 /// ends the connection the socket is closed here, with no task; otherwise
 /// the connection resumes.
-fn expire(lot: &ParkingLot, tok: u64) {
+fn expire<S: Sleeper>(lot: &ParkingLot<S>, tok: u64) {
     let Some(mut p) = lock(&lot.shared.lot).remove(tok) else {
         return;
     };
-    if p.sleeper.get_mut().expire(Instant::now().into_std(), p.peer) {
+    if p.sleeper.expire(Instant::now().into_std(), p.peer) {
         leave_lot(&lot.shared, &p);
     } else {
         resume(lot, p);
     }
 }
 
-fn leave_lot(shared: &Shared, p: &Parked) {
+fn leave_lot<S>(shared: &Shared<S>, p: &Parked<S>) {
     let fd = p.socket.as_raw_fd();
     if shared.registry.deregister(&mut SourceFd(&fd)).is_ok() {
         shared.stats.parked.fetch_sub(1, Ordering::Relaxed);
@@ -547,11 +443,11 @@ fn leave_lot(shared: &Shared, p: &Parked) {
 }
 
 /// Counts a parking or resumption; returns whether a trim is now due.
-fn count_turnover(shared: &Shared) -> bool {
+fn count_turnover<S>(shared: &Shared<S>) -> bool {
     shared.turnover_since_trim.fetch_add(1, Ordering::Relaxed) + 1 == TRIM_BATCH
 }
 
-fn resume(lot: &ParkingLot, mut p: Parked) {
+fn resume<S: Sleeper>(lot: &ParkingLot<S>, mut p: Parked<S>) {
     leave_lot(&lot.shared, &p);
     if count_turnover(&lot.shared) {
         lot.shared.wake.notify_one();
@@ -560,7 +456,7 @@ fn resume(lot: &ParkingLot, mut p: Parked) {
     // the runtime until the reactor's next turn, and the driver must see
     // this input before its parking timer could fire again.
     let now = Instant::now().into_std();
-    let sleeper = p.sleeper.get_mut();
+    let sleeper = &mut p.sleeper;
     let read = crate::io::read_now_with(&mut p.socket, |bytes| sleeper.handle_input(bytes, now));
     if read.is_err() {
         sleeper.handle_io_error(now);
@@ -573,7 +469,7 @@ fn resume(lot: &ParkingLot, mut p: Parked) {
 
 /// The lot's task: resumes connections on readiness, at their deadline and
 /// on shutdown.
-async fn run(shared: Arc<Shared>, mut ready: AsyncFd<Poll>, mut stop: watch::Receiver<Stop>) {
+async fn run<S: Sleeper>(shared: Arc<Shared<S>>, mut ready: AsyncFd<Poll>, mut stop: watch::Receiver<Stop>) {
     let lot = ParkingLot { shared };
     let shared = &lot.shared;
     let mut events = Events::with_capacity(EVENTS_PER_POLL);
@@ -656,7 +552,7 @@ async fn run(shared: Arc<Shared>, mut ready: AsyncFd<Poll>, mut stop: watch::Rec
     for tok in tokens {
         let parked = lock(&shared.lot).remove(tok);
         if let Some(mut p) = parked {
-            match p.sleeper.get_mut().forced_stop(p.peer) {
+            match p.sleeper.forced_stop(p.peer) {
                 AtShutdown::Resume => resume(&lot, p),
                 AtShutdown::Closed | AtShutdown::Stay => leave_lot(shared, &p),
             }
@@ -668,7 +564,7 @@ async fn run(shared: Arc<Shared>, mut ready: AsyncFd<Poll>, mut stop: watch::Rec
 /// engine is told, and closes, stays (a keep-alive connection draining:
 /// input resumes it, its drain deadline closes it here) or resumes (a
 /// WebSocket, to write its close frame).
-fn shut_down_parked(lot: &ParkingLot) {
+fn shut_down_parked<S: Sleeper>(lot: &ParkingLot<S>) {
     let tokens = {
         let mut slab = lock(&lot.shared.lot);
         slab.closed = true;
@@ -677,11 +573,11 @@ fn shut_down_parked(lot: &ParkingLot) {
     let now = Instant::now().into_std();
     for tok in tokens {
         let mut slab = lock(&lot.shared.lot);
-        let Some(Slot::Occupied { parked, .. }) = slab.slots.get_mut(tok as u32 as usize) else {
+        let Some(parked) = slab.get_mut(tok) else {
             continue;
         };
         let peer = parked.peer;
-        match parked.sleeper.get_mut().shutdown(now, peer) {
+        match parked.sleeper.shutdown(now, peer) {
             AtShutdown::Stay => slab.refresh_deadline(tok),
             AtShutdown::Closed => {
                 if let Some(p) = slab.remove(tok) {
@@ -703,15 +599,43 @@ fn shut_down_parked(lot: &ParkingLot) {
 mod tests {
     use super::*;
 
-    /// A parked keep-alive connection on a duplicate of `socket`.
-    fn parked(socket: &std::net::TcpStream, serving: &Arc<Serving>, stop: &watch::Receiver<Stop>) -> Parked {
-        let conn = ServerConnection::new(Arc::new(tether_proto::h1::Config::default()), std::time::Instant::now());
+    /// An engine that never does anything: the slab's bookkeeping alone.
+    struct Idle;
+
+    impl Sleeper for Idle {
+        fn deadline(&self) -> Option<std::time::Instant> {
+            None
+        }
+        fn handle_input(&mut self, _: &[u8], _: std::time::Instant) {}
+        fn handle_io_error(&mut self, _: std::time::Instant) {}
+        fn expire(&mut self, _: std::time::Instant, _: SocketAddr) -> bool {
+            true
+        }
+        fn shutdown(&mut self, _: std::time::Instant, _: SocketAddr) -> AtShutdown {
+            AtShutdown::Closed
+        }
+        fn forced_stop(&mut self, _: SocketAddr) -> AtShutdown {
+            AtShutdown::Closed
+        }
+        fn reclaim(&mut self, _: std::time::Instant, _: SocketAddr) -> bool {
+            true
+        }
+        fn resume(
+            self,
+            _: TcpStream,
+            _: watch::Receiver<Stop>,
+            _: Option<OpenGuard>,
+            _: SocketAddr,
+            _: &ParkingLot<Self>,
+        ) {
+        }
+    }
+
+    /// A parked connection on a duplicate of `socket`.
+    fn parked(socket: &std::net::TcpStream, stop: &watch::Receiver<Stop>) -> Parked<Idle> {
         Parked {
             socket: socket.try_clone().expect("dup"),
-            sleeper: Sleeping::KeepAlive(KeepAlive {
-                conn,
-                serving: serving.clone(),
-            }),
+            sleeper: Idle,
             stop: stop.clone(),
             guard: None,
             peer: SocketAddr::from(([127, 0, 0, 1], 1)),
@@ -723,21 +647,17 @@ mod tests {
     fn an_emptied_slab_is_freed_and_old_tokens_stay_stale() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let socket = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let serving = Arc::new(Serving {
-            handler: Arc::new(crate::server::Router::new()),
-            lot: None,
-        });
         let (_tx, stop) = watch::channel(Stop::Run);
         let mut lot = Lot::default();
 
-        let small: Vec<u64> = (0..10).map(|_| lot.insert(parked(&socket, &serving, &stop))).collect();
+        let small: Vec<u64> = (0..10).map(|_| lot.insert(parked(&socket, &stop))).collect();
         for tok in &small {
             assert!(lot.remove(*tok).is_some());
         }
         assert!(lot.slots.capacity() > 0, "a small slab is kept for the next parkings");
 
         let burst: Vec<u64> = (0..KEEP_EMPTY_SLOTS + 100)
-            .map(|_| lot.insert(parked(&socket, &serving, &stop)))
+            .map(|_| lot.insert(parked(&socket, &stop)))
             .collect();
         assert!(lot.slots.capacity() > KEEP_EMPTY_SLOTS);
         for tok in &burst {
@@ -747,12 +667,14 @@ mod tests {
         assert_eq!(lot.free.capacity(), 0);
 
         // Slot 0 is used again, with a new generation: old tokens miss.
-        let fresh = lot.insert(parked(&socket, &serving, &stop));
+        let fresh = lot.insert(parked(&socket, &stop));
         assert_eq!(fresh as u32, 0);
         for tok in small.iter().chain(&burst) {
             assert_ne!(*tok, fresh);
             assert!(lot.remove(*tok).is_none());
+            assert!(lot.get_mut(*tok).is_none());
         }
+        assert!(lot.get_mut(fresh).is_some());
         assert!(lot.remove(fresh).is_some());
     }
 }

@@ -27,7 +27,7 @@ pub struct Upgraded {
     /// Keeps the connection counted as open.
     pub(crate) guard: Option<crate::lifecycle::OpenGuard>,
     /// The server's parking lot, for protocols that can park idle connections.
-    pub(crate) lot: Option<super::park::ParkingLot>,
+    pub(crate) lot: Option<super::serving::Lot>,
 }
 
 impl Upgraded {

@@ -42,7 +42,8 @@ use tokio::time::Instant;
 use super::driver::{Turn, WsDriver};
 use super::socket::WsError;
 use crate::lifecycle::{OpenGuard, Stop, Transport};
-use crate::server::park::{AtShutdown, ParkingLot, Sleeper, Sleeping};
+use crate::server::park::AtShutdown;
+use crate::server::serving::{Lot, Parkable};
 use crate::server::upgrade::Upgraded;
 
 /// What a callback-served WebSocket endpoint does with each message.
@@ -147,17 +148,17 @@ pub(crate) async fn run<S: WsService>(up: Upgraded, mut engine: WsConnection, se
 }
 
 /// A transport that may be parked: only a runtime TCP socket.
-trait Parkable: Transport + Sized {
+trait ParkableTransport: Transport + Sized {
     fn into_tcp(self) -> Option<TcpStream>;
 }
 
-impl Parkable for TcpStream {
+impl ParkableTransport for TcpStream {
     fn into_tcp(self) -> Option<TcpStream> {
         Some(self)
     }
 }
 
-impl Parkable for Box<dyn Transport> {
+impl ParkableTransport for Box<dyn Transport> {
     fn into_tcp(self) -> Option<TcpStream> {
         None
     }
@@ -170,15 +171,15 @@ enum Outcome {
 }
 
 /// Serves the connection on this task until it ends or parks.
-async fn drive<IO: Parkable, S: WsService>(
+async fn drive<IO: ParkableTransport, S: WsService>(
     io: IO,
     engine: WsConnection,
     mut service: S,
     stop: Option<watch::Receiver<Stop>>,
     guard: Option<OpenGuard>,
-    lot: Option<ParkingLot>,
+    lot: Option<Lot>,
 ) {
-    let park_after = lot.as_ref().map(ParkingLot::park_after);
+    let park_after = lot.as_ref().map(Lot::park_after);
     let mut conn = WsDriver::new(io, engine, stop);
     // Busy, the engine keeps its buffers; an idle connection parks, and
     // frees them first. Without parking it frees them after every message.
@@ -219,7 +220,7 @@ async fn drive<IO: Parkable, S: WsService>(
                     spawn_resumed(engine, service, io, stop, guard, lot)
                 }),
             };
-            lot.park(tcp, Sleeping::WebSocket(parked), stop, guard, peer);
+            lot.park(tcp, Parkable::WebSocket(parked), stop, guard, peer);
         }
     }
 }
@@ -240,8 +241,7 @@ pub(crate) struct ParkedWebSocket {
 }
 
 /// Puts a parked connection's engine and service back on a task of their own.
-type ResumeOnTask =
-    Box<dyn FnOnce(WsConnection, TcpStream, watch::Receiver<Stop>, Option<OpenGuard>, ParkingLot) + Send>;
+type ResumeOnTask = Box<dyn FnOnce(WsConnection, TcpStream, watch::Receiver<Stop>, Option<OpenGuard>, Lot) + Send>;
 
 /// A resumed connection's task (a function of its own: `drive` cannot
 /// name its own future type from inside).
@@ -251,23 +251,24 @@ fn spawn_resumed<S: WsService>(
     io: TcpStream,
     stop: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
-    lot: ParkingLot,
+    lot: Lot,
 ) {
     tokio::spawn(drive(io, engine, service, Some(stop), guard, Some(lot)));
 }
 
 impl ParkedWebSocket {
-    pub(crate) fn resume(self, io: TcpStream, stop: watch::Receiver<Stop>, guard: Option<OpenGuard>, lot: &ParkingLot) {
+    pub(crate) fn resume(self, io: TcpStream, stop: watch::Receiver<Stop>, guard: Option<OpenGuard>, lot: &Lot) {
         (self.resume)(self.engine, io, stop, guard, lot.clone());
     }
 }
 
-impl Sleeper for ParkedWebSocket {
-    fn deadline(&self) -> Option<std::time::Instant> {
+/// What the parking lot asks of it (through `Parkable`).
+impl ParkedWebSocket {
+    pub(crate) fn deadline(&self) -> Option<std::time::Instant> {
         self.engine.poll_timeout()
     }
 
-    fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant) {
+    pub(crate) fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant) {
         if bytes.is_empty() {
             self.engine.handle_eof(now);
         } else {
@@ -275,28 +276,28 @@ impl Sleeper for ParkedWebSocket {
         }
     }
 
-    fn handle_io_error(&mut self, now: std::time::Instant) {
+    pub(crate) fn handle_io_error(&mut self, now: std::time::Instant) {
         self.engine.handle_eof(now);
     }
 
     /// Heartbeat pings and the idle close must be written: always resume.
-    fn expire(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> bool {
+    pub(crate) fn expire(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> bool {
         false
     }
 
     /// The close frame (1001) must be written: resume.
-    fn shutdown(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> AtShutdown {
+    pub(crate) fn shutdown(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> AtShutdown {
         AtShutdown::Resume
     }
 
     /// Its task ends it and tells the service (`on_end`).
-    fn forced_stop(&mut self, _peer: SocketAddr) -> AtShutdown {
+    pub(crate) fn forced_stop(&mut self, _peer: SocketAddr) -> AtShutdown {
         AtShutdown::Resume
     }
 
     /// An open WebSocket is never closed to make room: it has no idle
     /// state a client expects to lose.
-    fn reclaim(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> bool {
+    pub(crate) fn reclaim(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> bool {
         false
     }
 }

@@ -1,0 +1,193 @@
+//! What the connections of one server share, and the kinds of connection
+//! that park.
+//!
+//! Theory of operation. [`Serving`] is the handler and the parking lot;
+//! [`Serving::spawn`] runs a keep-alive connection on a task of its own
+//! until it ends or is idle long enough to park. The parking lot
+//! (`super::park`) knows nothing of protocols: it holds anything that is a
+//! [`Sleeper`]. [`Parkable`] is the one such type this server parks, by
+//! value (an idle keep-alive engine, or a callback-served WebSocket's engine
+//! and service), and hands each call to the kind it is.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tether_proto::h1::{CloseCause, ServerConnection};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::driver::{self, ConnectionEnd, Driven, Paused};
+use super::park::{AtShutdown, ParkingLot, Sleeper};
+use super::{log_end, SharedHandler};
+use crate::lifecycle::{OpenGuard, Stop};
+use crate::ws::ParkedWebSocket;
+
+/// The parking lot of one server.
+pub(crate) type Lot = ParkingLot<Parkable>;
+
+/// What every connection of one server shares.
+pub(crate) struct Serving {
+    pub handler: SharedHandler,
+    /// Present when connections park.
+    pub lot: Option<Lot>,
+}
+
+impl Serving {
+    /// Runs a connection on a task of its own until it ends or parks.
+    pub(crate) fn spawn(
+        self: &Arc<Self>,
+        io: TcpStream,
+        conn: ServerConnection,
+        stop: watch::Receiver<Stop>,
+        guard: Option<OpenGuard>,
+        peer: SocketAddr,
+    ) {
+        let serving = self.clone();
+        tokio::spawn(async move {
+            let lot = serving.lot.as_ref();
+            match driver::drive(io, conn, serving.handler.clone(), stop, guard, lot).await {
+                Driven::Ended(end) => log_end(peer, end),
+                // `drive` parks only when given a lot.
+                Driven::Idle(Paused {
+                    io,
+                    conn,
+                    shutdown,
+                    guard,
+                }) => {
+                    if let Some(lot) = lot {
+                        let parked = Parkable::KeepAlive(KeepAlive {
+                            conn,
+                            serving: serving.clone(),
+                        });
+                        lot.park(io, parked, shutdown, guard, peer);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The connections this server parks, held by value in the lot's slab.
+pub(crate) enum Parkable {
+    KeepAlive(KeepAlive),
+    WebSocket(ParkedWebSocket),
+}
+
+/// Hands a call to the kind of connection parked.
+macro_rules! each_kind {
+    ($self:expr, $k:ident => $call:expr) => {
+        match $self {
+            Parkable::KeepAlive($k) => $call,
+            Parkable::WebSocket($k) => $call,
+        }
+    };
+}
+
+impl Sleeper for Parkable {
+    fn deadline(&self) -> Option<std::time::Instant> {
+        each_kind!(self, k => k.deadline())
+    }
+
+    fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant) {
+        each_kind!(self, k => k.handle_input(bytes, now))
+    }
+
+    fn handle_io_error(&mut self, now: std::time::Instant) {
+        each_kind!(self, k => k.handle_io_error(now))
+    }
+
+    fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
+        each_kind!(self, k => k.expire(now, peer))
+    }
+
+    fn shutdown(&mut self, now: std::time::Instant, peer: SocketAddr) -> AtShutdown {
+        each_kind!(self, k => k.shutdown(now, peer))
+    }
+
+    fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
+        each_kind!(self, k => k.forced_stop(peer))
+    }
+
+    fn reclaim(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
+        each_kind!(self, k => k.reclaim(now, peer))
+    }
+
+    fn resume(
+        self,
+        io: TcpStream,
+        stop: watch::Receiver<Stop>,
+        guard: Option<OpenGuard>,
+        peer: SocketAddr,
+        lot: &ParkingLot<Self>,
+    ) {
+        match self {
+            Parkable::KeepAlive(KeepAlive { conn, serving }) => serving.spawn(io, conn, stop, guard, peer),
+            Parkable::WebSocket(w) => w.resume(io, stop, guard, lot),
+        }
+    }
+}
+
+/// A parked keep-alive connection.
+pub(crate) struct KeepAlive {
+    conn: ServerConnection,
+    serving: Arc<Serving>,
+}
+
+impl KeepAlive {
+    fn deadline(&self) -> Option<std::time::Instant> {
+        self.conn.poll_timeout()
+    }
+
+    fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant) {
+        if bytes.is_empty() {
+            self.conn.handle_eof(now);
+        } else {
+            self.conn.handle_input(bytes, now);
+        }
+    }
+
+    fn handle_io_error(&mut self, now: std::time::Instant) {
+        self.conn.handle_io_error(now);
+    }
+
+    /// The engine decides; when it closes (the idle timeout, the usual
+    /// case) no task is needed.
+    fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
+        self.conn.handle_timeout(now);
+        self.closed(peer)
+    }
+
+    /// An idle keep-alive connection may always be closed (RFC 9112 §9.5).
+    fn reclaim(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
+        self.conn.reclaim(now) && self.closed(peer)
+    }
+
+    fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
+        log_end(
+            peer,
+            ConnectionEnd::Closed(CloseCause::Shutdown, self.conn.requests_served()),
+        );
+        AtShutdown::Closed
+    }
+
+    /// The engine drains it (or, without a drain, closes it).
+    fn shutdown(&mut self, now: std::time::Instant, peer: SocketAddr) -> AtShutdown {
+        self.conn.handle_shutdown(now);
+        if self.closed(peer) {
+            AtShutdown::Closed
+        } else {
+            AtShutdown::Stay
+        }
+    }
+
+    /// Whether the engine closed it (logged here, as no task will).
+    fn closed(&self, peer: SocketAddr) -> bool {
+        match self.conn.poll_close() {
+            Some(cause) => {
+                log_end(peer, ConnectionEnd::Closed(cause, self.conn.requests_served()));
+                true
+            }
+            None => false,
+        }
+    }
+}
