@@ -51,7 +51,6 @@ pub fn ws_options(c: &ServeConfig) -> WsOptions {
         WsCompression::Shared => CompressionMode::Shared,
         WsCompression::Context => CompressionMode::Context,
     };
-    o.handshake.compression.mode = mode;
     o.engine.compression.mode = mode;
     o.engine.ping_interval = c.ws_ping_interval;
     o.engine.write_timeout = c.write_timeout;

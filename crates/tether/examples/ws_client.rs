@@ -108,13 +108,11 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 }
 
 async fn run(url: &str, mode: CompressionMode, server_window: u8, report: &mut Report) -> Result<(), String> {
-    let options = ClientOptions {
-        compression: CompressionConfig {
-            mode,
-            server_max_window_bits: server_window,
-            ..CompressionConfig::default()
-        },
-        ..ClientOptions::default()
+    let mut options = ClientOptions::default();
+    options.ws.engine.compression = CompressionConfig {
+        mode,
+        server_max_window_bits: server_window,
+        ..CompressionConfig::default()
     };
     let mut ws = connect(url, options).await.map_err(|e| format!("connect: {e}"))?;
     report.bool("connected", true);

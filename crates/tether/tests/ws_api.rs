@@ -61,7 +61,7 @@ fn echo_router(options: WsOptions) -> Router {
 
 fn client_options(mode: CompressionMode) -> ClientOptions {
     let mut o = ClientOptions::default();
-    o.compression.mode = mode;
+    o.ws.engine.compression.mode = mode;
     o
 }
 
@@ -79,7 +79,6 @@ async fn next_data(socket: &mut ws::WebSocket) -> Message {
 async fn tether_client_and_server_round_trip_with_and_without_deflate() {
     for mode in [CompressionMode::Off, CompressionMode::Shared, CompressionMode::Context] {
         let mut options = WsOptions::default();
-        options.handshake.compression.mode = mode;
         options.engine.compression.mode = mode;
         let server = start(echo_router(options)).await;
         let url = format!("ws://127.0.0.1:{}/ws", server.port);
@@ -564,7 +563,7 @@ fn process_cpu() -> Duration {
 async fn a_broadcast_completes_while_a_member_inflates_a_large_message() {
     let hub = Arc::new(Broadcast::new());
     let mut server_options = WsOptions::default();
-    server_options.handshake.compression.mode = CompressionMode::Shared;
+    server_options.engine.compression.mode = CompressionMode::Shared;
     let options = Arc::new(server_options);
     let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, std::time::Instant)>();
     let joined = Arc::new(tokio::sync::Semaphore::new(0));
@@ -587,7 +586,7 @@ async fn a_broadcast_completes_while_a_member_inflates_a_large_message() {
     let server = start(router).await;
     let url = format!("ws://127.0.0.1:{}/ws", server.port);
     let mut client_options = ClientOptions::default();
-    client_options.compression.mode = CompressionMode::Shared;
+    client_options.ws.engine.compression.mode = CompressionMode::Shared;
     let inflater = connect(&url, client_options.clone()).await.unwrap();
     let other = connect(&url, client_options).await.unwrap();
     let _ = timeout(T, joined.acquire_many(2)).await.unwrap().unwrap();

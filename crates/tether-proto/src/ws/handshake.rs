@@ -73,7 +73,6 @@ pub struct HandshakeConfig {
     pub subprotocols: Vec<String>,
     /// Allowed `Origin` values (ASCII case-insensitive); empty allows all.
     pub allowed_origins: Vec<String>,
-    pub compression: CompressionConfig,
 }
 
 /// A rejected upgrade request and how to answer it.
@@ -146,8 +145,14 @@ impl Accepted {
 }
 
 /// Checks a client's upgrade request (see the module documentation).
-pub fn accept(request: &http::request::Parts, config: &HandshakeConfig) -> Result<Accepted, HandshakeError> {
-    accept_head(&request.method, request.version, &request.headers, config)
+/// `compression` is the connection's ([`WsConfig::compression`](super::WsConfig::compression)):
+/// the same setting decides what is agreed here and how the engine compresses.
+pub fn accept(
+    request: &http::request::Parts,
+    config: &HandshakeConfig,
+    compression: &CompressionConfig,
+) -> Result<Accepted, HandshakeError> {
+    accept_head(&request.method, request.version, &request.headers, config, compression)
 }
 
 /// [`accept`] on the pieces of a request head.
@@ -156,6 +161,7 @@ pub fn accept_head(
     version: Version,
     headers: &HeaderMap,
     config: &HandshakeConfig,
+    compression: &CompressionConfig,
 ) -> Result<Accepted, HandshakeError> {
     if version < Version::HTTP_11 {
         return Err(HandshakeError::HttpVersion);
@@ -188,7 +194,7 @@ pub fn accept_head(
     let subprotocol = header_tokens(headers, &SEC_WEBSOCKET_PROTOCOL)
         .find(|offered| config.subprotocols.iter().any(|ours| ours.as_bytes() == *offered))
         .map(|chosen| HeaderValue::from_bytes(chosen).expect("a token from a header value"));
-    let agreement = deflate::negotiate(headers.get_all(SEC_WEBSOCKET_EXTENSIONS), &config.compression);
+    let agreement = deflate::negotiate(headers.get_all(SEC_WEBSOCKET_EXTENSIONS), compression);
     Ok(Accepted {
         accept: HeaderValue::from_str(&accept_key(key)).expect("base64 is a valid header value"),
         subprotocol,
@@ -395,6 +401,11 @@ mod tests {
     use super::*;
     use crate::ws::deflate::CompressionMode;
 
+    /// The handshake with compression off (most tests are about the rest).
+    fn accept(request: &http::request::Parts, config: &HandshakeConfig) -> Result<Accepted, HandshakeError> {
+        super::accept(request, config, &CompressionConfig::default())
+    }
+
     const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
     fn request(lines: &[(&str, &str)]) -> http::request::Parts {
@@ -573,19 +584,17 @@ mod tests {
 
     #[test]
     fn extensions_negotiated() {
-        let cfg = HandshakeConfig {
-            compression: CompressionConfig {
-                mode: CompressionMode::Shared,
-                ..Default::default()
-            },
-            ..HandshakeConfig::default()
+        let compression = CompressionConfig {
+            mode: CompressionMode::Shared,
+            ..Default::default()
         };
-        let accepted = accept(
+        let accepted = super::accept(
             &request(&with(
                 "Sec-WebSocket-Extensions",
                 "permessage-deflate; client_max_window_bits",
             )),
-            &cfg,
+            &HandshakeConfig::default(),
+            &compression,
         )
         .unwrap();
         assert!(accepted.deflate.is_some());
@@ -639,13 +648,13 @@ mod tests {
         }
         let cfg = HandshakeConfig {
             subprotocols: vec!["superchat".into()],
-            compression: CompressionConfig {
-                mode: CompressionMode::Context,
-                ..Default::default()
-            },
             ..Default::default()
         };
-        let accepted = accept_head(&Method::GET, Version::HTTP_11, &headers, &cfg).unwrap();
+        let compression = CompressionConfig {
+            mode: CompressionMode::Context,
+            ..Default::default()
+        };
+        let accepted = accept_head(&Method::GET, Version::HTTP_11, &headers, &cfg, &compression).unwrap();
         let agreed = c
             .validate_response(StatusCode::SWITCHING_PROTOCOLS, &accepted.response_headers())
             .unwrap();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::HeaderMap;
-use tether_proto::ws::{ClientHandshake, ClientHandshakeError, CompressionConfig, WsConnection};
+use tether_proto::ws::{ClientHandshake, ClientHandshakeError, WsConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -18,8 +18,6 @@ pub struct ClientOptions {
     pub ws: WsOptions,
     /// Subprotocols to offer, in preference order.
     pub subprotocols: Vec<String>,
-    /// permessage-deflate offer (`mode: Off` offers none).
-    pub compression: CompressionConfig,
     /// Extra request headers (e.g. `Origin`).
     pub headers: HeaderMap,
     /// Deadline for TCP connect plus handshake.
@@ -31,7 +29,6 @@ impl Default for ClientOptions {
         Self {
             ws: WsOptions::default(),
             subprotocols: Vec::new(),
-            compression: CompressionConfig::default(),
             headers: HeaderMap::new(),
             handshake_timeout: Duration::from_secs(10),
         }
@@ -110,7 +107,8 @@ async fn handshake(target: Target, options: &ClientOptions) -> Result<WebSocket,
     let hs = ClientHandshake::new(
         rand::random::<[u8; 16]>(),
         options.subprotocols.clone(),
-        options.compression,
+        // One setting: what is offered here is what the engine then uses.
+        options.ws.engine.compression,
     );
     let mut request = Vec::with_capacity(256);
     hs.write_request(&target.host_header, &target.path, &options.headers, &mut request)?;

@@ -47,6 +47,9 @@ pub use driver::ConnectionEnd;
 pub use handler::{Handler, Request, Response, SharedHandler};
 pub use router::Router;
 pub use static_files::StaticFiles;
+/// The keep-alive policy and limits of a server's connections (the
+/// engine's own configuration: one `Config` for every connection).
+pub use tether_proto::h1::{CloseCause, Config, KeepAliveHeader};
 pub use upgrade::{OnUpgrade, Upgraded};
 
 /// Default for [`Server::park_idle_after`].

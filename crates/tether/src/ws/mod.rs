@@ -48,6 +48,7 @@ pub(crate) use service::ParkedWebSocket;
 pub use service::{Replies, WsService};
 pub use socket::{TrySendError, WebSocket, WsError, WsOptions, WsReceiver, WsSender};
 pub use tether_proto::ws::{
-    CloseCode, CloseFrame, CompressionConfig, CompressionMode, Message, QueueOverflow, Utf8Bytes, WsConfig, WsEnd,
+    CloseCode, CloseFrame, CompressionConfig, CompressionMode, HandshakeConfig, Message, QueueOverflow, Utf8Bytes,
+    WsConfig, WsEnd,
 };
 pub use upgrade::{is_websocket_request, upgrade, upgrade_service};

@@ -33,7 +33,9 @@ pub struct WsOptions {
     /// (`queue_overflow`), write, close, heartbeat (`ping_interval`, 1011)
     /// and idle (1001) timeouts, compression level.
     pub engine: WsConfig,
-    /// Server handshake: subprotocols, `Origin` allow-list, compression mode.
+    /// Server handshake: subprotocols and the `Origin` allow-list. (What
+    /// permessage-deflate mode is agreed is `engine.compression`'s, the one
+    /// compression setting of both sides.)
     pub handshake: HandshakeConfig,
 }
 

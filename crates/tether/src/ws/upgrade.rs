@@ -57,7 +57,13 @@ struct Opened {
 
 /// Runs the handshake: the `101` with `on_upgrade`'s callback, or the error response.
 fn accept(req: &Request, options: &Arc<WsOptions>, on_upgrade: impl FnOnce(Opened) -> OnUpgrade) -> Response {
-    match handshake::accept_head(req.method(), req.version(), req.headers(), &options.handshake) {
+    match handshake::accept_head(
+        req.method(),
+        req.version(),
+        req.headers(),
+        &options.handshake,
+        &options.engine.compression,
+    ) {
         Err(e) => {
             tracing::debug!(error = %e, "websocket handshake refused");
             let mut resp = Response::new(Body::Full(Bytes::from(format!("{e}\n"))));
