@@ -59,127 +59,202 @@ pub enum WsCompression {
     Context,
 }
 
-/// The effective configuration of `tether serve`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ServeConfig {
-    /// Address to listen on (port 0: any free port).
-    pub listen: SocketAddr,
-    /// Listen backlog (connections the kernel queues before they are
-    /// accepted); capped by the system's `net.core.somaxconn`. `None`: that cap.
-    pub backlog: Option<u32>,
-    /// Most connections open at once; beyond it the longest-idle parked
-    /// keep-alive connection is closed, or, with none, 503. `None`: no limit.
-    pub max_connections: Option<usize>,
-    /// Most connections open at once from one client address (503 beyond).
-    /// `None`: no limit.
-    pub max_connections_per_client: Option<usize>,
-    /// Idle keep-alive connections are closed after this long.
+/// Makes the configuration's types from the one list of settings below.
+macro_rules! serve_settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        #[arg($($arg:tt)*)]
+        $(#[serde($($serde:tt)*)])?
+        $field:ident: $ty:ty = $default:expr, flag $flag:ty => $conv:expr;
+    )*) => {
+        /// The effective configuration of `tether serve` (see the settings list).
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct ServeConfig {
+            $( $(#[doc = $doc])* $(#[serde($($serde)*)])? pub $field: $ty, )*
+        }
+
+        impl Default for ServeConfig {
+            fn default() -> Self {
+                Self { $( $field: $default, )* }
+            }
+        }
+
+        /// Options of `tether serve`. Every option is also a key of the
+        /// `--config` file and a `TETHER_*` environment variable; precedence
+        /// is flag > environment > file > default.
+        #[derive(Debug, Clone, Default, clap::Args)]
+        #[command(after_help = VALUE_SYNTAX_HELP)]
+        pub struct ServeArgs {
+            /// TOML file with the same keys as these flags (e.g. `keep-alive-timeout = "5s"`)
+            #[arg(long, value_name = "FILE", env = "TETHER_CONFIG")]
+            pub config: Option<PathBuf>,
+            $(
+                #[arg(long, help = help_text(stringify!($field), concat!($($doc),*)), $($arg)*)]
+                pub $field: Option<$flag>,
+            )*
+        }
+
+        impl ServeArgs {
+            /// Overwrites every field of `config` that these arguments carry.
+            pub fn apply_to(self, config: &mut ServeConfig) {
+                $(
+                    if let Some(value) = self.$field {
+                        let convert: fn($flag) -> $ty = $conv;
+                        config.$field = convert(value);
+                    }
+                )*
+            }
+        }
+    };
+}
+
+// One definition of every setting: its type and default, its flag and
+// environment variable (the `#[arg]` line), its TOML key (the field's name
+// in kebab case), its help text (the doc comment, with the default appended
+// from `ServeConfig::default()`). `serve_settings!` makes `ServeConfig`, its
+// `Default`, the clap `ServeArgs` and `ServeArgs::apply_to` from it.
+serve_settings! {
+    /// Address to listen on; port 0 picks a free port
+    #[arg(value_name = "ADDR", env = "TETHER_LISTEN")]
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), flag SocketAddr => |v| v;
+
+    /// Listen backlog: connections the kernel queues before they are accepted, capped by net.core.somaxconn [default: the system's somaxconn]
+    #[arg(value_name = "N", env = "TETHER_BACKLOG", value_parser = clap::value_parser!(u32).range(1..))]
+    backlog: Option<u32> = None, flag u32 => Some;
+
+    /// Most connections open at once; beyond it the longest-idle parked keep-alive connection is closed to make room, or, with none, the new one gets 503 [default: no limit]
+    #[arg(value_name = "N", env = "TETHER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64> = None, flag u64 => Some;
+
+    /// Most connections open at once from one client address; beyond it 503 [default: no limit]
+    #[arg(value_name = "N", env = "TETHER_MAX_CONNECTIONS_PER_CLIENT", value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections_per_client: Option<u64> = None, flag u64 => Some;
+
+    /// Close an idle keep-alive connection after this long; the Keep-Alive header advertises it in whole seconds, rounded down (under a second: timeout=0)
+    #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_KEEP_ALIVE_TIMEOUT", value_parser = parse_duration)]
     #[serde(with = "serde_duration")]
-    pub keep_alive_timeout: Duration,
-    /// Requests served per connection; the last response carries
-    /// `Connection: close`. 0 = unlimited.
-    pub keep_alive_max: u32,
-    /// What `max` the `Keep-Alive` header advertises.
-    pub keep_alive_header: KeepAliveHeaderMode,
-    /// Send no `Keep-Alive` header at all (overrides `keep_alive_header`).
-    pub no_keep_alive_header: bool,
-    /// After this long a connection's next response carries
-    /// `Connection: close`. `None`: no limit.
+    keep_alive_timeout: Duration = Duration::from_secs(5), flag Duration => |v| v;
+
+    /// Requests per connection; the last response carries `Connection: close`; 0 = unlimited
+    #[arg(allow_hyphen_values = true, value_name = "N", env = "TETHER_KEEP_ALIVE_MAX")]
+    keep_alive_max: u32 = 100, flag u32 => |v| v;
+
+    /// `max` advertised in `Keep-Alive: timeout=T, max=M`: the configured maximum or the requests remaining
+    #[arg(value_name = "MODE", env = "TETHER_KEEP_ALIVE_HEADER", value_enum)]
+    keep_alive_header: KeepAliveHeaderMode = KeepAliveHeaderMode::Fixed, flag KeepAliveHeaderMode => |v| v;
+
+    /// Send no `Keep-Alive` response header
+    #[arg(value_name = "BOOL", env = "TETHER_NO_KEEP_ALIVE_HEADER", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    no_keep_alive_header: bool = false, flag bool => |v| v;
+
+    /// A connection's maximum lifetime: after it, the next response carries `Connection: close` and an idle connection is closed; the Keep-Alive header never advertises more than is left of it
+    #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_MAX_LIFETIME", value_parser = parse_opt_duration)]
     #[serde(with = "serde_opt_duration")]
-    pub max_lifetime: Option<Duration>,
-    /// A keep-alive connection (or an `/echo` WebSocket) idle this long
-    /// leaves its task and waits in the server's parking lot (less memory).
-    /// `None`: never.
+    max_lifetime: Option<Duration> = None, flag OptDuration => |v| v.0;
+
+    /// Park a keep-alive connection or an /echo WebSocket idle this long: no task, timer or reactor registration while it waits (64-bit Unix)
+    #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_PARK_IDLE_AFTER", value_parser = parse_opt_duration)]
     #[serde(with = "serde_opt_duration")]
-    pub park_idle_after: Option<Duration>,
-    /// A request head must arrive whole within this after its first byte.
+    park_idle_after: Option<Duration> = Some(Duration::from_secs(1)), flag OptDuration => |v| v.0;
+
+    /// A request head must arrive within this after its first byte, else 408
+    #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_HEADER_TIMEOUT", value_parser = parse_duration)]
     #[serde(with = "serde_duration")]
-    pub header_timeout: Duration,
-    /// A request body making no progress for this long closes the connection.
+    header_timeout: Duration = Duration::from_secs(10), flag Duration => |v| v;
+
+    /// Close a connection whose request body makes no progress for this long
+    #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_BODY_TIMEOUT", value_parser = parse_duration)]
     #[serde(with = "serde_duration")]
-    pub body_timeout: Duration,
-    /// Output (HTTP or WebSocket) that makes no progress for this long
-    /// closes the connection: the peer stopped reading.
+    body_timeout: Duration = Duration::from_secs(30), flag Duration => |v| v;
+
+    /// Close a connection (HTTP or WebSocket) whose output makes no progress for this long: the peer stopped reading
+    #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_WRITE_TIMEOUT", value_parser = parse_duration)]
     #[serde(with = "serde_duration")]
-    pub write_timeout: Duration,
-    /// A request body must average at least this many bytes per second
-    /// (after a grace of `body_timeout`), else 408 and close. `None`: no minimum.
+    write_timeout: Duration = Duration::from_secs(30), flag Duration => |v| v;
+
+    /// A request body must average this many bytes per second after a grace of --body-timeout, else 408; off for no minimum
+    #[arg(allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_BODY_MIN_RATE", value_parser = parse_opt_size)]
     #[serde(with = "serde_opt_size")]
-    pub body_min_rate: Option<u64>,
-    /// Largest request body in bytes (`413` beyond).
+    body_min_rate: Option<u64> = Some(500), flag OptSize => |v| v.0;
+
+    /// Largest request body, 413 beyond
+    #[arg(allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_MAX_BODY", value_parser = parse_size)]
     #[serde(with = "serde_size")]
-    pub max_body: u64,
-    /// On SIGTERM/SIGINT, in-flight requests get this long before the
-    /// remaining connections are dropped.
+    max_body: u64 = 16 * MIB, flag u64 => |v| v;
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may still run
+    #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
     #[serde(with = "serde_duration")]
-    pub shutdown_timeout: Duration,
-    /// On SIGTERM/SIGINT, idle keep-alive connections stay open this long
-    /// (at most `shutdown_timeout`) for a request already on its way
-    /// (answered with `Connection: close`). `None`: idle connections close
-    /// at once.
+    shutdown_timeout: Duration = Duration::from_secs(10), flag Duration => |v| v;
+
+    /// On SIGTERM/SIGINT, keep idle connections open this long (at most the shutdown timeout) for a request already on its way (answered with `Connection: close`); off closes them at once
+    #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_DRAIN", value_parser = parse_opt_duration)]
     #[serde(with = "serde_opt_duration")]
-    pub drain: Option<Duration>,
-    /// Directory served as static files. `None`: no static files.
-    pub root: Option<PathBuf>,
-    /// Runtime worker threads; 1 means a current-thread runtime.
-    pub workers: usize,
-    /// Log filter (`tracing_subscriber::EnvFilter` syntax), e.g. `info`.
-    pub log: String,
-    /// Largest WebSocket message in bytes (close 1009 beyond).
+    drain: Option<Duration> = Some(Duration::from_secs(1)), flag OptDuration => |v| v.0;
+
+    /// Serve static files from this directory [default: none]
+    #[arg(value_name = "DIR", env = "TETHER_ROOT")]
+    root: Option<PathBuf> = None, flag PathBuf => Some;
+
+    /// Worker threads; 1 = single-threaded runtime [default: number of CPUs]
+    #[arg(allow_hyphen_values = true, value_name = "N", env = "TETHER_WORKERS", value_parser = parse_workers)]
+    workers: usize = default_workers(), flag usize => |v| v;
+
+    /// Log filter: a level (trace, debug, info, warn, error, off) or comma-separated target=level directives, e.g. `info,tether::access=info`
+    #[arg(value_name = "LEVEL", env = "TETHER_LOG", value_parser = parse_log_filter)]
+    #[serde(deserialize_with = "deserialize_log_filter")]
+    log: String = "info".to_owned(), flag String => |v| v;
+
+    /// Largest WebSocket message, close 1009 beyond
+    #[arg(allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_WS_MAX_MESSAGE", value_parser = parse_size)]
     #[serde(with = "serde_size")]
-    pub ws_max_message: u64,
-    /// permessage-deflate policy.
-    pub ws_compression: WsCompression,
-    /// Send a Ping after this long without traffic. `None`: never.
+    ws_max_message: u64 = 16 * MIB, flag u64 => |v| v;
+
+    /// WebSocket permessage-deflate: off, shared (no context takeover) or context (context takeover)
+    #[arg(value_name = "MODE", env = "TETHER_WS_COMPRESSION", value_enum)]
+    ws_compression: WsCompression = WsCompression::Shared, flag WsCompression => |v| v;
+
+    /// Ping a WebSocket after this long without traffic
+    #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_WS_PING_INTERVAL", value_parser = parse_opt_duration)]
     #[serde(with = "serde_opt_duration")]
-    pub ws_ping_interval: Option<Duration>,
-    /// Close a WebSocket silent for this long. `None`: never.
+    ws_ping_interval: Option<Duration> = None, flag OptDuration => |v| v.0;
+
+    /// Close a WebSocket silent for this long
+    #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_WS_IDLE_TIMEOUT", value_parser = parse_opt_duration)]
     #[serde(with = "serde_opt_duration")]
-    pub ws_idle_timeout: Option<Duration>,
-    /// Origins allowed to open WebSockets. Empty: any origin.
-    #[serde(rename = "allowed-origin")]
-    pub allowed_origins: Vec<String>,
-    /// Most bytes queued for sending on one WebSocket before it counts as
-    /// a slow consumer.
+    ws_idle_timeout: Option<Duration> = None, flag OptDuration => |v| v.0;
+
+    /// Origin allowed to open WebSockets; repeat or comma-separate for several [default: any origin]
+    #[arg(value_name = "ORIGIN", env = "TETHER_ALLOWED_ORIGIN", value_delimiter = ',')]
+    allowed_origin: Vec<String> = Vec::new(), flag Vec<String> => |v| v;
+
+    /// Bytes queued for sending on one WebSocket: a reply that does not fit closes it with 1008 (slow consumer)
+    #[arg(allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_WS_MAX_QUEUED", value_parser = parse_size)]
     #[serde(with = "serde_size")]
-    pub ws_max_queued: u64,
+    ws_max_queued: u64 = 4 * MIB, flag u64 => |v| v;
+}
+
+/// A flag's help: its doc text, then `[default: …]` from
+/// `ServeConfig::default()` as the config file would write it (unless the
+/// text states its default itself).
+fn help_text(field: &str, doc: &str) -> String {
+    let doc = doc.trim();
+    if doc.contains("[default:") {
+        return doc.to_owned();
+    }
+    let key = field.replace('_', "-");
+    let defaults = toml::Table::try_from(ServeConfig::default()).unwrap_or_default();
+    let text = match defaults.get(&key) {
+        Some(toml::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "off".to_owned(),
+    };
+    format!("{doc} [default: {text}]")
 }
 
 const MIB: u64 = 1024 * 1024;
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            backlog: None,
-            max_connections: None,
-            max_connections_per_client: None,
-            keep_alive_timeout: Duration::from_secs(5),
-            keep_alive_max: 100,
-            keep_alive_header: KeepAliveHeaderMode::Fixed,
-            no_keep_alive_header: false,
-            max_lifetime: None,
-            park_idle_after: Some(Duration::from_secs(1)),
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(30),
-            body_min_rate: Some(500),
-            write_timeout: Duration::from_secs(30),
-            max_body: 16 * MIB,
-            shutdown_timeout: Duration::from_secs(10),
-            drain: Some(Duration::from_secs(1)),
-            root: None,
-            workers: default_workers(),
-            log: "info".to_owned(),
-            ws_max_message: 16 * MIB,
-            ws_compression: WsCompression::Shared,
-            ws_ping_interval: None,
-            ws_idle_timeout: None,
-            allowed_origins: Vec::new(),
-            ws_max_queued: 4 * MIB,
-        }
-    }
-}
 
 /// The number of CPUs (at least 1).
 pub fn default_workers() -> usize {
@@ -258,139 +333,6 @@ pub fn parse_opt_size(input: &str) -> Result<OptSize, ValueError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OptDuration(pub Option<Duration>);
 
-/// Options of `tether serve`. Every option is also a key of the `--config`
-/// file and a `TETHER_*` environment variable; precedence is
-/// flag > environment > file > default.
-#[derive(Debug, Clone, Default, clap::Args)]
-#[command(after_help = VALUE_SYNTAX_HELP)]
-pub struct ServeArgs {
-    /// TOML file with the same keys as these flags (e.g. `keep-alive-timeout = "5s"`)
-    #[arg(long, value_name = "FILE", env = "TETHER_CONFIG")]
-    pub config: Option<PathBuf>,
-
-    /// Address to listen on; port 0 picks a free port [default: 127.0.0.1:8080]
-    #[arg(long, value_name = "ADDR", env = "TETHER_LISTEN")]
-    pub listen: Option<SocketAddr>,
-
-    /// Listen backlog: connections the kernel queues before they are accepted, capped by net.core.somaxconn [default: the system's somaxconn]
-    #[arg(long, value_name = "N", env = "TETHER_BACKLOG", value_parser = clap::value_parser!(u32).range(1..))]
-    pub backlog: Option<u32>,
-
-    /// Most connections open at once; beyond it the longest-idle parked keep-alive connection is closed to make room, or, with none, the new one gets 503 [default: no limit]
-    #[arg(long, value_name = "N", env = "TETHER_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_connections: Option<u64>,
-
-    /// Most connections open at once from one client address; beyond it 503 [default: no limit]
-    #[arg(long, value_name = "N", env = "TETHER_MAX_CONNECTIONS_PER_CLIENT", value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_connections_per_client: Option<u64>,
-
-    /// Close an idle keep-alive connection after this long [default: 5s]
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_KEEP_ALIVE_TIMEOUT",
-          value_parser = parse_duration)]
-    pub keep_alive_timeout: Option<Duration>,
-
-    /// Requests per connection; the last response carries `Connection: close`; 0 = unlimited [default: 100]
-    #[arg(long, allow_hyphen_values = true, value_name = "N", env = "TETHER_KEEP_ALIVE_MAX")]
-    pub keep_alive_max: Option<u32>,
-
-    /// `max` advertised in `Keep-Alive: timeout=T, max=M`: the configured maximum or the requests remaining [default: fixed]
-    #[arg(long, value_name = "MODE", env = "TETHER_KEEP_ALIVE_HEADER", value_enum)]
-    pub keep_alive_header: Option<KeepAliveHeaderMode>,
-
-    /// Send no `Keep-Alive` response header [default: false]
-    #[arg(long, value_name = "BOOL", env = "TETHER_NO_KEEP_ALIVE_HEADER",
-          num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          value_parser = clap::builder::BoolishValueParser::new())]
-    pub no_keep_alive_header: Option<bool>,
-
-    /// After this long, a connection's next response carries `Connection: close` [default: off]
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_MAX_LIFETIME",
-          value_parser = parse_opt_duration)]
-    pub max_lifetime: Option<OptDuration>,
-
-    /// Park a keep-alive connection or an /echo WebSocket idle this long: no task, timer or reactor registration while it waits [default: 1s]
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_PARK_IDLE_AFTER",
-          value_parser = parse_opt_duration)]
-    pub park_idle_after: Option<OptDuration>,
-
-    /// A request head must arrive within this after its first byte, else 408 [default: 10s]
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_HEADER_TIMEOUT",
-          value_parser = parse_duration)]
-    pub header_timeout: Option<Duration>,
-
-    /// Close a connection whose request body makes no progress for this long [default: 30s]
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_BODY_TIMEOUT",
-          value_parser = parse_duration)]
-    pub body_timeout: Option<Duration>,
-
-    /// Close a connection (HTTP or WebSocket) whose output makes no progress for this long: the peer stopped reading [default: 30s]
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_WRITE_TIMEOUT",
-          value_parser = parse_duration)]
-    pub write_timeout: Option<Duration>,
-
-    /// A request body must average this many bytes per second after a grace of --body-timeout, else 408; off for no minimum [default: 500]
-    #[arg(long, allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_BODY_MIN_RATE", value_parser = parse_opt_size)]
-    pub body_min_rate: Option<OptSize>,
-
-    /// Largest request body, 413 beyond [default: 16MiB]
-    #[arg(long, allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_MAX_BODY", value_parser = parse_size)]
-    pub max_body: Option<u64>,
-
-    /// On SIGTERM/SIGINT, how long in-flight requests may still run [default: 10s]
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_SHUTDOWN_TIMEOUT",
-          value_parser = parse_duration)]
-    pub shutdown_timeout: Option<Duration>,
-
-    /// On SIGTERM/SIGINT, keep idle connections open this long (at most the shutdown timeout) for a request already on its way (answered with `Connection: close`); off closes them at once [default: 1s]
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_DRAIN",
-          value_parser = parse_opt_duration)]
-    pub drain: Option<OptDuration>,
-
-    /// Serve static files from this directory [default: none]
-    #[arg(long, value_name = "DIR", env = "TETHER_ROOT")]
-    pub root: Option<PathBuf>,
-
-    /// Worker threads; 1 = single-threaded runtime [default: number of CPUs]
-    #[arg(long, allow_hyphen_values = true, value_name = "N", env = "TETHER_WORKERS",
-          value_parser = parse_workers)]
-    pub workers: Option<usize>,
-
-    /// Log filter, e.g. `info`, `debug`, `tether=trace` [default: info]
-    #[arg(long, value_name = "LEVEL", env = "TETHER_LOG")]
-    pub log: Option<String>,
-
-    /// Largest WebSocket message, close 1009 beyond [default: 16MiB]
-    #[arg(long, allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_WS_MAX_MESSAGE", value_parser = parse_size)]
-    pub ws_max_message: Option<u64>,
-
-    /// WebSocket permessage-deflate: off, shared (no context takeover) or context (context takeover) [default: shared]
-    #[arg(long, value_name = "MODE", env = "TETHER_WS_COMPRESSION", value_enum)]
-    pub ws_compression: Option<WsCompression>,
-
-    /// Ping a WebSocket after this long without traffic [default: off]
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_WS_PING_INTERVAL",
-          value_parser = parse_opt_duration)]
-    pub ws_ping_interval: Option<OptDuration>,
-
-    /// Close a WebSocket silent for this long [default: off]
-    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_WS_IDLE_TIMEOUT",
-          value_parser = parse_opt_duration)]
-    pub ws_idle_timeout: Option<OptDuration>,
-
-    /// Origin allowed to open WebSockets; repeat or comma-separate for several [default: any origin]
-    #[arg(
-        long = "allowed-origin",
-        value_name = "ORIGIN",
-        env = "TETHER_ALLOWED_ORIGIN",
-        value_delimiter = ','
-    )]
-    pub allowed_origins: Option<Vec<String>>,
-
-    /// Bytes queued for sending on one WebSocket before it is closed as a slow consumer [default: 4MiB]
-    #[arg(long, allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_WS_MAX_QUEUED", value_parser = parse_size)]
-    pub ws_max_queued: Option<u64>,
-}
-
 const VALUE_SYNTAX_HELP: &str = "\
 Every option is also a key of the --config file (same name, no dashes, e.g.
 keep-alive-timeout = \"2s\") and an environment variable (TETHER_KEEP_ALIVE_TIMEOUT=2s).
@@ -399,51 +341,6 @@ Precedence: flag > environment > file > default.
 DURATION: a number with an optional unit ms, s, m, h; a bare number is seconds
   (5, 2.5, 500ms, 5s, 1m). Options whose default is off also accept `off` or 0.
 SIZE: bytes with an optional binary unit (1048576, 64K, 64KiB, 16M, 16MiB, 1G, 1GiB).";
-
-impl ServeArgs {
-    /// Overwrites every field of `config` that these arguments carry.
-    pub fn apply_to(self, config: &mut ServeConfig) {
-        fn set<T>(slot: &mut T, value: Option<T>) {
-            if let Some(value) = value {
-                *slot = value;
-            }
-        }
-        set(&mut config.listen, self.listen);
-        if self.backlog.is_some() {
-            config.backlog = self.backlog;
-        }
-        if let Some(n) = self.max_connections {
-            config.max_connections = Some(usize::try_from(n).unwrap_or(usize::MAX));
-        }
-        if let Some(n) = self.max_connections_per_client {
-            config.max_connections_per_client = Some(usize::try_from(n).unwrap_or(usize::MAX));
-        }
-        set(&mut config.keep_alive_timeout, self.keep_alive_timeout);
-        set(&mut config.keep_alive_max, self.keep_alive_max);
-        set(&mut config.keep_alive_header, self.keep_alive_header);
-        set(&mut config.no_keep_alive_header, self.no_keep_alive_header);
-        set(&mut config.max_lifetime, self.max_lifetime.map(|d| d.0));
-        set(&mut config.park_idle_after, self.park_idle_after.map(|d| d.0));
-        set(&mut config.header_timeout, self.header_timeout);
-        set(&mut config.body_timeout, self.body_timeout);
-        set(&mut config.body_min_rate, self.body_min_rate.map(|s| s.0));
-        set(&mut config.write_timeout, self.write_timeout);
-        set(&mut config.max_body, self.max_body);
-        set(&mut config.shutdown_timeout, self.shutdown_timeout);
-        set(&mut config.drain, self.drain.map(|d| d.0));
-        if self.root.is_some() {
-            config.root = self.root;
-        }
-        set(&mut config.workers, self.workers);
-        set(&mut config.log, self.log);
-        set(&mut config.ws_max_message, self.ws_max_message);
-        set(&mut config.ws_compression, self.ws_compression);
-        set(&mut config.ws_ping_interval, self.ws_ping_interval.map(|d| d.0));
-        set(&mut config.ws_idle_timeout, self.ws_idle_timeout.map(|d| d.0));
-        set(&mut config.allowed_origins, self.allowed_origins);
-        set(&mut config.ws_max_queued, self.ws_max_queued);
-    }
-}
 
 /// The effective configuration: defaults, then the `--config` file if any,
 /// then environment variables and flags (already merged by clap).
@@ -549,6 +446,38 @@ fn parse_duration_value(input: &str) -> Result<Duration, ValueError> {
     }
     // Fits: at most 365 days in nanoseconds is far below u64::MAX.
     Ok(Duration::from_nanos(nanos as u64))
+}
+
+/// Checks a log filter: each comma-separated directive is a level
+/// (`trace`, `debug`, `info`, `warn`, `error`, `off`), `target=level`, or a
+/// target of this program (`tether`, `tether_proto`, `tether::…`). A bare
+/// word like `verbose` would be taken by `tracing` as a target nobody logs
+/// to, and silently turn logging off: it is refused instead.
+pub fn parse_log_filter(input: &str) -> Result<String, ValueError> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for directive in input.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let ok = match directive.split_once('=') {
+            Some((_, level)) => LEVELS.iter().any(|l| l.eq_ignore_ascii_case(level.trim())),
+            None => {
+                LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive))
+                    || ["tether", "tether_proto", "tether_cli"].contains(&directive)
+                    || directive.starts_with("tether::")
+                    || directive.starts_with("tether_proto::")
+            }
+        };
+        if !ok {
+            return Err(value_error(
+                input,
+                &format!("{directive:?} is not a level (trace, debug, info, warn, error, off) or target=level"),
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(input).map_err(|e| value_error(input, &e.to_string()))?;
+    Ok(input.to_owned())
+}
+
+fn deserialize_log_filter<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    parse_log_filter(&String::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 /// Parses a worker count: 1 to 4096.
@@ -779,7 +708,7 @@ mod tests {
         assert_eq!(c.ws_compression, WsCompression::Shared);
         assert_eq!(c.ws_ping_interval, None);
         assert_eq!(c.ws_idle_timeout, None);
-        assert!(c.allowed_origins.is_empty());
+        assert!(c.allowed_origin.is_empty());
         assert_eq!(c.ws_max_queued, 4 << 20);
     }
 
@@ -847,7 +776,7 @@ mod tests {
         assert_eq!(c.ws_ping_interval, Some(secs(20)));
         assert_eq!(c.ws_idle_timeout, None);
         assert_eq!(
-            c.allowed_origins,
+            c.allowed_origin,
             ["https://a.example", "https://b.example", "https://c.example"]
         );
         assert_eq!(c.ws_max_queued, 1 << 20);
@@ -874,6 +803,29 @@ mod tests {
         }
         let err = parse(&["--header-timeout", "nan"]).unwrap_err().to_string();
         assert!(err.contains("--header-timeout") && err.contains("nan"), "{err}");
+    }
+
+    #[test]
+    fn log_filters_that_would_silence_logging_are_refused() {
+        for good in [
+            "info",
+            "debug",
+            "OFF",
+            "info,tether::access=info",
+            "tether=trace",
+            "tether_proto::ws=debug",
+            "warn,tether=debug",
+        ] {
+            assert_eq!(parse_log_filter(good).as_deref(), Ok(good), "{good}");
+        }
+        for bad in ["verbose", "info,loud", "tether=loud"] {
+            let err = parse_log_filter(bad).unwrap_err().to_string();
+            assert!(err.contains("not a level"), "{bad}: {err}");
+        }
+        assert!(parse_log_filter("=info").is_err(), "tracing's own syntax check");
+        let _g = lock();
+        assert!(parse(&["--log", "verbose"]).is_err());
+        assert!(ServeConfig::from_toml_str("log = \"verbose\"\n").is_err());
     }
 
     #[test]
@@ -933,7 +885,7 @@ mod tests {
         assert_eq!(c.ws_compression, WsCompression::Off);
         assert_eq!(c.ws_ping_interval, None);
         assert_eq!(c.ws_idle_timeout, Some(secs(30)));
-        assert_eq!(c.allowed_origins, ["https://a.example"]);
+        assert_eq!(c.allowed_origin, ["https://a.example"]);
         assert_eq!(c.ws_max_queued, 64 << 10);
     }
 
@@ -982,7 +934,7 @@ mod tests {
         let c = ServeConfig {
             max_lifetime: Some(ms(1500)),
             ws_ping_interval: Some(secs(120)),
-            allowed_origins: vec!["https://x.example".into()],
+            allowed_origin: vec!["https://x.example".into()],
             max_body: 1000,
             ..ServeConfig::default()
         };
@@ -1029,7 +981,7 @@ mod tests {
             assert_eq!(c.keep_alive_max, 2);
             assert_eq!(c.header_timeout, secs(3)); // file
             assert_eq!(c.log, "debug");
-            assert_eq!(c.allowed_origins, ["https://a.example", "https://b.example"]);
+            assert_eq!(c.allowed_origin, ["https://a.example", "https://b.example"]);
             assert!(c.no_keep_alive_header);
 
             // Flags over env.
@@ -1051,7 +1003,7 @@ mod tests {
             assert_eq!(c.header_timeout, secs(3)); // file
             assert_eq!(c.body_timeout, secs(30)); // default
             assert_eq!(c.log, "trace");
-            assert_eq!(c.allowed_origins, ["https://c.example"]);
+            assert_eq!(c.allowed_origin, ["https://c.example"]);
             assert!(!c.no_keep_alive_header);
 
             // A bad env value is reported with the variable's flag.

@@ -45,7 +45,7 @@ pub fn ws_options(c: &ServeConfig) -> WsOptions {
     let max_message = usize::try_from(c.ws_max_message).unwrap_or(usize::MAX);
     o.engine.max_message_size = max_message;
     o.engine.max_frame_size = max_message;
-    o.handshake.allowed_origins = c.allowed_origins.clone();
+    o.handshake.allowed_origins = c.allowed_origin.clone();
     let mode = match c.ws_compression {
         WsCompression::Off => CompressionMode::Off,
         WsCompression::Shared => CompressionMode::Shared,
@@ -170,8 +170,11 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
     let server = Server::new(h1_config(&c), handler)
         .shutdown_timeout(c.shutdown_timeout)
         .park_idle_after(c.park_idle_after)
-        .max_connections(c.max_connections)
-        .max_connections_per_client(c.max_connections_per_client);
+        .max_connections(c.max_connections.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
+        .max_connections_per_client(
+            c.max_connections_per_client
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        );
     let max = if c.keep_alive_max == 0 {
         "unlimited".to_string()
     } else {

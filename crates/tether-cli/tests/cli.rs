@@ -1,0 +1,43 @@
+//! The `tether` binary's command line: errors name what the user wrote.
+
+use std::process::Command;
+
+fn tether(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+    cmd.args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TETHER_")) {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run tether");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_environment_variable_is_reported_under_its_own_name() {
+    let (code, err) = tether(&["serve"], &[("TETHER_KEEP_ALIVE_MAX", "abc")]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("TETHER_KEEP_ALIVE_MAX") && err.contains("\"abc\""),
+        "{err}"
+    );
+    // Typed on the command line, the flag is named.
+    let (code, err) = tether(&["serve", "--keep-alive-max", "abc"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--keep-alive-max") && !err.contains("TETHER_"), "{err}");
+}
+
+#[test]
+fn a_log_filter_that_would_turn_logging_off_is_refused() {
+    let (code, err) = tether(&["serve", "--log", "verbose"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a level"), "{err}");
+    let (code, err) = tether(&["serve"], &[("TETHER_LOG", "verbose")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("TETHER_LOG"), "{err}");
+}
