@@ -97,6 +97,8 @@ macro_rules! serve_settings {
 
         impl ServeArgs {
             /// Overwrites every field of `config` that these arguments carry.
+            // Each setting's conversion is a closure written in the list.
+            #[allow(clippy::redundant_closure_call)]
             pub fn apply_to(self, config: &mut ServeConfig) {
                 $(
                     if let Some(value) = self.$field {
