@@ -209,6 +209,11 @@ serve_settings! {
     #[serde(deserialize_with = "deserialize_log_filter")]
     log: String = "info".to_owned(), flag String => |v| v;
 
+    /// Log one line per request (client, request line, status, length, time) at info on target tether::access
+    #[arg(value_name = "BOOL", env = "TETHER_ACCESS_LOG", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    access_log: bool = false, flag bool => |v| v;
+
     /// Largest WebSocket message, close 1009 beyond
     #[arg(allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_WS_MAX_MESSAGE", value_parser = parse_size)]
     #[serde(with = "serde_size")]

@@ -170,6 +170,7 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
     let server = Server::new(h1_config(&c), handler)
         .shutdown_timeout(c.shutdown_timeout)
         .park_idle_after(c.park_idle_after)
+        .access_log(c.access_log)
         .max_connections(c.max_connections.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
         .max_connections_per_client(
             c.max_connections_per_client

@@ -152,6 +152,40 @@ impl std::fmt::Display for CloseCause {
     }
 }
 
+/// What was wrong with a request that was refused (the reason a
+/// `ProtocolError`, `HeaderTimeout` or `BodyTimeout` close came with), for
+/// logs: the status sent, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The head was refused.
+    Head(HeadError),
+    /// The body broke (framing, size, a stall or too slow a rate).
+    Body(BodyError),
+    /// The head did not arrive within the header timeout.
+    HeaderTimeout,
+}
+
+impl Fault {
+    /// The status that answered it.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Fault::Head(e) => e.status(),
+            Fault::Body(e) => body_error_status(e),
+            Fault::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Head(e) => write!(f, "{} {e}", e.status().as_u16()),
+            Fault::Body(e) => write!(f, "{} {e}", body_error_status(*e).as_u16()),
+            Fault::HeaderTimeout => f.write_str("408 request head timed out"),
+        }
+    }
+}
+
 /// What the connection has to tell its driver.
 #[derive(Debug)]
 pub enum Event {
@@ -322,6 +356,8 @@ pub struct ServerConnection {
     close_after: Option<CloseCause>,
     peer_eof: bool,
     closed: Option<CloseCause>,
+    /// The last request refused, and why.
+    fault: Option<Fault>,
     shutdown_write: bool,
     /// Keep buffer capacity across idle periods (see [`Self::set_retain_buffers`]).
     retain_buffers: bool,
@@ -357,6 +393,7 @@ impl ServerConnection {
             close_after: None,
             peer_eof: false,
             closed: None,
+            fault: None,
             shutdown_write: false,
             retain_buffers: false,
             read_high_water: 0,
@@ -575,6 +612,7 @@ impl ServerConnection {
     }
 
     fn reject(&mut self, e: HeadError) -> Event {
+        self.fault = Some(Fault::Head(e));
         self.reject_with(e.status(), CloseCause::ProtocolError)
     }
 
@@ -615,6 +653,7 @@ impl ServerConnection {
     }
 
     fn fail_body(&mut self, e: BodyError) -> Event {
+        self.fault = Some(Fault::Body(e));
         let cause = match e {
             BodyError::Timeout => CloseCause::BodyTimeout,
             BodyError::Incomplete => CloseCause::PeerClosed,
@@ -1139,6 +1178,7 @@ impl ServerConnection {
                 self.close_now(CloseCause::IdleTimeout);
             }
             Phase::Head { since } if !self.output_blocked() && now >= since + c.header_timeout => {
+                self.fault = Some(Fault::HeaderTimeout);
                 self.reject_with(StatusCode::REQUEST_TIMEOUT, CloseCause::HeaderTimeout);
                 self.pending = Some(PendingEvent::Reject(StatusCode::REQUEST_TIMEOUT));
             }
@@ -1207,6 +1247,11 @@ impl ServerConnection {
     #[must_use]
     pub fn poll_close(&self) -> Option<CloseCause> {
         self.closed
+    }
+
+    /// The last request refused on this connection, and why (for logs).
+    pub fn fault(&self) -> Option<Fault> {
+        self.fault
     }
 
     /// Whether the connection is closed.

@@ -18,6 +18,6 @@ pub mod parse;
 mod tests;
 
 pub use config::{Config, KeepAliveHeader};
-pub use conn::{body_error_status, CloseCause, Event, ResponseBody, SendError, ServerConnection};
+pub use conn::{body_error_status, CloseCause, Event, Fault, ResponseBody, SendError, ServerConnection};
 pub use decode::BodyError;
 pub use parse::{has_token, recycle_header_map, BodyFraming, HeadError, RequestHead};

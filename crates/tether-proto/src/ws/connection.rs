@@ -226,6 +226,26 @@ fn room_for(queued: usize, len: usize, limit: usize) -> bool {
     queued == 0 || queued.saturating_add(len) <= limit
 }
 
+/// What went through a connection, and how its close went (for the line
+/// a driver logs when it ends). Counts saturate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WsStats {
+    /// Bytes received (frames and their headers).
+    pub bytes_in: u64,
+    /// Bytes written to the transport.
+    pub bytes_out: u64,
+    /// Data messages delivered.
+    pub messages_in: u32,
+    /// Data messages queued to send.
+    pub messages_out: u32,
+    /// The code of the Close we sent (0: none sent).
+    pub close_sent: u16,
+    /// The code of the peer's Close (0: none received; 1005: one without a code).
+    pub close_received: u16,
+    /// Who sent the first Close: `Some(true)` this end, `Some(false)` the peer.
+    pub closed_here_first: Option<bool>,
+}
+
 /// How a WebSocket connection ended, once it has
 /// ([`WsConnection::poll_close`]). Exactly one per connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -358,6 +378,9 @@ pub struct WsConnection {
     next_ping: Option<Instant>,
     awaiting_pong: bool,
     last_input: Instant,
+    /// When the connection opened (the handshake).
+    opened_at: Instant,
+    stats: WsStats,
 }
 
 /// A data frame's size on the wire for a payload of `len` bytes (a
@@ -459,12 +482,24 @@ impl WsConnection {
             next_ping: config.ping_interval.map(|interval| now + interval),
             awaiting_pong: false,
             last_input: now,
+            opened_at: now,
+            stats: WsStats::default(),
             config,
         }
     }
 
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// What went through the connection so far, and how its close went.
+    pub fn stats(&self) -> WsStats {
+        self.stats
+    }
+
+    /// When the connection opened (the instant given to its constructor).
+    pub fn opened_at(&self) -> Instant {
+        self.opened_at
     }
 
     /// The limits and timers this connection runs with.
@@ -491,6 +526,7 @@ impl WsConnection {
         if !bytes.is_empty() {
             self.last_input = now;
         }
+        self.stats.bytes_in = self.stats.bytes_in.saturating_add(bytes.len() as u64);
         self.read_buf.extend_from_slice(bytes);
         self.note_read_capacity();
         self.process(now, Until::Event);
@@ -523,9 +559,10 @@ impl WsConnection {
         &mut self.read_buf
     }
 
-    /// Processes what the driver read into [`read_buffer`](Self::read_buffer)
-    /// (call it only after a read that returned bytes: it counts as input).
-    pub fn handle_read(&mut self, now: Instant) {
+    /// Processes the `n` bytes the driver read into
+    /// [`read_buffer`](Self::read_buffer) (a read that returned bytes).
+    pub fn handle_read(&mut self, n: usize, now: Instant) {
+        self.stats.bytes_in = self.stats.bytes_in.saturating_add(n as u64);
         if self.input_closed() {
             self.free_read_buffer();
             return;
@@ -717,7 +754,10 @@ impl WsConnection {
                     self.config.max_message_size,
                     self.deflate.as_mut().map(|d| &mut d.decompressor),
                 ) {
-                    Ok(Some(message)) => self.events.push_back(Event::Message(message)),
+                    Ok(Some(message)) => {
+                        self.stats.messages_in = self.stats.messages_in.saturating_add(1);
+                        self.events.push_back(Event::Message(message));
+                    }
                     Ok(None) => {}
                     Err(error) => self.fail(error, now),
                 }
@@ -730,6 +770,8 @@ impl WsConnection {
             Err(error) => self.fail(error, now),
             Ok(frame) => {
                 self.close_received = true;
+                self.stats.close_received = frame.as_ref().map_or(1005, |f| f.code.0);
+                self.stats.closed_here_first.get_or_insert(false);
                 self.assembler.discard();
                 self.free_read_buffer(); // nothing may follow a Close
                 if !self.close_sent {
@@ -812,6 +854,7 @@ impl WsConnection {
         }
         self.check_open()?;
         self.check_room(frame.len())?;
+        self.stats.messages_out = self.stats.messages_out.saturating_add(1);
         self.out.push_shared(frame.as_bytes().clone());
         Ok(())
     }
@@ -876,6 +919,7 @@ impl WsConnection {
             return;
         }
         self.out.consume(n);
+        self.stats.bytes_out = self.stats.bytes_out.saturating_add(n as u64);
         self.write_since = Some(now);
         if self.out.len() < self.config.max_queued_bytes {
             self.answers_over_limit = false;
@@ -988,6 +1032,7 @@ impl WsConnection {
             return Err(SendError::EncodedFrameOnClient);
         }
         self.check_open()?;
+        self.stats.messages_out = self.stats.messages_out.saturating_add(1);
         self.out.push_shared(frame.as_bytes().clone());
         Ok(())
     }
@@ -1055,6 +1100,7 @@ impl WsConnection {
 
     /// Queues a message's frame, compressed when negotiated and worth it.
     fn encode_data(&mut self, opcode: OpCode, payload: Bytes) {
+        self.stats.messages_out = self.stats.messages_out.saturating_add(1);
         match self.deflate.as_mut() {
             Some(deflate) if payload.len() >= self.config.compression.min_message_size => {
                 let compressed = Bytes::from(deflate.compressor.compress(&payload));
@@ -1091,6 +1137,11 @@ impl WsConnection {
 
     fn queue_close(&mut self, payload: Bytes) {
         self.close_sent = true;
+        self.stats.close_sent = match payload[..] {
+            [hi, lo, ..] => u16::from_be_bytes([hi, lo]),
+            _ => 1005,
+        };
+        self.stats.closed_here_first.get_or_insert(true);
         self.queue_frame(OpCode::Close, false, payload);
     }
 

@@ -55,7 +55,9 @@ pub mod utf8;
 mod connection_tests;
 
 pub use close::{CloseCode, CloseFrame};
-pub use connection::{Event, MaskKeySource, QueueOverflow, QueueRoom, Role, WsConfig, WsConnection, WsEnd, WsState};
+pub use connection::{
+    Event, MaskKeySource, QueueOverflow, QueueRoom, Role, WsConfig, WsConnection, WsEnd, WsState, WsStats,
+};
 pub use deflate::{CompressionConfig, CompressionMode, DeflateParams};
 pub use error::{ProtocolError, SendError};
 pub use frame::{EncodedFrame, OpCode};

@@ -131,12 +131,14 @@ async fn handshake(target: Target, options: &ClientOptions) -> Result<WebSocket,
         rand::random::<[u8; 4]>,
         std::time::Instant::now(),
     );
+    let peer = stream.peer_addr().ok();
     Ok(WebSocket::start(
         Box::new(stream),
         rest,
         engine,
         accepted.subprotocol,
         None,
+        peer,
     ))
 }
 

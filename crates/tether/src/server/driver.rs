@@ -21,6 +21,7 @@
 //! map back to the engine for a later request head.
 
 use std::future::poll_fn;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -45,8 +46,9 @@ const BODY_CHANNEL: usize = 4;
 /// What one connection ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionEnd {
-    /// Closed, for this cause, after this many responses.
-    Closed(CloseCause, u32),
+    /// Closed, for this cause, after this many responses; with what was
+    /// wrong with a refused request, if one was.
+    Closed(CloseCause, u32, Option<h1::Fault>),
     /// Switched protocols after this many responses.
     Upgraded(u32),
 }
@@ -86,7 +88,13 @@ pub(crate) async fn serve_tracked<IO: Transport>(
     guard: Option<OpenGuard>,
 ) -> ConnectionEnd {
     let conn = ServerConnection::new(config, Instant::now().into_std());
-    match drive(io, conn, handler, shutdown, guard, None).await {
+    let context = Context {
+        handler,
+        lot: None,
+        peer: None,
+        access_log: false,
+    };
+    match drive(io, conn, context, shutdown, guard).await {
         Driven::Ended(end) => end,
         Driven::Idle(_) => unreachable!("never parks without park_after"),
     }
@@ -126,14 +134,15 @@ pub(crate) struct Paused<IO> {
 pub(crate) async fn drive<IO: Transport>(
     io: IO,
     conn: ServerConnection,
-    handler: SharedHandler,
+    context: Context<'_>,
     shutdown: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
-    lot: Option<&Lot>,
 ) -> Driven<IO> {
+    let Context { lot, peer, .. } = context;
     let park_after = lot.map(Lot::park_after);
     let upgrade_stop = shutdown.clone();
-    let mut d = Driving::new(io, conn, handler, shutdown);
+    let access_log = context.access_log.then(|| AccessLog::new(peer));
+    let mut d = Driving::new(io, conn, context.handler, shutdown, access_log);
     if d.stop == Stop::Force {
         return d.ended(CloseCause::Shutdown);
     }
@@ -149,7 +158,7 @@ pub(crate) async fn drive<IO: Transport>(
             return d.ended(cause);
         }
         if d.conn.is_upgraded() && !d.conn.has_output() {
-            return d.hand_over(upgrade_stop, guard, lot);
+            return d.hand_over(upgrade_stop, guard, peer, lot);
         }
         let wake = match d.answer_now().await {
             true => Wake::Answered,
@@ -168,6 +177,74 @@ pub(crate) async fn drive<IO: Transport>(
             }
             Next::Close(cause) => return d.ended(cause),
         }
+    }
+}
+
+/// What a connection's driver gets from its server.
+pub(crate) struct Context<'a> {
+    pub handler: SharedHandler,
+    /// The parking lot, when connections park.
+    pub lot: Option<&'a Lot>,
+    /// The client's address, for logs.
+    pub peer: Option<SocketAddr>,
+    /// Log one line per request (`Server::access_log`).
+    pub access_log: bool,
+}
+
+/// The request being answered, for its access-log line.
+struct AccessLog {
+    peer: Option<SocketAddr>,
+    /// `METHOD target VERSION` of the current request.
+    request_line: String,
+    started: Option<Instant>,
+}
+
+impl AccessLog {
+    fn new(peer: Option<SocketAddr>) -> Self {
+        Self {
+            peer,
+            request_line: String::new(),
+            started: None,
+        }
+    }
+
+    fn request(&mut self, head: &h1::RequestHead) {
+        use std::fmt::Write;
+        self.request_line.clear();
+        let _ = write!(self.request_line, "{} {} {:?}", head.method, head.uri, head.version);
+        self.started = Some(Instant::now());
+    }
+
+    /// A head refused before it was a request.
+    fn refused(&mut self, status: StatusCode) {
+        self.request_line.clear();
+        self.request_line.push('-');
+        self.response(status, &HeaderMap::new(), &Body::Empty);
+    }
+
+    /// One line per response, at `info` on target `tether::access`: the
+    /// client, the request line, the status, the body's declared length
+    /// (`-` when streamed) and the time from the request head to the
+    /// response head (a common log format; the date is the log line's).
+    fn response(&mut self, status: StatusCode, headers: &HeaderMap, body: &Body) {
+        let length = match body {
+            Body::Full(b) => b.len().to_string(),
+            Body::Empty => headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("0")
+                .to_owned(),
+            Body::Stream(_) => "-".to_owned(),
+        };
+        let peer = self.peer.map_or_else(|| "-".to_owned(), |p| p.ip().to_string());
+        let took = self.started.take().map(|t| t.elapsed()).unwrap_or_default();
+        tracing::info!(
+            target: "tether::access",
+            "{peer} \"{}\" {} {length} {:.6}",
+            self.request_line,
+            status.as_u16(),
+            took.as_secs_f64()
+        );
     }
 }
 
@@ -209,10 +286,17 @@ struct Driving<IO> {
     clock: Option<std::time::Instant>,
     /// Its largest buffers, reported when it is dropped (see `memory`).
     peak: crate::memory::PeakBuffers,
+    access_log: Option<AccessLog>,
 }
 
 impl<IO: Transport> Driving<IO> {
-    fn new(io: IO, mut conn: ServerConnection, handler: SharedHandler, shutdown: watch::Receiver<Stop>) -> Self {
+    fn new(
+        io: IO,
+        mut conn: ServerConnection,
+        handler: SharedHandler,
+        shutdown: watch::Receiver<Stop>,
+        access_log: Option<AccessLog>,
+    ) -> Self {
         // Idle, the connection's buffers go to the thread's pool (see `pool`).
         conn.set_retain_buffers(true);
         // Registered once for the connection's life, not once per wait.
@@ -236,11 +320,16 @@ impl<IO: Transport> Driving<IO> {
             park_at: None,
             clock: None,
             peak: Default::default(),
+            access_log,
         }
     }
 
     fn ended(&self, cause: CloseCause) -> Driven<IO> {
-        Driven::Ended(ConnectionEnd::Closed(cause, self.conn.requests_served()))
+        Driven::Ended(ConnectionEnd::Closed(
+            cause,
+            self.conn.requests_served(),
+            self.conn.fault(),
+        ))
     }
 
     /// Step 1: the engine's events, while the handler can take body chunks.
@@ -263,6 +352,9 @@ impl<IO: Transport> Driving<IO> {
                 Event::Reject(status) => {
                     self.handler_fut = None;
                     self.body_tx = None;
+                    if let Some(log) = self.access_log.as_mut() {
+                        log.refused(status);
+                    }
                     send_error(&mut self.conn, status);
                 }
             }
@@ -271,6 +363,9 @@ impl<IO: Transport> Driving<IO> {
 
     /// A request head: its body channel, and the handler that answers it.
     fn start_request(&mut self, head: h1::RequestHead) {
+        if let Some(log) = self.access_log.as_mut() {
+            log.request(&head);
+        }
         let length = match head.body {
             h1::BodyFraming::Empty => None,
             h1::BodyFraming::Length(n) => Some(Some(n)),
@@ -315,7 +410,13 @@ impl<IO: Transport> Driving<IO> {
     /// The connection switched protocols and its `101` is written: the
     /// transport goes to the upgrade's callback, on a task of its own (this
     /// connection's HTTP state is freed).
-    fn hand_over(self, stop: watch::Receiver<Stop>, guard: Option<OpenGuard>, lot: Option<&Lot>) -> Driven<IO> {
+    fn hand_over(
+        self,
+        stop: watch::Receiver<Stop>,
+        guard: Option<OpenGuard>,
+        peer: Option<SocketAddr>,
+        lot: Option<&Lot>,
+    ) -> Driven<IO> {
         let Driving {
             io,
             mut conn,
@@ -330,6 +431,7 @@ impl<IO: Transport> Driving<IO> {
                 read_buf,
                 stop: Some(stop),
                 guard,
+                peer,
                 lot: lot.cloned(),
             };
             tokio::spawn(f(upgraded));
@@ -481,6 +583,9 @@ impl<IO: Transport> Driving<IO> {
             self.body_tx = None;
         }
         let now = self.clock.unwrap_or_else(std::time::Instant::now);
+        if let Some(log) = self.access_log.as_mut() {
+            log.response(resp.status(), resp.headers(), resp.body());
+        }
         match start_response(&mut self.conn, resp, now) {
             Started::Done => {}
             Started::Streaming(rx) => self.stream = Some(rx),

@@ -102,6 +102,7 @@ pub struct Server {
     shutdown_timeout: Duration,
     park_after: Option<Duration>,
     limits: admission::Limits,
+    access_log: bool,
     stats: Arc<ServerStats>,
 }
 
@@ -114,6 +115,7 @@ impl Server {
             shutdown_timeout: Duration::from_secs(10),
             park_after: Some(DEFAULT_PARK_AFTER),
             limits: admission::Limits::default(),
+            access_log: false,
             stats: Arc::new(ServerStats::default()),
         }
     }
@@ -154,6 +156,14 @@ impl Server {
         self
     }
 
+    /// Log one line per request at `info` on target `tether::access`: the
+    /// client, the request line, the status, the body's length and the time
+    /// to the response head. Off by default.
+    pub fn access_log(mut self, on: bool) -> Self {
+        self.access_log = on;
+        self
+    }
+
     /// The server's counters.
     pub fn stats(&self) -> Arc<ServerStats> {
         self.stats.clone()
@@ -178,6 +188,7 @@ impl Server {
         let serving = Arc::new(serving::Serving {
             handler: self.handler.clone(),
             lot,
+            access_log: self.access_log,
         });
         tokio::pin!(shutdown);
         loop {
@@ -207,7 +218,7 @@ impl Server {
         let _ = stop_tx.send(driver::Stop::Graceful);
         tracing::info!(
             open = self.stats.open.get(),
-            "shutting down: closing idle connections, finishing in-flight requests"
+            "shutting down: idle connections drain, in-flight requests finish with Connection: close, WebSockets close with 1001"
         );
         if tokio::time::timeout(self.shutdown_timeout, self.stats.open.all_closed())
             .await
@@ -224,11 +235,20 @@ impl Server {
     }
 }
 
+/// The one line every HTTP connection ends with (at `debug`): its cause,
+/// the responses it carried, and for a refused request the status sent
+/// and why. An upgraded connection's line says so; the new protocol logs
+/// its own end.
 fn log_end(peer: SocketAddr, end: ConnectionEnd) {
     match end {
-        ConnectionEnd::Closed(cause, requests) => {
+        ConnectionEnd::Closed(cause, requests, Some(fault)) => {
+            tracing::debug!(%peer, cause = cause.as_str(), requests, %fault, "connection closed")
+        }
+        ConnectionEnd::Closed(cause, requests, None) => {
             tracing::debug!(%peer, cause = cause.as_str(), requests, "connection closed")
         }
-        ConnectionEnd::Upgraded(requests) => tracing::debug!(%peer, requests, "connection upgraded and ended"),
+        ConnectionEnd::Upgraded(requests) => {
+            tracing::debug!(%peer, requests, "connection upgraded: the new protocol takes over")
+        }
     }
 }

@@ -30,6 +30,8 @@ pub(crate) struct Serving {
     pub handler: SharedHandler,
     /// Present when connections park.
     pub lot: Option<Lot>,
+    /// One log line per request.
+    pub access_log: bool,
 }
 
 impl Serving {
@@ -45,7 +47,13 @@ impl Serving {
         let serving = self.clone();
         tokio::spawn(async move {
             let lot = serving.lot.as_ref();
-            match driver::drive(io, conn, serving.handler.clone(), stop, guard, lot).await {
+            let context = driver::Context {
+                handler: serving.handler.clone(),
+                lot,
+                peer: Some(peer),
+                access_log: serving.access_log,
+            };
+            match driver::drive(io, conn, context, stop, guard).await {
                 Driven::Ended(end) => log_end(peer, end),
                 // `drive` parks only when given a lot.
                 Driven::Idle(Paused {
@@ -165,7 +173,7 @@ impl KeepAlive {
     fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
         log_end(
             peer,
-            ConnectionEnd::Closed(CloseCause::Shutdown, self.conn.requests_served()),
+            ConnectionEnd::Closed(CloseCause::Shutdown, self.conn.requests_served(), None),
         );
         AtShutdown::Closed
     }
@@ -184,7 +192,10 @@ impl KeepAlive {
     fn closed(&self, peer: SocketAddr) -> bool {
         match self.conn.poll_close() {
             Some(cause) => {
-                log_end(peer, ConnectionEnd::Closed(cause, self.conn.requests_served()));
+                log_end(
+                    peer,
+                    ConnectionEnd::Closed(cause, self.conn.requests_served(), self.conn.fault()),
+                );
                 true
             }
             None => false,

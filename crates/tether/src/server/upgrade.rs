@@ -26,6 +26,8 @@ pub struct Upgraded {
     pub(crate) stop: Option<tokio::sync::watch::Receiver<crate::lifecycle::Stop>>,
     /// Keeps the connection counted as open.
     pub(crate) guard: Option<crate::lifecycle::OpenGuard>,
+    /// The client's address, when the transport has one (for logs).
+    pub peer: Option<std::net::SocketAddr>,
     /// The server's parking lot, for protocols that can park idle connections.
     pub(crate) lot: Option<super::serving::Lot>,
 }

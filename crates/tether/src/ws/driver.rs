@@ -24,6 +24,7 @@
 //! engine), or deliver messages (its faces do).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -54,6 +55,18 @@ pub(crate) enum Ending {
     ForcedStop,
 }
 
+/// A peer address for logs (`-` when the transport has none).
+pub(crate) struct Peer(pub(crate) Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(peer) => peer.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 /// The time, read at most once per pass of the driving loop (a pass takes
 /// microseconds; deadlines here are seconds).
 #[derive(Default)]
@@ -81,6 +94,8 @@ pub(crate) struct WsDriver<IO> {
     ending: Option<Ending>,
     /// Its largest buffers, reported when the driver is dropped (see `memory`).
     peak: PeakBuffers,
+    /// The peer's address, for logs.
+    pub(crate) peer: Option<SocketAddr>,
 }
 
 /// A deadline that passed.
@@ -91,7 +106,12 @@ enum Fired {
 
 impl<IO: Transport> WsDriver<IO> {
     /// Drives `engine` over `io`; with a stop signal, server shutdown closes it with 1001.
-    pub(crate) fn new(io: IO, mut engine: WsConnection, stop: Option<watch::Receiver<Stop>>) -> Self {
+    pub(crate) fn new(
+        io: IO,
+        mut engine: WsConnection,
+        stop: Option<watch::Receiver<Stop>>,
+        peer: Option<SocketAddr>,
+    ) -> Self {
         let now = Instant::now();
         let mut stopping = false;
         let stop = stop.and_then(|rx| {
@@ -121,6 +141,7 @@ impl<IO: Transport> WsDriver<IO> {
             last_io: now,
             ending: None,
             peak: PeakBuffers::default(),
+            peer,
         }
     }
 
@@ -185,14 +206,39 @@ impl<IO: Transport> WsDriver<IO> {
     }
 
     fn finish(&mut self, ending: Ending) {
+        self.log_end(ending);
+        self.ending = Some(ending);
+        self.timer = None;
+        self.stop = None;
+    }
+
+    /// The one line every WebSocket ends with (at `debug`): how it ended,
+    /// the close codes each way and who closed first, what went through it
+    /// each way, how long it lived.
+    fn log_end(&self, ending: Ending) {
         let end = match ending {
             Ending::Engine(end) => end.as_str(),
             Ending::ForcedStop => "forced_stop",
         };
-        tracing::debug!(end, "websocket ended");
-        self.ending = Some(ending);
-        self.timer = None;
-        self.stop = None;
+        let s = self.engine.stats();
+        let closed_by = match s.closed_here_first {
+            Some(true) => "here",
+            Some(false) => "peer",
+            None => "nobody",
+        };
+        tracing::debug!(
+            peer = %Peer(self.peer),
+            end,
+            closed_by,
+            close_sent = s.close_sent,
+            close_received = s.close_received,
+            messages_in = s.messages_in,
+            messages_out = s.messages_out,
+            bytes_in = s.bytes_in,
+            bytes_out = s.bytes_out,
+            duration = ?self.engine.opened_at().elapsed(),
+            "websocket closed"
+        );
     }
 
     /// Offers the engine's output to the transport until it takes no more;
@@ -275,7 +321,7 @@ mod tests {
         }
         // A pipe that takes 1 KiB at a time: every write is partial.
         let (io, mut peer) = tokio::io::duplex(1024);
-        let mut conn = WsDriver::new(io, engine, None);
+        let mut conn = WsDriver::new(io, engine, None, None);
         let mut wire = Vec::new();
         let mut buf = [0u8; 4096];
         for _ in 0..10_000 {
@@ -307,7 +353,7 @@ mod tests {
         engine.send_text("lost").unwrap();
         let (io, peer) = tokio::io::duplex(64);
         drop(peer);
-        let mut conn = WsDriver::new(io, engine, None);
+        let mut conn = WsDriver::new(io, engine, None, None);
         let turn = std::future::poll_fn(|cx| conn.poll_turn(cx, |_| None)).await;
         assert_eq!(turn, Turn::Ended);
         assert_eq!(conn.engine.state(), WsState::Closed);
@@ -319,7 +365,7 @@ mod tests {
     async fn a_graceful_stop_closes_with_1001_and_a_forced_one_ends_at_once() {
         let (tx, rx) = watch::channel(Stop::Run);
         let (io, mut peer) = tokio::io::duplex(4096);
-        let mut conn = WsDriver::new(io, engine(), Some(rx));
+        let mut conn = WsDriver::new(io, engine(), Some(rx), None);
         let pending = std::future::poll_fn(|cx| Poll::Ready(conn.poll_turn(cx, |_| None))).await;
         assert!(pending.is_pending());
         tx.send(Stop::Graceful).unwrap();

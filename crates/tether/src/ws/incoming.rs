@@ -34,7 +34,7 @@ pub(crate) fn poll_read<R: AsyncRead + Unpin + ?Sized>(
         };
         return match read {
             Poll::Ready(Ok(n)) if n > 0 => {
-                engine.handle_read(now());
+                engine.handle_read(n, now());
                 Poll::Ready(())
             }
             Poll::Ready(_) => {

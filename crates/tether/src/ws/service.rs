@@ -39,7 +39,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::driver::{Turn, WsDriver};
+use super::driver::{Peer, Turn, WsDriver};
 use super::socket::WsError;
 use crate::lifecycle::{OpenGuard, Stop, Transport};
 use crate::server::park::AtShutdown;
@@ -112,7 +112,7 @@ fn send_error(e: SendError) -> WsError {
 }
 
 /// Hands each message waiting in `engine` to `service`.
-fn deliver<S: WsService>(engine: &mut WsConnection, service: &mut S) {
+fn deliver<S: WsService>(engine: &mut WsConnection, service: &mut S, peer: Option<SocketAddr>) {
     while let Some(event) = engine.poll_event() {
         match event {
             Event::Message(m @ (Message::Text(_) | Message::Binary(_))) => {
@@ -121,7 +121,7 @@ fn deliver<S: WsService>(engine: &mut WsConnection, service: &mut S) {
             // Pings are answered and the close is echoed by the engine.
             Event::Message(_) | Event::AbnormalClosure => {}
             Event::ProtocolError(e) => {
-                tracing::debug!(error = %e, code = e.close_code().0, "websocket protocol error")
+                tracing::debug!(peer = %Peer(peer), error = %e, code = e.close_code().0, "websocket protocol error")
             }
         }
     }
@@ -134,6 +134,7 @@ pub(crate) async fn run<S: WsService>(up: Upgraded, mut engine: WsConnection, se
         read_buf,
         stop,
         guard,
+        peer,
         lot,
     } = up;
     if !read_buf.is_empty() {
@@ -141,9 +142,9 @@ pub(crate) async fn run<S: WsService>(up: Upgraded, mut engine: WsConnection, se
     }
     drop(read_buf);
     match (Upgraded::take_tcp(io), lot) {
-        (Ok(tcp), Some(lot)) if stop.is_some() => drive(tcp, engine, service, stop, guard, Some(lot)).await,
-        (Ok(tcp), _) => drive(tcp, engine, service, stop, guard, None).await,
-        (Err(io), _) => drive(io, engine, service, stop, guard, None).await,
+        (Ok(tcp), Some(lot)) if stop.is_some() => drive(tcp, engine, service, stop, guard, peer, Some(lot)).await,
+        (Ok(tcp), _) => drive(tcp, engine, service, stop, guard, peer, None).await,
+        (Err(io), _) => drive(io, engine, service, stop, guard, peer, None).await,
     }
 }
 
@@ -177,15 +178,16 @@ async fn drive<IO: ParkableTransport, S: WsService>(
     mut service: S,
     stop: Option<watch::Receiver<Stop>>,
     guard: Option<OpenGuard>,
+    peer: Option<SocketAddr>,
     lot: Option<Lot>,
 ) {
     let park_after = lot.as_ref().map(Lot::park_after);
-    let mut conn = WsDriver::new(io, engine, stop);
+    let mut conn = WsDriver::new(io, engine, stop, peer);
     // Busy, the engine keeps its buffers; an idle connection parks, and
     // frees them first. Without parking it frees them after every message.
     conn.engine.set_retain_buffers(park_after.is_some());
     let outcome = poll_fn(|cx| loop {
-        deliver(&mut conn.engine, &mut service);
+        deliver(&mut conn.engine, &mut service, conn.peer);
         match conn.poll_turn(cx, |conn| park_at(conn, park_after)) {
             Poll::Ready(Turn::Input) => {}
             Poll::Ready(Turn::Ended) => return Poll::Ready(Outcome::Ended),
@@ -200,7 +202,7 @@ async fn drive<IO: ParkableTransport, S: WsService>(
     .await;
     match outcome {
         Outcome::Ended => {
-            deliver(&mut conn.engine, &mut service);
+            deliver(&mut conn.engine, &mut service, conn.peer);
             service.on_end();
             drop(guard);
         }
@@ -253,7 +255,8 @@ fn spawn_resumed<S: WsService>(
     guard: Option<OpenGuard>,
     lot: Lot,
 ) {
-    tokio::spawn(drive(io, engine, service, Some(stop), guard, Some(lot)));
+    let peer = io.peer_addr().ok();
+    tokio::spawn(drive(io, engine, service, Some(stop), guard, peer, Some(lot)));
 }
 
 impl ParkedWebSocket {

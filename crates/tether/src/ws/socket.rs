@@ -22,7 +22,7 @@ use tether_proto::ws::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::driver::{Turn, WsDriver};
+use super::driver::{Peer, Turn, WsDriver};
 use crate::lifecycle::{Stop, Transport};
 
 /// Settings of a WebSocket connection (server or client side).
@@ -126,11 +126,11 @@ fn payload_len(m: &Message) -> usize {
     }
 }
 
-fn map_event(event: Event) -> Result<Message, WsError> {
+fn map_event(event: Event, peer: Option<std::net::SocketAddr>) -> Result<Message, WsError> {
     match event {
         Event::Message(m) => Ok(m),
         Event::ProtocolError(e) => {
-            tracing::debug!(error = %e, code = e.close_code().0, "websocket protocol error");
+            tracing::debug!(peer = %Peer(peer), error = %e, code = e.close_code().0, "websocket protocol error");
             Err(WsError::Protocol(e))
         }
         Event::AbnormalClosure => Err(WsError::AbnormalClosure),
@@ -321,7 +321,8 @@ fn poll_recv(shared: &Shared, cx: &mut Context<'_>) -> Poll<Option<Result<Messag
         match step {
             Step::Event(event) => {
                 g.wake_senders();
-                return Poll::Ready(Some(map_event(event)));
+                let peer = g.conn.as_ref().and_then(|c| c.peer);
+                return Poll::Ready(Some(map_event(event, peer)));
             }
             Step::Ended if g.finished => {
                 g.wake_senders();
@@ -530,12 +531,13 @@ impl WebSocket {
         mut engine: WsConnection,
         protocol: Option<String>,
         stop: Option<watch::Receiver<Stop>>,
+        peer: Option<std::net::SocketAddr>,
     ) -> Self {
         if !buffered.is_empty() {
             engine.handle_input(&buffered, std::time::Instant::now());
         }
         let inner = Inner {
-            conn: Some(WsDriver::new(io, engine, stop)),
+            conn: Some(WsDriver::new(io, engine, stop, peer)),
             away: None,
             driver: None,
             waiting_senders: Vec::new(),

@@ -32,7 +32,7 @@ where
     accept(req, options, |opened| {
         OnUpgrade::new(move |up: Upgraded| async move {
             let Opened { engine, protocol } = opened;
-            let ws = WebSocket::start(up.io, up.read_buf, engine, protocol, up.stop);
+            let ws = WebSocket::start(up.io, up.read_buf, engine, protocol, up.stop, up.peer);
             on_open(ws).await;
         })
     })
