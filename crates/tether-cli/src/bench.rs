@@ -72,6 +72,9 @@ pub struct CommonArgs {
     /// Do not bind source addresses across 127.0.0.0/8 (use the kernel's choice).
     #[arg(long)]
     pub no_spread: bool,
+    /// No progress on stderr while the load runs.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 /// Runs `tether bench`.
@@ -245,6 +248,8 @@ where
 pub struct Progress {
     pub done: AtomicU64,
     pub errors: AtomicU64,
+    /// Show nothing (`--quiet`).
+    pub quiet: bool,
 }
 
 impl Progress {
@@ -253,15 +258,17 @@ impl Progress {
     }
 }
 
-/// Shows a progress bar on stderr (only when stderr is a terminal and the
-/// run lasts over 3 s) until `until`, then clears it. `unit` names what
-/// `progress.done` counts.
+/// Shows progress on stderr until `end` says the load is over: a bar,
+/// cleared at the end, when stderr is a terminal; otherwise one plain line
+/// a second (so a run in CI or a pipe shows it is alive). Nothing when
+/// `progress.quiet`. `unit` names what `progress.done` counts.
 pub fn show_progress(progress: &Progress, total: Duration, unit: &str, end: impl Fn() -> bool) {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     use std::io::IsTerminal;
-    let visible = std::io::stderr().is_terminal() && total > Duration::from_secs(3);
+    let terminal = std::io::stderr().is_terminal();
     let start = Instant::now();
-    let bar = if visible {
+    let mut last_line = start;
+    let bar = if terminal && !progress.quiet {
         let b = ProgressBar::with_draw_target(Some(total.as_millis() as u64), ProgressDrawTarget::stderr());
         b.set_style(
             ProgressStyle::with_template("{bar:30} {elapsed}/{duration} {msg}")
@@ -274,16 +281,23 @@ pub fn show_progress(progress: &Progress, total: Duration, unit: &str, end: impl
     let mut last = (start, 0u64);
     while !end() {
         std::thread::sleep(Duration::from_millis(200));
+        let now = Instant::now();
+        let done = progress.done.load(Ordering::Relaxed);
+        let errors = progress.errors.load(Ordering::Relaxed);
         if let Some(b) = &bar {
-            let now = Instant::now();
-            let done = progress.done.load(Ordering::Relaxed);
             let rate = (done - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-9);
             last = (now, done);
             b.set_position(now.duration_since(start).as_millis().min(total.as_millis()) as u64);
-            b.set_message(format!(
-                "{done} {unit} ({rate:.0}/s), {} errors",
-                progress.errors.load(Ordering::Relaxed)
-            ));
+            b.set_message(format!("{done} {unit} ({rate:.0}/s), {errors} errors"));
+        } else if !progress.quiet && now.duration_since(last_line) >= Duration::from_secs(1) {
+            let rate = (done - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-9);
+            last = (now, done);
+            last_line = now;
+            eprintln!(
+                "bench: {:.0}s of {:.0}s: {done} {unit} ({rate:.0}/s), {errors} errors",
+                now.duration_since(start).as_secs_f64(),
+                total.as_secs_f64()
+            );
         }
     }
     if let Some(b) = bar {

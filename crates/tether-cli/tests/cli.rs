@@ -1,5 +1,9 @@
 //! The `tether` binary's command line: errors name what the user wrote.
 
+#[allow(dead_code)]
+#[path = "conformance/harness.rs"]
+mod harness;
+
 use std::process::Command;
 
 fn tether(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
@@ -40,4 +44,36 @@ fn a_log_filter_that_would_turn_logging_off_is_refused() {
     let (code, err) = tether(&["serve"], &[("TETHER_LOG", "verbose")]);
     assert_eq!(code, 2);
     assert!(err.contains("TETHER_LOG"), "{err}");
+}
+
+#[test]
+fn a_benchmark_with_failed_or_non_2xx_requests_fails() {
+    // Nothing listens on port 1: every request fails.
+    let (code, err) = tether(
+        &["bench", "http", "--url", "http://127.0.0.1:1/", "-d", "300ms", "-q"],
+        &[],
+    );
+    assert_ne!(code, 0, "{err}");
+    let served = harness::Server::start(&[]);
+    let missing = format!("http://127.0.0.1:{}/not-here", served.port);
+    let (code, err) = tether(&["bench", "http", "--url", &missing, "-d", "300ms", "-q"], &[]);
+    assert_ne!(code, 0, "a run of 404s must fail: {err}");
+    assert!(err.contains("not 2xx"), "{err}");
+    let (code, err) = tether(
+        &[
+            "bench",
+            "http",
+            "--url",
+            &missing,
+            "-d",
+            "300ms",
+            "-q",
+            "--allow-non-2xx",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let healthz = format!("http://127.0.0.1:{}/healthz", served.port);
+    let (code, err) = tether(&["bench", "http", "--url", &healthz, "-d", "300ms", "-q"], &[]);
+    assert_eq!(code, 0, "{err}");
 }

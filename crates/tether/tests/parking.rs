@@ -54,17 +54,24 @@ async fn idle_connection_is_parked_and_served_again() {
 
 #[tokio::test]
 async fn parking_waits_for_park_after() {
-    let server = TestServer::start_parking(config(), Duration::from_secs(10), Some(Duration::from_secs(30))).await;
-    let mut c = server.connect().await;
-    assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
-    tokio::time::sleep(300 * MS).await;
-    assert_eq!(server.stats.parked.load(Ordering::Relaxed), 0);
+    // Three servers idle side by side for longer than the default
+    // park-after: the one that parks after 100 ms is the control (so the wait
+    // is long enough to see parking); the one that parks after 30 s and the
+    // one with parking off must not have parked, and still serve.
+    let soon = start(config()).await;
+    let late = TestServer::start_parking(config(), Duration::from_secs(10), Some(Duration::from_secs(30))).await;
     let off = TestServer::start_parking(config(), Duration::from_secs(10), None).await;
-    let mut c = off.connect().await;
-    assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
-    tokio::time::sleep(300 * MS).await;
+    let mut clients = Vec::new();
+    for server in [&soon, &late, &off] {
+        clients.extend(open_served(server, 1).await);
+    }
+    tokio::time::sleep(tether::server::DEFAULT_PARK_AFTER + 500 * MS).await;
+    assert_eq!(soon.stats.parked.load(Ordering::Relaxed), 1, "parking after 100 ms");
+    assert_eq!(late.stats.parked.load(Ordering::Relaxed), 0, "parking after 30 s");
     assert_eq!(off.stats.parked.load(Ordering::Relaxed), 0, "parking off");
-    assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+    for c in &mut clients {
+        assert_eq!(c.send_and_read(&get("/healthz")).await.status, 200);
+    }
 }
 
 #[tokio::test]

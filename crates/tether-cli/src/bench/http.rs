@@ -46,6 +46,10 @@ pub struct HttpArgs {
     /// Request body (sent with Content-Length; e.g. for POST /echo).
     #[arg(long)]
     body: Option<String>,
+    /// Exit 0 even when responses were not 2xx (by default any non-2xx
+    /// response or failed request makes the run fail).
+    #[arg(long)]
+    allow_non_2xx: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -101,7 +105,10 @@ pub fn run(a: HttpArgs) -> anyhow::Result<()> {
         timeout: a.common.timeout,
         spread: !a.common.no_spread,
         budget: AtomicI64::new(if a.requests == 0 { i64::MAX } else { a.requests as i64 }),
-        progress: Progress::default(),
+        progress: Progress {
+            quiet: a.common.quiet || a.common.json,
+            ..Progress::default()
+        },
     });
     let s2 = shared.clone();
     let (per_thread, ended) = run_with_progress(
@@ -182,6 +189,16 @@ pub fn run(a: HttpArgs) -> anyhow::Result<()> {
         bail!(
             "no response received{}",
             total.first_error.map(|e| format!(": {e}")).unwrap_or_default()
+        );
+    }
+    if total.errors > 0 {
+        bail!("{} requests failed", total.errors);
+    }
+    if total.non_2xx > 0 && !a.allow_non_2xx {
+        bail!(
+            "{} of {} responses were not 2xx (--allow-non-2xx accepts them)",
+            total.non_2xx,
+            total.responses
         );
     }
     Ok(())

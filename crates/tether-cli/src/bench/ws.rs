@@ -322,7 +322,10 @@ pub fn run(a: WsEchoArgs) -> anyhow::Result<()> {
         deadline: start + a.duration,
         timeout: a.common.timeout,
         spread: !a.common.no_spread,
-        progress: Progress::default(),
+        progress: Progress {
+            quiet: a.common.quiet || a.common.json,
+            ..Progress::default()
+        },
     });
     let s2 = shared.clone();
     let (per_thread, ended) = run_with_progress(
@@ -415,6 +418,9 @@ pub fn run(a: WsEchoArgs) -> anyhow::Result<()> {
             "no message echoed{}",
             total.first_error.map(|e| format!(": {e}")).unwrap_or_default()
         );
+    }
+    if total.errors > 0 {
+        bail!("{} connections failed", total.errors);
     }
     Ok(())
 }

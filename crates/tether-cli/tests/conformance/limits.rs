@@ -94,7 +94,7 @@ pub fn limits_1mib() -> Group {
         let t = Instant::now();
         c.send_raw(&header_declaring(1 << 40));
         c.expect_fail(1009);
-        assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
     }));
     cases.push(case("9.7 64-bit length with the most significant bit set: 1002", |s| {
         let mut c = Client::open(s);
@@ -139,7 +139,7 @@ pub fn limits_1mib() -> Group {
             let t = Instant::now();
             c.send_frame(true, RSV1, BINARY, &bomb);
             c.expect_fail(1009);
-            assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+            assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
         },
     ));
     cases.push(case("13.9.4 compression bomb in fragments: 1009 quickly", |s| {
@@ -151,7 +151,7 @@ pub fn limits_1mib() -> Group {
         let writer = c.send_in_background(bytes);
         c.expect_fail(1009);
         let _ = writer.join();
-        assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+        assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
     }));
     Group {
         title: "9 limits (--ws-max-message 1MiB)",
