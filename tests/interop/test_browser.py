@@ -64,7 +64,10 @@ function sameBytes(a, b) {
   return true;
 }
 
-const ws = new WebSocket('ws://' + location.host + '/echo');
+// Subprotocols to offer, from the URL's fragment (`#chat.v1,chat.v2`).
+const offer = location.hash.slice(1);
+const ws = offer ? new WebSocket('ws://' + location.host + '/echo', offer.split(','))
+                 : new WebSocket('ws://' + location.host + '/echo');
 ws.binaryType = 'arraybuffer';
 const queue = [], waiters = [];
 ws.onmessage = (e) => { if (waiters.length) waiters.shift()(e.data); else queue.push(e.data); };
@@ -82,6 +85,7 @@ const next = () => new Promise((resolve) => {
 ws.onopen = async () => {
   try {
     out.extensions = ws.extensions;
+    out.protocol = ws.protocol;
 
     const text = 'hello from chromium ✓ 🚀';
     ws.send(text);
@@ -292,3 +296,20 @@ def test_chromium_echo(start_server, chromium, root, mode):
             assert "server_no_context_takeover" in result["extensions"], result
         else:
             assert "no_context_takeover" not in result["extensions"], result
+
+
+def test_chromium_subprotocol(start_server, chromium, root):
+    """A page offering subprotocols gets the first one `--ws-subprotocol`
+    lists (a browser fails a connection whose offer goes unanswered)."""
+    srv = start_server("--root", str(root), "--ws-subprotocol", "chat.v2,chat.v1")
+    result = run_page(chromium, f"http://127.0.0.1:{srv.port}/index.html#chat.v3,chat.v1,chat.v2")
+    assert result["title"] == "PASS", result
+    assert result["protocol"] == "chat.v1", result
+
+
+def test_chromium_fails_an_unanswered_subprotocol_offer(start_server, chromium, root):
+    """The same offer to a server that lists none: the browser refuses the
+    101 (what a user of `new WebSocket(url, protocols)` must know)."""
+    plain = start_server("--root", str(root))
+    result = run_page(chromium, f"http://127.0.0.1:{plain.port}/index.html#chat.v1")
+    assert result["title"] == "FAIL" and "websocket error" in result.get("error", ""), result

@@ -237,6 +237,10 @@ serve_settings! {
     #[arg(value_name = "ORIGIN", env = "TETHER_ALLOWED_ORIGIN", value_delimiter = ',')]
     allowed_origin: Vec<String> = Vec::new(), flag Vec<String> => |v| v;
 
+    /// Subprotocol /echo agrees to when a client offers it (the client's first offer that is listed wins); repeat or comma-separate for several [default: none]
+    #[arg(value_name = "NAME", env = "TETHER_WS_SUBPROTOCOL", value_delimiter = ',')]
+    ws_subprotocol: Vec<String> = Vec::new(), flag Vec<String> => |v| v;
+
     /// Bytes queued for sending on one WebSocket: a reply that does not fit closes it with 1008 (slow consumer)
     #[arg(allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_WS_MAX_QUEUED", value_parser = parse_size)]
     #[serde(with = "serde_size")]
@@ -315,6 +319,9 @@ impl ServeConfig {
             if size == 0 {
                 bail!("invalid {key}: must be at least 1 byte");
             }
+        }
+        if let Some(bad) = self.ws_subprotocol.iter().find(|p| !is_token(p)) {
+            bail!("invalid ws-subprotocol {bad:?}: a subprotocol is a token (letters, digits and !#$%&'*+-.^_`|~)");
         }
         Ok(())
     }
@@ -485,6 +492,13 @@ pub fn parse_log_filter(input: &str) -> Result<String, ValueError> {
 
 fn deserialize_log_filter<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     parse_log_filter(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// An RFC 9110 token (what a subprotocol name must be, RFC 6455 §4.1).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Parses a worker count: 1 to 4096.
@@ -929,9 +943,13 @@ mod tests {
             "listen = \"nowhere\"\n",
             "ws-compression = \"yes\"\n",
             "allowed-origin = \"https://a.example\"\n",
+            "ws-subprotocol = [\"chat v2\"]\n",
+            "ws-subprotocol = [\"\"]\n",
         ] {
             assert!(ServeConfig::from_toml_str(text).is_err(), "accepted: {text}");
         }
+        let c = ServeConfig::from_toml_str("ws-subprotocol = [\"chat.v2\", \"mqtt\"]\n").unwrap();
+        assert_eq!(c.ws_subprotocol, ["chat.v2", "mqtt"]);
         let err = ServeConfig::from_toml_str("keep-alive-timout = 5\n").unwrap_err();
         assert!(format!("{err:#}").contains("keep-alive-timout"), "{err:#}");
     }

@@ -46,6 +46,7 @@ pub fn ws_options(c: &ServeConfig) -> WsOptions {
     o.engine.max_message_size = max_message;
     o.engine.max_frame_size = max_message;
     o.handshake.allowed_origins = c.allowed_origin.clone();
+    o.handshake.subprotocols = c.ws_subprotocol.clone();
     let mode = match c.ws_compression {
         WsCompression::Off => CompressionMode::Off,
         WsCompression::Shared => CompressionMode::Shared,

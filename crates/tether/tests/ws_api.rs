@@ -651,3 +651,42 @@ async fn a_broadcast_completes_while_a_member_inflates_a_large_message() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_clients_first_supported_subprotocol_is_agreed_on_both_sides() {
+    let mut options = WsOptions::default();
+    options.handshake.subprotocols = vec!["chat.v2".into(), "chat.v1".into()];
+    let options = Arc::new(options);
+    let router = Router::new().route("/proto", move |req: Request| {
+        let options = options.clone();
+        async move {
+            ws::upgrade(&req, &options, |mut socket| async move {
+                // Tell the client what this side agreed to.
+                let agreed = socket.protocol().unwrap_or("none").to_owned();
+                let _ = socket.send(Message::Text(agreed.into())).await;
+                while let Some(Ok(_)) = socket.recv().await {}
+            })
+        }
+    });
+    let server = start(router).await;
+    let url = format!("ws://127.0.0.1:{}/proto", server.port);
+    for (offer, want) in [
+        // The client's order decides, among the ones the server supports.
+        (&["chat.v3", "chat.v1", "chat.v2"][..], Some("chat.v1")),
+        (&["chat.v2"], Some("chat.v2")),
+        (&["mqtt"], None),
+        (&[], None),
+    ] {
+        let mut o = ClientOptions::default();
+        o.subprotocols = offer.iter().map(|s| s.to_string()).collect();
+        let mut socket = connect(&url, o).await.expect("connect");
+        assert_eq!(socket.protocol(), want, "client side, offering {offer:?}");
+        assert_eq!(
+            next_data(&mut socket).await,
+            Message::Text(want.unwrap_or("none").into()),
+            "server side, offered {offer:?}"
+        );
+        socket.close(CloseCode::NORMAL, "").await.unwrap();
+    }
+    server.stop().await;
+}

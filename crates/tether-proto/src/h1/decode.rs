@@ -164,7 +164,7 @@ impl BodyDecoder {
                     Some(_) => return Err(BodyError::InvalidChunk),
                 },
                 Kind::Chunked(Chunked::Size) => {
-                    let Some(line) = self.take_line(buf, MAX_CHUNK_EXTENSIONS + 64)? else {
+                    let Some(line) = take_line(buf, MAX_CHUNK_EXTENSIONS + 64, BodyError::InvalidChunk)? else {
                         return Ok(Decoded::NeedMore);
                     };
                     let (size, ext_len) = parse_size_line(&line)?;
@@ -183,11 +183,8 @@ impl BodyDecoder {
                 }
                 Kind::Chunked(Chunked::Trailers) => {
                     let limit = self.max_trailer_bytes.saturating_sub(self.trailer_bytes) + 2;
-                    let line = match self.take_line(buf, limit) {
-                        Ok(Some(line)) => line,
-                        Ok(None) => return Ok(Decoded::NeedMore),
-                        Err(BodyError::InvalidChunk) if buf.len() >= limit => return Err(BodyError::TrailersTooLarge),
-                        Err(e) => return Err(e),
+                    let Some(line) = take_line(buf, limit, BodyError::TrailersTooLarge)? else {
+                        return Ok(Decoded::NeedMore);
                     };
                     self.trailer_bytes += line.len() + 2;
                     if self.trailer_bytes > self.max_trailer_bytes + 2 {
@@ -200,25 +197,6 @@ impl BodyDecoder {
                     self.push_trailer(&line)?;
                 }
             }
-        }
-    }
-
-    /// Takes one line (without its CRLF) if a whole line is buffered. A
-    /// line must end in CRLF; a bare LF, or a CR anywhere else, is an error.
-    fn take_line(&self, buf: &mut BytesMut, limit: usize) -> Result<Option<BytesMut>, BodyError> {
-        let window = &buf[..buf.len().min(limit)];
-        match window.iter().position(|&b| b == b'\n') {
-            Some(0) => Err(BodyError::InvalidChunk),
-            Some(lf) => {
-                if window[lf - 1] != b'\r' || window[..lf - 1].contains(&b'\r') {
-                    return Err(BodyError::InvalidChunk);
-                }
-                let mut line = buf.split_to(lf + 1);
-                line.truncate(lf - 1);
-                Ok(Some(line))
-            }
-            None if buf.len() >= limit => Err(BodyError::InvalidChunk),
-            None => Ok(None),
         }
     }
 
@@ -242,6 +220,27 @@ impl BodyDecoder {
         }
         trailers.append(name, value);
         Ok(())
+    }
+}
+
+/// Takes one line (without its CRLF) if a whole line is buffered. A line
+/// must end in CRLF; a bare LF, or a CR anywhere else, is `InvalidChunk`.
+/// No line end within `limit` bytes is `too_long`. Which error comes out
+/// depends only on the bytes, never on how they were split into reads.
+fn take_line(buf: &mut BytesMut, limit: usize, too_long: BodyError) -> Result<Option<BytesMut>, BodyError> {
+    let window = &buf[..buf.len().min(limit)];
+    match window.iter().position(|&b| b == b'\n') {
+        Some(0) => Err(BodyError::InvalidChunk),
+        Some(lf) => {
+            if window[lf - 1] != b'\r' || window[..lf - 1].contains(&b'\r') {
+                return Err(BodyError::InvalidChunk);
+            }
+            let mut line = buf.split_to(lf + 1);
+            line.truncate(lf - 1);
+            Ok(Some(line))
+        }
+        None if buf.len() >= limit => Err(too_long),
+        None => Ok(None),
     }
 }
 
@@ -310,6 +309,27 @@ mod tests {
             assert_eq!(format!("{first:?}"), format!("{other:?}"), "split {split}");
         }
         first
+    }
+
+    /// Found by the `h1_body` fuzz target (docs/fuzzing.md): a malformed
+    /// trailer line (a bare CR) read together with more bytes than the
+    /// trailer limit was reported as "too large", and as "invalid" when it
+    /// arrived in a shorter read. The error depends on the bytes only.
+    #[test]
+    fn a_malformed_trailer_line_is_invalid_however_it_is_split() {
+        let mut input = b"0\r\nX: a\rb\r\n".to_vec();
+        input.extend_from_slice(&[b'f'; 40]);
+        for split in 0..=input.len() {
+            let got = decode_all(&mut BodyDecoder::chunked(1 << 20, 16, 10), &input, split);
+            assert_eq!(got.err(), Some(BodyError::InvalidChunk), "split {split}");
+        }
+        // A trailer line with no end within the limit is too large.
+        let mut long = b"0\r\nX: ".to_vec();
+        long.extend_from_slice(&[b'f'; 40]);
+        for split in 0..=long.len() {
+            let got = decode_all(&mut BodyDecoder::chunked(1 << 20, 16, 10), &long, split);
+            assert_eq!(got.err(), Some(BodyError::TrailersTooLarge), "split {split}");
+        }
     }
 
     #[test]
