@@ -677,8 +677,10 @@ async fn the_clients_first_supported_subprotocol_is_agreed_on_both_sides() {
         (&["mqtt"], None),
         (&[], None),
     ] {
-        let mut o = ClientOptions::default();
-        o.subprotocols = offer.iter().map(|s| s.to_string()).collect();
+        let o = ClientOptions {
+            subprotocols: offer.iter().map(|s| s.to_string()).collect(),
+            ..ClientOptions::default()
+        };
         let mut socket = connect(&url, o).await.expect("connect");
         assert_eq!(socket.protocol(), want, "client side, offering {offer:?}");
         assert_eq!(
