@@ -7,6 +7,36 @@
 //! what a frame means): those are the engines'. [`server`] accepts and
 //! drives HTTP/1.1 connections and calls handlers; [`ws`] upgrades them to
 //! WebSockets; [`client`] opens WebSockets to other servers.
+//!
+//! A server with one HTTP route and one WebSocket route (the README's
+//! examples, compiled here):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use tether::server::{router::{self, Router}, Config, Request, Server};
+//! use tether::ws::{self, Message, WsOptions};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let options = Arc::new(WsOptions::default());
+//! let app = Router::new()
+//!     .route("/hello", router::get(|_req: Request| async { router::text(http::StatusCode::OK, "hi") }))
+//!     .route("/chat", move |req: Request| {
+//!         let options = options.clone();
+//!         async move {
+//!             ws::upgrade(&req, &options, |socket| async move {
+//!                 let (tx, mut rx) = socket.split(); // halves usable from different tasks
+//!                 while let Some(Ok(msg)) = rx.recv().await {
+//!                     if let Message::Text(_) = msg { let _ = tx.send(msg).await; }
+//!                 }
+//!             })
+//!         }
+//!     });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! Server::new(Config::default(), app)
+//!     .serve(listener, async { tokio::signal::ctrl_c().await.ok(); })
+//!     .await
+//! # }
+//! ```
 
 #![deny(unsafe_code)]
 
