@@ -27,6 +27,7 @@ pub(crate) mod park;
 pub(crate) mod park;
 pub mod router;
 pub(crate) mod serving;
+pub(crate) mod sleeper;
 pub mod static_files;
 pub mod upgrade;
 

@@ -56,6 +56,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use super::sleeper::{AtShutdown, Sleeper};
 use super::ServerStats;
 use crate::lifecycle::{OpenGuard, Stop};
 
@@ -66,49 +67,6 @@ const EVENTS_PER_POLL: usize = 1024;
 const TRIM_BATCH: usize = 64;
 /// The least time between two such returns (it walks the allocator's heap).
 const TRIM_INTERVAL: Duration = Duration::from_secs(1);
-
-/// A protocol engine waiting in the lot: what the lot needs to hold it.
-/// The lot decides nothing about the protocol.
-pub(crate) trait Sleeper: Send + Sized + 'static {
-    /// The engine's next deadline.
-    fn deadline(&self) -> Option<std::time::Instant>;
-    /// Bytes that arrived while parked (an empty slice: end of file).
-    fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant);
-    /// Reading the socket failed.
-    fn handle_io_error(&mut self, now: std::time::Instant);
-    /// Its deadline passed: handles it when that needs no task and reports
-    /// whether the connection is over (its socket is then closed here).
-    fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool;
-    /// The server began a graceful shutdown: what the connection needs.
-    fn shutdown(&mut self, now: std::time::Instant, peer: SocketAddr) -> AtShutdown;
-    /// The server's forced stop: `Closed` (logged) or `Resume` (its task
-    /// ends it, so its application hears of it).
-    fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown;
-    /// The server needs room (descriptors, its connection limit): closes
-    /// the connection if the protocol allows it now, and says whether it did.
-    fn reclaim(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool;
-    /// Gives the connection a task again (it may park again in `lot`).
-    fn resume(
-        self,
-        io: TcpStream,
-        stop: watch::Receiver<Stop>,
-        guard: Option<OpenGuard>,
-        peer: SocketAddr,
-        lot: &ParkingLot<Self>,
-    );
-}
-
-/// What a parked connection needs when a graceful shutdown begins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AtShutdown {
-    /// It is over: its socket is closed here.
-    Closed,
-    /// It waits on in the lot (a draining keep-alive connection: input
-    /// resumes it, its drain deadline closes it without a task).
-    Stay,
-    /// It needs its task (to write a close frame).
-    Resume,
-}
 
 /// A parked connection: the socket off the runtime, the engine, and what
 /// its task needs to resume.

@@ -16,35 +16,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::sleeper::Sleeper;
 use super::ServerStats;
 use crate::lifecycle::{OpenGuard, Stop};
-
-/// See `park::Sleeper`.
-pub(crate) trait Sleeper: Send + Sized + 'static {
-    fn deadline(&self) -> Option<std::time::Instant>;
-    fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant);
-    fn handle_io_error(&mut self, now: std::time::Instant);
-    fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool;
-    fn shutdown(&mut self, now: std::time::Instant, peer: SocketAddr) -> AtShutdown;
-    fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown;
-    fn reclaim(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool;
-    fn resume(
-        self,
-        io: TcpStream,
-        stop: watch::Receiver<Stop>,
-        guard: Option<OpenGuard>,
-        peer: SocketAddr,
-        lot: &ParkingLot<Self>,
-    );
-}
-
-/// See `park::AtShutdown`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AtShutdown {
-    Closed,
-    Stay,
-    Resume,
-}
 
 /// A lot that never exists (see the module documentation).
 pub(crate) struct ParkingLot<S>(PhantomData<fn() -> S>);

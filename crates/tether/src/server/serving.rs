@@ -17,7 +17,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::driver::{self, ConnectionEnd, Driven, Paused};
-use super::park::{AtShutdown, ParkingLot, Sleeper};
+use super::park::ParkingLot;
+use super::sleeper::{AtShutdown, Sleeper};
 use super::{log_end, SharedHandler};
 use crate::lifecycle::{OpenGuard, Stop};
 use crate::ws::ParkedWebSocket;

@@ -42,8 +42,8 @@ use tokio::time::Instant;
 use super::driver::{Peer, Turn, WsDriver};
 use super::socket::WsError;
 use crate::lifecycle::{OpenGuard, Stop, Transport};
-use crate::server::park::AtShutdown;
 use crate::server::serving::{Lot, Parkable};
+use crate::server::sleeper::AtShutdown;
 use crate::server::upgrade::Upgraded;
 
 /// What a callback-served WebSocket endpoint does with each message.
