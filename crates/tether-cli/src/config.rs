@@ -245,6 +245,34 @@ serve_settings! {
     #[arg(allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_WS_MAX_QUEUED", value_parser = parse_size)]
     #[serde(with = "serde_size")]
     ws_max_queued: u64 = 4 * MIB, flag u64 => |v| v;
+
+    /// Publications kept per channel for recovery and polling (the newest); 0 keeps none
+    #[arg(value_name = "N", env = "TETHER_HISTORY_SIZE")]
+    history_size: u32 = 1000, flag u32 => |v| v;
+
+    /// The oldest a kept publication may be
+    #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_HISTORY_TTL", value_parser = parse_duration)]
+    #[serde(with = "serde_duration")]
+    history_ttl: Duration = Duration::from_secs(600), flag Duration => |v| v;
+
+    /// The largest publication data (as compact JSON): 413 or an error answer beyond
+    #[arg(allow_hyphen_values = true, value_name = "SIZE", env = "TETHER_MAX_PUBLISH_SIZE", value_parser = parse_size)]
+    #[serde(with = "serde_size")]
+    max_publish_size: u64 = 64 * 1024, flag u64 => |v| v;
+
+    /// The most channels one /ws connection may subscribe to
+    #[arg(value_name = "N", env = "TETHER_MAX_SUBSCRIPTIONS")]
+    max_subscriptions: u32 = 128, flag u32 => |v| v;
+
+    /// How often an idle SSE stream gets a keep-alive comment
+    #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_SSE_KEEP_ALIVE", value_parser = parse_duration)]
+    #[serde(with = "serde_duration")]
+    sse_keep_alive: Duration = Duration::from_secs(15), flag Duration => |v| v;
+
+    /// Run the demo's publishers (a ticker several times a second, the server's counters every second) for the page at /
+    #[arg(value_name = "BOOL", env = "TETHER_DEMO", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    demo: bool = true, flag bool => |v| v;
 }
 
 /// A flag's help: its doc text, then `[default: …]` from
@@ -295,6 +323,8 @@ impl ServeConfig {
             ("body-timeout", self.body_timeout),
             ("write-timeout", self.write_timeout),
             ("shutdown-timeout", self.shutdown_timeout),
+            ("history-ttl", self.history_ttl),
+            ("sse-keep-alive", self.sse_keep_alive),
         ] {
             check_duration(d, false).with_context(|| format!("invalid {key}"))?;
         }
@@ -315,10 +345,14 @@ impl ServeConfig {
         for (key, size) in [
             ("ws-max-message", self.ws_max_message),
             ("ws-max-queued", self.ws_max_queued),
+            ("max-publish-size", self.max_publish_size),
         ] {
             if size == 0 {
                 bail!("invalid {key}: must be at least 1 byte");
             }
+        }
+        if self.max_subscriptions == 0 {
+            bail!("invalid max-subscriptions: must be at least 1");
         }
         if let Some(bad) = self.ws_subprotocol.iter().find(|p| !is_token(p)) {
             bail!("invalid ws-subprotocol {bad:?}: a subprotocol is a token (letters, digits and !#$%&'*+-.^_`|~)");

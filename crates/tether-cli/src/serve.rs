@@ -9,6 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use http::{header, Method, StatusCode};
+use tether::hub::{Hub, HubConfig, MemoryLimits};
 use tether::proto::h1;
 use tether::server::router::{self, Router};
 use tether::server::{Body, BodyError, Request, Response, Server, SharedHandler, StaticFiles};
@@ -61,10 +62,27 @@ pub fn ws_options(c: &ServeConfig) -> WsOptions {
     o
 }
 
+/// The push hub for these settings (the in-process broker).
+pub fn hub(c: &ServeConfig) -> Hub {
+    let config = HubConfig {
+        max_data: usize::try_from(c.max_publish_size).unwrap_or(usize::MAX),
+        max_subscriptions: c.max_subscriptions as usize,
+        subscriber_queue: usize::try_from(c.ws_max_queued).unwrap_or(usize::MAX),
+        sse_keep_alive: c.sse_keep_alive,
+        ..HubConfig::default()
+    };
+    let limits = MemoryLimits {
+        history_size: c.history_size as usize,
+        history_ttl: c.history_ttl,
+    };
+    Hub::in_memory(config, limits).0
+}
+
 /// Builds the router for `tether serve`.
-pub fn app(c: &ServeConfig) -> Router {
+pub fn app(c: &ServeConfig, hub: &Hub) -> Router {
     let max_body = c.max_body;
     let ws = Arc::new(ws_options(c));
+    let hub_ws = ws.clone();
     let echo = move |req: Request| {
         let ws = ws.clone();
         async move {
@@ -84,6 +102,7 @@ pub fn app(c: &ServeConfig) -> Router {
             "/echo",
             router::methods(&[Method::GET, Method::HEAD, Method::POST], echo),
         );
+    r = tether::hub::http::routes(r, hub, &hub_ws);
     match &c.root {
         Some(root) => r = r.fallback(StaticFiles::new(root.clone())),
         None => {
@@ -167,7 +186,9 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
     let backlog = c.backlog.unwrap_or_else(tether::server::default_backlog);
     let listener = tether::server::bind(c.listen, backlog).with_context(|| format!("binding {}", c.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let handler: SharedHandler = Arc::new(app(&c));
+    let hub = hub(&c);
+    let _upkeep = hub.spawn_upkeep();
+    let handler: SharedHandler = Arc::new(app(&c, &hub));
     let server = Server::new(h1_config(&c), handler)
         .shutdown_timeout(c.shutdown_timeout)
         .park_idle_after(c.park_idle_after)

@@ -64,6 +64,28 @@ pub(crate) fn poll_read_with<R: AsyncRead + Unpin + ?Sized>(
     })
 }
 
+/// Writes as many of `bufs` as a non-blocking socket off the runtime takes
+/// in one call: `Ok(None)` when it takes nothing now.
+pub(crate) fn write_now<'a>(
+    io: &mut impl std::io::Write,
+    bufs: impl Iterator<Item = &'a [u8]>,
+) -> std::io::Result<Option<usize>> {
+    let mut slices = [IoSlice::new(&[]); MAX_IOV];
+    let mut n = 0;
+    for (slot, b) in slices.iter_mut().zip(bufs) {
+        *slot = IoSlice::new(b);
+        n += 1;
+    }
+    loop {
+        match io.write_vectored(&slices[..n]) {
+            Ok(written) => return Ok(Some(written)),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Reads once from a blocking-API reader (a non-blocking socket off the
 /// runtime) into the thread's scratch buffer and hands the bytes to `take`
 /// (an empty slice means end of file); nothing to read yet is `Ok` too.

@@ -41,6 +41,7 @@
 #![deny(unsafe_code)]
 
 pub mod client;
+pub mod hub;
 mod io;
 pub mod lifecycle;
 mod memory;

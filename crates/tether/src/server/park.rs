@@ -56,7 +56,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use super::sleeper::{AtShutdown, Sleeper};
+use super::sleeper::{AtShutdown, Sleeper, Visit};
 use super::ServerStats;
 use crate::lifecycle::{OpenGuard, Stop};
 
@@ -312,6 +312,8 @@ impl<S: Sleeper> ParkingLot<S> {
     }
 
     /// Takes an idle connection off its task: `sleeper` holds its engine.
+    /// Returns its token, or `None` when it was not parked (the lot is
+    /// closing: it resumed at once; or its socket failed: it is closed).
     pub(crate) fn park(
         &self,
         io: TcpStream,
@@ -319,19 +321,19 @@ impl<S: Sleeper> ParkingLot<S> {
         stop: watch::Receiver<Stop>,
         guard: Option<OpenGuard>,
         peer: SocketAddr,
-    ) {
+    ) -> Option<u64> {
         let deadline = sleeper.deadline().map(Instant::from_std);
         let mut lot = lock(&self.shared.lot);
         if lot.closed {
             drop(lot);
             sleeper.resume(io, stop, guard, peer, self);
-            return;
+            return None;
         }
         let socket = match io.into_std() {
             Ok(socket) => socket,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "could not park an idle connection; closing it");
-                return;
+                return None;
             }
         };
         let earliest = lot.deadlines.first().map(|(d, _)| *d);
@@ -356,7 +358,7 @@ impl<S: Sleeper> ParkingLot<S> {
             if let Some(p) = parked {
                 resume(self, p);
             }
-            return;
+            return None;
         }
         self.shared.stats.parked.fetch_add(1, Ordering::Relaxed);
         drop(lot);
@@ -364,6 +366,31 @@ impl<S: Sleeper> ParkingLot<S> {
         if trim_due || deadline.is_some_and(|d| earliest.is_none_or(|e| d < e)) {
             self.shared.wake.notify_one();
         }
+        Some(tok)
+    }
+
+    /// Lets `f` work on the connection parked under `tok` (its engine and
+    /// socket) without a task: for a push to a parked subscriber. `f` says
+    /// whether the connection stays parked or must resume on a task.
+    /// `None` when it is no longer parked (resumed or resuming).
+    pub(crate) fn visit<R>(
+        &self,
+        tok: u64,
+        f: impl FnOnce(&mut S, &mut std::net::TcpStream) -> (R, Visit),
+    ) -> Option<R> {
+        let mut slab = lock(&self.shared.lot);
+        let parked = slab.get_mut(tok)?;
+        let (result, then) = f(&mut parked.sleeper, &mut parked.socket);
+        match then {
+            Visit::Stay => slab.refresh_deadline(tok),
+            Visit::Resume => {
+                if let Some(p) = slab.remove(tok) {
+                    drop(slab);
+                    resume(self, p);
+                }
+            }
+        }
+        Some(result)
     }
 }
 

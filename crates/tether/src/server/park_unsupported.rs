@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::sleeper::Sleeper;
+use super::sleeper::{Sleeper, Visit};
 use super::ServerStats;
 use crate::lifecycle::{OpenGuard, Stop};
 
@@ -52,7 +52,12 @@ impl<S: Sleeper> ParkingLot<S> {
         stop: watch::Receiver<Stop>,
         guard: Option<OpenGuard>,
         peer: SocketAddr,
-    ) {
+    ) -> Option<u64> {
         sleeper.resume(io, stop, guard, peer, self);
+        None
+    }
+
+    pub(crate) fn visit<R>(&self, _: u64, _: impl FnOnce(&mut S, &mut std::net::TcpStream) -> (R, Visit)) -> Option<R> {
+        None
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use super::driver::{self, ConnectionEnd, Driven, Paused};
 use super::park::ParkingLot;
+pub(crate) use super::sleeper::Visit;
 use super::sleeper::{AtShutdown, Sleeper};
 use super::{log_end, SharedHandler};
 use crate::lifecycle::{OpenGuard, Stop};
@@ -68,7 +69,7 @@ impl Serving {
                             conn,
                             serving: serving.clone(),
                         });
-                        lot.park(io, parked, shutdown, guard, peer);
+                        let _ = lot.park(io, parked, shutdown, guard, peer);
                     }
                 }
             }

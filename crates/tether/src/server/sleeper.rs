@@ -54,3 +54,12 @@ pub(crate) enum AtShutdown {
     /// It needs its task (to write a close frame).
     Resume,
 }
+
+/// What a visit to a parked connection ([`ParkingLot::visit`]) leaves it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Visit {
+    /// It stays parked (its deadline is read again).
+    Stay,
+    /// It needs its task (output the socket did not take).
+    Resume,
+}

@@ -39,6 +39,7 @@
 mod broadcast;
 mod driver;
 mod incoming;
+pub(crate) mod push;
 mod service;
 mod socket;
 mod upgrade;
@@ -51,4 +52,5 @@ pub use tether_proto::ws::{
     CloseCode, CloseFrame, CompressionConfig, CompressionMode, HandshakeConfig, Message, QueueOverflow, Utf8Bytes,
     WsConfig, WsEnd,
 };
+pub(crate) use upgrade::upgrade_pushed;
 pub use upgrade::{is_websocket_request, upgrade, upgrade_service};

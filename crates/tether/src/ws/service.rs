@@ -31,15 +31,17 @@
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use tether_proto::ws::{CloseCode, Event, Message, SendError, WsConnection};
+use tether_proto::ws::{CloseCode, EncodedFrame, Event, Message, SendError, WsConnection};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::driver::{Peer, Turn, WsDriver};
+use super::push::{Inlet, ParkAttempt};
 use super::socket::WsError;
 use crate::lifecycle::{OpenGuard, Stop, Transport};
 use crate::server::serving::{Lot, Parkable};
@@ -127,8 +129,9 @@ fn deliver<S: WsService>(engine: &mut WsConnection, service: &mut S, peer: Optio
     }
 }
 
-/// Runs an upgraded connection with `service` until it ends.
-pub(crate) async fn run<S: WsService>(up: Upgraded, mut engine: WsConnection, service: S) {
+/// Runs an upgraded connection with `service` until it ends; with an
+/// `inlet`, frames pushed to it are sent too (see `super::push`).
+pub(crate) async fn run<S: WsService>(up: Upgraded, mut engine: WsConnection, service: S, inlet: Option<Arc<Inlet>>) {
     let Upgraded {
         io,
         read_buf,
@@ -141,11 +144,18 @@ pub(crate) async fn run<S: WsService>(up: Upgraded, mut engine: WsConnection, se
         engine.handle_input(&read_buf, std::time::Instant::now());
     }
     drop(read_buf);
+    let served = Served { service, inlet };
     match (Upgraded::take_tcp(io), lot) {
-        (Ok(tcp), Some(lot)) if stop.is_some() => drive(tcp, engine, service, stop, guard, peer, Some(lot)).await,
-        (Ok(tcp), _) => drive(tcp, engine, service, stop, guard, peer, None).await,
-        (Err(io), _) => drive(io, engine, service, stop, guard, peer, None).await,
+        (Ok(tcp), Some(lot)) if stop.is_some() => drive(tcp, engine, served, stop, guard, peer, Some(lot)).await,
+        (Ok(tcp), _) => drive(tcp, engine, served, stop, guard, peer, None).await,
+        (Err(io), _) => drive(io, engine, served, stop, guard, peer, None).await,
     }
+}
+
+/// The service and, for a connection others push to, its inlet.
+struct Served<S> {
+    service: S,
+    inlet: Option<Arc<Inlet>>,
 }
 
 /// A transport that may be parked: only a runtime TCP socket.
@@ -175,9 +185,9 @@ enum Outcome {
 async fn drive<IO: ParkableTransport, S: WsService>(
     io: IO,
     engine: WsConnection,
-    mut service: S,
+    mut served: Served<S>,
     stop: Option<watch::Receiver<Stop>>,
-    guard: Option<OpenGuard>,
+    mut guard: Option<OpenGuard>,
     peer: Option<SocketAddr>,
     lot: Option<Lot>,
 ) {
@@ -186,45 +196,101 @@ async fn drive<IO: ParkableTransport, S: WsService>(
     // Busy, the engine keeps its buffers; an idle connection parks, and
     // frees them first. Without parking it frees them after every message.
     conn.engine.set_retain_buffers(park_after.is_some());
-    let outcome = poll_fn(|cx| loop {
-        deliver(&mut conn.engine, &mut service, conn.peer);
-        match conn.poll_turn(cx, |conn| park_at(conn, park_after)) {
-            Poll::Ready(Turn::Input) => {}
-            Poll::Ready(Turn::Ended) => return Poll::Ready(Outcome::Ended),
-            Poll::Ready(Turn::Deadline) => {
-                if park_at(&conn, park_after).is_some_and(|at| Instant::now() >= at) {
-                    return Poll::Ready(Outcome::Park);
+    loop {
+        let outcome = poll_fn(|cx| loop {
+            deliver(&mut conn.engine, &mut served.service, conn.peer);
+            if let Some(inlet) = &served.inlet {
+                inlet.take_into(&mut conn.engine, cx.waker());
+            }
+            match conn.poll_turn(cx, |conn| park_at(conn, park_after)) {
+                Poll::Ready(Turn::Input) => {}
+                Poll::Ready(Turn::Ended) => return Poll::Ready(Outcome::Ended),
+                Poll::Ready(Turn::Deadline) => {
+                    if park_at(&conn, park_after).is_some_and(|at| Instant::now() >= at) {
+                        return Poll::Ready(Outcome::Park);
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await;
+        match outcome {
+            Outcome::Ended => {
+                deliver(&mut conn.engine, &mut served.service, conn.peer);
+                if let Some(inlet) = &served.inlet {
+                    inlet.end();
+                }
+                served.service.on_end();
+                drop(guard);
+                return;
+            }
+            Outcome::Park => {
+                let Some(lot) = lot.as_ref() else {
+                    unreachable!("parks only with a lot")
+                };
+                match park(conn, served, guard, lot) {
+                    None => return,
+                    // Frames were pushed meanwhile: serve them first.
+                    Some(back) => (conn, served, guard) = back,
                 }
             }
-            Poll::Pending => return Poll::Pending,
-        }
-    })
-    .await;
-    match outcome {
-        Outcome::Ended => {
-            deliver(&mut conn.engine, &mut service, conn.peer);
-            service.on_end();
-            drop(guard);
-        }
-        Outcome::Park => {
-            let (Some(lot), Some(stop)) = (lot, conn.stop_receiver()) else {
-                unreachable!("parks only with a lot, which comes with a stop signal")
-            };
-            let WsDriver { io, mut engine, .. } = conn;
-            engine.release_buffers();
-            let Some(tcp) = io.into_tcp() else {
-                unreachable!("a lot comes only with a TCP socket")
-            };
-            let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-            let parked = ParkedWebSocket {
-                engine,
-                resume: Box::new(move |engine, io, stop, guard, lot| {
-                    spawn_resumed(engine, service, io, stop, guard, lot)
-                }),
-            };
-            lot.park(tcp, Parkable::WebSocket(parked), stop, guard, peer);
         }
     }
+}
+
+/// What a connection that could not park takes back.
+type NotParked<IO, S> = (WsDriver<IO>, Served<S>, Option<OpenGuard>);
+
+/// Moves an idle connection into the lot, unless frames were pushed to
+/// its inlet meanwhile (checked with the inlet locked, so none is
+/// missed): then it is handed back.
+fn park<IO: ParkableTransport, S: WsService>(
+    conn: WsDriver<IO>,
+    served: Served<S>,
+    guard: Option<OpenGuard>,
+    lot: &Lot,
+) -> Option<NotParked<IO, S>> {
+    let Some(inlet) = served.inlet.clone() else {
+        park_now(conn, served, guard, lot);
+        return None;
+    };
+    let mut parts = Some((conn, served, guard));
+    let attempt = inlet.park_with(lot, || {
+        let (conn, served, guard) = parts.take().expect("parks once");
+        park_now(conn, served, guard, lot)
+    });
+    match attempt {
+        ParkAttempt::Busy => parts,
+        ParkAttempt::Parked => None,
+    }
+}
+
+/// Hands the engine, the service and the socket to the lot; returns the
+/// lot's token (`None`: resumed at once, or closed).
+fn park_now<IO: ParkableTransport, S: WsService>(
+    conn: WsDriver<IO>,
+    served: Served<S>,
+    guard: Option<OpenGuard>,
+    lot: &Lot,
+) -> Option<u64> {
+    let Some(stop) = conn.stop_receiver() else {
+        unreachable!("a lot comes with a stop signal")
+    };
+    let WsDriver { io, mut engine, .. } = conn;
+    engine.release_buffers();
+    let Some(tcp) = io.into_tcp() else {
+        unreachable!("a lot comes only with a TCP socket")
+    };
+    let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let Served { service, inlet } = served;
+    let parked = ParkedWebSocket {
+        engine,
+        inlet,
+        resume: Box::new(move |engine, inlet, io, stop, guard, lot| {
+            spawn_resumed(engine, Served { service, inlet }, io, stop, guard, lot)
+        }),
+    };
+    lot.park(tcp, Parkable::WebSocket(parked), stop, guard, peer)
 }
 
 /// When the connection may park: quiet for `park_after` with nothing in
@@ -239,29 +305,31 @@ fn park_at<IO: Transport>(conn: &WsDriver<IO>, park_after: Option<Duration>) -> 
 /// like an echo, makes a zero-sized closure whose box allocates nothing).
 pub(crate) struct ParkedWebSocket {
     engine: WsConnection,
+    inlet: Option<Arc<Inlet>>,
     resume: ResumeOnTask,
 }
 
-/// Puts a parked connection's engine and service back on a task of their own.
-type ResumeOnTask = Box<dyn FnOnce(WsConnection, TcpStream, watch::Receiver<Stop>, Option<OpenGuard>, Lot) + Send>;
+/// Puts a parked connection's engine, inlet and service back on a task of their own.
+type ResumeOnTask =
+    Box<dyn FnOnce(WsConnection, Option<Arc<Inlet>>, TcpStream, watch::Receiver<Stop>, Option<OpenGuard>, Lot) + Send>;
 
 /// A resumed connection's task (a function of its own: `drive` cannot
 /// name its own future type from inside).
 fn spawn_resumed<S: WsService>(
     engine: WsConnection,
-    service: S,
+    served: Served<S>,
     io: TcpStream,
     stop: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
     lot: Lot,
 ) {
     let peer = io.peer_addr().ok();
-    tokio::spawn(drive(io, engine, service, Some(stop), guard, peer, Some(lot)));
+    tokio::spawn(drive(io, engine, served, Some(stop), guard, peer, Some(lot)));
 }
 
 impl ParkedWebSocket {
     pub(crate) fn resume(self, io: TcpStream, stop: watch::Receiver<Stop>, guard: Option<OpenGuard>, lot: &Lot) {
-        (self.resume)(self.engine, io, stop, guard, lot.clone());
+        (self.resume)(self.engine, self.inlet, io, stop, guard, lot.clone());
     }
 }
 
@@ -281,6 +349,24 @@ impl ParkedWebSocket {
 
     pub(crate) fn handle_io_error(&mut self, now: std::time::Instant) {
         self.engine.handle_eof(now);
+    }
+
+    /// A pushed frame, while parked: queued in the engine and written to
+    /// `socket` at once. `Ok(true)`: all of it written (it stays parked);
+    /// `Ok(false)`: the socket took less (its task must wait for it);
+    /// `Err`: the engine refused it (closing, or a slow consumer) or the
+    /// write failed; its task finishes the connection.
+    pub(crate) fn send_now(&mut self, socket: &mut std::net::TcpStream, frame: &EncodedFrame) -> Result<bool, ()> {
+        let now = std::time::Instant::now();
+        self.engine.send_encoded(frame).map_err(|_| ())?;
+        while self.engine.has_output() {
+            match crate::io::write_now(socket, self.engine.poll_transmit(now)) {
+                Ok(Some(n)) if n > 0 => self.engine.handle_written(n, now),
+                Ok(_) => return Ok(false),
+                Err(_) => return Err(()),
+            }
+        }
+        Ok(true)
     }
 
     /// Heartbeat pings and the idle close must be written: always resume.

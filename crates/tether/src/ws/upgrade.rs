@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, StatusCode};
 use tether_proto::ws::{handshake, WsConnection};
 
+use super::push::Inlet;
 use super::service::{self, WsService};
 use super::socket::{WebSocket, WsOptions};
 use crate::server::upgrade::{OnUpgrade, Upgraded};
@@ -45,7 +46,20 @@ where
 /// See [`WsService`].
 pub fn upgrade_service<S: WsService>(req: &Request, options: &Arc<WsOptions>, service: S) -> Response {
     accept(req, options, |opened| {
-        OnUpgrade::owning_guard(move |up: Upgraded| service::run(up, opened.engine, service))
+        OnUpgrade::owning_guard(move |up: Upgraded| service::run(up, opened.engine, service, None))
+    })
+}
+
+/// [`upgrade_service`] for a connection that others also push frames to,
+/// through `inlet` (the hub's subscribers).
+pub(crate) fn upgrade_pushed<S: WsService>(
+    req: &Request,
+    options: &Arc<WsOptions>,
+    service: S,
+    inlet: Arc<Inlet>,
+) -> Response {
+    accept(req, options, |opened| {
+        OnUpgrade::owning_guard(move |up: Upgraded| service::run(up, opened.engine, service, Some(inlet)))
     })
 }
 

@@ -1,0 +1,367 @@
+//! The hub's HTTP face, on the same keep-alive server as everything else:
+//! `/ws` (the WebSocket protocol, `session`), `POST /publish/{channel}`,
+//! `GET /poll/{channel}` (polling, and long-polling with `wait=`) and
+//! `GET /sse/{channel}` (Server-Sent Events). [`routes`] adds them to a
+//! router.
+//!
+//! Every answer is JSON (`application/json`), errors included:
+//! `{"error":{"code":"…","message":"…"}}` with 400 (bad channel, bad JSON,
+//! bad parameter), 405, 413 (data too large) or 503 (broker unavailable,
+//! with `Retry-After: 1`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, StatusCode};
+
+use super::broker::History;
+use super::channel::Target;
+use super::protocol::{self, ProtocolError};
+use super::session::Session;
+use super::{run_soon, ChannelName, Hub, PublishError, SubscribeRequest};
+use crate::server::router::{self, Router};
+use crate::server::{Body, BodyError, Request, Response};
+use crate::ws::push::Inlet;
+use crate::ws::{self, WsOptions};
+
+/// Adds `/ws`, `/publish/`, `/poll/` and `/sse/` to `router`.
+pub fn routes(router: Router, hub: &Hub, ws_options: &Arc<WsOptions>) -> Router {
+    let (h, options) = (hub.clone(), ws_options.clone());
+    let ws = move |req: Request| {
+        let (hub, options) = (h.clone(), options.clone());
+        async move { websocket(&req, &hub, &options) }
+    };
+    let h = hub.clone();
+    let publish = move |req: Request| {
+        let hub = h.clone();
+        async move { publish(req, &hub).await }
+    };
+    let h = hub.clone();
+    let poll = move |req: Request| {
+        let hub = h.clone();
+        async move { poll(&req, &hub).await }
+    };
+    let h = hub.clone();
+    let sse = move |req: Request| {
+        let hub = h.clone();
+        async move { sse(&req, &hub) }
+    };
+    router
+        .route("/ws", router::get(ws))
+        .prefix("/publish/", router::methods(&[Method::POST], publish))
+        .prefix("/poll/", router::get(poll))
+        .prefix("/sse/", router::get(sse))
+}
+
+/// `/ws`: the upgrade to the hub's WebSocket protocol.
+fn websocket(req: &Request, hub: &Hub, options: &Arc<WsOptions>) -> Response {
+    if !ws::is_websocket_request(req.headers()) {
+        let mut resp = json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            &ProtocolError::new("bad_request", "/ws is a WebSocket endpoint"),
+        );
+        resp.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return resp;
+    }
+    let limit = hub.config().subscriber_queue;
+    let inlet = Arc::new(Inlet::new(limit));
+    let resp = ws::upgrade_pushed(req, options, Session::new(hub.clone(), inlet.clone()), inlet);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        hub.stats().ws_connections.fetch_add(1, Ordering::Relaxed);
+    }
+    resp
+}
+
+/// The channel named by the path after `prefix`.
+fn channel_in_path(req: &Request, prefix: &str) -> Result<ChannelName, ProtocolError> {
+    let name = req.uri().path().strip_prefix(prefix).unwrap_or("");
+    Ok(ChannelName::new(name)?)
+}
+
+/// `POST /publish/{channel}`: the body is the data (see the README).
+async fn publish(req: Request, hub: &Hub) -> Response {
+    let channel = match channel_in_path(&req, "/publish/") {
+        Ok(c) => c,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
+    };
+    let declared_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            let t = t.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            t == "application/json" || t.ends_with("+json")
+        });
+    let max = hub.config().max_data;
+    let body = match req.into_body().to_bytes(max as u64).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge { .. }) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &ProtocolError::new("too_large", format!("data is larger than {max} bytes")),
+            )
+        }
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &ProtocolError::new("bad_request", e.to_string()),
+            )
+        }
+    };
+    let data = match body_data(&body, declared_json, max) {
+        Ok(data) => data,
+        Err(e) => {
+            let status = if e.code == "too_large" {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return json_error(status, &e);
+        }
+    };
+    match hub.publish(&channel, data).await {
+        Ok(p) => json(
+            StatusCode::OK,
+            format!("{{\"channel\":\"{channel}\",\"offset\":{}}}", p.offset),
+        ),
+        Err(PublishError::Invalid(e)) => json_error(StatusCode::BAD_REQUEST, &e),
+        Err(PublishError::Broker(e)) => unavailable(&e.to_string()),
+    }
+}
+
+/// A request body as publication data: JSON when it is JSON (and it must
+/// be, with a JSON content type), else the text as a JSON string.
+fn body_data(body: &[u8], declared_json: bool, max: usize) -> Result<Bytes, ProtocolError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ProtocolError::new("bad_request", "the body must be UTF-8 text or JSON"))?;
+    match serde_json::from_str::<&serde_json::value::RawValue>(text) {
+        Ok(raw) => protocol::checked_data(raw.get(), max),
+        Err(e) if declared_json => Err(ProtocolError::new("bad_json", format!("the body is not JSON: {e}"))),
+        Err(_) => protocol::checked_data(&protocol::json_string(text), max),
+    }
+}
+
+/// The query's `name=value` pairs (no percent-decoding: every value the
+/// hub reads is a number or an epoch).
+fn query(req: &Request) -> impl Iterator<Item = (&str, &str)> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .filter(|(name, _)| !name.is_empty())
+}
+
+/// What a poll asks.
+struct PollParams {
+    since: Option<u64>,
+    epoch: Option<String>,
+    limit: usize,
+    wait: Duration,
+}
+
+fn poll_params(req: &Request, hub: &Hub) -> Result<PollParams, ProtocolError> {
+    let max_limit = hub.config().max_poll_limit;
+    let mut p = PollParams {
+        since: None,
+        epoch: None,
+        limit: 100.min(max_limit),
+        wait: Duration::ZERO,
+    };
+    let number = |name: &str, value: &str| {
+        value
+            .parse::<u64>()
+            .map_err(|_| ProtocolError::new("bad_request", format!("{name} must be a whole number, not {value:?}")))
+    };
+    for (name, value) in query(req) {
+        match name {
+            "since" => p.since = Some(number(name, value)?),
+            "epoch" => p.epoch = Some(value.to_string()),
+            "limit" => p.limit = (number(name, value)? as usize).clamp(1, max_limit),
+            "wait" => {
+                let secs: f64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| ProtocolError::new("bad_request", format!("wait must be seconds, not {value:?}")))?;
+                p.wait = Duration::from_secs_f64(secs.min(hub.config().max_poll_wait.as_secs_f64()));
+            }
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+/// `GET /poll/{channel}?since=N&limit=K&wait=SECS` (see the README).
+async fn poll(req: &Request, hub: &Hub) -> Response {
+    let channel = match channel_in_path(req, "/poll/") {
+        Ok(c) => c,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
+    };
+    let params = match poll_params(req, hub) {
+        Ok(p) => p,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
+    };
+    let read = || read_poll(hub, &channel, &params);
+    let history = match read().await {
+        Ok(h) if h.publications.is_empty() && !params.wait.is_zero() && params.since.is_some() => {
+            long_poll(hub, &channel, &params, h).await
+        }
+        other => other,
+    };
+    match history {
+        Ok(h) => json(StatusCode::OK, poll_answer(&channel, &params, &h)),
+        Err(e) => unavailable(&e.to_string()),
+    }
+}
+
+/// A poll's read of history: what is after `since` (all that is kept when
+/// the poll's offset or epoch belongs to another epoch).
+async fn read_poll(hub: &Hub, channel: &ChannelName, p: &PollParams) -> Result<History, super::BrokerError> {
+    let h = hub.history(channel, p.since, p.limit).await?;
+    let other_epoch = p.epoch.as_deref().is_some_and(|e| e != h.epoch.as_str());
+    match p.since {
+        Some(since) if other_epoch || since > h.latest => {
+            let mut all = hub.history(channel, Some(0), p.limit).await?;
+            all.complete = false;
+            Ok(all)
+        }
+        _ => Ok(h),
+    }
+}
+
+/// Holds a poll that found nothing until the channel's next publication
+/// or the end of its wait, then reads again.
+async fn long_poll(
+    hub: &Hub,
+    channel: &ChannelName,
+    p: &PollParams,
+    first: History,
+) -> Result<History, super::BrokerError> {
+    let stats = hub.stats().clone();
+    stats.long_polls.fetch_add(1, Ordering::Relaxed);
+    let result = async {
+        // Waiting first, then reading again: a publication between the
+        // first read and the wait is not missed.
+        let next = hub.next_publication(channel).await?;
+        let again = read_poll(hub, channel, p).await?;
+        if !again.publications.is_empty() {
+            return Ok(again);
+        }
+        match tokio::time::timeout(p.wait, next).await {
+            Ok(_) => read_poll(hub, channel, p).await,
+            Err(_) => Ok(again),
+        }
+    }
+    .await;
+    stats.long_polls.fetch_sub(1, Ordering::Relaxed);
+    hub.forget_waiters(channel);
+    match result {
+        Err(_) if first.publications.is_empty() => result,
+        other => other,
+    }
+}
+
+fn poll_answer(channel: &ChannelName, p: &PollParams, h: &History) -> String {
+    let mut messages = String::from("[");
+    for (i, publication) in h.publications.iter().enumerate() {
+        if i > 0 {
+            messages.push(',');
+        }
+        messages.push_str(&format!(
+            "{{\"offset\":{},\"data\":{}}}",
+            publication.offset,
+            std::str::from_utf8(&publication.data).unwrap_or("null")
+        ));
+    }
+    messages.push(']');
+    let next = h
+        .publications
+        .last()
+        .map(|last| last.offset)
+        .or(p.since.filter(|s| *s <= h.latest && h.complete))
+        .unwrap_or(h.latest);
+    let recovered = p.since.is_some() && h.complete;
+    format!(
+        "{{\"channel\":\"{channel}\",\"epoch\":{},\"messages\":{messages},\"next\":{next},\"recovered\":{recovered}}}",
+        protocol::json_string(h.epoch.as_str())
+    )
+}
+
+/// `GET /sse/{channel}`: a `text/event-stream` of the channel's
+/// publications (`id:` is the offset; `Last-Event-ID` or `since=` resumes).
+fn sse(req: &Request, hub: &Hub) -> Response {
+    let channel = match channel_in_path(req, "/sse/") {
+        Ok(c) => c,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
+    };
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut since = last_event_id;
+    let mut epoch = None;
+    for (name, value) in query(req) {
+        match name {
+            "since" if since.is_none() => since = value.parse().ok(),
+            "epoch" => epoch = Some(value.to_string()),
+            _ => {}
+        }
+    }
+    let (tx, body) = Body::channel(hub.config().sse_queue);
+    // Reconnect after a second; then the stream (and its answer) begins.
+    let _ = tx.try_send(Ok(Bytes::from_static(b"retry: 1000\n\n")));
+    let (_, work) = hub.subscribe(SubscribeRequest {
+        channel,
+        since,
+        epoch,
+        presence: false,
+        client: hub.new_client(),
+        target: Target::Sse(tx),
+        id: None,
+    });
+    run_soon(work);
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    let mut resp = Response::new(Body::Full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn json_error(status: StatusCode, e: &ProtocolError) -> Response {
+    json(
+        status,
+        format!(
+            "{{\"error\":{{\"code\":\"{}\",\"message\":{}}}}}",
+            e.code,
+            protocol::json_string(&e.message)
+        ),
+    )
+}
+
+fn unavailable(message: &str) -> Response {
+    let mut resp = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &ProtocolError::new("unavailable", message),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}

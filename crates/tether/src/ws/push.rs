@@ -1,0 +1,250 @@
+//! Pushing frames to a callback-served WebSocket from elsewhere (the hub's
+//! fan-out), whether the connection is on its task or parked.
+//!
+//! Theory of operation. An [`Inlet`] is one connection's mailbox for
+//! frames encoded once and shared (`EncodedFrame`: the same `Bytes` for
+//! every subscriber of a channel). It knows where its connection is:
+//! * **on its task**: a push queues the frame in the inlet and wakes the
+//!   task, which moves every waiting frame into its engine in one go and
+//!   writes them with one vectored write (a burst of publications costs one
+//!   system call per subscriber, not one per message);
+//! * **parked** (in the server's lot, no task): a push hands the frame to the
+//!   parked engine and writes it to the socket at once; only a socket that
+//!   cannot take it all makes the connection resume on a task (which then
+//!   waits for the socket, under the engine's write timeout). An idle
+//!   subscriber receives messages without ever waking a task;
+//! * **ended**: a push reports `Closed`, and the publisher drops it.
+//!
+//! Bounds: frames waiting in the inlet are bounded by `limit` bytes (the
+//! engine's queue limit); a push that would pass it marks the connection a
+//! slow consumer, and its task closes it with 1008. Once in the engine, the
+//! engine's own queue limit and `QueueOverflow` rule apply, parked or not.
+//! A publisher never waits for a subscriber.
+//!
+//! Lock order: inlet, then the lot. Nothing holding the lot's lock takes an
+//! inlet's, so a push and a parking never deadlock; a connection parks only
+//! with the inlet locked and empty, so no frame is left behind in it.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+use std::task::Waker;
+
+use tether_proto::ws::{EncodedFrame, WsConnection};
+
+use crate::server::serving::{Lot, Parkable, Visit};
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Queued, or written already.
+    Queued,
+    /// The connection is over (or closing as a slow consumer): forget it.
+    Closed,
+}
+
+/// One connection's mailbox (see the module documentation).
+pub(crate) struct Inlet {
+    state: Mutex<State>,
+    /// The most bytes waiting in the inlet.
+    limit: usize,
+}
+
+enum At {
+    /// On a task, woken by this waker (none yet: the task will look).
+    Task(Option<Waker>),
+    /// Parked in the lot under this token.
+    Parked {
+        lot: Lot,
+        token: u64,
+    },
+    Ended,
+}
+
+struct State {
+    waiting: VecDeque<EncodedFrame>,
+    waiting_bytes: usize,
+    at: At,
+    /// A push overflowed: the task closes the connection with 1008.
+    slow_consumer: bool,
+}
+
+impl std::fmt::Debug for Inlet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.lock();
+        f.debug_struct("Inlet")
+            .field("waiting_bytes", &s.waiting_bytes)
+            .field("slow_consumer", &s.slow_consumer)
+            .finish()
+    }
+}
+
+impl Inlet {
+    /// A mailbox holding at most `limit` bytes of frames its task has not taken.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                waiting: VecDeque::new(),
+                waiting_bytes: 0,
+                at: At::Task(None),
+                slow_consumer: false,
+            }),
+            limit,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Delivers one frame (see the module documentation).
+    pub(crate) fn push(&self, frame: &EncodedFrame) -> Pushed {
+        let mut s = self.lock();
+        if s.slow_consumer {
+            return Pushed::Closed;
+        }
+        match &s.at {
+            At::Ended => return Pushed::Closed,
+            At::Parked { lot, token } => match lot.visit(*token, |parked, socket| push_parked(parked, socket, frame)) {
+                Some(Pushed::Queued) => return Pushed::Queued,
+                Some(Pushed::Closed) => {
+                    s.slow_consumer = true;
+                    return Pushed::Closed;
+                }
+                // Resumed (or resuming) by the lot: its task takes the frame.
+                None => s.at = At::Task(None),
+            },
+            At::Task(_) => {}
+        }
+        if s.waiting_bytes + frame.len() > self.limit && !s.waiting.is_empty() {
+            s.slow_consumer = true;
+            s.waiting.clear();
+            s.waiting_bytes = 0;
+            wake(&s.at);
+            return Pushed::Closed;
+        }
+        s.waiting_bytes += frame.len();
+        s.waiting.push_back(frame.clone());
+        if s.waiting.len() == 1 {
+            wake(&s.at);
+        }
+        Pushed::Queued
+    }
+
+    /// The task's side: records `waker` as the one to wake and moves every
+    /// waiting frame into `engine` (each subject to the engine's queue
+    /// limit). Returns whether anything changed (frames moved, or the
+    /// connection is closing as a slow consumer).
+    pub(crate) fn take_into(&self, engine: &mut WsConnection, waker: &Waker) -> bool {
+        let mut s = self.lock();
+        match &mut s.at {
+            At::Task(Some(w)) if w.will_wake(waker) => {}
+            At::Ended => return false,
+            at => *at = At::Task(Some(waker.clone())),
+        }
+        if s.slow_consumer {
+            s.slow_consumer = false;
+            s.at = At::Ended;
+            engine.close_slow_consumer();
+            return true;
+        }
+        if s.waiting.is_empty() {
+            return false;
+        }
+        s.waiting_bytes = 0;
+        let waiting = std::mem::take(&mut s.waiting);
+        for frame in &waiting {
+            if engine.send_encoded(frame).is_err() {
+                // Closed as a slow consumer by the engine, or already closing.
+                s.at = At::Ended;
+                break;
+            }
+        }
+        // The queue's allocation is kept for the next burst.
+        let mut waiting = waiting;
+        waiting.clear();
+        if s.waiting.is_empty() {
+            s.waiting = waiting;
+        }
+        true
+    }
+
+    /// Parks the connection with `park` (which returns its token in `lot`)
+    /// unless frames are waiting; returns whether it parked. The inlet is
+    /// locked meanwhile, so no push falls between the check and the parking.
+    pub(crate) fn park_with(&self, lot: &Lot, park: impl FnOnce() -> Option<u64>) -> ParkAttempt {
+        let mut s = self.lock();
+        if !s.waiting.is_empty() || s.slow_consumer {
+            return ParkAttempt::Busy;
+        }
+        match park() {
+            Some(token) => {
+                s.at = At::Parked {
+                    lot: lot.clone(),
+                    token,
+                }
+            }
+            // Resumed at once (the lot is closing): the new task takes over.
+            None => s.at = At::Task(None),
+        }
+        ParkAttempt::Parked
+    }
+
+    /// Gives up on the connection: it closes as a slow consumer (1008), at
+    /// once if on its task, after resuming if parked.
+    pub(crate) fn abandon(&self) {
+        let mut s = self.lock();
+        s.slow_consumer = true;
+        s.waiting.clear();
+        s.waiting_bytes = 0;
+        match &s.at {
+            At::Task(_) => wake(&s.at),
+            At::Parked { lot, token } => {
+                let _ = lot.visit(*token, |_, _| ((), Visit::Resume));
+                s.at = At::Task(None);
+            }
+            At::Ended => {}
+        }
+    }
+
+    /// The connection is over: later pushes report `Closed`.
+    pub(crate) fn end(&self) {
+        let mut s = self.lock();
+        s.at = At::Ended;
+        s.waiting.clear();
+        s.waiting_bytes = 0;
+    }
+
+    /// Whether the connection is over.
+    pub(crate) fn is_ended(&self) -> bool {
+        matches!(self.lock().at, At::Ended)
+    }
+}
+
+/// What [`Inlet::park_with`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ParkAttempt {
+    /// Handed to the lot (or resumed by it at once): the task is done.
+    Parked,
+    /// Frames are waiting: keep driving.
+    Busy,
+}
+
+fn wake(at: &At) {
+    if let At::Task(Some(w)) = at {
+        w.wake_by_ref();
+    }
+}
+
+/// A frame for a parked connection: into its engine, and onto the socket
+/// at once if it takes it all; otherwise the connection resumes.
+fn push_parked(parked: &mut Parkable, socket: &mut std::net::TcpStream, frame: &EncodedFrame) -> (Pushed, Visit) {
+    let Parkable::WebSocket(ws) = parked else {
+        return (Pushed::Closed, Visit::Stay);
+    };
+    match ws.send_now(socket, frame) {
+        Ok(true) => (Pushed::Queued, Visit::Stay),
+        Ok(false) => (Pushed::Queued, Visit::Resume),
+        // Closing (a slow consumer, or the write failed): its task finishes it.
+        Err(()) => (Pushed::Closed, Visit::Resume),
+    }
+}
