@@ -94,6 +94,12 @@ pub struct ServerStats {
     pub parked: AtomicU64,
     /// Connections refused (`503`) at a connection limit.
     pub refused: AtomicU64,
+    /// Frames pushed to a parked connection and written at once, with no
+    /// task woken (the hub's deliveries to idle subscribers).
+    pub parked_writes: AtomicU64,
+    /// Pushes to a parked connection whose socket did not take them all:
+    /// the connection resumed on a task to finish writing.
+    pub parked_write_resumes: AtomicU64,
 }
 
 /// An HTTP/1.1 server with exact keep-alive behaviour.

@@ -382,8 +382,12 @@ impl<S: Sleeper> ParkingLot<S> {
         let parked = slab.get_mut(tok)?;
         let (result, then) = f(&mut parked.sleeper, &mut parked.socket);
         match then {
-            Visit::Stay => slab.refresh_deadline(tok),
+            Visit::Stay => {
+                slab.refresh_deadline(tok);
+                self.shared.stats.parked_writes.fetch_add(1, Ordering::Relaxed);
+            }
             Visit::Resume => {
+                self.shared.stats.parked_write_resumes.fetch_add(1, Ordering::Relaxed);
                 if let Some(p) = slab.remove(tok) {
                     drop(slab);
                     resume(self, p);

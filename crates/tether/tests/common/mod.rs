@@ -294,6 +294,38 @@ pub struct Client {
 }
 
 impl Client {
+    /// A new raw connection to 127.0.0.1:`port`.
+    pub async fn connect(port: u16) -> Client {
+        let stream = timeout(IO_TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
+            .await
+            .expect("connect timed out")
+            .expect("connect failed");
+        stream.set_nodelay(true).expect("nodelay");
+        let (r, w) = stream.into_split();
+        Client { r, w, buf: Vec::new() }
+    }
+
+    /// Reads until `pattern` has arrived (bounded by `within`); returns
+    /// everything read up to and including it, leaving the rest buffered.
+    pub async fn read_until(&mut self, pattern: &[u8], within: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(at) = self.buf.windows(pattern.len()).position(|w| w == pattern) {
+                return self.buf.drain(..at + pattern.len()).collect();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut tmp = [0u8; 16384];
+            match timeout(left, self.r.read(&mut tmp)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&tmp[..n]),
+                other => panic!(
+                    "{:?} did not arrive within {within:?} ({other:?}); got {:?}",
+                    String::from_utf8_lossy(pattern),
+                    String::from_utf8_lossy(&self.buf)
+                ),
+            }
+        }
+    }
+
     /// Writes all of `data`.
     pub async fn send(&mut self, data: &[u8]) {
         timeout(IO_TIMEOUT, self.w.write_all(data))
