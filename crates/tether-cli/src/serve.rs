@@ -12,7 +12,7 @@ use http::{header, Method, StatusCode};
 use tether::hub::{Hub, HubConfig, MemoryLimits};
 use tether::proto::h1;
 use tether::server::router::{self, Router};
-use tether::server::{Body, BodyError, Request, Response, Server, SharedHandler, StaticFiles};
+use tether::server::{Body, BodyError, Request, Response, Server, ServerStats, SharedHandler, StaticFiles};
 use tether::ws::{self, CompressionMode, Message, QueueOverflow, WsOptions};
 
 use crate::config::{format_duration, KeepAliveHeaderMode, ServeConfig, WsCompression};
@@ -79,7 +79,7 @@ pub fn hub(c: &ServeConfig) -> Hub {
 }
 
 /// Builds the router for `tether serve`.
-pub fn app(c: &ServeConfig, hub: &Hub) -> Router {
+pub fn app(c: &ServeConfig, hub: &Hub, stats: &Arc<ServerStats>) -> Router {
     let max_body = c.max_body;
     let ws = Arc::new(ws_options(c));
     let hub_ws = ws.clone();
@@ -103,6 +103,21 @@ pub fn app(c: &ServeConfig, hub: &Hub) -> Router {
             router::methods(&[Method::GET, Method::HEAD, Method::POST], echo),
         );
     r = tether::hub::http::routes(r, hub, &hub_ws);
+    let (hub_for_metrics, stats) = (hub.clone(), stats.clone());
+    r = r.route(
+        "/metrics",
+        router::get(move |_req: Request| {
+            let text = tether::metrics::render(&stats, Some(&hub_for_metrics));
+            async move {
+                let mut resp = Response::new(Body::Full(Bytes::from(text)));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8".parse().expect("static"),
+                );
+                resp
+            }
+        }),
+    );
     match &c.root {
         Some(root) => r = r.fallback(StaticFiles::new(root.clone())),
         None => {
@@ -188,8 +203,10 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("reading the bound address")?;
     let hub = hub(&c);
     let _upkeep = hub.spawn_upkeep();
-    let handler: SharedHandler = Arc::new(app(&c, &hub));
+    let stats = Arc::new(ServerStats::default());
+    let handler: SharedHandler = Arc::new(app(&c, &hub, &stats));
     let server = Server::new(h1_config(&c), handler)
+        .with_stats(stats)
         .shutdown_timeout(c.shutdown_timeout)
         .park_idle_after(c.park_idle_after)
         .access_log(c.access_log)

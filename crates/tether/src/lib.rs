@@ -45,6 +45,7 @@ pub mod hub;
 mod io;
 pub mod lifecycle;
 mod memory;
+pub mod metrics;
 pub mod server;
 pub mod ws;
 

@@ -605,3 +605,55 @@ async fn sse_streams_publications_and_resumes_after_last_event_id() {
     assert!(replay.contains("id: 3\n") && !replay.contains("id: 2\n"), "{replay}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_connections_deliveries_and_ends() {
+    let setup = Setup {
+        park_after: Some(Duration::from_millis(100)),
+        ..Setup::default()
+    };
+    let (server, hub) = start(setup).await;
+    let mut peers = Vec::new();
+    for _ in 0..3 {
+        let mut p = Peer::open(server.port).await;
+        p.subscribe(json!({"type":"subscribe","channel":"m"})).await;
+        peers.push(p);
+    }
+    let deadline = Instant::now() + T;
+    while server.stats.parked.load(Ordering::Relaxed) < 3 {
+        assert!(Instant::now() < deadline, "subscribers did not park");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = tether::metrics::render(&server.stats, Some(&hub));
+    for line in [
+        "tether_connections{kind=\"websocket\",state=\"parked\"} 3",
+        "tether_hub_subscribers 3",
+        "tether_hub_channels 1",
+        "tether_hub_websocket_sessions 3",
+        "tether_hub_broker_up{broker=\"memory\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    for n in 1..=2 {
+        publish(&hub, "m", n).await;
+    }
+    for p in &mut peers {
+        p.messages(2).await;
+    }
+    drop(peers);
+    let deadline = Instant::now() + T;
+    loop {
+        let text = tether::metrics::render(&server.stats, Some(&hub));
+        let has = |line: &str| text.lines().any(|l| l == line);
+        if has("tether_hub_subscribers 0") && has("tether_hub_channels 0") {
+            assert!(has("tether_hub_publishes_total 2"), "{text}");
+            assert!(has("tether_hub_deliveries_total 6"), "{text}");
+            assert!(has("tether_parked_writes_total 6"), "{text}");
+            assert!(has("tether_http_connections_upgraded_total 3"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the subscriptions did not end:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.stop().await;
+}

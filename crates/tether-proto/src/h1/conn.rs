@@ -125,6 +125,24 @@ pub enum CloseCause {
 }
 
 impl CloseCause {
+    /// Every cause, in declaration order (`cause as usize` indexes it).
+    pub const ALL: [CloseCause; 14] = [
+        CloseCause::IdleTimeout,
+        CloseCause::MaxRequests,
+        CloseCause::ClientClose,
+        CloseCause::ServerClose,
+        CloseCause::ProtocolError,
+        CloseCause::HeaderTimeout,
+        CloseCause::BodyTimeout,
+        CloseCause::WriteTimeout,
+        CloseCause::UnreadBody,
+        CloseCause::PeerClosed,
+        CloseCause::NetworkError,
+        CloseCause::Lifetime,
+        CloseCause::Shutdown,
+        CloseCause::Reclaimed,
+    ];
+
     /// A short, stable name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -263,6 +263,15 @@ pub enum WsEnd {
 }
 
 impl WsEnd {
+    /// Every end, in declaration order (`end as usize` indexes it).
+    pub const ALL: [WsEnd; 5] = [
+        WsEnd::Closed,
+        WsEnd::ProtocolError,
+        WsEnd::Abnormal,
+        WsEnd::CloseTimeout,
+        WsEnd::WriteTimeout,
+    ];
+
     /// A short, stable name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -22,6 +22,7 @@
 //!
 //! What it never does: call the broker, or wait.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -31,15 +32,35 @@ use tokio::sync::{mpsc, oneshot};
 use super::broker::{BrokerError, Epoch, History, Publication};
 use super::name::ChannelName;
 use super::protocol;
+use super::HubStats;
 use crate::ws::push::{Inlet, Pushed};
 
 /// Where a subscriber's messages go.
-#[derive(Clone)]
 pub(crate) enum Target {
     /// A `/ws` connection's inlet.
     Ws(Arc<Inlet>),
-    /// An SSE response body (bounded, in events).
-    Sse(mpsc::Sender<Result<Bytes, std::io::Error>>),
+    /// An SSE response body.
+    Sse(SseSink),
+}
+
+/// An SSE response body's sender (bounded, in events), counted in the
+/// hub's `sse_streams` while it lives.
+pub(crate) struct SseSink {
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    stats: Arc<HubStats>,
+}
+
+impl SseSink {
+    pub(crate) fn new(tx: mpsc::Sender<Result<Bytes, std::io::Error>>, stats: Arc<HubStats>) -> Self {
+        stats.sse_streams.fetch_add(1, Ordering::Relaxed);
+        Self { tx, stats }
+    }
+}
+
+impl Drop for SseSink {
+    fn drop(&mut self) {
+        self.stats.sse_streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Target {
@@ -48,14 +69,14 @@ impl Target {
     pub(crate) fn push_text(&self, kind: &str, text: &str) -> Pushed {
         match self {
             Target::Ws(inlet) => inlet.push(&EncodedFrame::text(text)),
-            Target::Sse(tx) => push_sse(tx, Bytes::from(format!("event: {kind}\ndata: {text}\n\n"))),
+            Target::Sse(sse) => push_sse(&sse.tx, Bytes::from(format!("event: {kind}\ndata: {text}\n\n"))),
         }
     }
 
     fn push_publication(&self, encoded: &mut Encoded<'_>) -> Pushed {
         match self {
             Target::Ws(inlet) => inlet.push(encoded.frame()),
-            Target::Sse(tx) => push_sse(tx, encoded.event()),
+            Target::Sse(sse) => push_sse(&sse.tx, encoded.event()),
         }
     }
 
@@ -67,18 +88,19 @@ impl Target {
         }
     }
 
-    /// Whether the subscriber's connection is over.
-    pub(crate) fn is_closed(&self) -> bool {
+    /// An SSE comment line (a keep-alive); `Closed` when the stream ended.
+    pub(crate) fn keep_alive(&self) -> Pushed {
         match self {
-            Target::Ws(inlet) => inlet.is_ended(),
-            Target::Sse(tx) => tx.is_closed(),
+            Target::Sse(sse) => push_sse(&sse.tx, Bytes::from_static(b": keep-alive\n\n")),
+            Target::Ws(inlet) if inlet.is_ended() => Pushed::Closed,
+            Target::Ws(_) => Pushed::Queued,
         }
     }
 }
 
 /// Queues an SSE event; a full queue (a reader that does not keep up) or
 /// a gone reader drops the subscriber, which ends the stream.
-pub(crate) fn push_sse(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, event: Bytes) -> Pushed {
+fn push_sse(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, event: Bytes) -> Pushed {
     match tx.try_send(Ok(event)) {
         Ok(()) => Pushed::Queued,
         Err(_) => Pushed::Closed,

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 
 use super::broker::History;
-use super::channel::Target;
+use super::channel::{SseSink, Target};
 use super::protocol::{self, ProtocolError};
 use super::session::Session;
 use super::{run_soon, ChannelName, Hub, PublishError, SubscribeRequest};
@@ -68,11 +68,7 @@ fn websocket(req: &Request, hub: &Hub, options: &Arc<WsOptions>) -> Response {
     }
     let limit = hub.config().subscriber_queue;
     let inlet = Arc::new(Inlet::new(limit));
-    let resp = ws::upgrade_pushed(req, options, Session::new(hub.clone(), inlet.clone()), inlet);
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        hub.stats().ws_connections.fetch_add(1, Ordering::Relaxed);
-    }
-    resp
+    ws::upgrade_pushed(req, options, Session::new(hub.clone(), inlet.clone()), inlet)
 }
 
 /// The channel named by the path after `prefix`.
@@ -321,7 +317,7 @@ fn sse(req: &Request, hub: &Hub) -> Response {
         epoch,
         presence: false,
         client: hub.new_client(),
-        target: Target::Sse(tx),
+        target: Target::Sse(SseSink::new(tx, hub.stats().clone())),
         id: None,
     });
     run_soon(work);

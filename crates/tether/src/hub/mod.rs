@@ -302,12 +302,8 @@ impl Hub {
         for entry in channels {
             let mut c = lock(&entry);
             let before = c.subs.len();
-            c.subs.retain(|sub| match &sub.target {
-                Target::Sse(tx) => {
-                    channel::push_sse(tx, Bytes::from_static(b": keep-alive\n\n")) == crate::ws::push::Pushed::Queued
-                }
-                Target::Ws(_) => !sub.target.is_closed(),
-            });
+            c.subs
+                .retain(|sub| sub.target.keep_alive() == crate::ws::push::Pushed::Queued);
             let gone = before - c.subs.len();
             if gone > 0 {
                 self.inner.stats.subscribers.fetch_sub(gone as u64, Ordering::Relaxed);

@@ -12,6 +12,7 @@
 //! every subscription ends with it.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tether_proto::ws::{EncodedFrame, Message};
@@ -34,6 +35,7 @@ pub(crate) struct Session {
 impl Session {
     pub(crate) fn new(hub: Hub, inlet: Arc<Inlet>) -> Self {
         let client = hub.new_client();
+        hub.stats().ws_connections.fetch_add(1, Ordering::Relaxed);
         Self {
             hub,
             inlet,
@@ -142,9 +144,14 @@ impl WsService for Session {
         for (channel, sub) in self.subscriptions.drain() {
             self.hub.unsubscribe(&channel, sub);
         }
-        self.hub
-            .stats()
-            .ws_connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// However the connection ends (or if it never opened: a refused
+/// handshake), its subscriptions and its count go.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.on_end();
+        self.hub.stats().ws_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -23,6 +23,7 @@
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -38,6 +39,7 @@ use super::body::{Body, BodyError, RequestBody};
 use super::handler::{HandlerFuture, Response, SharedHandler};
 use super::serving::Lot;
 use super::upgrade::{OnUpgrade, Upgraded};
+use super::ServerStats;
 use crate::lifecycle::{OpenGuard, StopSignal, Transport};
 
 /// Request body chunks buffered between the driver and the handler.
@@ -93,6 +95,7 @@ pub(crate) async fn serve_tracked<IO: Transport>(
         lot: None,
         peer: None,
         access_log: false,
+        stats: None,
     };
     match drive(io, conn, context, shutdown, guard).await {
         Driven::Ended(end) => end,
@@ -143,6 +146,7 @@ pub(crate) async fn drive<IO: Transport>(
     let upgrade_stop = shutdown.clone();
     let access_log = context.access_log.then(|| AccessLog::new(peer));
     let mut d = Driving::new(io, conn, context.handler, shutdown, access_log);
+    d.activity.stats = context.stats;
     if d.stop == Stop::Force {
         return d.ended(CloseCause::Shutdown);
     }
@@ -151,6 +155,7 @@ pub(crate) async fn drive<IO: Transport>(
     tokio::pin!(sleep);
     loop {
         d.dispatch_events();
+        d.activity.set(d.handler_fut.is_some() || d.stream.is_some());
         if d.conn.poll_shutdown_write() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), d.io.shutdown()).await;
         }
@@ -189,6 +194,42 @@ pub(crate) struct Context<'a> {
     pub peer: Option<SocketAddr>,
     /// Log one line per request (`Server::access_log`).
     pub access_log: bool,
+    /// The server's counters.
+    pub stats: Option<Arc<ServerStats>>,
+}
+
+/// Whether the connection has a request in progress, as the server's
+/// `http_active` gauge counts it (given back when the driver is dropped).
+struct Activity {
+    stats: Option<Arc<ServerStats>>,
+    active: bool,
+}
+
+impl Activity {
+    fn request(&self) {
+        if let Some(s) = &self.stats {
+            s.requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn set(&mut self, active: bool) {
+        if active != self.active {
+            self.active = active;
+            if let Some(s) = &self.stats {
+                if active {
+                    s.http_active.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    s.http_active.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 /// The request being answered, for its access-log line.
@@ -287,6 +328,7 @@ struct Driving<IO> {
     /// Its largest buffers, reported when it is dropped (see `memory`).
     peak: crate::memory::PeakBuffers,
     access_log: Option<AccessLog>,
+    activity: Activity,
 }
 
 impl<IO: Transport> Driving<IO> {
@@ -321,6 +363,10 @@ impl<IO: Transport> Driving<IO> {
             clock: None,
             peak: Default::default(),
             access_log,
+            activity: Activity {
+                stats: None,
+                active: false,
+            },
         }
     }
 
@@ -350,6 +396,7 @@ impl<IO: Transport> Driving<IO> {
                 Event::EndOfBody(_) => self.body_tx = None,
                 Event::BodyFailed(e) => self.body_failed(e),
                 Event::Reject(status) => {
+                    self.activity.request();
                     self.handler_fut = None;
                     self.body_tx = None;
                     if let Some(log) = self.access_log.as_mut() {
@@ -363,6 +410,7 @@ impl<IO: Transport> Driving<IO> {
 
     /// A request head: its body channel, and the handler that answers it.
     fn start_request(&mut self, head: h1::RequestHead) {
+        self.activity.request();
         if let Some(log) = self.access_log.as_mut() {
             log.request(&head);
         }

@@ -100,6 +100,28 @@ pub struct ServerStats {
     /// Pushes to a parked connection whose socket did not take them all:
     /// the connection resumed on a task to finish writing.
     pub parked_write_resumes: AtomicU64,
+    /// Of `parked`, the WebSockets.
+    pub parked_websockets: AtomicU64,
+    /// Request heads received (refused ones included).
+    pub requests: AtomicU64,
+    /// HTTP connections with a request in progress (its handler running or
+    /// its response streaming).
+    pub http_active: AtomicU64,
+    /// HTTP connections ended, by cause (indexed by `CloseCause as usize`).
+    pub closed: [AtomicU64; CloseCause::ALL.len()],
+    /// HTTP connections that switched protocols (WebSockets).
+    pub upgraded: AtomicU64,
+}
+
+impl ServerStats {
+    /// Counts and logs the end of an HTTP connection.
+    pub(crate) fn record_end(&self, peer: SocketAddr, end: ConnectionEnd) {
+        match end {
+            ConnectionEnd::Closed(cause, ..) => self.closed[cause as usize].fetch_add(1, Ordering::Relaxed),
+            ConnectionEnd::Upgraded(_) => self.upgraded.fetch_add(1, Ordering::Relaxed),
+        };
+        log_end(peer, end);
+    }
 }
 
 /// An HTTP/1.1 server with exact keep-alive behaviour.
@@ -176,6 +198,13 @@ impl Server {
         self.stats.clone()
     }
 
+    /// Keeps its counters in `stats` (made before the server, e.g. for a
+    /// `/metrics` handler the server itself serves).
+    pub fn with_stats(mut self, stats: Arc<ServerStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// Accepts and serves connections until `shutdown` completes, then shuts
     /// down gracefully. Returns once every connection is closed or aborted.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
@@ -196,6 +225,7 @@ impl Server {
             handler: self.handler.clone(),
             lot,
             access_log: self.access_log,
+            stats: self.stats.clone(),
         });
         tokio::pin!(shutdown);
         loop {

@@ -323,6 +323,7 @@ impl<S: Sleeper> ParkingLot<S> {
         peer: SocketAddr,
     ) -> Option<u64> {
         let deadline = sleeper.deadline().map(Instant::from_std);
+        let websocket = sleeper.is_websocket();
         let mut lot = lock(&self.shared.lot);
         if lot.closed {
             drop(lot);
@@ -361,6 +362,9 @@ impl<S: Sleeper> ParkingLot<S> {
             return None;
         }
         self.shared.stats.parked.fetch_add(1, Ordering::Relaxed);
+        if websocket {
+            self.shared.stats.parked_websockets.fetch_add(1, Ordering::Relaxed);
+        }
         drop(lot);
         let trim_due = count_turnover(&self.shared);
         if trim_due || deadline.is_some_and(|d| earliest.is_none_or(|e| d < e)) {
@@ -424,10 +428,13 @@ fn expire<S: Sleeper>(lot: &ParkingLot<S>, tok: u64) {
     }
 }
 
-fn leave_lot<S>(shared: &Shared<S>, p: &Parked<S>) {
+fn leave_lot<S: Sleeper>(shared: &Shared<S>, p: &Parked<S>) {
     let fd = p.socket.as_raw_fd();
     if shared.registry.deregister(&mut SourceFd(&fd)).is_ok() {
         shared.stats.parked.fetch_sub(1, Ordering::Relaxed);
+        if p.sleeper.is_websocket() {
+            shared.stats.parked_websockets.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use super::driver::{self, ConnectionEnd, Driven, Paused};
 use super::park::ParkingLot;
 pub(crate) use super::sleeper::Visit;
 use super::sleeper::{AtShutdown, Sleeper};
-use super::{log_end, SharedHandler};
+use super::{ServerStats, SharedHandler};
 use crate::lifecycle::{OpenGuard, Stop};
 use crate::ws::ParkedWebSocket;
 
@@ -34,6 +34,7 @@ pub(crate) struct Serving {
     pub lot: Option<Lot>,
     /// One log line per request.
     pub access_log: bool,
+    pub stats: Arc<ServerStats>,
 }
 
 impl Serving {
@@ -54,9 +55,10 @@ impl Serving {
                 lot,
                 peer: Some(peer),
                 access_log: serving.access_log,
+                stats: Some(serving.stats.clone()),
             };
             match driver::drive(io, conn, context, stop, guard).await {
-                Driven::Ended(end) => log_end(peer, end),
+                Driven::Ended(end) => serving.stats.record_end(peer, end),
                 // `drive` parks only when given a lot.
                 Driven::Idle(Paused {
                     io,
@@ -94,6 +96,10 @@ macro_rules! each_kind {
 }
 
 impl Sleeper for Parkable {
+    fn is_websocket(&self) -> bool {
+        matches!(self, Parkable::WebSocket(_))
+    }
+
     fn deadline(&self) -> Option<std::time::Instant> {
         each_kind!(self, k => k.deadline())
     }
@@ -173,7 +179,7 @@ impl KeepAlive {
     }
 
     fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
-        log_end(
+        self.serving.stats.record_end(
             peer,
             ConnectionEnd::Closed(CloseCause::Shutdown, self.conn.requests_served(), None),
         );
@@ -194,7 +200,7 @@ impl KeepAlive {
     fn closed(&self, peer: SocketAddr) -> bool {
         match self.conn.poll_close() {
             Some(cause) => {
-                log_end(
+                self.serving.stats.record_end(
                     peer,
                     ConnectionEnd::Closed(cause, self.conn.requests_served(), self.conn.fault()),
                 );

@@ -15,6 +15,10 @@ use crate::lifecycle::{OpenGuard, Stop};
 /// A protocol engine waiting in the lot: what the lot needs to hold it.
 /// The lot decides nothing about the protocol.
 pub(crate) trait Sleeper: Send + Sized + 'static {
+    /// Whether it is a WebSocket (counted apart in the server's stats).
+    fn is_websocket(&self) -> bool {
+        false
+    }
     /// The engine's next deadline.
     fn deadline(&self) -> Option<std::time::Instant>;
     /// Bytes that arrived while parked (an empty slice: end of file).

@@ -26,9 +26,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use tether_proto::ws::{WsConnection, WsEnd};
+use tether_proto::ws::{WsConnection, WsEnd, WsStats};
 use tokio::io::AsyncWrite;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -78,6 +79,38 @@ impl LazyNow {
     }
 }
 
+/// Process-wide WebSocket counters, for metrics: a connection's traffic is
+/// added whenever its driver waits, parks or ends (not per message).
+#[derive(Debug, Default)]
+pub struct WsTotals {
+    /// WebSocket connections open now (server and client side).
+    pub open: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Connections ended, by `WsEnd as usize`; the last slot counts the
+    /// server's forced stops.
+    pub ended: [AtomicU64; WsEnd::ALL.len() + 1],
+}
+
+/// See [`WsTotals`].
+pub static WS_TOTALS: WsTotals = WsTotals {
+    open: AtomicU64::new(0),
+    messages_in: AtomicU64::new(0),
+    messages_out: AtomicU64::new(0),
+    bytes_in: AtomicU64::new(0),
+    bytes_out: AtomicU64::new(0),
+    ended: [const { AtomicU64::new(0) }; WsEnd::ALL.len() + 1],
+};
+
+impl WsTotals {
+    /// A connection opened (its driver's first start, not a resumption).
+    pub(crate) fn opened(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// One WebSocket connection on the runtime (see the module documentation).
 pub(crate) struct WsDriver<IO> {
     pub(crate) io: IO,
@@ -96,6 +129,8 @@ pub(crate) struct WsDriver<IO> {
     peak: PeakBuffers,
     /// The peer's address, for logs.
     pub(crate) peer: Option<SocketAddr>,
+    /// The engine's counters as last added to [`WS_TOTALS`].
+    reported: WsStats,
 }
 
 /// A deadline that passed.
@@ -131,6 +166,8 @@ impl<IO: Transport> WsDriver<IO> {
                 }
             }
         });
+        // What an earlier driver of this engine (before parking) reported.
+        let reported = engine.stats();
         Self {
             io,
             engine,
@@ -140,9 +177,31 @@ impl<IO: Transport> WsDriver<IO> {
             armed: None,
             last_io: now,
             ending: None,
+            reported,
             peak: PeakBuffers::default(),
             peer,
         }
+    }
+
+    /// Adds the traffic since the last report to [`WS_TOTALS`] (done when
+    /// it waits and when it ends; a face that takes the engine away, to
+    /// park it, calls it first).
+    pub(crate) fn report(&mut self) {
+        let now = self.engine.stats();
+        let was = std::mem::replace(&mut self.reported, now);
+        let t = &WS_TOTALS;
+        let add = |total: &AtomicU64, delta: u64| {
+            if delta > 0 {
+                total.fetch_add(delta, Ordering::Relaxed);
+            }
+        };
+        add(&t.messages_in, u64::from(now.messages_in.wrapping_sub(was.messages_in)));
+        add(
+            &t.messages_out,
+            u64::from(now.messages_out.wrapping_sub(was.messages_out)),
+        );
+        add(&t.bytes_in, now.bytes_in.wrapping_sub(was.bytes_in));
+        add(&t.bytes_out, now.bytes_out.wrapping_sub(was.bytes_out));
     }
 
     /// The stop signal's channel, for a connection that leaves this driver (parking).
@@ -200,13 +259,23 @@ impl<IO: Transport> WsDriver<IO> {
                     return Poll::Ready(Turn::Ended);
                 }
                 Some(Poll::Ready(Stop::Run)) => continue,
-                Some(Poll::Pending) | None => return Poll::Pending,
+                Some(Poll::Pending) | None => {
+                    self.report();
+                    return Poll::Pending;
+                }
             }
         }
     }
 
     fn finish(&mut self, ending: Ending) {
         self.log_end(ending);
+        self.report();
+        let slot = match ending {
+            Ending::Engine(end) => end as usize,
+            Ending::ForcedStop => WsEnd::ALL.len(),
+        };
+        WS_TOTALS.ended[slot].fetch_add(1, Ordering::Relaxed);
+        WS_TOTALS.open.fetch_sub(1, Ordering::Relaxed);
         self.ending = Some(ending);
         self.timer = None;
         self.stop = None;

@@ -45,6 +45,7 @@ mod socket;
 mod upgrade;
 
 pub use broadcast::Broadcast;
+pub use driver::{WsTotals, WS_TOTALS};
 pub(crate) use service::ParkedWebSocket;
 pub use service::{Replies, WsService};
 pub use socket::{TrySendError, WebSocket, WsError, WsOptions, WsReceiver, WsSender};

@@ -144,6 +144,7 @@ pub(crate) async fn run<S: WsService>(up: Upgraded, mut engine: WsConnection, se
         engine.handle_input(&read_buf, std::time::Instant::now());
     }
     drop(read_buf);
+    super::driver::WS_TOTALS.opened();
     let served = Served { service, inlet };
     match (Upgraded::take_tcp(io), lot) {
         (Ok(tcp), Some(lot)) if stop.is_some() => drive(tcp, engine, served, stop, guard, peer, Some(lot)).await,
@@ -276,6 +277,8 @@ fn park_now<IO: ParkableTransport, S: WsService>(
     let Some(stop) = conn.stop_receiver() else {
         unreachable!("a lot comes with a stop signal")
     };
+    let mut conn = conn;
+    conn.report();
     let WsDriver { io, mut engine, .. } = conn;
     engine.release_buffers();
     let Some(tcp) = io.into_tcp() else {

@@ -536,6 +536,7 @@ impl WebSocket {
         if !buffered.is_empty() {
             engine.handle_input(&buffered, std::time::Instant::now());
         }
+        super::driver::WS_TOTALS.opened();
         let inner = Inner {
             conn: Some(WsDriver::new(io, engine, stop, peer)),
             away: None,
