@@ -81,7 +81,7 @@ pub fn render(server: &ServerStats, hub: Option<&Hub>) -> String {
 }
 
 fn connections(r: &mut Registry, s: &ServerStats, hub: Option<&Hub>) {
-    let open = s.open.get() as u64;
+    let open = s.open.get();
     let ws_open = read(&WS_TOTALS.open);
     let ws_parked = read(&s.parked_websockets);
     let http_parked = read(&s.parked).saturating_sub(ws_parked);
