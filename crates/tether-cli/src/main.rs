@@ -7,6 +7,7 @@
 
 mod bench;
 mod config;
+mod demo;
 mod serve;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};

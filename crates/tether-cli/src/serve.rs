@@ -1,8 +1,10 @@
 //! `tether serve`: the server with its built-in routes.
 //!
 //! Routes: `GET /healthz` → `ok`; `/echo` → the request body back (GET or
-//! POST); `GET /` → a page describing the server, or the static root when
-//! `--root` is given (which also serves every other path).
+//! POST), or a WebSocket echo; the push hub (`/ws`, `/publish/`, `/poll/`,
+//! `/sse/`, see `tether::hub`); `/metrics`; `GET /` → the live demo page
+//! (`demo`), or the static root when `--root` is given (which also serves
+//! every other path).
 
 use std::sync::Arc;
 
@@ -121,11 +123,10 @@ pub fn app(c: &ServeConfig, hub: &Hub, stats: &Arc<ServerStats>) -> Router {
     match &c.root {
         Some(root) => r = r.fallback(StaticFiles::new(root.clone())),
         None => {
-            let page: &'static str = Box::leak(index_page(c).into_boxed_str());
             r = r.route(
                 "/",
                 router::get(move |_req: Request| async move {
-                    let mut resp = Response::new(Body::Full(Bytes::from_static(page.as_bytes())));
+                    let mut resp = Response::new(Body::Full(Bytes::from_static(crate::demo::PAGE.as_bytes())));
                     resp.headers_mut().insert(
                         header::CONTENT_TYPE,
                         "text/html; charset=utf-8".parse().expect("static"),
@@ -162,22 +163,6 @@ fn ws_echo(message: Message, replies: &mut ws::Replies<'_>) {
     let _ = replies.send(message);
 }
 
-fn index_page(c: &ServeConfig) -> String {
-    format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>tether</title></head><body>\n\
-         <h1>tether</h1>\n<p>HTTP/1.1 keep-alive and WebSockets on one port.</p>\n\
-         <ul>\n<li>keep-alive timeout: {}</li>\n<li>max requests per connection: {}</li>\n</ul>\n\
-         <p>Routes: <code>GET /healthz</code>, <code>/echo</code> (POST a body, get it back).</p>\n\
-         </body></html>\n",
-        format_duration(c.keep_alive_timeout),
-        if c.keep_alive_max == 0 {
-            "unlimited".to_string()
-        } else {
-            c.keep_alive_max.to_string()
-        },
-    )
-}
-
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
 pub fn run(c: ServeConfig) -> anyhow::Result<()> {
     init_logging(&c.log)?;
@@ -204,6 +189,9 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
     let hub = hub(&c);
     let _upkeep = hub.spawn_upkeep();
     let stats = Arc::new(ServerStats::default());
+    if c.demo {
+        crate::demo::spawn(&hub, &stats);
+    }
     let handler: SharedHandler = Arc::new(app(&c, &hub, &stats));
     let server = Server::new(h1_config(&c), handler)
         .with_stats(stats)

@@ -212,6 +212,13 @@ impl Hub {
         self.inner.broker.history(channel, since, limit).await
     }
 
+    /// Whether `channel` has subscribers on this node.
+    pub fn has_subscribers(&self, channel: &ChannelName) -> bool {
+        lock(&self.inner.channels)
+            .get(channel)
+            .is_some_and(|entry| !lock(entry).subs.is_empty())
+    }
+
     /// A new connection's id (for presence: `node-n`).
     pub(crate) fn new_client(&self) -> Arc<str> {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
