@@ -1,0 +1,163 @@
+"""The push hub of the real `tether serve` binary, with clients nobody here
+wrote: Python's `websockets` on `/ws`, `http.client` for publish and
+(long-)poll, a line-by-line SSE reader, and a real restart of the server
+(the in-process hub loses its history: a new epoch, `recovered: false`).
+`/metrics` is read after the traffic and checked against it.
+
+Every network wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import socket
+import time
+
+from websockets.asyncio.client import connect
+
+TIMEOUT = 10.0
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def recv_json(ws, kind: str | None = None) -> dict:
+    while True:
+        m = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        if kind is None or m["type"] == kind:
+            return m
+        assert m["type"] in ("published", "join", "leave"), m
+
+
+def http_request(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        c.close()
+
+
+def publish(port: int, channel: str, data) -> int:
+    status, _, body = http_request(port, "POST", f"/publish/{channel}", json.dumps(data).encode(),
+                                   {"Content-Type": "application/json"})
+    assert status == 200, body
+    return json.loads(body)["offset"]
+
+
+def test_websocket_clients_subscribe_publish_and_resume(start_server):
+    srv = start_server()
+    url = f"ws://127.0.0.1:{srv.port}/ws"
+
+    async def main():
+        async with connect(url, open_timeout=TIMEOUT) as a, connect(url, open_timeout=TIMEOUT) as b:
+            await a.send(json.dumps({"type": "subscribe", "channel": "py", "id": "s1"}))
+            sub = await recv_json(a, "subscribed")
+            assert sub["id"] == "s1" and sub["offset"] == 0
+            for i in range(5):
+                await b.send(json.dumps({"type": "publish", "channel": "py", "data": {"i": i}}))
+            got = [await recv_json(a, "message") for _ in range(5)]
+            assert [m["offset"] for m in got] == [1, 2, 3, 4, 5]
+            assert [m["data"]["i"] for m in got] == [0, 1, 2, 3, 4]
+            epoch = sub["epoch"]
+        # Away: three more over HTTP; then back with since=5.
+        for i in range(5, 8):
+            publish(srv.port, "py", {"i": i})
+        async with connect(url, open_timeout=TIMEOUT) as a:
+            await a.send(json.dumps({"type": "subscribe", "channel": "py", "since": 5, "epoch": epoch}))
+            sub = await recv_json(a, "subscribed")
+            assert sub["recovered"] is True and sub["offset"] == 8
+            assert [(await recv_json(a, "message"))["offset"] for _ in range(3)] == [6, 7, 8]
+        return epoch
+
+    epoch = run(main())
+    # A real restart (a new process): the in-process hub's history is gone.
+    assert srv.stop() == 0
+    again = start_server()
+
+    async def after_restart():
+        async with connect(f"ws://127.0.0.1:{again.port}/ws", open_timeout=TIMEOUT) as a:
+            await a.send(json.dumps({"type": "subscribe", "channel": "py", "since": 8, "epoch": epoch}))
+            sub = await recv_json(a, "subscribed")
+            assert sub["epoch"] != epoch and sub["recovered"] is False and sub["offset"] == 0, sub
+
+    run(after_restart())
+
+
+def test_polling_long_polling_and_sse_from_plain_http_clients(start_server):
+    srv = start_server()
+    for i in range(3):
+        publish(srv.port, "feed", {"n": i})
+    status, headers, body = http_request(srv.port, "GET", "/poll/feed?since=1")
+    page = json.loads(body)
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert [m["offset"] for m in page["messages"]] == [2, 3] and page["next"] == 3 and page["recovered"] is True
+
+    # A long poll held until a publication arrives.
+    started = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=TIMEOUT)
+    c.request("GET", "/poll/feed?since=3&wait=10")
+    time.sleep(0.3)
+    publish(srv.port, "feed", {"n": 3})
+    r = c.getresponse()
+    page = json.loads(r.read())
+    c.close()
+    assert [m["data"] for m in page["messages"]] == [{"n": 3}]
+    assert time.monotonic() - started < 8
+
+    # SSE, resumed after Last-Event-ID: 2 (as EventSource does).
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+    s.sendall(b"GET /sse/feed HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nLast-Event-ID: 2\r\n\r\n")
+    received = b""
+    deadline = time.monotonic() + TIMEOUT
+    while b"id: 4\n" not in received:
+        assert time.monotonic() < deadline, received
+        received += s.recv(65536)
+    publish(srv.port, "feed", {"n": 4})
+    while b"id: 5\ndata: {\"n\":4}\n\n" not in received:
+        assert time.monotonic() < deadline, received
+        received += s.recv(65536)
+    s.close()
+    text = received.decode()
+    assert "content-type: text/event-stream" in text.lower()
+    events = [line for line in text.split("\n") if line.startswith("id: ")]
+    assert events == ["id: 3", "id: 4", "id: 5"], text
+
+
+def test_metrics_tell_what_happened(start_server):
+    srv = start_server()
+
+    async def main():
+        url = f"ws://127.0.0.1:{srv.port}/ws"
+        async with connect(url, open_timeout=TIMEOUT) as a:
+            await a.send(json.dumps({"type": "subscribe", "channel": "m"}))
+            await recv_json(a, "subscribed")
+            for i in range(4):
+                publish(srv.port, "m", i)
+            for _ in range(4):
+                await recv_json(a, "message")
+            _, headers, body = http_request(srv.port, "GET", "/metrics")
+            return headers, body.decode()
+
+    headers, text = run(main())
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    lines = set(text.splitlines())
+    for line in [
+        "tether_hub_publishes_total 4",
+        "tether_hub_deliveries_total 4",
+        "tether_hub_subscribers 1",
+        'tether_connections{kind="websocket",state="active"} 1',
+        'tether_hub_broker_up{broker="memory"} 1',
+        "tether_http_connections_upgraded_total 1",
+    ]:
+        assert line in lines, f"{line!r} not in\n{text}"
+    # Prometheus text format: every sample belongs to a declared metric.
+    declared = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name = line.split("{")[0].split()[0]
+            assert name in declared or name.removesuffix("_total") in declared, line
