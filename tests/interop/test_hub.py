@@ -161,3 +161,29 @@ def test_metrics_tell_what_happened(start_server):
         if line and not line.startswith("#"):
             name = line.split("{")[0].split()[0]
             assert name in declared or name.removesuffix("_total") in declared, line
+
+
+def test_a_large_publication_is_deflated_once_for_subscribers_that_agreed(start_server):
+    import zlib
+
+    from util import Conn, client_frame, read_frame, ws_handshake
+
+    srv = start_server()  # --ws-compression shared: no context takeover
+    big = {"rows": [{"symbol": f"S{i}", "price": 100 + i} for i in range(100)]}
+    subscribe = json.dumps({"type": "subscribe", "channel": "z"}).encode()
+    with Conn(srv.port, timeout=TIMEOUT) as deflating, Conn(srv.port, timeout=TIMEOUT) as plain:
+        assert "permessage-deflate" in (ws_handshake(deflating, srv.port, "permessage-deflate", path="/ws")["extensions"] or "")
+        assert ws_handshake(plain, srv.port, None, path="/ws")["extensions"] is None
+        for c in (deflating, plain):
+            c.send(client_frame(0x1, subscribe))
+            _, rsv1, opcode, payload = read_frame(c)
+            assert opcode == 0x1 and json.loads(payload)["type"] == "subscribed"
+        publish(srv.port, "z", big)
+        _, rsv1, opcode, compressed = read_frame(deflating)
+        assert rsv1 and opcode == 0x1
+        text = zlib.decompressobj(-15).decompress(compressed + b"\x00\x00\xff\xff")
+        _, plain_rsv1, _, plain_text = read_frame(plain)
+        assert not plain_rsv1
+        assert text == plain_text
+        assert json.loads(text)["data"] == big
+        assert len(compressed) < len(text) / 3, (len(compressed), len(text))

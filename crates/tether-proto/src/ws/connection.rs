@@ -521,6 +521,27 @@ impl WsConnection {
         self.deflate.as_ref().map(|d| d.params)
     }
 
+    /// The largest window of a deflated shared frame this connection can
+    /// take ([`EncodedFrame::deflated_text`]): a server connection that
+    /// agreed to permessage-deflate without server context takeover (a
+    /// message compressed on its own then decodes the same on every such
+    /// connection). `None`: send it plain frames only.
+    pub fn shared_deflate_window(&self) -> Option<u8> {
+        let params = self.deflate_params()?;
+        (self.role == Role::Server && params.server_no_context_takeover).then_some(params.server_max_window_bits)
+    }
+
+    /// Whether a shared frame may go on this connection.
+    fn check_encoded(&self, frame: &EncodedFrame) -> Result<(), SendError> {
+        if self.role == Role::Client {
+            return Err(SendError::EncodedFrameOnClient);
+        }
+        match frame.deflate_window() {
+            Some(window) if self.shared_deflate_window().is_none_or(|w| w < window) => Err(SendError::DeflateNotAgreed),
+            _ => Ok(()),
+        }
+    }
+
     // -----------------------------------------------------------------------
     // Input
 
@@ -858,9 +879,7 @@ impl WsConnection {
     /// Sends a frame encoded once for many connections (server only; never
     /// compressed). Subject to the queue limit like any data message.
     pub fn send_encoded(&mut self, frame: &EncodedFrame) -> Result<(), SendError> {
-        if self.role == Role::Client {
-            return Err(SendError::EncodedFrameOnClient);
-        }
+        self.check_encoded(frame)?;
         self.check_open()?;
         self.check_room(frame.len())?;
         self.stats.messages_out = self.stats.messages_out.saturating_add(1);
@@ -1037,9 +1056,7 @@ impl WsConnection {
 
     /// Queues a shared frame that [`QueueRoom::admit`] admitted.
     pub fn send_encoded_admitted(&mut self, frame: &EncodedFrame) -> Result<(), SendError> {
-        if self.role == Role::Client {
-            return Err(SendError::EncodedFrameOnClient);
-        }
+        self.check_encoded(frame)?;
         self.check_open()?;
         self.stats.messages_out = self.stats.messages_out.saturating_add(1);
         self.out.push_shared(frame.as_bytes().clone());

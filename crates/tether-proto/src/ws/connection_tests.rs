@@ -1480,3 +1480,40 @@ fn read_buffer_for_a_large_frame_grows_with_what_arrived() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_frame_deflated_once_decodes_on_every_connection_that_agreed_and_is_refused_elsewhere() {
+    let text_msg = format!("{{\"prices\":[{}]}}", "101.25,".repeat(200));
+    let frame = EncodedFrame::deflated_text(&text_msg, 15, 6);
+    assert!(frame.len() < text_msg.len() / 4, "{} bytes", frame.len());
+    assert_eq!(frame.as_bytes()[0], 0xC1, "FIN, RSV1, text");
+    // Two connections without server context takeover: the same bytes
+    // decode on both, before and after messages of their own.
+    for _ in 0..2 {
+        let mut srv = WsConnection::server(WsConfig::default(), Some(shared_params()), t0());
+        assert_eq!(srv.shared_deflate_window(), Some(15));
+        srv.send_text(text_msg.as_str()).unwrap();
+        srv.send_encoded(&frame).unwrap();
+        srv.send_encoded(&frame).unwrap();
+        srv.send_text("after").unwrap();
+        let wire = transmit(&mut srv);
+        let cli = WsConnection::client(WsConfig::default(), Some(shared_params()), || KEY, t0());
+        let (got, _, _) = run(cli, &wire);
+        assert_eq!(
+            got,
+            vec![text(&text_msg), text(&text_msg), text(&text_msg), text("after")]
+        );
+    }
+    // With context takeover, or without deflate, or a smaller window: refused.
+    let small_window = DeflateParams {
+        server_max_window_bits: 10,
+        ..shared_params()
+    };
+    for params in [Some(context_params()), None, Some(small_window)] {
+        let mut srv = WsConnection::server(WsConfig::default(), params, t0());
+        assert_eq!(srv.send_encoded(&frame), Err(SendError::DeflateNotAgreed), "{params:?}");
+        srv.send_encoded(&EncodedFrame::text(&text_msg)).unwrap();
+    }
+    let mut cli = client();
+    assert_eq!(cli.send_encoded(&frame), Err(SendError::EncodedFrameOnClient));
+}

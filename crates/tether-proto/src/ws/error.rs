@@ -88,4 +88,9 @@ pub enum SendError {
     /// Pre-encoded frames are unmasked server frames; a client must mask.
     #[error("pre-encoded frames can only be sent by a server")]
     EncodedFrameOnClient,
+    /// A deflated shared frame on a connection that did not agree to
+    /// permessage-deflate without server context takeover (or with a
+    /// smaller window): send the plain frame there.
+    #[error("a deflated shared frame needs permessage-deflate without server context takeover")]
+    DeflateNotAgreed,
 }

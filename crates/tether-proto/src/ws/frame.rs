@@ -208,36 +208,62 @@ pub fn encode_frame(out: &mut BytesMut, header: &FrameHeader, payload: &[u8]) {
 
 /// A complete, unmasked, final server data frame encoded once, to be sent to
 /// many connections with `WsConnection::send_encoded` (cloning is a reference
-/// count increment). Never compressed, so valid on every server connection.
+/// count increment). A plain frame is valid on every server connection; a
+/// deflated one ([`EncodedFrame::deflated_text`]) only on those that agreed
+/// to permessage-deflate without server context takeover and a window at
+/// least as large (`WsConnection::shared_deflate_window`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodedFrame(Bytes);
+pub struct EncodedFrame {
+    bytes: Bytes,
+    /// The window a deflated frame was compressed with (RSV1 set).
+    deflate_window: Option<u8>,
+}
 
 impl EncodedFrame {
     pub fn text(text: &str) -> Self {
-        Self::data(OpCode::Text, text.as_bytes())
+        Self::data(OpCode::Text, text.as_bytes(), None)
     }
 
     pub fn binary(data: &[u8]) -> Self {
-        Self::data(OpCode::Binary, data)
+        Self::data(OpCode::Binary, data, None)
     }
 
-    fn data(opcode: OpCode, payload: &[u8]) -> Self {
+    /// A text message compressed once, on its own (no context), with a
+    /// `window_bits` window (9 to 15) at zlib `level`, for every connection
+    /// that can take it (see the type's documentation).
+    pub fn deflated_text(text: &str, window_bits: u8, level: u32) -> Self {
+        let mut compressor = super::deflate::MessageCompressor::new(window_bits, level, true);
+        let payload = compressor.compress(text.as_bytes());
+        Self::data(OpCode::Text, &payload, Some(window_bits.clamp(9, 15)))
+    }
+
+    fn data(opcode: OpCode, payload: &[u8], deflate_window: Option<u8>) -> Self {
         let mut out = BytesMut::new();
-        encode_frame(&mut out, &FrameHeader::new(opcode, payload.len() as u64, None), payload);
-        EncodedFrame(out.freeze())
+        let mut header = FrameHeader::new(opcode, payload.len() as u64, None);
+        header.rsv1 = deflate_window.is_some();
+        encode_frame(&mut out, &header, payload);
+        EncodedFrame {
+            bytes: out.freeze(),
+            deflate_window,
+        }
     }
 
     /// The wire bytes.
     pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+        &self.bytes
+    }
+
+    /// For a deflated frame, the window it was compressed with.
+    pub fn deflate_window(&self) -> Option<u8> {
+        self.deflate_window
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.bytes.is_empty()
     }
 }
 

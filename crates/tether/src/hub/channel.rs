@@ -75,7 +75,7 @@ impl Target {
 
     fn push_publication(&self, encoded: &mut Encoded<'_>) -> Pushed {
         match self {
-            Target::Ws(inlet) => inlet.push(encoded.frame()),
+            Target::Ws(inlet) => inlet.push(encoded.frame(inlet.shared_deflate())),
             Target::Sse(sse) => push_sse(&sse.tx, encoded.event()),
         }
     }
@@ -107,10 +107,19 @@ fn push_sse(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, event: Bytes) -> P
     }
 }
 
-/// A publication, encoded once per transport on first need.
+/// Messages shorter than this go plain even to connections that agreed to
+/// permessage-deflate (compressing them saves too little).
+const DEFLATE_FROM: usize = 256;
+
+/// A publication, encoded once per transport (and once deflated per
+/// window and level) on first need.
 struct Encoded<'a> {
     publication: &'a Publication,
+    text: Option<String>,
     frame: Option<EncodedFrame>,
+    /// Deflated frames by (window, level); `None` where deflating did not
+    /// make it smaller.
+    deflated: Vec<((u8, u32), Option<EncodedFrame>)>,
     event: Option<Bytes>,
 }
 
@@ -118,15 +127,34 @@ impl<'a> Encoded<'a> {
     fn new(publication: &'a Publication) -> Self {
         Self {
             publication,
+            text: None,
             frame: None,
+            deflated: Vec::new(),
             event: None,
         }
     }
 
-    fn frame(&mut self) -> &EncodedFrame {
+    /// The frame for a connection that takes deflated shared frames with
+    /// `deflate` (window, level), or plain ones.
+    fn frame(&mut self, deflate: Option<(u8, u32)>) -> &EncodedFrame {
         let p = self.publication;
-        self.frame
-            .get_or_insert_with(|| EncodedFrame::text(&protocol::message(p)))
+        let text = self.text.get_or_insert_with(|| protocol::message(p));
+        if let Some(key) = deflate.filter(|_| text.len() >= DEFLATE_FROM) {
+            let at = match self.deflated.iter().position(|(k, _)| *k == key) {
+                Some(at) => at,
+                None => {
+                    let frame = EncodedFrame::deflated_text(text, key.0, key.1);
+                    let smaller = frame.len() < text.len();
+                    self.deflated.push((key, smaller.then_some(frame)));
+                    self.deflated.len() - 1
+                }
+            };
+            if let Some(frame) = &self.deflated[at].1 {
+                return frame;
+            }
+        }
+        let text = &*text;
+        self.frame.get_or_insert_with(|| EncodedFrame::text(text))
     }
 
     fn event(&mut self) -> Bytes {

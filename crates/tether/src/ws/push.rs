@@ -47,6 +47,10 @@ pub(crate) struct Inlet {
     state: Mutex<State>,
     /// The most bytes waiting in the inlet.
     limit: usize,
+    /// Set once the handshake is done: the deflated shared frames the
+    /// connection takes (`WsConnection::shared_deflate_window`), as
+    /// (window, zlib level to compress with).
+    shared_deflate: std::sync::OnceLock<Option<(u8, u32)>>,
 }
 
 enum At {
@@ -89,7 +93,19 @@ impl Inlet {
                 slow_consumer: false,
             }),
             limit,
+            shared_deflate: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records what deflated shared frames the connection takes (once, at
+    /// the handshake).
+    pub(crate) fn set_shared_deflate(&self, deflate: Option<(u8, u32)>) {
+        let _ = self.shared_deflate.set(deflate);
+    }
+
+    /// The deflated shared frames the connection takes: (window, level).
+    pub(crate) fn shared_deflate(&self) -> Option<(u8, u32)> {
+        self.shared_deflate.get().copied().flatten()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

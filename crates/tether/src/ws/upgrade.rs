@@ -59,6 +59,8 @@ pub(crate) fn upgrade_pushed<S: WsService>(
     inlet: Arc<Inlet>,
 ) -> Response {
     accept(req, options, |opened| {
+        let level = opened.engine.config().compression.level;
+        inlet.set_shared_deflate(opened.engine.shared_deflate_window().map(|w| (w, level)));
         OnUpgrade::owning_guard(move |up: Upgraded| service::run(up, opened.engine, service, Some(inlet)))
     })
 }
