@@ -657,3 +657,68 @@ async fn metrics_count_connections_deliveries_and_ends() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_held_long_poll_waits_parked_without_a_task() {
+    let setup = Setup {
+        park_after: Some(Duration::from_millis(100)),
+        ..Setup::default()
+    };
+    let (server, hub) = start(setup).await;
+    publish(&hub, "lp", 1).await;
+    let mut polls = Vec::new();
+    for _ in 0..20 {
+        let mut c = Client::connect(server.port).await;
+        c.send(&common::get("/poll/lp?since=1&wait=20")).await;
+        polls.push(c);
+    }
+    // Held, and parked at once: no task per waiting poll.
+    let deadline = Instant::now() + T;
+    while server.stats.parked.load(Ordering::Relaxed) < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "{} held polls parked",
+            server.stats.parked.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(hub.stats().long_polls.load(Ordering::Relaxed), 20);
+    assert_eq!(
+        server.stats.http_active.load(Ordering::Relaxed),
+        0,
+        "parked, not active"
+    );
+    let started = Instant::now();
+    publish(&hub, "lp", 2).await;
+    for c in &mut polls {
+        let r = c.response().await;
+        assert_eq!(body_json(&r.body)["messages"], json!([{"offset":2,"data":{"n":2}}]));
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The connections stay usable, and a parked poll ends at its deadline.
+    let c = &mut polls[0];
+    let started = Instant::now();
+    c.send(&common::get("/poll/lp?since=2&wait=0.6")).await;
+    let r = c.response().await;
+    assert_eq!(body_json(&r.body)["messages"], json!([]));
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(hub.stats().long_polls.load(Ordering::Relaxed), 0);
+    // A poll whose client goes away while it is held is forgotten.
+    let mut gone = Client::connect(server.port).await;
+    gone.send(&common::get("/poll/lp?since=2&wait=20")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(gone);
+    drop(polls);
+    hub.upkeep();
+    let deadline = Instant::now() + T;
+    while hub.stats().long_polls.load(Ordering::Relaxed) > 0 || hub.stats().channels.load(Ordering::Relaxed) > 0 {
+        assert!(Instant::now() < deadline, "the gone poll was not forgotten");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        hub.upkeep();
+    }
+    server.stop().await;
+}

@@ -457,6 +457,12 @@ impl ServerConnection {
     }
 
     /// The peer closed its sending side.
+    /// Whether the peer closed its side (EOF was handled): a response may
+    /// still be written, but no request will follow.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_eof
+    }
+
     pub fn handle_eof(&mut self, now: Instant) {
         self.now = now;
         self.peer_eof = true;

@@ -33,6 +33,7 @@ use super::broker::{BrokerError, Epoch, History, Publication};
 use super::name::ChannelName;
 use super::protocol;
 use super::HubStats;
+use crate::server::HeldSignal;
 use crate::ws::push::{Inlet, Pushed};
 
 /// Where a subscriber's messages go.
@@ -208,7 +209,7 @@ pub(crate) struct Channel {
     pub name: ChannelName,
     pub subs: Vec<Sub>,
     /// Long polls waiting for the next publication.
-    pub waiters: Vec<oneshot::Sender<()>>,
+    pub waiters: Vec<HeldSignal>,
     pub watch: Watch,
 }
 
@@ -258,7 +259,7 @@ impl Channel {
 
     /// Whether nothing on this node needs the channel.
     pub(crate) fn is_unused(&self) -> bool {
-        self.subs.is_empty() && self.waiters.iter().all(|w| w.is_closed())
+        self.subs.is_empty() && self.waiters.iter().all(HeldSignal::is_abandoned)
     }
 
     /// Members, for presence: every subscription.
@@ -278,7 +279,7 @@ impl Channel {
     /// Fans `p` out to every subscriber (see the module documentation).
     pub(crate) fn fan_out(&mut self, p: &Publication, recovery_buffer: usize) -> Aftermath {
         for waiter in self.waiters.drain(..) {
-            let _ = waiter.send(());
+            waiter.fire();
         }
         let mut after = Aftermath::default();
         let mut encoded = Encoded::new(p);

@@ -20,9 +20,10 @@ use super::broker::History;
 use super::channel::{SseSink, Target};
 use super::protocol::{self, ProtocolError};
 use super::session::Session;
-use super::{run_soon, ChannelName, Hub, PublishError, SubscribeRequest};
+use super::{run_soon, ChannelName, Hub, HubStats, PublishError, SubscribeRequest};
+use crate::server::held::HeldAnswer;
 use crate::server::router::{self, Router};
-use crate::server::{Body, BodyError, Request, Response};
+use crate::server::{Body, BodyError, Held, Request, Response};
 use crate::ws::push::Inlet;
 use crate::ws::{self, WsOptions};
 
@@ -152,6 +153,7 @@ fn query(req: &Request) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// What a poll asks.
+#[derive(Clone)]
 struct PollParams {
     since: Option<u64>,
     epoch: Option<String>,
@@ -201,14 +203,10 @@ async fn poll(req: &Request, hub: &Hub) -> Response {
         Ok(p) => p,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
     };
-    let read = || read_poll(hub, &channel, &params);
-    let history = match read().await {
+    match read_poll(hub, &channel, &params).await {
         Ok(h) if h.publications.is_empty() && !params.wait.is_zero() && params.since.is_some() => {
-            long_poll(hub, &channel, &params, h).await
+            hold(hub, channel, params).await
         }
-        other => other,
-    };
-    match history {
         Ok(h) => json(StatusCode::OK, poll_answer(&channel, &params, &h)),
         Err(e) => unavailable(&e.to_string()),
     }
@@ -229,35 +227,62 @@ async fn read_poll(hub: &Hub, channel: &ChannelName, p: &PollParams) -> Result<H
     }
 }
 
-/// Holds a poll that found nothing until the channel's next publication
-/// or the end of its wait, then reads again.
-async fn long_poll(
-    hub: &Hub,
-    channel: &ChannelName,
-    p: &PollParams,
-    first: History,
-) -> Result<History, super::BrokerError> {
-    let stats = hub.stats().clone();
-    stats.long_polls.fetch_add(1, Ordering::Relaxed);
-    let result = async {
-        // Waiting first, then reading again: a publication between the
-        // first read and the wait is not missed.
-        let next = hub.next_publication(channel).await?;
-        let again = read_poll(hub, channel, p).await?;
-        if !again.publications.is_empty() {
-            return Ok(again);
+/// Holds a poll that found nothing: a signal for the channel's next
+/// publication is registered before history is read again (so a
+/// publication between the two reads is not missed), then the request is
+/// held (`crate::server::held`): the connection waits, parked without a
+/// task, until the signal fires or the wait ends, and is then answered
+/// with what history has.
+async fn hold(hub: &Hub, channel: ChannelName, params: PollParams) -> Response {
+    let signal = match hub.next_publication(&channel).await {
+        Ok(signal) => signal,
+        Err(e) => {
+            hub.forget_waiters(&channel);
+            return unavailable(&e.to_string());
         }
-        match tokio::time::timeout(p.wait, next).await {
-            Ok(_) => read_poll(hub, channel, p).await,
-            Err(_) => Ok(again),
+    };
+    let again = read_poll(hub, &channel, &params).await;
+    match again {
+        Ok(h) if h.publications.is_empty() => {}
+        other => {
+            drop(signal);
+            hub.forget_waiters(&channel);
+            return match other {
+                Ok(h) => json(StatusCode::OK, poll_answer(&channel, &params, &h)),
+                Err(e) => unavailable(&e.to_string()),
+            };
         }
     }
-    .await;
-    stats.long_polls.fetch_sub(1, Ordering::Relaxed);
-    hub.forget_waiters(channel);
-    match result {
-        Err(_) if first.publications.is_empty() => result,
-        other => other,
+    let counted = HeldPoll::new(hub.stats().clone());
+    let deadline = std::time::Instant::now() + params.wait;
+    let hub = hub.clone();
+    let answer: HeldAnswer = Box::new(move |_fired| {
+        Box::pin(async move {
+            let _counted = counted;
+            let result = read_poll(&hub, &channel, &params).await;
+            hub.forget_waiters(&channel);
+            match result {
+                Ok(h) => json(StatusCode::OK, poll_answer(&channel, &params, &h)),
+                Err(e) => unavailable(&e.to_string()),
+            }
+        })
+    });
+    Held::new(signal, deadline, answer).into_response()
+}
+
+/// A held long poll, counted in the hub's `long_polls` while it lives.
+struct HeldPoll(Arc<HubStats>);
+
+impl HeldPoll {
+    fn new(stats: Arc<HubStats>) -> Self {
+        stats.long_polls.fetch_add(1, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for HeldPoll {
+    fn drop(&mut self) {
+        self.0.long_polls.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -44,6 +44,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use crate::server::HeldSignal;
+
 pub use broker::{BoxFuture, Broker, BrokerError, Epoch, History, Publication, PublicationSink};
 use channel::{Answer, Channel, Sub, Target, Watch};
 pub use memory::{MemoryBroker, MemoryLimits};
@@ -274,36 +276,39 @@ impl Hub {
         removed
     }
 
-    /// Resolves at the channel's next publication (for a long poll). The
-    /// channel is watched first; drop the receiver and call
+    /// A signal fired by the channel's next publication (for a long poll).
+    /// The channel is watched first; drop the signal and call
     /// [`Hub::forget_waiters`] when done.
-    pub(crate) async fn next_publication(&self, channel: &ChannelName) -> Result<oneshot::Receiver<()>, BrokerError> {
-        let (tx, rx) = oneshot::channel();
+    pub(crate) async fn next_publication(&self, channel: &ChannelName) -> Result<HeldSignal, BrokerError> {
+        let signal = HeldSignal::new();
         let entry = {
             let mut channels = lock(&self.inner.channels);
             let entry = channels.entry(channel.clone()).or_insert_with(|| {
                 self.inner.stats.channels.fetch_add(1, Ordering::Relaxed);
                 Arc::new(Mutex::new(Channel::new(channel.clone())))
             });
-            lock(entry).waiters.push(tx);
+            lock(entry).waiters.push(signal.clone());
             entry.clone()
         };
         self.inner.watched(&entry).await?;
-        Ok(rx)
+        Ok(signal)
     }
 
     /// Drops the waiters of long polls that ended, freeing the channel if
     /// nothing else uses it.
     pub(crate) fn forget_waiters(&self, channel: &ChannelName) {
         if let Some(entry) = lock(&self.inner.channels).get(channel) {
-            lock(entry).waiters.retain(|w| !w.is_closed());
+            lock(entry).waiters.retain(|w| !w.is_abandoned());
         }
         self.inner.free_if_unused(channel);
     }
 
-    /// Sends a comment line to every SSE stream (so that proxies and
-    /// browsers keep idle streams open) and drops the streams that ended.
-    pub(crate) fn keep_sse_alive(&self) {
+    /// The hub's periodic work ([`Hub::spawn_upkeep`] runs it every
+    /// `sse_keep_alive`): a comment line to every SSE stream (so that
+    /// proxies and browsers keep idle streams open), dropping the streams
+    /// that ended and the long polls that went away, freeing channels left
+    /// unused, and the broker's upkeep.
+    pub fn upkeep(&self) {
         let channels: Vec<_> = lock(&self.inner.channels).values().cloned().collect();
         let mut emptied = Vec::new();
         for entry in channels {
@@ -314,12 +319,18 @@ impl Hub {
             let gone = before - c.subs.len();
             if gone > 0 {
                 self.inner.stats.subscribers.fetch_sub(gone as u64, Ordering::Relaxed);
+            }
+            // Long polls that ended without a publication (their connection
+            // closed while held) are forgotten here too.
+            c.waiters.retain(|w| !w.is_abandoned());
+            if c.is_unused() {
                 emptied.push(c.name.clone());
             }
         }
         for name in emptied {
             self.inner.free_if_unused(&name);
         }
+        self.inner.broker.upkeep();
     }
 
     /// Runs the hub's periodic work (SSE keep-alive comments, the broker's
@@ -332,8 +343,7 @@ impl Hub {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                hub.keep_sse_alive();
-                hub.inner.broker.upkeep();
+                hub.upkeep();
             }
         })
     }

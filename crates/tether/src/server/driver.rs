@@ -37,6 +37,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::body::{Body, BodyError, RequestBody};
 use super::handler::{HandlerFuture, Response, SharedHandler};
+use super::held::Held;
 use super::serving::Lot;
 use super::upgrade::{OnUpgrade, Upgraded};
 use super::ServerStats;
@@ -68,6 +69,8 @@ enum Wake {
     StreamChunk(Option<Result<Bytes, std::io::Error>>),
     Timer,
     Shutdown,
+    /// A held response's signal fired.
+    HeldFired,
 }
 
 /// Serves one connection until it closes or upgrades.
@@ -96,6 +99,7 @@ pub(crate) async fn serve_tracked<IO: Transport>(
         peer: None,
         access_log: false,
         stats: None,
+        held: None,
     };
     match drive(io, conn, context, shutdown, guard).await {
         Driven::Ended(end) => end,
@@ -115,12 +119,14 @@ pub(crate) enum Driven<IO> {
     Idle(Paused<IO>),
 }
 
-/// An idle connection between two [`drive`] calls.
+/// An idle connection between two [`drive`] calls: nothing in flight, or a
+/// held response waiting (see `super::held`).
 pub(crate) struct Paused<IO> {
     pub io: IO,
     pub conn: ServerConnection,
     pub shutdown: watch::Receiver<Stop>,
     pub guard: Option<OpenGuard>,
+    pub held: Option<Held>,
 }
 
 /// Serves `conn` over `io` until it closes, upgrades or (with a parking
@@ -147,6 +153,8 @@ pub(crate) async fn drive<IO: Transport>(
     let access_log = context.access_log.then(|| AccessLog::new(peer));
     let mut d = Driving::new(io, conn, context.handler, shutdown, access_log);
     d.activity.stats = context.stats;
+    // A held response resumed from the lot waits here from now on.
+    d.held = context.held;
     if d.stop == Stop::Force {
         return d.ended(CloseCause::Shutdown);
     }
@@ -155,7 +163,9 @@ pub(crate) async fn drive<IO: Transport>(
     tokio::pin!(sleep);
     loop {
         d.dispatch_events();
-        d.activity.set(d.handler_fut.is_some() || d.stream.is_some());
+        d.answer_held_when_due();
+        d.activity
+            .set(d.handler_fut.is_some() || d.stream.is_some() || d.held.is_some());
         if d.conn.poll_shutdown_write() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), d.io.shutdown()).await;
         }
@@ -170,6 +180,17 @@ pub(crate) async fn drive<IO: Transport>(
             false => d.wait(sleep.as_mut(), park_after).await,
         };
         match d.on_wake(wake) {
+            Next::Go if park_after.is_some() && d.may_park_held() => {
+                let held = d.held.take();
+                let Driving { io, conn, .. } = d;
+                return Driven::Idle(Paused {
+                    io,
+                    conn,
+                    shutdown: upgrade_stop,
+                    guard,
+                    held,
+                });
+            }
             Next::Go => {}
             Next::Park => {
                 let Driving { io, conn, .. } = d;
@@ -178,6 +199,7 @@ pub(crate) async fn drive<IO: Transport>(
                     conn,
                     shutdown: upgrade_stop,
                     guard,
+                    held: None,
                 });
             }
             Next::Close(cause) => return d.ended(cause),
@@ -196,6 +218,8 @@ pub(crate) struct Context<'a> {
     pub access_log: bool,
     /// The server's counters.
     pub stats: Option<Arc<ServerStats>>,
+    /// A held response the connection resumes with (it waited in the lot).
+    pub held: Option<Held>,
 }
 
 /// Whether the connection has a request in progress, as the server's
@@ -329,6 +353,13 @@ struct Driving<IO> {
     peak: crate::memory::PeakBuffers,
     access_log: Option<AccessLog>,
     activity: Activity,
+    /// A handler's held response, waiting for its signal or deadline.
+    held: Option<Held>,
+    /// The held response came from the handler on this task (not resumed
+    /// from the lot): it may park. One resumed early (by input on the
+    /// socket) waits on its task, so a peer that keeps sending never makes
+    /// it bounce between task and lot.
+    held_may_park: bool,
 }
 
 impl<IO: Transport> Driving<IO> {
@@ -367,6 +398,8 @@ impl<IO: Transport> Driving<IO> {
                 stats: None,
                 active: false,
             },
+            held: None,
+            held_may_park: false,
         }
     }
 
@@ -529,8 +562,10 @@ impl<IO: Transport> Driving<IO> {
             stop_signal,
             armed,
             clock,
+            held,
             ..
         } = self;
+        let held_signal = held.as_ref().map(|h| h.signal.clone());
         tokio::select! {
             biased;
             next = poll_fn(|cx| stop_signal.poll_next(cx)), if *stop != Stop::Force => {
@@ -547,6 +582,7 @@ impl<IO: Transport> Driving<IO> {
             }), if handler_fut.is_some() => Wake::Answered,
             ok = async { body_tx.as_ref().expect("guarded").reserve().await.is_ok() }, if blocked_chunk.is_some() && body_tx.is_some() => Wake::BodySlot(ok),
             chunk = async { stream.as_mut().expect("guarded").recv().await }, if stream_ready => Wake::StreamChunk(chunk),
+            _ = poll_fn(|cx| held_signal.as_ref().expect("guarded").poll_fired(cx)), if held_signal.is_some() => Wake::HeldFired,
             _ = &mut sleep, if armed.is_some() => Wake::Timer,
         }
     }
@@ -556,6 +592,7 @@ impl<IO: Transport> Driving<IO> {
     /// connection reads what woke it before it can be parked again).
     fn arm_timer(&mut self, sleep: Pin<&mut Sleep>, park_after: Option<std::time::Duration>) {
         let quiet = self.handler_fut.is_none()
+            && self.held.is_none()
             && self.stream.is_none()
             && self.body_tx.is_none()
             && self.blocked_chunk.is_none()
@@ -565,7 +602,8 @@ impl<IO: Transport> Driving<IO> {
             (Some(after), Some(since), true) => Some(Instant::from_std(since) + after),
             _ => None,
         };
-        let deadline = [self.conn.poll_timeout().map(Instant::from_std), self.park_at]
+        let held = self.held.as_ref().map(|h| Instant::from_std(h.deadline));
+        let deadline = [self.conn.poll_timeout().map(Instant::from_std), self.park_at, held]
             .into_iter()
             .flatten()
             .min();
@@ -613,6 +651,8 @@ impl<IO: Transport> Driving<IO> {
             }
             Wake::Answered => self.respond(),
             Wake::StreamChunk(chunk) => self.stream_chunk(chunk),
+            // Answered at the top of the next pass.
+            Wake::HeldFired => {}
         }
         // A handler that dropped its body receiver: stop feeding it.
         if self.blocked_chunk.is_some() && self.body_tx.as_ref().is_none_or(|tx| tx.is_closed()) {
@@ -622,10 +662,43 @@ impl<IO: Transport> Driving<IO> {
         Next::Go
     }
 
+    /// A held response whose signal fired or whose deadline passed (or the
+    /// server is stopping) gets its answer's future, as a handler's.
+    fn answer_held_when_due(&mut self) {
+        // Also when the client went away: nobody is waiting any more.
+        let due = match &self.held {
+            None => return,
+            Some(held) => self.stop != Stop::Run || self.conn.peer_closed() || held.is_due(Instant::now().into_std()),
+        };
+        if due {
+            let held = self.held.take().expect("checked");
+            self.handler_fut = Some(held.answer());
+        }
+    }
+
+    /// Whether the connection may park with its held response: nothing
+    /// else in progress, everything written.
+    fn may_park_held(&self) -> bool {
+        self.held_may_park
+            && self.held.is_some()
+            && self.handler_fut.is_none()
+            && self.stream.is_none()
+            && self.body_tx.is_none()
+            && self.blocked_chunk.is_none()
+            && self.on_upgrade.is_none()
+            && self.stop == Stop::Run
+            && !self.conn.has_output()
+    }
+
     /// The handler answered: the response starts.
     fn respond(&mut self) {
-        let resp = self.answered.take().expect("set with Wake::Answered");
+        let mut resp = self.answered.take().expect("set with Wake::Answered");
         self.handler_fut = None;
+        if let Some(held) = Held::take_from(&mut resp) {
+            self.held = Some(held);
+            self.held_may_park = true;
+            return;
+        }
         if self.blocked_chunk.is_some() && self.body_tx.as_ref().is_none_or(|tx| tx.is_closed()) {
             self.blocked_chunk = None;
             self.body_tx = None;

@@ -18,6 +18,7 @@ pub mod body;
 pub mod date;
 pub mod driver;
 pub mod handler;
+pub mod held;
 // Parking needs a 64-bit Unix (its own epoll through mio's Unix
 // descriptors, 64-bit tokens); elsewhere the same interface never parks.
 #[cfg(all(unix, target_pointer_width = "64"))]
@@ -46,6 +47,7 @@ use tokio::sync::watch;
 pub use body::{Body, BodyError, RequestBody};
 pub use driver::ConnectionEnd;
 pub use handler::{Handler, Request, Response, SharedHandler};
+pub use held::{Held, HeldSignal};
 pub use router::Router;
 pub use static_files::StaticFiles;
 /// The keep-alive policy and limits of a server's connections (the
@@ -239,7 +241,7 @@ impl Server {
                             // An upgraded or parked connection takes the guard along: shutdown waits for it too.
                             admission::Verdict::Admit(open) => {
                                 let conn = h1::ServerConnection::new(self.config.clone(), std::time::Instant::now());
-                                serving.spawn(stream, conn, stop_rx.clone(), Some(open), peer);
+                                serving.spawn(stream, conn, stop_rx.clone(), Some(open), peer, None);
                             }
                             admission::Verdict::Refuse => {
                                 self.stats.refused.fetch_add(1, Ordering::Relaxed);

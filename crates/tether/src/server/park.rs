@@ -373,6 +373,12 @@ impl<S: Sleeper> ParkingLot<S> {
         Some(tok)
     }
 
+    /// Resumes the connection parked under `tok`, if it still is (a held
+    /// response's signal fired).
+    pub(crate) fn wake(&self, tok: u64) {
+        unpark(self, tok);
+    }
+
     /// Lets `f` work on the connection parked under `tok` (its engine and
     /// socket) without a task: for a push to a parked subscriber. `f` says
     /// whether the connection stays parked or must resume on a task.

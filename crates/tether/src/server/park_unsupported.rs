@@ -57,6 +57,8 @@ impl<S: Sleeper> ParkingLot<S> {
         None
     }
 
+    pub(crate) fn wake(&self, _: u64) {}
+
     pub(crate) fn visit<R>(&self, _: u64, _: impl FnOnce(&mut S, &mut std::net::TcpStream) -> (R, Visit)) -> Option<R> {
         None
     }

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::driver::{self, ConnectionEnd, Driven, Paused};
+use super::held::Held;
 use super::park::ParkingLot;
 pub(crate) use super::sleeper::Visit;
 use super::sleeper::{AtShutdown, Sleeper};
@@ -38,7 +39,8 @@ pub(crate) struct Serving {
 }
 
 impl Serving {
-    /// Runs a connection on a task of its own until it ends or parks.
+    /// Runs a connection on a task of its own until it ends or parks
+    /// (resuming a held response, if it has one).
     pub(crate) fn spawn(
         self: &Arc<Self>,
         io: TcpStream,
@@ -46,6 +48,7 @@ impl Serving {
         stop: watch::Receiver<Stop>,
         guard: Option<OpenGuard>,
         peer: SocketAddr,
+        held: Option<Held>,
     ) {
         let serving = self.clone();
         tokio::spawn(async move {
@@ -56,26 +59,51 @@ impl Serving {
                 peer: Some(peer),
                 access_log: serving.access_log,
                 stats: Some(serving.stats.clone()),
+                held,
             };
             match driver::drive(io, conn, context, stop, guard).await {
                 Driven::Ended(end) => serving.stats.record_end(peer, end),
                 // `drive` parks only when given a lot.
-                Driven::Idle(Paused {
-                    io,
-                    conn,
-                    shutdown,
-                    guard,
-                }) => {
+                Driven::Idle(paused) => {
                     if let Some(lot) = lot {
-                        let parked = Parkable::KeepAlive(KeepAlive {
-                            conn,
-                            serving: serving.clone(),
-                        });
-                        let _ = lot.park(io, parked, shutdown, guard, peer);
+                        serving.park(lot, paused, peer);
                     }
                 }
             }
         });
+    }
+
+    /// Parks an idle connection, or one holding a response (whose signal
+    /// then resumes it; fired already, it resumes at once).
+    fn park(self: &Arc<Self>, lot: &Lot, paused: Paused<TcpStream>, peer: SocketAddr) {
+        let Paused {
+            io,
+            conn,
+            shutdown,
+            guard,
+            held,
+        } = paused;
+        let serving = self.clone();
+        match held {
+            None => {
+                let _ = lot.park(
+                    io,
+                    Parkable::KeepAlive(KeepAlive { conn, serving }),
+                    shutdown,
+                    guard,
+                    peer,
+                );
+            }
+            Some(held) => {
+                let signal = held.signal.clone();
+                let parked = Parkable::Held(HeldRequest { conn, held, serving });
+                if let Some(token) = lot.park(io, parked, shutdown, guard, peer) {
+                    if !signal.park(lot, token) {
+                        lot.wake(token);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -83,6 +111,7 @@ impl Serving {
 pub(crate) enum Parkable {
     KeepAlive(KeepAlive),
     WebSocket(ParkedWebSocket),
+    Held(HeldRequest),
 }
 
 /// Hands a call to the kind of connection parked.
@@ -91,6 +120,7 @@ macro_rules! each_kind {
         match $self {
             Parkable::KeepAlive($k) => $call,
             Parkable::WebSocket($k) => $call,
+            Parkable::Held($k) => $call,
         }
     };
 }
@@ -137,9 +167,63 @@ impl Sleeper for Parkable {
         lot: &ParkingLot<Self>,
     ) {
         match self {
-            Parkable::KeepAlive(KeepAlive { conn, serving }) => serving.spawn(io, conn, stop, guard, peer),
+            Parkable::KeepAlive(KeepAlive { conn, serving }) => serving.spawn(io, conn, stop, guard, peer, None),
             Parkable::WebSocket(w) => w.resume(io, stop, guard, lot),
+            Parkable::Held(HeldRequest { conn, held, serving }) => {
+                serving.spawn(io, conn, stop, guard, peer, Some(held))
+            }
         }
+    }
+}
+
+/// A parked connection holding a response (a long poll): a request in
+/// flight, its answer waiting for a signal or a deadline.
+pub(crate) struct HeldRequest {
+    conn: ServerConnection,
+    held: Held,
+    serving: Arc<Serving>,
+}
+
+impl HeldRequest {
+    fn deadline(&self) -> Option<std::time::Instant> {
+        let held = self.held.deadline;
+        Some(self.conn.poll_timeout().map_or(held, |d| d.min(held)))
+    }
+
+    fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant) {
+        if bytes.is_empty() {
+            self.conn.handle_eof(now);
+        } else {
+            self.conn.handle_input(bytes, now);
+        }
+    }
+
+    fn handle_io_error(&mut self, now: std::time::Instant) {
+        self.conn.handle_io_error(now);
+    }
+
+    /// Its deadline (or the engine's): its task answers.
+    fn expire(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> bool {
+        false
+    }
+
+    /// A request is in flight: never closed to make room.
+    fn reclaim(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> bool {
+        false
+    }
+
+    /// Answered now, with `Connection: close`, by its task.
+    fn shutdown(&mut self, now: std::time::Instant, _peer: SocketAddr) -> AtShutdown {
+        self.conn.handle_shutdown(now);
+        AtShutdown::Resume
+    }
+
+    fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
+        self.serving.stats.record_end(
+            peer,
+            ConnectionEnd::Closed(CloseCause::Shutdown, self.conn.requests_served(), None),
+        );
+        AtShutdown::Closed
     }
 }
 
