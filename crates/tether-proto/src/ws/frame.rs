@@ -194,6 +194,7 @@ impl FrameHeader {
 }
 
 /// Appends a whole frame (header, then the payload masked if `header.mask` is set).
+#[inline]
 pub fn encode_frame(out: &mut BytesMut, header: &FrameHeader, payload: &[u8]) {
     debug_assert_eq!(header.payload_len, payload.len() as u64);
     let (head, head_len) = header.encode();

@@ -153,6 +153,7 @@ pub(crate) async fn drive<IO: Transport>(
     let access_log = context.access_log.then(|| AccessLog::new(peer));
     let mut d = Driving::new(io, conn, context.handler, shutdown, access_log);
     d.activity.stats = context.stats;
+    d.activity.served_at_start = d.conn.requests_served();
     // A held response resumed from the lot waits here from now on.
     d.held = context.held;
     if d.stop == Stop::Force {
@@ -164,8 +165,6 @@ pub(crate) async fn drive<IO: Transport>(
     loop {
         d.dispatch_events();
         d.answer_held_when_due();
-        d.activity
-            .set(d.handler_fut.is_some() || d.stream.is_some() || d.held.is_some());
         if d.conn.poll_shutdown_write() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), d.io.shutdown()).await;
         }
@@ -177,11 +176,18 @@ pub(crate) async fn drive<IO: Transport>(
         }
         let wake = match d.answer_now().await {
             true => Wake::Answered,
-            false => d.wait(sleep.as_mut(), park_after).await,
+            false => {
+                // Counted only when it waits with work in progress: a
+                // handler that answers at once costs the gauge nothing.
+                d.activity
+                    .set(d.handler_fut.is_some() || d.stream.is_some() || d.held.is_some());
+                d.wait(sleep.as_mut(), park_after).await
+            }
         };
         match d.on_wake(wake) {
             Next::Go if park_after.is_some() && d.may_park_held() => {
                 let held = d.held.take();
+                d.activity.count_served(d.conn.requests_served());
                 let Driving { io, conn, .. } = d;
                 return Driven::Idle(Paused {
                     io,
@@ -193,6 +199,7 @@ pub(crate) async fn drive<IO: Transport>(
             }
             Next::Go => {}
             Next::Park => {
+                d.activity.count_served(d.conn.requests_served());
                 let Driving { io, conn, .. } = d;
                 return Driven::Idle(Paused {
                     io,
@@ -222,18 +229,28 @@ pub(crate) struct Context<'a> {
     pub held: Option<Held>,
 }
 
-/// Whether the connection has a request in progress, as the server's
-/// `http_active` gauge counts it (given back when the driver is dropped).
+/// What the server's counters learn from this connection: whether it
+/// waits with a request in progress (the `http_active` gauge, given back
+/// when the driver is dropped), and the responses it sent (added to
+/// `requests` when the driver lets the connection go: it parks, upgrades
+/// or ends; not per request).
 struct Activity {
     stats: Option<Arc<ServerStats>>,
     active: bool,
+    /// The engine's response count when this driver took the connection.
+    served_at_start: u32,
 }
 
 impl Activity {
-    fn request(&self) {
+    /// Adds the responses sent since this driver took the connection.
+    fn count_served(&mut self, served: u32) {
         if let Some(s) = &self.stats {
-            s.requests.fetch_add(1, Ordering::Relaxed);
+            let new = served.saturating_sub(self.served_at_start);
+            if new > 0 {
+                s.requests.fetch_add(u64::from(new), Ordering::Relaxed);
+            }
         }
+        self.served_at_start = served;
     }
 
     fn set(&mut self, active: bool) {
@@ -397,13 +414,15 @@ impl<IO: Transport> Driving<IO> {
             activity: Activity {
                 stats: None,
                 active: false,
+                served_at_start: 0,
             },
             held: None,
             held_may_park: false,
         }
     }
 
-    fn ended(&self, cause: CloseCause) -> Driven<IO> {
+    fn ended(&mut self, cause: CloseCause) -> Driven<IO> {
+        self.activity.count_served(self.conn.requests_served());
         Driven::Ended(ConnectionEnd::Closed(
             cause,
             self.conn.requests_served(),
@@ -429,7 +448,6 @@ impl<IO: Transport> Driving<IO> {
                 Event::EndOfBody(_) => self.body_tx = None,
                 Event::BodyFailed(e) => self.body_failed(e),
                 Event::Reject(status) => {
-                    self.activity.request();
                     self.handler_fut = None;
                     self.body_tx = None;
                     if let Some(log) = self.access_log.as_mut() {
@@ -443,7 +461,6 @@ impl<IO: Transport> Driving<IO> {
 
     /// A request head: its body channel, and the handler that answers it.
     fn start_request(&mut self, head: h1::RequestHead) {
-        self.activity.request();
         if let Some(log) = self.access_log.as_mut() {
             log.request(&head);
         }
@@ -492,12 +509,13 @@ impl<IO: Transport> Driving<IO> {
     /// transport goes to the upgrade's callback, on a task of its own (this
     /// connection's HTTP state is freed).
     fn hand_over(
-        self,
+        mut self,
         stop: watch::Receiver<Stop>,
         guard: Option<OpenGuard>,
         peer: Option<SocketAddr>,
         lot: Option<&Lot>,
     ) -> Driven<IO> {
+        self.activity.count_served(self.conn.requests_served());
         let Driving {
             io,
             mut conn,

@@ -104,7 +104,9 @@ pub struct ServerStats {
     pub parked_write_resumes: AtomicU64,
     /// Of `parked`, the WebSockets.
     pub parked_websockets: AtomicU64,
-    /// Request heads received (refused ones included).
+    /// Responses sent (refused requests' included), added when a
+    /// connection parks, upgrades or ends: a connection still serving
+    /// shows its requests then, not as they happen.
     pub requests: AtomicU64,
     /// HTTP connections with a request in progress (its handler running or
     /// its response streaming).

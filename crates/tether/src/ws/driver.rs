@@ -79,8 +79,12 @@ impl LazyNow {
     }
 }
 
+/// How often a busy connection adds its traffic to [`WS_TOTALS`].
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Process-wide WebSocket counters, for metrics: a connection's traffic is
-/// added whenever its driver waits, parks or ends (not per message).
+/// added when its driver parks or ends, and at most once a second while it
+/// is busy (not per message).
 #[derive(Debug, Default)]
 pub struct WsTotals {
     /// WebSocket connections open now (server and client side).
@@ -129,8 +133,9 @@ pub(crate) struct WsDriver<IO> {
     peak: PeakBuffers,
     /// The peer's address, for logs.
     pub(crate) peer: Option<SocketAddr>,
-    /// The engine's counters as last added to [`WS_TOTALS`].
+    /// The engine's counters as last added to [`WS_TOTALS`], and when.
     reported: WsStats,
+    reported_at: Instant,
 }
 
 /// A deadline that passed.
@@ -178,6 +183,7 @@ impl<IO: Transport> WsDriver<IO> {
             last_io: now,
             ending: None,
             reported,
+            reported_at: now,
             peak: PeakBuffers::default(),
             peer,
         }
@@ -187,6 +193,7 @@ impl<IO: Transport> WsDriver<IO> {
     /// it waits and when it ends; a face that takes the engine away, to
     /// park it, calls it first).
     pub(crate) fn report(&mut self) {
+        self.reported_at = self.last_io;
         let now = self.engine.stats();
         let was = std::mem::replace(&mut self.reported, now);
         let t = &WS_TOTALS;
@@ -260,7 +267,11 @@ impl<IO: Transport> WsDriver<IO> {
                 }
                 Some(Poll::Ready(Stop::Run)) => continue,
                 Some(Poll::Pending) | None => {
-                    self.report();
+                    // At most once a second (of traffic) for a busy
+                    // connection; the rest when it parks or ends.
+                    if self.last_io >= self.reported_at + REPORT_EVERY {
+                        self.report();
+                    }
                     return Poll::Pending;
                 }
             }
