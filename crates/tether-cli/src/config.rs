@@ -246,6 +246,10 @@ serve_settings! {
     #[serde(with = "serde_size")]
     ws_max_queued: u64 = 4 * MIB, flag u64 => |v| v;
 
+    /// Where channels' offsets, epochs and history live: `memory` (this process), or Redis: `redis://HOST:PORT/DB`, several comma-separated to shard channels over independent instances
+    #[arg(value_name = "BROKER", env = "TETHER_BROKER", value_parser = parse_broker)]
+    broker: String = "memory".to_string(), flag String => |v| v;
+
     /// Publications kept per channel for recovery and polling (the newest); 0 keeps none
     #[arg(value_name = "N", env = "TETHER_HISTORY_SIZE")]
     history_size: u32 = 1000, flag u32 => |v| v;
@@ -351,6 +355,7 @@ impl ServeConfig {
                 bail!("invalid {key}: must be at least 1 byte");
             }
         }
+        parse_broker(&self.broker).map_err(|e| anyhow::anyhow!("invalid broker: {e}"))?;
         if self.max_subscriptions == 0 {
             bail!("invalid max-subscriptions: must be at least 1");
         }
@@ -526,6 +531,24 @@ pub fn parse_log_filter(input: &str) -> Result<String, ValueError> {
 
 fn deserialize_log_filter<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     parse_log_filter(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
+/// Checks a broker: `memory`, or one or more comma-separated `redis://` URLs.
+pub fn parse_broker(input: &str) -> Result<String, ValueError> {
+    let s = input.trim();
+    if s == "memory" {
+        return Ok(s.to_string());
+    }
+    for url in s.split(',') {
+        let url = url.trim();
+        if !url.starts_with("redis://") || url.len() == "redis://".len() {
+            return Err(value_error(
+                input,
+                "expected `memory` or redis://HOST:PORT[/DB] URLs, comma-separated",
+            ));
+        }
+    }
+    Ok(s.to_string())
 }
 
 /// An RFC 9110 token (what a subprotocol name must be, RFC 6455 §4.1).

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use http::{header, Method, StatusCode};
-use tether::hub::{Hub, HubConfig, MemoryLimits};
+use tether::hub::{BrokerState, Hub, HubConfig, MemoryLimits, RedisBroker};
 use tether::proto::h1;
 use tether::server::router::{self, Router};
 use tether::server::{Body, BodyError, Request, Response, Server, ServerStats, SharedHandler, StaticFiles};
@@ -64,8 +64,9 @@ pub fn ws_options(c: &ServeConfig) -> WsOptions {
     o
 }
 
-/// The push hub for these settings (the in-process broker).
-pub fn hub(c: &ServeConfig) -> Hub {
+/// The push hub for these settings, over the in-process broker or Redis
+/// (whose connections are then started on the current runtime).
+pub fn hub(c: &ServeConfig) -> anyhow::Result<Hub> {
     let config = HubConfig {
         max_data: usize::try_from(c.max_publish_size).unwrap_or(usize::MAX),
         max_subscriptions: c.max_subscriptions as usize,
@@ -77,7 +78,14 @@ pub fn hub(c: &ServeConfig) -> Hub {
         history_size: c.history_size as usize,
         history_ttl: c.history_ttl,
     };
-    Hub::in_memory(config, limits).0
+    if c.broker == "memory" {
+        return Ok(Hub::in_memory(config, limits).0);
+    }
+    let urls: Vec<String> = c.broker.split(',').map(|u| u.trim().to_string()).collect();
+    let (broker, tasks) = RedisBroker::new(&urls, limits).context("the Redis broker")?;
+    let hub = Hub::new(config, broker);
+    tasks.start();
+    Ok(hub)
 }
 
 /// Builds the router for `tether serve`.
@@ -85,6 +93,7 @@ pub fn app(c: &ServeConfig, hub: &Hub, stats: &Arc<ServerStats>) -> Router {
     let max_body = c.max_body;
     let ws = Arc::new(ws_options(c));
     let hub_ws = ws.clone();
+    let broker = hub.broker().clone();
     let echo = move |req: Request| {
         let ws = ws.clone();
         async move {
@@ -98,7 +107,10 @@ pub fn app(c: &ServeConfig, hub: &Hub, stats: &Arc<ServerStats>) -> Router {
     let mut r = Router::new()
         .route(
             "/healthz",
-            router::get(|_req: Request| async { router::text(StatusCode::OK, "ok") }),
+            router::get(move |_req: Request| {
+                let state = broker.state();
+                async move { healthz(state) }
+            }),
         )
         .route(
             "/echo",
@@ -137,6 +149,17 @@ pub fn app(c: &ServeConfig, hub: &Hub, stats: &Arc<ServerStats>) -> Router {
         }
     }
     r
+}
+
+/// `200 ok` while the hub's broker is up; `503` naming its state
+/// (`reconnecting`, `down`) otherwise: the node serves its connections
+/// but cannot take publications or new subscriptions.
+fn healthz(state: BrokerState) -> Response {
+    match state {
+        BrokerState::Up => router::text(StatusCode::OK, "ok"),
+        BrokerState::Reconnecting => router::text(StatusCode::SERVICE_UNAVAILABLE, "broker reconnecting\n"),
+        BrokerState::Down => router::text(StatusCode::SERVICE_UNAVAILABLE, "broker down\n"),
+    }
 }
 
 async fn echo(req: Request, max_body: u64) -> Response {
@@ -186,7 +209,7 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
     let backlog = c.backlog.unwrap_or_else(tether::server::default_backlog);
     let listener = tether::server::bind(c.listen, backlog).with_context(|| format!("binding {}", c.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let hub = hub(&c);
+    let hub = hub(&c)?;
     let _upkeep = hub.spawn_upkeep();
     let stats = Arc::new(ServerStats::default());
     if c.demo {

@@ -20,7 +20,7 @@ use prometheus_client::registry::Registry;
 use tether_proto::h1::CloseCause;
 use tether_proto::ws::WsEnd;
 
-use crate::hub::Hub;
+use crate::hub::{BrokerState, Hub};
 use crate::server::ServerStats;
 use crate::ws::WS_TOTALS;
 
@@ -48,6 +48,11 @@ struct Direction {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BrokerLabel {
     broker: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BrokerStateLabel {
+    state: &'static str,
 }
 
 fn read(a: &AtomicU64) -> u64 {
@@ -227,4 +232,12 @@ fn hub_metrics(r: &mut Registry, hub: &Hub) {
         "Whether the broker is reachable (1) or not (0)",
         broker,
     );
+    let now = hub.broker().state();
+    let states = Family::<BrokerStateLabel, Gauge<i64, AtomicI64>>::default();
+    for state in [BrokerState::Up, BrokerState::Reconnecting, BrokerState::Down] {
+        states
+            .get_or_create(&BrokerStateLabel { state: state.as_str() })
+            .set(i64::from(state == now));
+    }
+    r.register("hub_broker_state", "The broker's state: 1 for the current one", states);
 }

@@ -104,6 +104,28 @@ pub enum BrokerError {
     Unavailable(String),
 }
 
+/// Whether a broker can be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BrokerState {
+    /// Reachable: calls go through.
+    Up,
+    /// Lost a moment ago and being reconnected: calls fail at once.
+    Reconnecting,
+    /// Unreachable for a while (or never reached): calls fail at once.
+    Down,
+}
+
+impl BrokerState {
+    /// `up`, `reconnecting` or `down`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerState::Up => "up",
+            BrokerState::Reconnecting => "reconnecting",
+            BrokerState::Down => "down",
+        }
+    }
+}
+
 /// Receives the live publications of the channels this node watches.
 pub trait PublicationSink: Send + Sync + 'static {
     /// A publication of a watched channel (possibly one this node already
@@ -146,7 +168,12 @@ pub trait Broker: Send + Sync + 'static {
     fn unwatch(&self, channel: &ChannelName);
 
     /// Whether the broker is reachable now.
-    fn is_up(&self) -> bool;
+    fn state(&self) -> BrokerState;
+
+    /// Whether it is [`BrokerState::Up`].
+    fn is_up(&self) -> bool {
+        self.state() == BrokerState::Up
+    }
 
     /// Periodic upkeep (the hub calls it every few seconds): expiring
     /// history, freeing unused channels.

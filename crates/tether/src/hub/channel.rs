@@ -11,7 +11,9 @@
 //! `Live` at the last offset sent. From then on a publication is sent if it
 //! is the next offset of the same epoch, dropped if already sent (a
 //! broker's repeat), and a gap or an epoch change sends the subscription
-//! back to `Recovering` (the hub reads history again). So every subscriber
+//! back to `Recovering` (the hub reads history again; that merge answers
+//! `subscribed` only when history no longer reaches back, with
+//! `recovered: false`, and is otherwise silent). So every subscriber
 //! sees a channel's publications in offset order, each once.
 //!
 //! Fan-out encodes a publication once per transport (one WebSocket frame,
@@ -231,18 +233,22 @@ pub(crate) struct Answer {
     /// The client's offset and epoch, when it asked to recover.
     pub since: Option<u64>,
     pub epoch: Option<Epoch>,
-    /// The command's id, echoed in `subscribed` (`None`: a resync after a
-    /// gap also answers `subscribed`, without an id).
+    /// The command's id, echoed in `subscribed`.
     pub id: Option<Box<str>>,
+    /// A resync after a gap in live delivery, not a client's command: it
+    /// answers `subscribed` (without an id) only when something is lost
+    /// (`recovered: false`); otherwise the missed publications just follow.
+    pub resync: bool,
 }
 
 impl Answer {
-    /// A resync's: from where the subscription was, answered without an id.
+    /// A resync's: from where the subscription was.
     pub(crate) fn resync((epoch, offset): (Epoch, u64)) -> Self {
         Self {
             since: Some(offset),
             epoch: Some(epoch),
             id: None,
+            resync: true,
         }
     }
 }
@@ -340,7 +346,8 @@ impl Channel {
             id: answer.id.as_deref(),
         });
         let mut after = Aftermath::default();
-        let mut ok = sub.target.push_text("subscribed", &subscribed) == Pushed::Queued;
+        let quiet = answer.resync && recovered;
+        let mut ok = quiet || sub.target.push_text("subscribed", &subscribed) == Pushed::Queued;
         for p in &history.publications {
             if !ok {
                 break;

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::broker::{BoxFuture, Broker, BrokerError, Epoch, History, Publication, PublicationSink};
+use super::broker::{BoxFuture, Broker, BrokerError, BrokerState, Epoch, History, Publication, PublicationSink};
 use super::name::ChannelName;
 
 /// How much history the in-process broker keeps per channel.
@@ -215,8 +215,8 @@ impl Broker for MemoryBroker {
         }
     }
 
-    fn is_up(&self) -> bool {
-        true
+    fn state(&self) -> BrokerState {
+        BrokerState::Up
     }
 
     fn upkeep(&self) {

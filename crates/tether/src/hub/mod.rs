@@ -31,6 +31,7 @@ pub mod http;
 mod memory;
 mod name;
 pub mod protocol;
+mod redis;
 mod session;
 
 use std::collections::HashMap;
@@ -46,11 +47,15 @@ use tokio::sync::oneshot;
 
 use crate::server::HeldSignal;
 
-pub use broker::{BoxFuture, Broker, BrokerError, Epoch, History, Publication, PublicationSink};
+pub use broker::{BoxFuture, Broker, BrokerError, BrokerState, Epoch, History, Publication, PublicationSink};
 use channel::{Answer, Channel, Sub, Target, Watch};
 pub use memory::{MemoryBroker, MemoryLimits};
 pub use name::{ChannelName, ChannelNameError, MAX_CHANNEL_NAME};
 pub use protocol::ProtocolError;
+pub use redis::{shard_of, RedisBroker, RedisTasks};
+
+/// Between attempts of a resync the broker failed: from the first to the last.
+const RESYNC_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
 
 /// The hub's limits.
 #[derive(Debug, Clone)]
@@ -248,6 +253,7 @@ impl Hub {
             since: req.since,
             epoch: req.epoch.map(Epoch::new),
             id: req.id,
+            resync: false,
         };
         (id, self.inner.clone().recover(channel, id, answer))
     }
@@ -274,6 +280,15 @@ impl Hub {
             self.inner.free_if_unused(channel);
         }
         removed
+    }
+
+    /// Whether subscription `id` of `channel` still exists (a broker's
+    /// failure or a slow consumer's drop ends one from the hub's side).
+    pub(crate) fn has_subscription(&self, channel: &ChannelName, id: u64) -> bool {
+        let channels = lock(&self.inner.channels);
+        channels
+            .get(channel)
+            .is_some_and(|entry| lock(entry).subs.iter().any(|s| s.id == id))
     }
 
     /// A signal fired by the channel's next publication (for a long poll).
@@ -408,11 +423,23 @@ impl Inner {
 
     /// Makes subscription `id` live (see `channel::Channel::merge`), and
     /// again after any gap it finds.
+    /// A client's subscribe that the broker fails is answered with an
+    /// `error`; a resync is retried (0.1 s doubling to 2 s) for as long as
+    /// the subscription lasts, so a broker's outage does not end it.
     async fn recover(self: Arc<Self>, entry: Arc<Mutex<Channel>>, id: u64, mut answer: Answer) {
+        let mut retry = RESYNC_RETRY.0;
         loop {
             let name = lock(&entry).name.clone();
             let history = match self.read_history(&entry, &answer).await {
                 Ok(h) => h,
+                Err(_) if answer.resync => {
+                    if !lock(&entry).subs.iter().any(|s| s.id == id) {
+                        return;
+                    }
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RESYNC_RETRY.1);
+                    continue;
+                }
                 Err(e) => {
                     self.fail_subscription(&entry, id, &e, answer.id.as_deref());
                     return;
@@ -496,8 +523,11 @@ impl Inner {
             drop(c);
             self.free_if_unused(name);
         }
+        // On tasks of their own: a fan-out runs under the broker's lock of
+        // the channel (the in-process broker's), which a recovery's history
+        // read takes.
         for (id, from) in after.resync {
-            run_soon(self.clone().recover(entry.clone(), id, Answer::resync(from)));
+            tokio::spawn(self.clone().recover(entry.clone(), id, Answer::resync(from)));
         }
     }
 
@@ -546,8 +576,10 @@ impl PublicationSink for Inner {
         let ids: Vec<u64> = lock(&entry).subs.iter().map(|s| s.id).collect();
         for id in ids {
             // From where it was; a subscription still recovering reads
-            // history anyway.
-            if let Some(from) = lock(&entry).start_resync(id) {
+            // history anyway. (The channel's lock is released first: the
+            // recovery may run right here, and takes it again.)
+            let from = lock(&entry).start_resync(id);
+            if let Some(from) = from {
                 run_soon(me.clone().recover(entry.clone(), id, Answer::resync(from)));
             }
         }

@@ -64,11 +64,10 @@ impl Session {
                 presence,
             }) => self.subscribe(channel, since, epoch, presence, id),
             Ok(Command::Unsubscribe { channel }) => match self.subscriptions.remove(&channel) {
-                Some(sub) => {
-                    self.hub.unsubscribe(&channel, sub);
+                Some(sub) if self.hub.unsubscribe(&channel, sub) => {
                     self.send(&protocol::unsubscribed(&channel, id.as_deref()));
                 }
-                None => self.fail(
+                _ => self.fail(
                     &ProtocolError::new("not_subscribed", "not subscribed to this channel"),
                     Some(&channel),
                     id.as_deref(),
@@ -101,11 +100,20 @@ impl Session {
         presence: bool,
         id: Option<Box<str>>,
     ) {
+        // One the hub ended (the broker failed it) is forgotten here.
+        if let Some(&sub) = self.subscriptions.get(&channel) {
+            if !self.hub.has_subscription(&channel, sub) {
+                self.subscriptions.remove(&channel);
+            }
+        }
         if self.subscriptions.contains_key(&channel) {
             let e = ProtocolError::new("already_subscribed", "already subscribed to this channel");
             return self.fail(&e, Some(&channel), id.as_deref());
         }
         let max = self.hub.config().max_subscriptions;
+        if self.subscriptions.len() >= max {
+            self.subscriptions.retain(|c, sub| self.hub.has_subscription(c, *sub));
+        }
         if self.subscriptions.len() >= max {
             let e = ProtocolError::new(
                 "too_many_subscriptions",
