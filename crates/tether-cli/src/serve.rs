@@ -45,9 +45,10 @@ pub fn h1_config(c: &ServeConfig) -> h1::Config {
 /// The WebSocket settings for these settings.
 pub fn ws_options(c: &ServeConfig) -> WsOptions {
     let mut o = WsOptions::default();
+    let engine = std::sync::Arc::make_mut(&mut o.engine);
     let max_message = usize::try_from(c.ws_max_message).unwrap_or(usize::MAX);
-    o.engine.max_message_size = max_message;
-    o.engine.max_frame_size = max_message;
+    engine.max_message_size = max_message;
+    engine.max_frame_size = max_message;
     o.handshake.allowed_origins = c.allowed_origin.clone();
     o.handshake.subprotocols = c.ws_subprotocol.clone();
     let mode = match c.ws_compression {
@@ -55,12 +56,12 @@ pub fn ws_options(c: &ServeConfig) -> WsOptions {
         WsCompression::Shared => CompressionMode::Shared,
         WsCompression::Context => CompressionMode::Context,
     };
-    o.engine.compression.mode = mode;
-    o.engine.ping_interval = c.ws_ping_interval;
-    o.engine.write_timeout = c.write_timeout;
-    o.engine.idle_timeout = c.ws_idle_timeout;
-    o.engine.max_queued_bytes = usize::try_from(c.ws_max_queued).unwrap_or(usize::MAX);
-    o.engine.queue_overflow = QueueOverflow::Close;
+    engine.compression.mode = mode;
+    engine.ping_interval = c.ws_ping_interval;
+    engine.write_timeout = c.write_timeout;
+    engine.idle_timeout = c.ws_idle_timeout;
+    engine.max_queued_bytes = usize::try_from(c.ws_max_queued).unwrap_or(usize::MAX);
+    engine.queue_overflow = QueueOverflow::Close;
     o
 }
 

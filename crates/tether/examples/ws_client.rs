@@ -109,7 +109,7 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 async fn run(url: &str, mode: CompressionMode, server_window: u8, report: &mut Report) -> Result<(), String> {
     let mut options = ClientOptions::default();
-    options.ws.engine.compression = CompressionConfig {
+    std::sync::Arc::make_mut(&mut options.ws.engine).compression = CompressionConfig {
         mode,
         server_max_window_bits: server_window,
         ..CompressionConfig::default()

@@ -32,7 +32,7 @@ struct Setup {
 impl Default for Setup {
     fn default() -> Self {
         let mut ws = WsOptions::default();
-        ws.engine.queue_overflow = QueueOverflow::Close;
+        std::sync::Arc::make_mut(&mut ws.engine).queue_overflow = QueueOverflow::Close;
         Self {
             hub_config: HubConfig::default(),
             limits: MemoryLimits::default(),
@@ -402,7 +402,7 @@ async fn a_slow_consumer_is_closed_and_the_others_keep_receiving() {
         },
         ..Setup::default()
     };
-    setup.ws.engine.max_queued_bytes = 256 << 10;
+    std::sync::Arc::make_mut(&mut setup.ws.engine).max_queued_bytes = 256 << 10;
     let (server, hub) = start(setup).await;
     // A raw subscriber that never reads after subscribing.
     let mut slow = common::raw_upgrade(server.port).await;

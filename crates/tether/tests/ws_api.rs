@@ -61,7 +61,7 @@ fn echo_router(options: WsOptions) -> Router {
 
 fn client_options(mode: CompressionMode) -> ClientOptions {
     let mut o = ClientOptions::default();
-    o.ws.engine.compression.mode = mode;
+    Arc::make_mut(&mut o.ws.engine).compression.mode = mode;
     o
 }
 
@@ -79,7 +79,7 @@ async fn next_data(socket: &mut ws::WebSocket) -> Message {
 async fn tether_client_and_server_round_trip_with_and_without_deflate() {
     for mode in [CompressionMode::Off, CompressionMode::Shared, CompressionMode::Context] {
         let mut options = WsOptions::default();
-        options.engine.compression.mode = mode;
+        Arc::make_mut(&mut options.engine).compression.mode = mode;
         let server = start(echo_router(options)).await;
         let url = format!("ws://127.0.0.1:{}/ws", server.port);
         let mut socket = connect(&url, client_options(mode)).await.expect("connect");
@@ -178,10 +178,10 @@ async fn backpressure_send_waits_and_try_send_reports_full() {
     let (result_tx, result_rx) = oneshot::channel::<(usize, bool, bool)>();
     let result_tx = Arc::new(std::sync::Mutex::new(Some(result_tx)));
     let options = WsOptions {
-        engine: WsConfig {
+        engine: Arc::new(WsConfig {
             max_queued_bytes: 64 * 1024,
             ..WsConfig::default()
-        },
+        }),
         ..WsOptions::default()
     };
     let options = Arc::new(options);
@@ -226,11 +226,11 @@ async fn backpressure_send_waits_and_try_send_reports_full() {
 #[tokio::test]
 async fn slow_consumer_is_closed_with_1008() {
     let options = WsOptions {
-        engine: WsConfig {
+        engine: Arc::new(WsConfig {
             max_queued_bytes: 32 * 1024,
             queue_overflow: QueueOverflow::Close,
             ..WsConfig::default()
-        },
+        }),
         ..WsOptions::default()
     };
     let options = Arc::new(options);
@@ -299,7 +299,7 @@ fn last_close_code(mut frames: &[u8]) -> Option<u16> {
 #[tokio::test]
 async fn heartbeat_closes_a_peer_that_never_answers_pings() {
     let mut options = WsOptions::default();
-    options.engine.ping_interval = Some(Duration::from_millis(200));
+    Arc::make_mut(&mut options.engine).ping_interval = Some(Duration::from_millis(200));
     let server = start(echo_router(options)).await;
     let mut tcp = raw_upgrade(server.port).await;
     let mut all = Vec::new();
@@ -344,7 +344,7 @@ async fn heartbeat_closes_a_peer_that_never_answers_pings() {
 #[tokio::test]
 async fn idle_timeout_closes_with_1001() {
     let mut options = WsOptions::default();
-    options.engine.idle_timeout = Some(Duration::from_millis(300));
+    Arc::make_mut(&mut options.engine).idle_timeout = Some(Duration::from_millis(300));
     let server = start(echo_router(options)).await;
     let url = format!("ws://127.0.0.1:{}/ws", server.port);
     let mut socket = connect(&url, ClientOptions::default()).await.unwrap();
@@ -407,10 +407,10 @@ async fn broadcast_reaches_every_member_once() {
 #[tokio::test]
 async fn same_task_echo_with_a_full_queue_makes_progress() {
     let options = Arc::new(WsOptions {
-        engine: WsConfig {
+        engine: Arc::new(WsConfig {
             max_queued_bytes: 64 * 1024,
             ..WsConfig::default()
-        },
+        }),
         ..WsOptions::default()
     });
     let router = Router::new().route("/ws", move |req: Request| {
@@ -520,7 +520,7 @@ async fn shutdown_reaches_a_websocket_whose_receiver_moved_to_another_task() {
 #[tokio::test(flavor = "current_thread")]
 async fn idle_close_waits_for_an_unresponsive_peer_without_spinning() {
     let mut options = WsOptions::default();
-    options.engine.idle_timeout = Some(Duration::from_millis(100));
+    Arc::make_mut(&mut options.engine).idle_timeout = Some(Duration::from_millis(100));
     let server = start(echo_router(options)).await;
     let mut tcp = raw_upgrade(server.port).await;
     let cpu_before = process_cpu();
@@ -563,7 +563,7 @@ fn process_cpu() -> Duration {
 async fn a_broadcast_completes_while_a_member_inflates_a_large_message() {
     let hub = Arc::new(Broadcast::new());
     let mut server_options = WsOptions::default();
-    server_options.engine.compression.mode = CompressionMode::Shared;
+    Arc::make_mut(&mut server_options.engine).compression.mode = CompressionMode::Shared;
     let options = Arc::new(server_options);
     let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, std::time::Instant)>();
     let joined = Arc::new(tokio::sync::Semaphore::new(0));
@@ -586,7 +586,7 @@ async fn a_broadcast_completes_while_a_member_inflates_a_large_message() {
     let server = start(router).await;
     let url = format!("ws://127.0.0.1:{}/ws", server.port);
     let mut client_options = ClientOptions::default();
-    client_options.ws.engine.compression.mode = CompressionMode::Shared;
+    Arc::make_mut(&mut client_options.ws.engine).compression.mode = CompressionMode::Shared;
     let inflater = connect(&url, client_options.clone()).await.unwrap();
     let other = connect(&url, client_options).await.unwrap();
     let _ = timeout(T, joined.acquire_many(2)).await.unwrap().unwrap();

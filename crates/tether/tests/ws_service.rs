@@ -185,7 +185,7 @@ async fn service_state_and_echo_survive_parking() {
 #[tokio::test]
 async fn heartbeat_reaches_a_parked_connection_and_a_missing_pong_closes_1011() {
     let mut options = WsOptions::default();
-    options.engine.ping_interval = Some(Duration::from_millis(400));
+    Arc::make_mut(&mut options.engine).ping_interval = Some(Duration::from_millis(400));
     let server = start(options, Some(PARK), Arc::default()).await;
     let mut raw = Raw::connect(server.port).await;
     server.wait_counts(1, 1).await;
@@ -206,7 +206,7 @@ async fn heartbeat_reaches_a_parked_connection_and_a_missing_pong_closes_1011() 
 #[tokio::test]
 async fn idle_timeout_closes_a_parked_connection_with_1001() {
     let mut options = WsOptions::default();
-    options.engine.idle_timeout = Some(Duration::from_millis(600));
+    Arc::make_mut(&mut options.engine).idle_timeout = Some(Duration::from_millis(600));
     let server = start(options, Some(PARK), Arc::default()).await;
     let mut raw = Raw::connect(server.port).await;
     server.wait_counts(1, 1).await;
@@ -299,10 +299,10 @@ async fn a_partial_frame_is_never_parked() {
 #[tokio::test]
 async fn reading_pauses_while_replies_pile_up() {
     let options = WsOptions {
-        engine: WsConfig {
+        engine: Arc::new(WsConfig {
             max_queued_bytes: 64 * 1024,
             ..WsConfig::default()
-        },
+        }),
         ..WsOptions::default()
     };
     let server = start(options, None, Arc::default()).await;
@@ -365,11 +365,11 @@ async fn a_message_and_a_close_in_one_segment_get_the_echo_then_the_close() {
 #[tokio::test]
 async fn a_peer_that_does_not_read_its_echoes_is_closed_as_a_slow_consumer() {
     let options = WsOptions {
-        engine: WsConfig {
+        engine: Arc::new(WsConfig {
             max_queued_bytes: 64 * 1024,
             queue_overflow: ws::QueueOverflow::Close,
             ..WsConfig::default()
-        },
+        }),
         ..WsOptions::default()
     };
     let server = start_echo(options).await;

@@ -294,3 +294,17 @@ impl KeepAlive {
         }
     }
 }
+#[cfg(test)]
+mod tests {
+    /// A parked connection is held by value in the lot's slab: every
+    /// parked connection, of any kind, costs the largest kind's size. Kept
+    /// under a bound so idle connections stay about half a KiB (measured
+    /// in `tether-cli/tests/parking_memory.rs`).
+    #[test]
+    fn a_parked_connection_is_small() {
+        use std::mem::size_of;
+        let (parkable, websocket) = (size_of::<super::Parkable>(), size_of::<super::ParkedWebSocket>());
+        let engine = size_of::<tether_proto::ws::WsConnection>();
+        assert!(parkable <= 448, "Parkable is {parkable} B (WebSocket {websocket}, its engine {engine})");
+    }
+}

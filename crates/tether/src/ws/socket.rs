@@ -31,8 +31,12 @@ pub struct WsOptions {
     /// The engine's limits and timers: frame and message size, the queue
     /// limit (`max_queued_bytes`) and what overflowing it does
     /// (`queue_overflow`), write, close, heartbeat (`ping_interval`, 1011)
-    /// and idle (1001) timeouts, compression level.
-    pub engine: WsConfig,
+    /// and idle (1001) timeouts, compression level. One allocation shared
+    /// by every connection made with these options (a copy per connection
+    /// would stay in the heap while the connection is parked and pin the
+    /// pages its task freed: 2.9 KiB per idle WebSocket instead of 0.7);
+    /// change it with `Arc::make_mut(&mut options.engine)`.
+    pub engine: Arc<WsConfig>,
     /// Server handshake: subprotocols and the `Origin` allow-list. (What
     /// permessage-deflate mode is agreed is `engine.compression`'s, the one
     /// compression setting of both sides.)
