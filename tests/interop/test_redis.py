@@ -230,6 +230,9 @@ def test_two_nodes_share_channels_offsets_and_every_transport(redis_factory, nod
         status, _, body = request(node.port, "GET", "/poll/room?since=0")
         page = json.loads(body)
         assert status == 200 and page["epoch"] == epoch and [m["offset"] for m in page["messages"]] == [1, 2]
+    status, _, body = request(b.port, "GET", "/poll/room?since=0&limit=1")
+    page = json.loads(body)
+    assert [m["offset"] for m in page["messages"]] == [1] and page["next"] == 1, page
     # A long poll on B is woken by a publication on A.
     c = http.client.HTTPConnection("127.0.0.1", b.port, timeout=TIMEOUT)
     c.request("GET", "/poll/room?since=2&wait=10")

@@ -81,8 +81,12 @@ return {offset, epoch}
 ";
 
 /// Reads a channel's epoch (creating it when absent), latest offset, the
-/// time, and (ARGV[3] = 1) its history. KEYS: epoch, offset, history.
-/// ARGV: fresh epoch, meta ttl seconds, with history. Returns {epoch, latest,
+/// time, and the history entries after offset ARGV[3] (none when it is
+/// negative), at most ARGV[4] of them. History's offsets are consecutive
+/// (each publish appends the next one, trimming drops the oldest), so the
+/// entries after `since` are the list's last `latest - since`: only those
+/// are read, not the whole history. KEYS: epoch, offset, history. ARGV:
+/// fresh epoch, meta ttl seconds, since, limit. Returns {epoch, latest,
 /// now_ms, entries}.
 const HISTORY: &str = r"
 local epoch = redis.call('GET', KEYS[1])
@@ -95,8 +99,12 @@ local latest = tonumber(redis.call('GET', KEYS[2]) or '0')
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
 local entries = {}
-if ARGV[3] == '1' then
-  entries = redis.call('LRANGE', KEYS[3], 0, -1)
+local since = tonumber(ARGV[3])
+if since >= 0 and since < latest then
+  local len = redis.call('LLEN', KEYS[3])
+  local start = len - (latest - since)
+  if start < 0 then start = 0 end
+  entries = redis.call('LRANGE', KEYS[3], start, start + tonumber(ARGV[4]) - 1)
 end
 return {epoch, latest, ms, entries}
 ";
@@ -278,7 +286,8 @@ impl RedisBroker {
             .key(&k.history)
             .arg(fresh.as_str())
             .arg(self.meta_ttl_secs())
-            .arg(if since.is_some() { "1" } else { "0" });
+            .arg(since.map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)))
+            .arg(limit.clamp(1, self.limits.history_size.max(1)));
         let call = invocation.invoke_async::<(String, u64, u64, Vec<Vec<u8>>)>(&mut conn);
         let (epoch, latest, now_ms, entries) = shard.answer(tokio::time::timeout(COMMAND_TIMEOUT, call).await)?;
         let epoch = Epoch::new(epoch);

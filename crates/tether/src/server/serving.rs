@@ -305,6 +305,9 @@ mod tests {
         use std::mem::size_of;
         let (parkable, websocket) = (size_of::<super::Parkable>(), size_of::<super::ParkedWebSocket>());
         let engine = size_of::<tether_proto::ws::WsConnection>();
-        assert!(parkable <= 448, "Parkable is {parkable} B (WebSocket {websocket}, its engine {engine})");
+        assert!(
+            parkable <= 448,
+            "Parkable is {parkable} B (WebSocket {websocket}, its engine {engine})"
+        );
     }
 }
