@@ -11,6 +11,10 @@
 //!   check each is still alive (a request answered `200`, a ping answered
 //!   with a pong); or, with `--expect-close T`, measure when the server
 //!   closes each one relative to T.
+//! - `fanout`: N WebSocket subscribers of one channel of a push server
+//!   (tether's `/ws` protocol) and a publisher: RSS per idle subscriber,
+//!   deliveries/s and server CPU per delivery when publishing as fast as
+//!   delivered, and publish-to-receipt latency at a fixed rate.
 //!
 //! How it stays out of the way: one OS thread per available CPU (or
 //! `--threads`), each with its own current-thread tokio runtime and its own
@@ -24,8 +28,10 @@
 //! 127.0.0.2–127.0.0.249 before connecting, so tens of thousands of
 //! connections never exhaust one address's ephemeral ports.
 
+mod fanout;
 mod http;
 mod idle;
+mod procfs;
 mod report;
 mod ws;
 
@@ -54,6 +60,8 @@ enum Mode {
     WsEcho(ws::WsEchoArgs),
     /// Hold many idle connections, then check they are alive (or time their close).
     Idle(idle::IdleArgs),
+    /// Push fan-out: N subscribers of one channel; idle RSS, deliveries/s, latency at a rate.
+    Fanout(Box<fanout::FanoutArgs>),
 }
 
 /// Options every mode has.
@@ -79,12 +87,13 @@ pub struct CommonArgs {
 
 /// Runs `tether bench`.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    // Idle runs hold thousands of sockets: take the whole hard limit.
+    // Idle and fan-out runs hold thousands of sockets: take the whole hard limit.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     match args.mode {
         Mode::Http(a) => http::run(a),
         Mode::WsEcho(a) => ws::run(a),
         Mode::Idle(a) => idle::run(a),
+        Mode::Fanout(a) => fanout::run(*a),
     }
 }
 

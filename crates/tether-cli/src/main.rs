@@ -59,7 +59,7 @@ struct Cli {
 enum Command {
     /// Run the server (`GET /healthz`, `/echo`, `GET /`, static files with --root).
     Serve(Box<config::ServeArgs>),
-    /// Load generator: `http`, `ws-echo` and `idle` modes against any server.
+    /// Load generator: `http`, `ws-echo`, `idle` and `fanout` modes against any server.
     Bench(bench::BenchArgs),
 }
 

@@ -77,3 +77,37 @@ fn a_benchmark_with_failed_or_non_2xx_requests_fails() {
     let (code, err) = tether(&["bench", "http", "--url", &healthz, "-d", "300ms", "-q"], &[]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn a_fanout_benchmark_runs_its_phases_against_the_hub_and_fails_without_a_server() {
+    let served = harness::Server::start(&["--demo=false"]);
+    let url = format!("ws://127.0.0.1:{}/ws", served.port);
+    let (code, err) = tether(
+        &[
+            "bench",
+            "fanout",
+            "--url",
+            &url,
+            "-n",
+            "20",
+            "--idle-hold",
+            "100ms",
+            "--messages",
+            "50",
+            "--rate",
+            "50",
+            "--rate-duration",
+            "200ms",
+            "-q",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    // Nothing listens on port 1: the subscribers fail, and so does the run.
+    let (code, err) = tether(
+        &["bench", "fanout", "--url", "ws://127.0.0.1:1/ws", "-n", "3", "-q"],
+        &[],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("subscribed"), "{err}");
+}

@@ -33,6 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::http::parse_response;
+use super::procfs::Proc;
 use super::report::{emit, fmt_us, Latency};
 use super::{connect, on_threads, source_addr, thread_count, ws, CommonArgs, Progress, Target};
 use crate::config::parse_duration;
@@ -113,16 +114,6 @@ struct Shared {
     progress: Progress,
 }
 
-/// The server's resident set size in KiB, from `/proc/PID/status`.
-pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS line")
-}
-
 pub fn run(a: IdleArgs) -> anyhow::Result<()> {
     let mut target = Target::parse(&a.url)?;
     let kind = a.kind.unwrap_or(if target.websocket { Kind::Ws } else { Kind::Http });
@@ -135,7 +126,7 @@ pub fn run(a: IdleArgs) -> anyhow::Result<()> {
     }
     let request = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", target.path, target.host).into_bytes();
     let threads = thread_count(a.common.threads, a.connections);
-    let rss_before = a.server_pid.map(vm_rss_kib).transpose()?;
+    let rss_before = a.server_pid.map(|p| Proc::Pid(p).rss_kib()).transpose()?;
     let shared = Arc::new(Shared {
         target,
         kind,
@@ -207,11 +198,11 @@ pub fn run(a: IdleArgs) -> anyhow::Result<()> {
         if let Some(left) = hold_end.checked_duration_since(Instant::now()) {
             std::thread::sleep(left.saturating_sub(Duration::from_millis(100)));
         }
-        let rss = a.server_pid.map(vm_rss_kib).transpose()?;
+        let rss = a.server_pid.map(|p| Proc::Pid(p).rss_kib()).transpose()?;
         let _ = verify_tx.send(true);
         rss
     } else {
-        a.server_pid.map(vm_rss_kib).transpose()?
+        a.server_pid.map(|p| Proc::Pid(p).rss_kib()).transpose()?
     };
     let per_thread = runner.join().map_err(|_| anyhow::anyhow!("load thread panicked"))??;
     drop(verify_tx);
