@@ -119,16 +119,25 @@ pub struct FanoutArgs {
     /// Most subscribers being connected at once.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
-    /// The server's process id: its RSS (idle) and CPU time (every phase).
+    /// Where subscribers connect, when not all at --url (repeatable; the
+    /// subscribers are spread over these in turn): e.g. the other nodes of
+    /// a cluster, for a cross-node fan-out, the publisher staying at --url.
+    #[arg(long, value_name = "URL")]
+    subscribe_url: Vec<String>,
+    /// The server's process id: its RSS (idle) and CPU time (every phase);
+    /// repeatable, for several nodes: the figures are their sums.
     #[arg(long)]
-    server_pid: Option<u32>,
+    server_pid: Vec<u32>,
     #[command(flatten)]
     common: CommonArgs,
 }
 
 /// What the subscribers and the publisher share (across load threads).
 struct Shared {
+    /// The publisher's server.
     target: Target,
+    /// The subscribers' servers (subscriber i at `i % len`).
+    subscribe_targets: Vec<Target>,
     n: u64,
     timeout: Duration,
     spread: bool,
@@ -220,13 +229,25 @@ pub fn run(a: FanoutArgs) -> anyhow::Result<()> {
             RING / 2
         );
     }
+    let mut subscribe_targets = Vec::new();
+    for url in &a.subscribe_url {
+        let t = Target::parse(url)?;
+        if !t.websocket {
+            bail!("--subscribe-url needs a ws:// URL");
+        }
+        subscribe_targets.push(t);
+    }
+    if subscribe_targets.is_empty() {
+        subscribe_targets.push(target.clone());
+    }
     let threads = thread_count(a.common.threads, a.subscribers);
-    let server = a.server_pid.map(Proc::Pid);
-    let rss_before = server.map(Proc::rss_kib).transpose()?;
+    let server: Vec<Proc> = a.server_pid.iter().copied().map(Proc::Pid).collect();
+    let rss_before = total_rss_kib(&server)?;
     let mask = random_u64().to_le_bytes();
     let subscribe = json!({"type": "subscribe", "channel": a.channel}).to_string();
     let shared = Arc::new(Shared {
         target,
+        subscribe_targets,
         n: a.subscribers as u64,
         timeout: a.common.timeout,
         spread: !a.common.no_spread,
@@ -381,8 +402,29 @@ struct Plan {
     rate_duration: Duration,
     pad: String,
     drain_timeout: Duration,
-    server: Option<Proc>,
+    /// The servers measured (none: no server figures).
+    server: Vec<Proc>,
     rss_before: Option<u64>,
+}
+
+/// The servers' RSS summed, in KiB; `None` for no server.
+fn total_rss_kib(servers: &[Proc]) -> anyhow::Result<Option<u64>> {
+    if servers.is_empty() {
+        return Ok(None);
+    }
+    servers
+        .iter()
+        .map(|p| p.rss_kib())
+        .sum::<anyhow::Result<u64>>()
+        .map(Some)
+}
+
+/// The servers' CPU time summed; `None` for no server or one unreadable.
+fn total_cpu_time(servers: &[Proc]) -> Option<Duration> {
+    if servers.is_empty() {
+        return None;
+    }
+    servers.iter().map(|p| p.cpu_time().ok()).sum()
 }
 
 /// CPU time of the server and of this process, and the wall clock.
@@ -397,7 +439,7 @@ impl Sample {
     fn take(sh: &Shared, plan: &Plan) -> Sample {
         Sample {
             at: Instant::now(),
-            server: plan.server.and_then(|p| p.cpu_time().ok()),
+            server: total_cpu_time(&plan.server),
             me: Proc::Me.cpu_time().ok(),
             deliveries: sh.deliveries.load(Ordering::Relaxed),
         }
@@ -502,7 +544,7 @@ async fn idle(sh: &Shared, plan: &Plan) -> PhaseResult {
     if sh.failed.load(Ordering::Relaxed) > 0 {
         return Err((None, anyhow::anyhow!(sh.first_error().unwrap_or_default())));
     }
-    let rss = plan.server.map(Proc::rss_kib).transpose().map_err(|e| (None, e))?;
+    let rss = total_rss_kib(&plan.server).map_err(|e| (None, e))?;
     let per = match (plan.rss_before, rss) {
         (Some(b), Some(i)) => Some(((i as f64 - b as f64) * 1024.0 / sh.n as f64).round()),
         _ => None,
@@ -824,8 +866,9 @@ async fn subscriber(
 ) -> anyhow::Result<()> {
     let mut stop = sh.stop.subscribe();
     let permit = sem.acquire().await.context("semaphore closed")?;
+    let target = &sh.subscribe_targets[index % sh.subscribe_targets.len()];
     let (mut stream, leftover): (TcpStream, Vec<u8>) = tokio::select! {
-        r = open(&sh.target, source_addr(sh.target.addr, index, sh.spread), sh.timeout) => r?,
+        r = open(target, source_addr(target.addr, index, sh.spread), sh.timeout) => r?,
         _ = stop.wait_for(|s| *s) => return Ok(()),
     };
     sh.connected.fetch_add(1, Ordering::Relaxed);
