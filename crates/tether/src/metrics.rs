@@ -149,7 +149,7 @@ fn http(r: &mut Registry, s: &ServerStats) {
     );
     r.register(
         "parked_writes",
-        "Frames written to parked connections without waking a task",
+        "Writes of pushed frames (one, or a batch) to parked connections without waking a task",
         counter(read(&s.parked_writes)),
     );
     r.register(

@@ -22,6 +22,16 @@
 //! here; its connection closes itself (1008 `slow consumer` for a
 //! WebSocket, the end of the stream for SSE).
 //!
+//! Fan-out batches: a frame for a WebSocket subscriber is pushed deferred
+//! (`Inlet::push_deferred`), so for a parked subscriber it waits in the
+//! inlet, and the subscribers that got their first waiting frame are
+//! flushed by a task spawned for them, once the publishing task yields
+//! (`flush_soon`). Every publication fanned out before that (a burst of
+//! `publish` commands read in one go, or publications the broker delivers
+//! together) goes to each subscriber in one write, and no socket is
+//! written under the channel's lock. A subscriber on its task batches the
+//! same way (its task takes every waiting frame when it runs).
+//!
 //! What it never does: call the broker, or wait.
 
 use std::sync::atomic::Ordering;
@@ -36,7 +46,7 @@ use super::name::ChannelName;
 use super::protocol;
 use super::HubStats;
 use crate::server::HeldSignal;
-use crate::ws::push::{Inlet, Pushed};
+use crate::ws::push::{Deferred, Inlet, Pushed};
 
 /// Where a subscriber's messages go.
 pub(crate) enum Target {
@@ -83,6 +93,22 @@ impl Target {
         }
     }
 
+    /// A live publication, deferred (see the module documentation): a
+    /// WebSocket inlet that needs a flush is added to `flush`.
+    fn push_publication_deferred(&self, encoded: &mut Encoded<'_>, flush: &mut Vec<Arc<Inlet>>) -> Pushed {
+        match self {
+            Target::Ws(inlet) => match inlet.push_deferred(encoded.frame(inlet.shared_deflate())) {
+                Deferred::Queued => Pushed::Queued,
+                Deferred::NeedsFlush => {
+                    flush.push(inlet.clone());
+                    Pushed::Queued
+                }
+                Deferred::Closed => Pushed::Closed,
+            },
+            Target::Sse(sse) => push_sse(&sse.tx, encoded.event()),
+        }
+    }
+
     /// Closes the subscriber's connection as a slow consumer (a WebSocket:
     /// 1008; an SSE stream ends when its subscription is dropped).
     pub(crate) fn abandon(&self) {
@@ -107,6 +133,21 @@ fn push_sse(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, event: Bytes) -> P
     match tx.try_send(Ok(event)) {
         Ok(()) => Pushed::Queued,
         Err(_) => Pushed::Closed,
+    }
+}
+
+/// Writes the frames waiting in `inlets` from a task of their own, which
+/// runs once the running task yields (so what else it publishes meanwhile
+/// goes in the same writes); at once when there is no runtime.
+fn flush_soon(inlets: Vec<Arc<Inlet>>) {
+    let flush = move || {
+        for inlet in &inlets {
+            inlet.flush();
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn(async move { flush() })),
+        Err(_) => flush(),
     }
 }
 
@@ -289,6 +330,7 @@ impl Channel {
         }
         let mut after = Aftermath::default();
         let mut encoded = Encoded::new(p);
+        let mut flush = Vec::new();
         self.subs.retain_mut(|sub| match &mut sub.position {
             Position::Recovering(buffer) => {
                 if buffer.len() >= recovery_buffer {
@@ -308,7 +350,7 @@ impl Channel {
                     sub.position = Position::Recovering(vec![p.clone()]);
                     return true;
                 }
-                match sub.target.push_publication(&mut encoded) {
+                match sub.target.push_publication_deferred(&mut encoded, &mut flush) {
                     Pushed::Queued => {
                         *offset = p.offset;
                         after.delivered += 1;
@@ -321,6 +363,9 @@ impl Channel {
                 }
             }
         });
+        if !flush.is_empty() {
+            flush_soon(flush);
+        }
         after
     }
 

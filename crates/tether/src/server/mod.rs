@@ -96,8 +96,9 @@ pub struct ServerStats {
     pub parked: AtomicU64,
     /// Connections refused (`503`) at a connection limit.
     pub refused: AtomicU64,
-    /// Frames pushed to a parked connection and written at once, with no
-    /// task woken (the hub's deliveries to idle subscribers).
+    /// Writes to a parked connection, with no task woken, of the frames
+    /// pushed to it (one, or a fan-out's batch: the hub's deliveries to
+    /// idle subscribers).
     pub parked_writes: AtomicU64,
     /// Pushes to a parked connection whose socket did not take them all:
     /// the connection resumed on a task to finish writing.

@@ -15,6 +15,15 @@
 //!   subscriber receives messages without ever waking a task;
 //! * **ended**: a push reports `Closed`, and the publisher drops it.
 //!
+//! A fan-out pushes *deferred* ([`Inlet::push_deferred`]): to a parked
+//! connection the frame waits in the inlet instead of being written, and
+//! the first frame waiting asks the caller to [`Inlet::flush`] the inlet
+//! soon, which writes every frame then waiting with one vectored write,
+//! still without a task. Publications that arrive before the flush (a burst
+//! read in one go) so cost one system call per subscriber, not one per
+//! message, parked or not. Any push behind waiting frames waits with them,
+//! so a connection's frames keep the order they were pushed in.
+//!
 //! Bounds: frames waiting in the inlet are bounded by `limit` bytes (the
 //! engine's queue limit); a push that would pass it marks the connection a
 //! slow consumer, and its task closes it with 1008. Once in the engine, the
@@ -32,6 +41,18 @@ use std::task::Waker;
 use tether_proto::ws::{EncodedFrame, WsConnection};
 
 use crate::server::serving::{Lot, Parkable, Visit};
+
+/// What a deferred push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deferred {
+    /// Queued: a flush already due, or the connection's task, writes it.
+    Queued,
+    /// Queued as the first frame waiting for a parked connection: the
+    /// caller must [`Inlet::flush`] the inlet (once its burst is pushed).
+    NeedsFlush,
+    /// The connection is over (or closing as a slow consumer): forget it.
+    Closed,
+}
 
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,30 +141,86 @@ impl Inlet {
         }
         match &s.at {
             At::Ended => return Pushed::Closed,
-            At::Parked { lot, token } => match lot.visit(*token, |parked, socket| push_parked(parked, socket, frame)) {
-                Some(Pushed::Queued) => return Pushed::Queued,
-                Some(Pushed::Closed) => {
-                    s.slow_consumer = true;
-                    return Pushed::Closed;
+            At::Parked { lot, token } if s.waiting.is_empty() => {
+                match lot.visit(*token, |parked, socket| {
+                    push_parked(parked, socket, std::iter::once(frame))
+                }) {
+                    Some(Pushed::Queued) => return Pushed::Queued,
+                    Some(Pushed::Closed) => {
+                        s.slow_consumer = true;
+                        return Pushed::Closed;
+                    }
+                    // Resumed (or resuming) by the lot: its task takes the frame.
+                    None => s.at = At::Task(None),
                 }
-                // Resumed (or resuming) by the lot: its task takes the frame.
-                None => s.at = At::Task(None),
-            },
+            }
+            // Frames wait for a flush: this one waits behind them.
+            At::Parked { .. } => {}
             At::Task(_) => {}
         }
-        if s.waiting_bytes + frame.len() > self.limit && !s.waiting.is_empty() {
-            s.slow_consumer = true;
-            s.waiting.clear();
-            s.waiting_bytes = 0;
-            wake(&s.at);
-            return Pushed::Closed;
+        if queue(&mut s, frame, self.limit) {
+            Pushed::Queued
+        } else {
+            Pushed::Closed
         }
-        s.waiting_bytes += frame.len();
-        s.waiting.push_back(frame.clone());
-        if s.waiting.len() == 1 {
-            wake(&s.at);
+    }
+
+    /// Delivers one frame of a burst: queued in the inlet, parked or not;
+    /// `NeedsFlush` asks the caller to [`flush`](Self::flush) it once the
+    /// burst is pushed (see the module documentation).
+    pub(crate) fn push_deferred(&self, frame: &EncodedFrame) -> Deferred {
+        let mut s = self.lock();
+        if s.slow_consumer {
+            return Deferred::Closed;
         }
-        Pushed::Queued
+        let parked = match &s.at {
+            At::Ended => return Deferred::Closed,
+            At::Parked { .. } => true,
+            At::Task(_) => false,
+        };
+        if !queue(&mut s, frame, self.limit) {
+            Deferred::Closed
+        } else if parked && s.waiting.len() == 1 {
+            Deferred::NeedsFlush
+        } else {
+            Deferred::Queued
+        }
+    }
+
+    /// Writes every frame waiting for a parked connection with one vectored
+    /// write, without a task; only a socket that cannot take them all makes
+    /// it resume. A connection on its task (or resumed meanwhile) takes them
+    /// itself: it is woken.
+    pub(crate) fn flush(&self) {
+        let mut s = self.lock();
+        let State {
+            waiting,
+            waiting_bytes,
+            at,
+            slow_consumer,
+        } = &mut *s;
+        if waiting.is_empty() {
+            return;
+        }
+        match at {
+            At::Parked { lot, token } => {
+                match lot.visit(*token, |parked, socket| push_parked(parked, socket, waiting.iter())) {
+                    Some(pushed) => {
+                        // In the engine now (or refused: its task closes it).
+                        *slow_consumer |= pushed == Pushed::Closed;
+                        waiting.clear();
+                        *waiting_bytes = 0;
+                    }
+                    // Resumed (or resuming) by the lot: its task takes them.
+                    None => *at = At::Task(None),
+                }
+            }
+            At::Task(_) => wake(at),
+            At::Ended => {
+                waiting.clear();
+                *waiting_bytes = 0;
+            }
+        }
     }
 
     /// The task's side: records `waker` as the one to wake and moves every
@@ -208,18 +285,7 @@ impl Inlet {
     /// Gives up on the connection: it closes as a slow consumer (1008), at
     /// once if on its task, after resuming if parked.
     pub(crate) fn abandon(&self) {
-        let mut s = self.lock();
-        s.slow_consumer = true;
-        s.waiting.clear();
-        s.waiting_bytes = 0;
-        match &s.at {
-            At::Task(_) => wake(&s.at),
-            At::Parked { lot, token } => {
-                let _ = lot.visit(*token, |_, _| ((), Visit::Resume));
-                s.at = At::Task(None);
-            }
-            At::Ended => {}
-        }
+        give_up(&mut self.lock());
     }
 
     /// The connection is over: later pushes report `Closed`.
@@ -245,19 +311,56 @@ pub(crate) enum ParkAttempt {
     Busy,
 }
 
+/// Queues `frame` behind the waiting ones, waking the task at the first;
+/// `false` when that would pass `limit` (with frames already waiting): the
+/// connection is given up as a slow consumer.
+fn queue(s: &mut State, frame: &EncodedFrame, limit: usize) -> bool {
+    if s.waiting_bytes + frame.len() > limit && !s.waiting.is_empty() {
+        give_up(s);
+        return false;
+    }
+    s.waiting_bytes += frame.len();
+    s.waiting.push_back(frame.clone());
+    if s.waiting.len() == 1 {
+        wake(&s.at);
+    }
+    true
+}
+
+/// The connection closes as a slow consumer (1008): at once if on its task,
+/// after resuming if parked.
+fn give_up(s: &mut State) {
+    s.slow_consumer = true;
+    s.waiting.clear();
+    s.waiting_bytes = 0;
+    match &s.at {
+        At::Task(_) => wake(&s.at),
+        At::Parked { lot, token } => {
+            let _ = lot.visit(*token, |_, _| ((), Visit::Resume));
+            s.at = At::Task(None);
+        }
+        At::Ended => {}
+    }
+}
+
 fn wake(at: &At) {
     if let At::Task(Some(w)) = at {
         w.wake_by_ref();
     }
 }
 
-/// A frame for a parked connection: into its engine, and onto the socket
-/// at once if it takes it all; otherwise the connection resumes.
-fn push_parked(parked: &mut Parkable, socket: &mut std::net::TcpStream, frame: &EncodedFrame) -> (Pushed, Visit) {
+/// Frames for a parked connection: into its engine, and onto the socket at
+/// once (one vectored write) if it takes them all; otherwise the connection
+/// resumes.
+fn push_parked<'a>(
+    parked: &mut Parkable,
+    socket: &mut std::net::TcpStream,
+    frames: impl IntoIterator<Item = &'a EncodedFrame>,
+) -> (Pushed, Visit) {
     let Parkable::WebSocket(ws) = parked else {
         return (Pushed::Closed, Visit::Stay);
     };
-    match ws.send_now(socket, frame) {
+    match ws.send_now(socket, frames) {
         Ok(true) => (Pushed::Queued, Visit::Stay),
         Ok(false) => (Pushed::Queued, Visit::Resume),
         // Closing (a slow consumer, or the write failed): its task finishes it.

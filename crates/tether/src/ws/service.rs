@@ -354,14 +354,20 @@ impl ParkedWebSocket {
         self.engine.handle_eof(now);
     }
 
-    /// A pushed frame, while parked: queued in the engine and written to
-    /// `socket` at once. `Ok(true)`: all of it written (it stays parked);
-    /// `Ok(false)`: the socket took less (its task must wait for it);
-    /// `Err`: the engine refused it (closing, or a slow consumer) or the
-    /// write failed; its task finishes the connection.
-    pub(crate) fn send_now(&mut self, socket: &mut std::net::TcpStream, frame: &EncodedFrame) -> Result<bool, ()> {
+    /// Pushed frames, while parked: queued in the engine and written to
+    /// `socket` at once (vectored). `Ok(true)`: all of it written (it stays
+    /// parked); `Ok(false)`: the socket took less (its task must wait for
+    /// it); `Err`: the engine refused one (closing, or a slow consumer) or
+    /// the write failed; its task finishes the connection.
+    pub(crate) fn send_now<'a>(
+        &mut self,
+        socket: &mut std::net::TcpStream,
+        frames: impl IntoIterator<Item = &'a EncodedFrame>,
+    ) -> Result<bool, ()> {
         let now = std::time::Instant::now();
-        self.engine.send_encoded(frame).map_err(|_| ())?;
+        for frame in frames {
+            self.engine.send_encoded(frame).map_err(|_| ())?;
+        }
         while self.engine.has_output() {
             match crate::io::write_now(socket, self.engine.poll_transmit(now)) {
                 Ok(Some(n)) if n > 0 => self.engine.handle_written(n, now),
