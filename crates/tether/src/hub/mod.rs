@@ -4,7 +4,8 @@
 //! `POST /publish/{channel}`.
 //!
 //! Theory of operation. A [`Broker`] owns each channel's offsets, epoch and
-//! history (the in-process [`MemoryBroker`] by default; Redis in a cluster)
+//! history (the in-process [`MemoryBroker`] by default; [`RedisBroker`],
+//! sharded over Redis instances, for several nodes)
 //! and delivers every publication of a watched channel to the hub. The hub
 //! owns fan-out on this node: a registry of channels (`channel::Channel`),
 //! each with its subscriptions, and for each publication it encodes one
@@ -17,8 +18,11 @@
 //! watched (once per channel per node), its history read, and the two
 //! merged without gap or repeat; it ends when the client unsubscribes or
 //! its connection ends, and a channel with no subscription left is freed
-//! and unwatched. No lock is held across a broker call; locks are taken in
-//! the order registry, channel, inlet.
+//! and unwatched. When live delivery has a gap (a broker that lost or
+//! could not deliver publications), the subscription is resynchronised
+//! from history, retried while the broker is unreachable, for as long as
+//! the subscription lasts. No lock is held across a broker call; locks are
+//! taken in the order registry, channel, inlet.
 //!
 //! The delivery guarantee: a subscriber receives every publication of its
 //! channel after the offset it asked for, in order and once, for as long as
