@@ -197,7 +197,7 @@ fn display_url(url: &str) -> String {
 impl RedisBroker {
     /// A broker over the Redis instances at `urls` (one shard each), keeping
     /// `limits` of history per channel. Connections are made in the
-    /// background (start the tasks with [`RedisBroker::start`]): a Redis that
+    /// background (start the tasks with [`RedisTasks::start`]): a Redis that
     /// is down at start is not an error, only unavailable.
     pub fn new(urls: &[String], limits: MemoryLimits) -> Result<(Arc<Self>, RedisTasks), BrokerError> {
         if urls.is_empty() {
