@@ -37,6 +37,31 @@ fn a_bad_environment_variable_is_reported_under_its_own_name() {
 }
 
 #[test]
+fn a_bad_broker_is_refused_before_the_server_starts() {
+    // Not a broker at all: refused by the option's parser.
+    let (code, err) = tether(&["serve", "--listen", "127.0.0.1:0", "--broker", "redis://"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--broker"), "{err}");
+    // A Redis URL the client cannot use: an error naming it, no server.
+    let (code, err) = tether(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--broker",
+            "redis://127.0.0.1:1/notadb",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("invalid broker configuration") && err.contains("redis://127.0.0.1:1/notadb"),
+        "{err}"
+    );
+    assert!(!err.contains("listening on"), "{err}");
+}
+
+#[test]
 fn a_log_filter_that_would_turn_logging_off_is_refused() {
     let (code, err) = tether(&["serve", "--log", "verbose"], &[]);
     assert_eq!(code, 2);

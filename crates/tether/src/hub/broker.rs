@@ -102,6 +102,9 @@ pub enum BrokerError {
     /// done; try again later.
     #[error("the broker is unavailable: {0}")]
     Unavailable(String),
+    /// The broker cannot be made from what it was given (a bad URL).
+    #[error("invalid broker configuration: {0}")]
+    Config(String),
 }
 
 /// Whether a broker can be reached.

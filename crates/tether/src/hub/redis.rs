@@ -201,14 +201,14 @@ impl RedisBroker {
     /// is down at start is not an error, only unavailable.
     pub fn new(urls: &[String], limits: MemoryLimits) -> Result<(Arc<Self>, RedisTasks), BrokerError> {
         if urls.is_empty() {
-            return Err(BrokerError::Unavailable("no Redis URL given".into()));
+            return Err(BrokerError::Config("no Redis URL given".into()));
         }
         let sink = Arc::new(RwLock::new(None));
         let mut shards = Vec::new();
         let mut tasks = Vec::new();
         for url in urls {
             let client = Client::open(url.as_str())
-                .map_err(|e| BrokerError::Unavailable(format!("invalid Redis URL {}: {e}", display_url(url))))?;
+                .map_err(|e| BrokerError::Config(format!("invalid Redis URL {}: {e}", display_url(url))))?;
             let (tx, rx) = mpsc::unbounded_channel();
             let shard = Arc::new(Shard {
                 name: display_url(url),
