@@ -1,4 +1,5 @@
-//! HTTP/1.1 server connections, sans-I/O (RFC 9112, RFC 9110).
+//! HTTP/1.1 server connections, sans-I/O (RFC 9112, RFC 9110), and the
+//! client side of a keep-alive connection ([`client`]).
 //!
 //! Theory of operation: a [`ServerConnection`] is fed bytes and time and
 //! yields request [`Event`]s, response bytes, its next deadline and, in
@@ -8,6 +9,7 @@
 //! state machine and its transitions are documented in [`conn`]; one place
 //! decides keep-alive: [`ServerConnection::send_response`].
 
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod decode;
