@@ -119,6 +119,29 @@ async fn publish(hub: &Hub, name: &str, n: u64) {
         .expect("publish");
 }
 
+/// Waits (at most `T`) until `n` connections are parked; fails naming `what`.
+async fn wait_parked(server: &Serving, n: u64, what: &str) {
+    let deadline = Instant::now() + T;
+    while server.stats.parked.load(Ordering::Relaxed) < n {
+        let parked = server.stats.parked.load(Ordering::Relaxed);
+        assert!(Instant::now() < deadline, "{what}: {parked} of {n} parked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `n` subscribers of `channel`, each with its `subscribed` answer, all
+/// parked.
+async fn parked_subscribers(server: &Serving, channel: &str, n: usize) -> Vec<Peer> {
+    let mut peers = Vec::new();
+    for _ in 0..n {
+        let mut p = Peer::open(server.port).await;
+        p.subscribe(json!({"type":"subscribe","channel":channel})).await;
+        peers.push(p);
+    }
+    wait_parked(server, n as u64, "subscribers").await;
+    peers
+}
+
 fn offsets(messages: &[(u64, Value)]) -> Vec<u64> {
     messages.iter().map(|(o, _)| *o).collect()
 }
@@ -367,11 +390,7 @@ async fn a_thousand_subscribers_parked_or_not_each_get_every_message_in_order() 
         p.next_of("subscribed").await;
     }
     // Idle long enough to park.
-    let deadline = Instant::now() + T;
-    while server.stats.parked.load(Ordering::Relaxed) < SUBSCRIBERS as u64 / 2 {
-        assert!(Instant::now() < deadline, "subscribers did not park");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_parked(&server, SUBSCRIBERS as u64 / 2, "subscribers").await;
     for n in 1..=MESSAGES {
         publish(&hub, "fan", n).await;
     }
@@ -613,17 +632,7 @@ async fn metrics_count_connections_deliveries_and_ends() {
         ..Setup::default()
     };
     let (server, hub) = start(setup).await;
-    let mut peers = Vec::new();
-    for _ in 0..3 {
-        let mut p = Peer::open(server.port).await;
-        p.subscribe(json!({"type":"subscribe","channel":"m"})).await;
-        peers.push(p);
-    }
-    let deadline = Instant::now() + T;
-    while server.stats.parked.load(Ordering::Relaxed) < 3 {
-        assert!(Instant::now() < deadline, "subscribers did not park");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut peers = parked_subscribers(&server, "m", 3).await;
     let text = tether::metrics::render(&server.stats, Some(&hub));
     for line in [
         "tether_connections{kind=\"websocket\",state=\"parked\"} 3",
@@ -675,15 +684,7 @@ async fn a_held_long_poll_waits_parked_without_a_task() {
         polls.push(c);
     }
     // Held, and parked at once: no task per waiting poll.
-    let deadline = Instant::now() + T;
-    while server.stats.parked.load(Ordering::Relaxed) < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "{} held polls parked",
-            server.stats.parked.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_parked(&server, 20, "held polls").await;
     assert_eq!(hub.stats().long_polls.load(Ordering::Relaxed), 20);
     assert_eq!(
         server.stats.http_active.load(Ordering::Relaxed),
@@ -732,17 +733,7 @@ async fn a_burst_reaches_each_parked_subscriber_in_one_write_and_in_order() {
         ..Setup::default()
     };
     let (server, hub) = start(setup).await;
-    let mut peers = Vec::new();
-    for _ in 0..3 {
-        let mut p = Peer::open(server.port).await;
-        p.subscribe(json!({"type":"subscribe","channel":"burst"})).await;
-        peers.push(p);
-    }
-    let deadline = Instant::now() + T;
-    while server.stats.parked.load(Ordering::Relaxed) < 3 {
-        assert!(Instant::now() < deadline, "subscribers did not park");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut peers = parked_subscribers(&server, "burst", 3).await;
     let writes = || server.stats.parked_writes.load(Ordering::Relaxed);
     let before = writes();
     // 40 publications without yielding: one flush writes them all.
