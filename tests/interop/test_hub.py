@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import socket
 import time
 
+from util import SseStream
 from websockets.asyncio.client import connect
 
 TIMEOUT = 10.0
@@ -110,22 +110,13 @@ def test_polling_long_polling_and_sse_from_plain_http_clients(start_server):
     assert time.monotonic() - started < 8
 
     # SSE, resumed after Last-Event-ID: 2 (as EventSource does).
-    s = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
-    s.sendall(b"GET /sse/feed HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nLast-Event-ID: 2\r\n\r\n")
-    received = b""
-    deadline = time.monotonic() + TIMEOUT
-    while b"id: 4\n" not in received:
-        assert time.monotonic() < deadline, received
-        received += s.recv(65536)
+    sse = SseStream(srv.port, "feed", last_event_id=2, timeout=TIMEOUT)
+    sse.read_until(b"id: 4\n")
     publish(srv.port, "feed", {"n": 4})
-    while b"id: 5\ndata: {\"n\":4}\n\n" not in received:
-        assert time.monotonic() < deadline, received
-        received += s.recv(65536)
-    s.close()
-    text = received.decode()
+    text = sse.read_until(b"id: 5\ndata: {\"n\":4}\n\n").decode()
+    sse.close()
     assert "content-type: text/event-stream" in text.lower()
-    events = [line for line in text.split("\n") if line.startswith("id: ")]
-    assert events == ["id: 3", "id: 4", "id: 5"], text
+    assert sse.ids() == ["id: 3", "id: 4", "id: 5"], text
 
 
 def test_metrics_tell_what_happened(start_server):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 from tether_server import Server, check_stopped
+from util import SseStream
 from websockets.asyncio.client import connect
 
 TIMEOUT = 10.0
@@ -202,11 +203,29 @@ def metric(node: Server, line_prefix: str) -> str:
     return found[0]
 
 
+def up_nodes(nodes, broker: str, count: int = 2, *args: str) -> list[Server]:
+    """`count` nodes on `broker`, each answering `/healthz` with 200."""
+    started = [nodes(broker, *args) for _ in range(count)]
+    for node in started:
+        wait_healthz(node, 200)
+    return started
+
+
+def publish_once_back(port: int, channel: str, data) -> dict:
+    """Publishes, retrying (at most TIMEOUT) while the broker is still
+    coming back (503); the accepted answer."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        status, answer = publish(port, channel, data)
+        if status == 200:
+            return answer
+        assert status == 503 and time.monotonic() < deadline, answer
+        time.sleep(0.1)
+
+
 def test_two_nodes_share_channels_offsets_and_every_transport(redis_factory, nodes):
     r = redis_factory()
-    a, b = nodes(r.url), nodes(r.url)
-    wait_healthz(a, 200)
-    wait_healthz(b, 200)
+    a, b = up_nodes(nodes, r.url)
 
     async def main():
         async with connect(ws_url(b), open_timeout=TIMEOUT) as on_b, connect(ws_url(a), open_timeout=TIMEOUT) as on_a:
@@ -244,28 +263,18 @@ def test_two_nodes_share_channels_offsets_and_every_transport(redis_factory, nod
     assert [(m["offset"], m["data"]) for m in page["messages"]] == [(3, "three")]
     assert time.monotonic() - started < 5
     # SSE on A resumed after Last-Event-ID, fed by a publication on B.
-    s = socket.create_connection(("127.0.0.1", a.port), timeout=TIMEOUT)
-    s.sendall(b"GET /sse/room HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 1\r\n\r\n")
-    received = b""
-    deadline = time.monotonic() + TIMEOUT
-    while b"id: 3\n" not in received:
-        assert time.monotonic() < deadline, received
-        received += s.recv(65536)
+    sse = SseStream(a.port, "room", last_event_id=1, timeout=TIMEOUT)
+    sse.read_until(b"id: 3\n")
     assert published(b.port, "room", "four") == 4
-    while b"id: 4\n" not in received:
-        assert time.monotonic() < deadline, received
-        received += s.recv(65536)
-    s.close()
-    ids = [line for line in received.decode().split("\n") if line.startswith("id: ")]
-    assert ids == ["id: 2", "id: 3", "id: 4"], received
+    sse.read_until(b"id: 4\n")
+    sse.close()
+    assert sse.ids() == ["id: 2", "id: 3", "id: 4"], sse.received
     assert metric(a, 'tether_hub_broker_up{broker="redis"}').endswith(" 1")
 
 
 def test_resume_on_another_node_with_the_history_bound_and_epoch(redis_factory, nodes):
     r = redis_factory()
-    a, b = nodes(r.url, "--history-size", "5"), nodes(r.url, "--history-size", "5")
-    wait_healthz(a, 200)
-    wait_healthz(b, 200)
+    a, b = up_nodes(nodes, r.url, 2, "--history-size", "5")
 
     async def main():
         async with connect(ws_url(a), open_timeout=TIMEOUT) as ws:
@@ -298,9 +307,7 @@ def test_resume_on_another_node_with_the_history_bound_and_epoch(redis_factory, 
 def test_two_shards_both_carry_channels(redis_factory, nodes):
     r1, r2 = redis_factory(), redis_factory()
     broker = f"{r1.url},{r2.url}"
-    a, b = nodes(broker), nodes(broker)
-    wait_healthz(a, 200)
-    wait_healthz(b, 200)
+    a, b = up_nodes(nodes, broker)
     channels = [f"shard-{i}" for i in range(12)]
 
     async def main():
@@ -325,9 +332,7 @@ def test_two_shards_both_carry_channels(redis_factory, nodes):
 
 def test_redis_killed_mid_stream_then_back_without_its_data(redis_factory, nodes):
     r = redis_factory()
-    a, b = nodes(r.url), nodes(r.url)
-    wait_healthz(a, 200)
-    wait_healthz(b, 200)
+    a, b = up_nodes(nodes, r.url)
 
     async def main():
         async with connect(ws_url(b), open_timeout=TIMEOUT) as sub_ws, connect(ws_url(a), open_timeout=TIMEOUT) as pub_ws:
@@ -359,13 +364,7 @@ def test_redis_killed_mid_stream_then_back_without_its_data(redis_factory, nodes
             r.start()
             wait_healthz(a, 200)
             wait_healthz(b, 200)
-            deadline = time.monotonic() + TIMEOUT
-            while True:
-                status, answer = publish(a.port, "k", {"back": 1})
-                if status == 200:
-                    break
-                assert time.monotonic() < deadline, answer
-                await asyncio.sleep(0.1)
+            answer = publish_once_back(a.port, "k", {"back": 1})
             notice = await recv_json(sub_ws, "subscribed")
             assert notice["recovered"] is False and notice["epoch"] != first["epoch"], notice
             m = await recv_json(sub_ws, "message")
@@ -382,8 +381,7 @@ def test_redis_killed_mid_stream_then_back_without_its_data(redis_factory, nodes
 
 def test_redis_restarted_with_its_data_continues_the_offsets(redis_factory, nodes):
     r = redis_factory(persist=True)
-    a = nodes(r.url)
-    wait_healthz(a, 200)
+    (a,) = up_nodes(nodes, r.url, 1)
 
     async def main():
         async with connect(ws_url(a), open_timeout=TIMEOUT) as ws:
@@ -395,13 +393,7 @@ def test_redis_restarted_with_its_data_continues_the_offsets(redis_factory, node
             wait_healthz(a, 503)
             r.start()
             wait_healthz(a, 200)
-            deadline = time.monotonic() + TIMEOUT
-            while True:
-                status, answer = publish(a.port, "p", "after")
-                if status == 200:
-                    break
-                assert time.monotonic() < deadline, answer
-                await asyncio.sleep(0.1)
+            answer = publish_once_back(a.port, "p", "after")
             assert answer["offset"] == 6
             m = await recv_json(ws)
             assert m["type"] == "message" and m["offset"] == 6 and m["data"] == "after", m
@@ -420,9 +412,7 @@ def test_pubsub_connections_killed_while_publishing_lose_nothing(redis_factory, 
     publications go on through the command connections: what pub/sub
     missed must come from history, once each, in order."""
     r = redis_factory()
-    a, b = nodes(r.url), nodes(r.url)
-    wait_healthz(a, 200)
-    wait_healthz(b, 200)
+    a, b = up_nodes(nodes, r.url)
     total = 300
 
     async def main():
@@ -460,9 +450,7 @@ def test_pubsub_connections_killed_while_publishing_lose_nothing(redis_factory, 
 
 def test_a_node_killed_mid_stream_its_client_resumes_on_another(redis_factory, nodes):
     r = redis_factory()
-    a, b = nodes(r.url), nodes(r.url)
-    wait_healthz(a, 200)
-    wait_healthz(b, 200)
+    a, b = up_nodes(nodes, r.url)
 
     async def main():
         seen = []

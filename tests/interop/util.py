@@ -367,3 +367,31 @@ def cpu_seconds(pid: int) -> float:
 def open_fds(pid: int) -> int:
     """Descriptors process `pid` has open."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class SseStream:
+    """A raw `GET /sse/{channel}` (with `Last-Event-ID` when given) whose
+    bytes accumulate in `received`; every wait bounded by `timeout`."""
+
+    def __init__(self, port: int, channel: str, last_event_id: int | None = None, timeout: float = 10.0):
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.deadline = time.monotonic() + timeout
+        self.received = b""
+        resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id is not None else ""
+        self.sock.sendall(f"GET /sse/{channel} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{resume}\r\n".encode())
+
+    def read_until(self, marker: bytes) -> bytes:
+        while marker not in self.received:
+            assert time.monotonic() < self.deadline, f"no {marker!r} in time: {self.received!r}"
+            chunk = self.sock.recv(65536)
+            assert chunk, f"the stream ended before {marker!r}: {self.received!r}"
+            assert len(self.received) < MAX_RESPONSE, "the stream sent too much"
+            self.received += chunk
+        return self.received
+
+    def ids(self) -> list[str]:
+        """The `id:` lines so far."""
+        return [line for line in self.received.decode().split("\n") if line.startswith("id: ")]
+
+    def close(self) -> None:
+        self.sock.close()
