@@ -191,11 +191,7 @@ impl HeldRequest {
     }
 
     fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant) {
-        if bytes.is_empty() {
-            self.conn.handle_eof(now);
-        } else {
-            self.conn.handle_input(bytes, now);
-        }
+        feed(&mut self.conn, bytes, now);
     }
 
     fn handle_io_error(&mut self, now: std::time::Instant) {
@@ -219,11 +215,7 @@ impl HeldRequest {
     }
 
     fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
-        self.serving.stats.record_end(
-            peer,
-            ConnectionEnd::Closed(CloseCause::Shutdown, self.conn.requests_served(), None),
-        );
-        AtShutdown::Closed
+        forced_stop(&self.conn, &self.serving, peer)
     }
 }
 
@@ -239,11 +231,7 @@ impl KeepAlive {
     }
 
     fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant) {
-        if bytes.is_empty() {
-            self.conn.handle_eof(now);
-        } else {
-            self.conn.handle_input(bytes, now);
-        }
+        feed(&mut self.conn, bytes, now);
     }
 
     fn handle_io_error(&mut self, now: std::time::Instant) {
@@ -263,11 +251,7 @@ impl KeepAlive {
     }
 
     fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
-        self.serving.stats.record_end(
-            peer,
-            ConnectionEnd::Closed(CloseCause::Shutdown, self.conn.requests_served(), None),
-        );
-        AtShutdown::Closed
+        forced_stop(&self.conn, &self.serving, peer)
     }
 
     /// The engine drains it (or, without a drain, closes it).
@@ -294,6 +278,27 @@ impl KeepAlive {
         }
     }
 }
+
+/// Bytes read from a parked HTTP connection's socket into its engine
+/// (none: the peer closed).
+fn feed(conn: &mut ServerConnection, bytes: &[u8], now: std::time::Instant) {
+    if bytes.is_empty() {
+        conn.handle_eof(now);
+    } else {
+        conn.handle_input(bytes, now);
+    }
+}
+
+/// A parked HTTP connection closed by the server's forced stop, logged
+/// here (no task will).
+fn forced_stop(conn: &ServerConnection, serving: &Serving, peer: SocketAddr) -> AtShutdown {
+    serving.stats.record_end(
+        peer,
+        ConnectionEnd::Closed(CloseCause::Shutdown, conn.requests_served(), None),
+    );
+    AtShutdown::Closed
+}
+
 #[cfg(test)]
 mod tests {
     /// A parked connection is held by value in the lot's slab: every
