@@ -184,33 +184,22 @@ pub(crate) async fn drive<IO: Transport>(
                 d.wait(sleep.as_mut(), park_after).await
             }
         };
-        match d.on_wake(wake) {
-            Next::Go if park_after.is_some() && d.may_park_held() => {
-                let held = d.held.take();
-                d.activity.count_served(d.conn.requests_served());
-                let Driving { io, conn, .. } = d;
-                return Driven::Idle(Paused {
-                    io,
-                    conn,
-                    shutdown: upgrade_stop,
-                    guard,
-                    held,
-                });
-            }
-            Next::Go => {}
-            Next::Park => {
-                d.activity.count_served(d.conn.requests_served());
-                let Driving { io, conn, .. } = d;
-                return Driven::Idle(Paused {
-                    io,
-                    conn,
-                    shutdown: upgrade_stop,
-                    guard,
-                    held: None,
-                });
-            }
+        // Parks idle, or holding a response that waits for its signal.
+        let held = match d.on_wake(wake) {
+            Next::Go if park_after.is_some() && d.may_park_held() => d.held.take(),
+            Next::Go => continue,
+            Next::Park => None,
             Next::Close(cause) => return d.ended(cause),
-        }
+        };
+        d.activity.count_served(d.conn.requests_served());
+        let Driving { io, conn, .. } = d;
+        return Driven::Idle(Paused {
+            io,
+            conn,
+            shutdown: upgrade_stop,
+            guard,
+            held,
+        });
     }
 }
 
