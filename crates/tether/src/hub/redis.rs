@@ -49,6 +49,11 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 /// A shard unreachable this long is `down` (before: `reconnecting`).
 const DOWN_AFTER: Duration = Duration::from_secs(10);
+/// SUBSCRIBE and UNSUBSCRIBE requests waiting for a shard's pub/sub task
+/// (it serves them between messages, and not at all while reconnecting):
+/// past this a watch fails at once as unavailable, and an unwatch is left
+/// to the next reconnection (which subscribes only what is still watched).
+const WATCH_QUEUE: usize = 4096;
 /// How long a channel's epoch and offset counter outlive its last
 /// publication, at the least (the history's age bound when longer).
 const META_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -148,7 +153,7 @@ struct Shard {
     lost_at: Mutex<Option<Instant>>,
     /// Wakes the command connection's task to reconnect.
     reconnect: Notify,
-    watching: mpsc::UnboundedSender<Watching>,
+    watching: mpsc::Sender<Watching>,
     /// Channels watched on this shard, by their live channel name.
     watched: Mutex<HashMap<String, ChannelName>>,
 }
@@ -209,7 +214,7 @@ impl RedisBroker {
         for url in urls {
             let client = Client::open(url.as_str())
                 .map_err(|e| BrokerError::Config(format!("invalid Redis URL {}: {e}", display_url(url))))?;
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(WATCH_QUEUE);
             let shard = Arc::new(Shard {
                 name: display_url(url),
                 client,
@@ -325,8 +330,11 @@ impl RedisBroker {
         let live = keys(channel).live;
         lock(&shard.watched).insert(live.clone(), channel.clone());
         let (tx, rx) = oneshot::channel();
-        let result = match shard.watching.send(Watching::Subscribe(live.clone(), tx)) {
-            Err(_) => Err(BrokerError::Unavailable("the Redis broker is not running".into())),
+        let result = match shard.watching.try_send(Watching::Subscribe(live.clone(), tx)) {
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(BrokerError::Unavailable("the Redis broker is not running".into()))
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(shard.unavailable("has too many SUBSCRIBEs waiting")),
             Ok(()) => match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) | Err(_) => Err(shard.unavailable("no answer to SUBSCRIBE")),
@@ -404,7 +412,7 @@ impl Shard {
 /// The broker's background work (connections and pub/sub), to be started
 /// once on a runtime with [`RedisTasks::start`].
 pub struct RedisTasks {
-    shards: Vec<(Arc<Shard>, mpsc::UnboundedReceiver<Watching>)>,
+    shards: Vec<(Arc<Shard>, mpsc::Receiver<Watching>)>,
     sink: Arc<RwLock<Option<Weak<dyn PublicationSink>>>>,
 }
 
@@ -468,7 +476,7 @@ async fn keep_connected(shard: Arc<Shard>) {
 /// subscribed, delivering publications to the sink.
 async fn pubsub(
     shard: Arc<Shard>,
-    mut requests: mpsc::UnboundedReceiver<Watching>,
+    mut requests: mpsc::Receiver<Watching>,
     sink: Arc<RwLock<Option<Weak<dyn PublicationSink>>>>,
 ) {
     let sink = || {
@@ -601,7 +609,7 @@ impl Broker for RedisBroker {
         let shard = self.shard(channel);
         let live = keys(channel).live;
         if lock(&shard.watched).remove(&live).is_some() {
-            let _ = shard.watching.send(Watching::Unsubscribe(live));
+            let _ = shard.watching.try_send(Watching::Unsubscribe(live));
         }
     }
 
