@@ -6,7 +6,8 @@
 //! keep-alive policy, pipelining and the one cause every connection closes
 //! for. [`ws`] is a WebSocket connection (RFC 6455, RFC 7692): handshake
 //! (both sides), frames, masking, UTF-8, message assembly, close handshake,
-//! permessage-deflate, the output queue's limit, and every timer.
+//! permessage-deflate, the output queue's limit, and every timer. [`wire`]
+//! is how both count the bytes they read and write (overhead and payload).
 //!
 //! It never touches a socket, a runtime or a clock; any runtime can drive
 //! it (the `tether` crate drives it on tokio), and every rule is tested byte
@@ -58,4 +59,5 @@
 
 pub mod h1;
 mod output;
+pub mod wire;
 pub mod ws;

@@ -9,6 +9,7 @@ use tether_proto::ws::{ClientHandshake, ClientHandshakeError, WsConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::target::{Target, TargetError};
 use crate::ws::{WebSocket, WsOptions};
 
 /// Client settings.
@@ -55,41 +56,10 @@ pub enum ConnectError {
     Handshake(#[from] ClientHandshakeError),
 }
 
-struct Target {
-    host_header: String,
-    connect: String,
-    path: String,
-}
-
 fn parse_url(url: &str) -> Result<Target, ConnectError> {
-    if url.starts_with("wss://") {
-        return Err(ConnectError::TlsUnsupported);
-    }
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| ConnectError::Url(url.to_string()))?;
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
-        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
-        None => (rest, "/".to_string()),
-    };
-    if authority.is_empty() || authority.contains('@') {
-        return Err(ConnectError::Url(url.to_string()));
-    }
-    let has_port = if authority.starts_with('[') {
-        authority.contains("]:")
-    } else {
-        authority.contains(':')
-    };
-    let connect = if has_port {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    Ok(Target {
-        host_header: authority.to_string(),
-        connect,
-        path,
+    Target::parse(url, "ws").map_err(|e| match e {
+        TargetError::Tls => ConnectError::TlsUnsupported,
+        TargetError::Invalid => ConnectError::Url(url.to_string()),
     })
 }
 
@@ -140,25 +110,4 @@ async fn handshake(target: Target, options: &ClientOptions) -> Result<WebSocket,
         None,
         peer,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        let t = parse_url("ws://127.0.0.1:9000/echo?x=1").unwrap();
-        assert_eq!((t.connect.as_str(), t.path.as_str()), ("127.0.0.1:9000", "/echo?x=1"));
-        let t = parse_url("ws://localhost").unwrap();
-        assert_eq!(
-            (t.connect.as_str(), t.path.as_str(), t.host_header.as_str()),
-            ("localhost:80", "/", "localhost")
-        );
-        let t = parse_url("ws://[::1]:8080/a").unwrap();
-        assert_eq!(t.connect, "[::1]:8080");
-        assert!(matches!(parse_url("wss://x/"), Err(ConnectError::TlsUnsupported)));
-        assert!(matches!(parse_url("http://x/"), Err(ConnectError::Url(_))));
-        assert!(matches!(parse_url("ws:///x"), Err(ConnectError::Url(_))));
-    }
 }
