@@ -4,13 +4,35 @@
 //! and payloads (and frames encoded once for many connections) stay as their
 //! own shared `Bytes` (no copy) and go out in the same vectored write. The
 //! bytes stay queued until the driver reports them written (`consume`).
+//!
+//! It also counts what its engine sends ([`Output::sent`]): every piece is
+//! pushed with the [`Part`] it is (overhead, payload, or a frame: a header
+//! then its payload), and counted as it is queued, with two additions per
+//! piece and nothing per byte. Queued bytes are the ones the engine sends:
+//! on a connection that ends normally every one of them is written, so the
+//! count is exactly what the transport took; on one that ends abruptly
+//! (reset, write timeout) it includes what was still queued. Counting on
+//! `consume` instead would need each piece's boundaries kept until written.
 
 use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::wire::WireBytes;
+
 /// Bodies up to this size are copied next to their head.
 const COALESCE_LIMIT: usize = 4096;
+
+/// What a piece of output is, for the count of bytes sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// Protocol bytes: an HTTP head, chunk framing, a frame header.
+    Overhead,
+    /// Body or frame payload.
+    Payload,
+    /// A whole frame: `header` bytes of header, the rest payload.
+    Frame { header: usize },
+}
 
 /// Bytes waiting to be written, in order: `queue`, then `tail`.
 #[derive(Debug, Default)]
@@ -20,9 +42,34 @@ pub(crate) struct Output {
     len: usize,
     /// The most bytes held since the last release.
     high_water: usize,
+    /// Every byte ever queued, split (kept across releases).
+    sent: WireBytes,
 }
 
 impl Output {
+    /// Bytes queued so far (see the module documentation), split.
+    pub(crate) fn sent(&self) -> WireBytes {
+        self.sent
+    }
+
+    /// Counts bytes sent before this output existed (the HTTP exchange
+    /// that opened a WebSocket).
+    pub(crate) fn count_earlier(&mut self, sent: WireBytes) {
+        self.sent = self.sent.plus(sent);
+    }
+
+    #[inline]
+    fn count(&mut self, len: usize, part: Part) {
+        match part {
+            Part::Overhead => self.sent.add_overhead(len),
+            Part::Payload => self.sent.add_payload(len),
+            Part::Frame { header } => {
+                self.sent.add_overhead(header);
+                self.sent.add_payload(len - header);
+            }
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -36,30 +83,33 @@ impl Output {
         &mut self.tail
     }
 
-    /// Records that `n` bytes were appended through [`Self::tail_mut`].
-    pub(crate) fn wrote_tail(&mut self, n: usize) {
+    /// Records that `n` bytes, all `part`, were appended through [`Self::tail_mut`].
+    pub(crate) fn wrote_tail(&mut self, n: usize, part: Part) {
+        self.count(n, part);
         self.len += n;
         self.high_water = self.high_water.max(self.len);
     }
 
-    pub(crate) fn push_slice(&mut self, b: &[u8]) {
+    pub(crate) fn push_slice(&mut self, b: &[u8], part: Part) {
+        self.count(b.len(), part);
         self.tail.extend_from_slice(b);
         self.len += b.len();
         self.high_water = self.high_water.max(self.len);
     }
 
     /// Queues `b`, copied next to what precedes it when small.
-    pub(crate) fn push(&mut self, b: Bytes) {
+    pub(crate) fn push(&mut self, b: Bytes, part: Part) {
         if b.len() <= COALESCE_LIMIT {
-            self.push_slice(&b);
+            self.push_slice(&b, part);
             return;
         }
-        self.push_shared(b);
+        self.push_shared(b, part);
     }
 
     /// Queues `b` as it is, never copied (a large payload, a frame shared
     /// by many connections).
-    pub(crate) fn push_shared(&mut self, b: Bytes) {
+    pub(crate) fn push_shared(&mut self, b: Bytes, part: Part) {
+        self.count(b.len(), part);
         if !self.tail.is_empty() {
             let tail = self.tail.split().freeze();
             self.queue.push_back(tail);
@@ -133,9 +183,13 @@ impl Output {
         }
     }
 
-    /// Gives back all memory (an idle connection holds no buffer).
+    /// Gives back all memory (an idle connection holds no buffer); the
+    /// count of bytes sent stays.
     pub(crate) fn release(&mut self) {
-        *self = Output::default();
+        *self = Output {
+            sent: self.sent,
+            ..Output::default()
+        };
     }
 }
 
@@ -146,11 +200,11 @@ mod tests {
     #[test]
     fn coalesces_small_and_keeps_order() {
         let mut o = Output::default();
-        o.push_slice(b"head ");
-        o.push(Bytes::from_static(b"small "));
+        o.push_slice(b"head ", Part::Overhead);
+        o.push(Bytes::from_static(b"small "), Part::Payload);
         let big = Bytes::from(vec![b'x'; COALESCE_LIMIT + 1]);
-        o.push(big.clone());
-        o.push_slice(b" end");
+        o.push(big.clone(), Part::Payload);
+        o.push_slice(b" end", Part::Overhead);
         let all: Vec<u8> = o.bufs().flat_map(|b| b.iter().copied()).collect();
         assert_eq!(all.len(), o.len());
         assert!(all.starts_with(b"head small x"));
@@ -159,13 +213,39 @@ mod tests {
         // Partial writes at every point keep the rest intact.
         for cut in [1, 11, 12, 500, all.len() - 1, all.len()] {
             let mut p = Output::default();
-            p.push_slice(b"head ");
-            p.push(Bytes::from_static(b"small "));
-            p.push(big.clone());
-            p.push_slice(b" end");
+            p.push_slice(b"head ", Part::Overhead);
+            p.push(Bytes::from_static(b"small "), Part::Payload);
+            p.push(big.clone(), Part::Payload);
+            p.push_slice(b" end", Part::Overhead);
             p.consume(cut);
             let rest: Vec<u8> = p.bufs().flat_map(|b| b.iter().copied()).collect();
             assert_eq!(&rest[..], &all[cut..]);
         }
+    }
+
+    #[test]
+    fn counts_what_is_queued_by_part_and_keeps_it_across_releases() {
+        let mut o = Output::default();
+        o.push_slice(b"head ", Part::Overhead);
+        o.push(Bytes::from_static(b"body"), Part::Payload);
+        let frame = Bytes::from(vec![0u8; COALESCE_LIMIT + 10]);
+        o.push_shared(frame, Part::Frame { header: 10 });
+        let tail = o.tail_mut();
+        tail.extend_from_slice(b"\r\n");
+        o.wrote_tail(2, Part::Overhead);
+        let expect = WireBytes {
+            overhead: 5 + 10 + 2,
+            payload: 4 + COALESCE_LIMIT as u64,
+        };
+        assert_eq!(o.sent(), expect);
+        assert_eq!(o.sent().total(), o.len() as u64);
+        o.consume(o.len());
+        o.release();
+        assert_eq!(o.sent(), expect);
+        o.count_earlier(WireBytes {
+            overhead: 1,
+            payload: 2,
+        });
+        assert_eq!(o.sent().total(), expect.total() + 3);
     }
 }

@@ -41,6 +41,15 @@ impl WireBytes {
             payload: self.payload.saturating_add(other.payload),
         }
     }
+
+    /// What was added to `earlier` to make these, part by part (zero for
+    /// a part that did not grow): the delta a driver adds to its totals.
+    pub fn since(self, earlier: WireBytes) -> WireBytes {
+        WireBytes {
+            overhead: self.overhead.saturating_sub(earlier.overhead),
+            payload: self.payload.saturating_sub(earlier.payload),
+        }
+    }
 }
 
 /// Both directions of one connection (or of many, summed).
@@ -65,6 +74,15 @@ impl Traffic {
     pub fn total(&self) -> u64 {
         self.received.total().saturating_add(self.sent.total())
     }
+
+    /// What was added to `earlier` to make these ([`WireBytes::since`],
+    /// both directions).
+    pub fn since(self, earlier: Traffic) -> Traffic {
+        Traffic {
+            received: self.received.since(earlier.received),
+            sent: self.sent.since(earlier.sent),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -88,5 +106,8 @@ mod tests {
             payload: 1,
         };
         assert_eq!(max.total(), u64::MAX);
+        let grown = t.plus(Traffic { received: w, sent: w });
+        assert_eq!(grown.since(t), Traffic { received: w, sent: w });
+        assert_eq!(t.since(grown), Traffic::default(), "a part that shrank adds nothing");
     }
 }

@@ -6,7 +6,8 @@
 //! it never decides protocol questions (whether a connection persists,
 //! what a frame means): those are the engines'. [`server`] accepts and
 //! drives HTTP/1.1 connections and calls handlers; [`ws`] upgrades them to
-//! WebSockets; [`client`] opens WebSockets to other servers.
+//! WebSockets; [`client`] opens WebSockets to other servers. [`traffic`]
+//! totals the bytes on the wire the engines count per connection.
 //!
 //! A server with one HTTP route and one WebSocket route (the README's
 //! examples, compiled here):
@@ -47,6 +48,7 @@ pub mod lifecycle;
 mod memory;
 pub mod metrics;
 pub mod server;
+pub mod traffic;
 pub mod ws;
 
 pub use tether_proto as proto;

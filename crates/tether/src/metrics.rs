@@ -8,6 +8,16 @@
 //! is `active` (a request in progress, SSE streams and held long polls
 //! included), `idle` on its task, or `parked`; a WebSocket is `active` (on
 //! a task) or `parked`.
+//!
+//! Bytes on the wire: `tether_wire_bytes_total{protocol, direction, part}`,
+//! `protocol="http"` with `part="head"` (start lines, header fields, chunk
+//! framing, trailers) or `"body"`, `protocol="websocket"` with
+//! `part="header"` (frame headers, masking keys included) or `"payload"`
+//! (as on the wire: compressed when deflated); `direction="in"` is what the
+//! server read, `"out"` what it wrote. The four series of a direction add
+//! up to every byte that crossed the sockets (see [`crate::traffic`] for
+//! when a connection's bytes are added: exact for ended connections).
+//! `tether_websocket_bytes_total{direction}` is the WebSocket part's sum.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -46,6 +56,13 @@ struct Direction {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Wire {
+    protocol: &'static str,
+    direction: &'static str,
+    part: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BrokerLabel {
     broker: &'static str,
 }
@@ -77,6 +94,7 @@ pub fn render(server: &ServerStats, hub: Option<&Hub>) -> String {
     connections(&mut r, server, hub);
     http(&mut r, server);
     websockets(&mut r);
+    wire_bytes(&mut r, server);
     if let Some(hub) = hub {
         hub_metrics(&mut r, hub);
     }
@@ -132,7 +150,7 @@ fn connections(r: &mut Registry, s: &ServerStats, hub: Option<&Hub>) {
 fn http(r: &mut Registry, s: &ServerStats) {
     r.register(
         "http_requests",
-        "Responses sent (added when a connection parks, upgrades or ends)",
+        "Responses sent (added when a connection parks, upgrades or ends, and about once a second while it is busy)",
         counter(read(&s.requests)),
     );
     let closed = Family::<Cause, Counter>::default();
@@ -163,12 +181,13 @@ fn websockets(r: &mut Registry) {
     let t = &WS_TOTALS;
     let messages = Family::<Direction, Counter>::default();
     let bytes = Family::<Direction, Counter>::default();
+    let traffic = t.traffic.get();
     for (direction, m, b) in [
-        ("in", &t.messages_in, &t.bytes_in),
-        ("out", &t.messages_out, &t.bytes_out),
+        ("in", &t.messages_in, traffic.received),
+        ("out", &t.messages_out, traffic.sent),
     ] {
         messages.get_or_create(&Direction { direction }).inc_by(read(m));
-        bytes.get_or_create(&Direction { direction }).inc_by(read(b));
+        bytes.get_or_create(&Direction { direction }).inc_by(b.total());
     }
     r.register("websocket_messages", "WebSocket data messages", messages);
     r.register("websocket_bytes", "WebSocket bytes on the wire", bytes);
@@ -185,6 +204,31 @@ fn websockets(r: &mut Registry) {
         "websocket_connections_closed",
         "WebSocket connections ended, by how",
         ended,
+    );
+}
+
+fn wire_bytes(r: &mut Registry, s: &ServerStats) {
+    let t = s.traffic();
+    let wire = Family::<Wire, Counter>::default();
+    for (protocol, traffic, [overhead, payload]) in [
+        ("http", t.http, ["head", "body"]),
+        ("websocket", t.websocket, ["header", "payload"]),
+    ] {
+        for (direction, bytes) in [("in", traffic.received), ("out", traffic.sent)] {
+            for (part, n) in [(overhead, bytes.overhead), (payload, bytes.payload)] {
+                wire.get_or_create(&Wire {
+                    protocol,
+                    direction,
+                    part,
+                })
+                .inc_by(n);
+            }
+        }
+    }
+    r.register(
+        "wire_bytes",
+        "Bytes on the wire by protocol, direction and part (HTTP head or body, WebSocket frame header or payload)",
+        wire,
     );
 }
 

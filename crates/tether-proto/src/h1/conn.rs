@@ -74,6 +74,9 @@
 //! [`ServerConnection::give_buffers`]). [`ServerConnection::idle_since`]
 //! says when nothing but input, a deadline or shutdown can happen next, so
 //! a driver may set the connection aside without a task.
+//!
+//! Bytes on the wire: [`ServerConnection::traffic`] counts what was read
+//! and sent, heads and chunk framing apart from bodies ([`crate::wire`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,7 +89,8 @@ use super::config::{Config, KeepAliveHeader};
 use super::decode::{BodyDecoder, BodyError, Decoded};
 use super::encode::{self, ConnectionHeader, EngineHeaders};
 use super::parse::{self, BodyFraming, HeadError, RequestHead};
-use crate::output::Output;
+use crate::output::{Output, Part};
+use crate::wire::{Traffic, WireBytes};
 
 /// Why a connection ended. Every connection ends with exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -382,10 +386,17 @@ pub struct ServerConnection {
     /// The most bytes the read buffer has held since its last release: its
     /// allocation is at least this big even when split-off requests make
     /// `capacity()` report less.
-    read_high_water: usize,
+    /// (u32, saturating: it fits beside the small fields; the limit is 16 KiB.)
+    read_high_water: u32,
     /// The buffers hold an allocation (capacity alone cannot tell: a buffer
     /// whose contents were split off reports less than it holds).
     buffers_held: bool,
+    /// Bytes read from the transport (less those handed to an upgraded
+    /// protocol): with `body_in` and the read buffer, what
+    /// [`Self::traffic`] reports as received.
+    read_total: u64,
+    /// Request body bytes decoded (read or drained).
+    body_in: u64,
 }
 
 /// Buffers larger than this are given back even when retention is on.
@@ -416,6 +427,8 @@ impl ServerConnection {
             retain_buffers: false,
             read_high_water: 0,
             buffers_held: false,
+            read_total: 0,
+            body_in: 0,
         }
     }
 
@@ -443,7 +456,9 @@ impl ServerConnection {
         if n == 0 {
             return;
         }
-        self.read_high_water = self.read_high_water.max(self.read_buf.len());
+        self.read_total = self.read_total.saturating_add(n as u64);
+        let held = u32::try_from(self.read_buf.len()).unwrap_or(u32::MAX);
+        self.read_high_water = self.read_high_water.max(held);
         self.buffers_held = true;
         match &mut self.phase {
             Phase::Idle { .. } => self.phase = Phase::Head { since: now },
@@ -562,6 +577,7 @@ impl ServerConnection {
                     };
                     match dec.decode(&mut self.read_buf) {
                         Ok(Decoded::Data(d)) => {
+                            self.body_in = self.body_in.saturating_add(d.len() as u64);
                             let drained = drained + d.len() as u64;
                             if drained > self.config.max_drain {
                                 self.close_after_flush(CloseCause::UnreadBody);
@@ -618,7 +634,7 @@ impl ServerConnection {
             )),
         };
         if head.expect_continue && body.is_some() {
-            self.push_out(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+            self.push_out(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"), Part::Overhead);
         }
         self.request = Some(InFlight {
             method_is_head: head.method == Method::HEAD,
@@ -665,6 +681,7 @@ impl ServerConnection {
         match dec.decode(&mut self.read_buf) {
             Ok(Decoded::Data(d)) => {
                 req.body_progress = self.now;
+                self.body_in = self.body_in.saturating_add(d.len() as u64);
                 Some(Event::Body(d))
             }
             Ok(Decoded::End(trailers)) => {
@@ -908,21 +925,21 @@ impl ServerConnection {
                 }
                 *left -= chunk.len() as u64;
                 if !chunk.is_empty() {
-                    self.push_out(chunk);
+                    self.push_out(chunk, Part::Payload);
                 }
                 Ok(())
             }
             OutFraming::Chunked => {
                 if !chunk.is_empty() {
-                    self.push_out(encode::chunk_size_line(chunk.len()));
-                    self.push_out(chunk);
-                    self.push_out(Bytes::from_static(encode::CHUNK_END));
+                    self.push_out(encode::chunk_size_line(chunk.len()), Part::Overhead);
+                    self.push_out(chunk, Part::Payload);
+                    self.push_out(Bytes::from_static(encode::CHUNK_END), Part::Overhead);
                 }
                 Ok(())
             }
             OutFraming::CloseDelimited => {
                 if !chunk.is_empty() {
-                    self.push_out(chunk);
+                    self.push_out(chunk, Part::Payload);
                 }
                 Ok(())
             }
@@ -947,7 +964,7 @@ impl ServerConnection {
                 self.complete_response();
                 return Err(SendError::BodyTooShort);
             }
-            OutFraming::Chunked => self.push_out(Bytes::from_static(encode::LAST_CHUNK)),
+            OutFraming::Chunked => self.push_out(Bytes::from_static(encode::LAST_CHUNK), Part::Overhead),
             _ => {}
         }
         self.complete_response();
@@ -1003,7 +1020,7 @@ impl ServerConnection {
         } else {
             self.phase = Phase::Idle { since: Some(self.now) };
             if self.retain_buffers
-                && self.read_high_water <= RETAINED_BUFFER_LIMIT
+                && self.read_high_water as usize <= RETAINED_BUFFER_LIMIT
                 && self.out.high_water() <= RETAINED_BUFFER_LIMIT
             {
                 // Back-to-back requests reuse them; `release_buffers` frees them.
@@ -1037,8 +1054,8 @@ impl ServerConnection {
         self.read_buf = BytesMut::new();
     }
 
-    fn push_out(&mut self, b: Bytes) {
-        self.out.push(b);
+    fn push_out(&mut self, b: Bytes, part: Part) {
+        self.out.push(b, part);
     }
 
     fn push_head(&mut self, status: StatusCode, headers: &HeaderMap, engine: &EngineHeaders, pass_through: bool) {
@@ -1046,7 +1063,7 @@ impl ServerConnection {
         let before = tail.len();
         encode::encode_head(tail, status, headers, engine, pass_through);
         let n = tail.len() - before;
-        self.out.wrote_tail(n);
+        self.out.wrote_tail(n, Part::Overhead);
     }
 
     /// Called when the output queue became empty.
@@ -1289,9 +1306,40 @@ impl ServerConnection {
         self.phase == Phase::Upgraded
     }
 
-    /// Bytes that arrived after the upgrade request (the new protocol's).
+    /// Bytes that arrived after the upgrade request (the new protocol's:
+    /// they leave this connection's [`traffic`](Self::traffic), for the new
+    /// protocol to count).
     pub fn take_upgraded_bytes(&mut self) -> BytesMut {
-        std::mem::take(&mut self.read_buf)
+        let bytes = std::mem::take(&mut self.read_buf);
+        self.read_total = self.read_total.saturating_sub(bytes.len() as u64);
+        bytes
+    }
+
+    /// The bytes this connection read and sent so far ([`crate::wire`]).
+    ///
+    /// Received: body bytes are payload (as decoded: `Content-Length`
+    /// bodies and chunk data, drained ones included); everything else
+    /// read is overhead: request heads, chunk-size lines and their CRLFs,
+    /// trailers, and bytes discarded (after a refused request, while
+    /// lingering, a partial head at the close). Bytes still in the read
+    /// buffer count once they are parsed (or discarded); those handed to
+    /// an upgraded protocol ([`take_upgraded_bytes`](Self::take_upgraded_bytes))
+    /// are that protocol's. Sent: response heads (`100 Continue`
+    /// included), chunk-size lines, CRLFs and the last chunk are overhead,
+    /// body bytes payload, counted as they are queued: once the output is
+    /// written (every connection that closes normally writes it all), the
+    /// sum is exactly what went to the transport; on a connection that ends
+    /// abruptly (reset, write timeout) it includes what was still queued.
+    /// A few additions per read and per response piece; nothing per byte.
+    pub fn traffic(&self) -> Traffic {
+        let consumed = self.read_total.saturating_sub(self.read_buf.len() as u64);
+        Traffic {
+            received: WireBytes {
+                overhead: consumed.saturating_sub(self.body_in),
+                payload: self.body_in,
+            },
+            sent: self.out.sent(),
+        }
     }
 
     /// Whether the connection is idle: waiting for a request with nothing pending.

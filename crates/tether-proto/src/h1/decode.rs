@@ -68,10 +68,12 @@ pub struct BodyDecoder {
     kind: Kind,
     received: u64,
     max_body: u64,
-    max_trailer_bytes: usize,
-    max_trailers: usize,
-    extension_bytes: usize,
-    trailer_bytes: usize,
+    // The four below are u32 (saturating: they are bounded far below), so
+    // a decoder in flight keeps an idle-sized connection small.
+    max_trailer_bytes: u32,
+    max_trailers: u32,
+    extension_bytes: u32,
+    trailer_bytes: u32,
     trailers: Option<Box<HeaderMap>>,
 }
 
@@ -97,8 +99,8 @@ impl BodyDecoder {
             kind,
             received: 0,
             max_body,
-            max_trailer_bytes,
-            max_trailers,
+            max_trailer_bytes: u32::try_from(max_trailer_bytes).unwrap_or(u32::MAX),
+            max_trailers: u32::try_from(max_trailers).unwrap_or(u32::MAX),
             extension_bytes: 0,
             trailer_bytes: 0,
             trailers: None,
@@ -168,8 +170,8 @@ impl BodyDecoder {
                         return Ok(Decoded::NeedMore);
                     };
                     let (size, ext_len) = parse_size_line(&line)?;
-                    self.extension_bytes += ext_len;
-                    if self.extension_bytes > MAX_CHUNK_EXTENSIONS {
+                    self.extension_bytes = self.extension_bytes.saturating_add(ext_len as u32);
+                    if self.extension_bytes as usize > MAX_CHUNK_EXTENSIONS {
                         return Err(BodyError::InvalidChunk);
                     }
                     if size == 0 {
@@ -182,12 +184,14 @@ impl BodyDecoder {
                     }
                 }
                 Kind::Chunked(Chunked::Trailers) => {
-                    let limit = self.max_trailer_bytes.saturating_sub(self.trailer_bytes) + 2;
+                    let limit = self.max_trailer_bytes.saturating_sub(self.trailer_bytes) as usize + 2;
                     let Some(line) = take_line(buf, limit, BodyError::TrailersTooLarge)? else {
                         return Ok(Decoded::NeedMore);
                     };
-                    self.trailer_bytes += line.len() + 2;
-                    if self.trailer_bytes > self.max_trailer_bytes + 2 {
+                    self.trailer_bytes = self
+                        .trailer_bytes
+                        .saturating_add(u32::try_from(line.len() + 2).unwrap_or(u32::MAX));
+                    if u64::from(self.trailer_bytes) > u64::from(self.max_trailer_bytes) + 2 {
                         return Err(BodyError::TrailersTooLarge);
                     }
                     if line.is_empty() {
@@ -215,7 +219,7 @@ impl BodyDecoder {
         }
         let value = HeaderValue::from_bytes(value).map_err(|_| BodyError::InvalidChunk)?;
         let trailers = self.trailers.get_or_insert_with(Default::default);
-        if trailers.len() >= self.max_trailers {
+        if trailers.len() >= self.max_trailers as usize {
             return Err(BodyError::TrailersTooLarge);
         }
         trailers.append(name, value);

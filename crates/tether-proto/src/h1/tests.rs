@@ -1248,3 +1248,101 @@ fn declared_content_length_frames_unknown_bodies() {
     h.append("content-length", "4".parse().unwrap());
     assert_eq!(ResponseBody::declared_or(&h, ResponseBody::Empty), ResponseBody::Empty);
 }
+
+fn wire_bytes(overhead: usize, payload: usize) -> crate::wire::WireBytes {
+    crate::wire::WireBytes {
+        overhead: overhead as u64,
+        payload: payload as u64,
+    }
+}
+
+/// A keep-alive exchange with a head of known length, a chunked request
+/// body (framing apart from data) and a chunked response: every byte read
+/// and written is counted once, heads and framing as overhead, bodies as
+/// payload, however the input is split.
+#[test]
+fn traffic_splits_heads_and_chunk_framing_from_bodies() {
+    let head = "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let body = "5\r\nhello\r\nb;ext=1\r\n, wire byte\r\n0\r\nX-Sum: 9\r\n\r\n";
+    // Framing: "5\r\n", "\r\n", "b;ext=1\r\n", "\r\n", "0\r\n", the trailer, "\r\n".
+    let framing = 3 + 2 + 9 + 2 + 3 + "X-Sum: 9\r\n".len() + 2;
+    assert_eq!(framing + 5 + 11, body.len());
+    let input = format!("{head}{body}{GET}");
+    for split in 0..=input.len() {
+        let mut h = Harness::new(cfg(|_| {}));
+        let mut wire = h.roundtrip(&input[..split]);
+        wire += &h.roundtrip(&input[split..]);
+        assert_eq!(wire.matches("HTTP/1.1 200 OK").count(), 2, "split {split}");
+        let t = h.conn.traffic();
+        assert_eq!(
+            t.received,
+            wire_bytes(head.len() + framing + GET.len(), 16),
+            "split {split}"
+        );
+        // Two responses with "ok" bodies.
+        assert_eq!(t.sent, wire_bytes(wire.len() - 4, 4), "split {split}");
+        assert_eq!(t.received.total() as usize, input.len());
+    }
+
+    // A streamed (chunked) response: size lines, CRLFs and the last chunk
+    // are overhead.
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed(GET);
+    h.events();
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Streaming)
+        .unwrap();
+    let head_len = h.flush().len();
+    h.conn.send_body(Bytes::from(vec![b'x'; 5000])).unwrap();
+    h.conn.send_body(Bytes::from_static(b"tail")).unwrap();
+    h.conn.finish_response().unwrap();
+    let rest = h.flush();
+    assert!(rest.starts_with("1388\r\n") && rest.ends_with("4\r\ntail\r\n0\r\n\r\n"));
+    let framing = "1388\r\n\r\n".len() + "4\r\n\r\n".len() + "0\r\n\r\n".len();
+    assert_eq!(h.conn.traffic().sent, wire_bytes(head_len + framing, 5004));
+    assert_eq!(h.conn.traffic().received, wire_bytes(GET.len(), 0));
+}
+
+/// A drained body is payload; bytes discarded after a refused head and
+/// those read while lingering are overhead; bytes handed to an upgraded
+/// protocol are not this connection's; `100 Continue` is overhead.
+#[test]
+fn traffic_of_drained_discarded_and_upgraded_bytes() {
+    let mut h = Harness::new(cfg(|_| {}));
+    let post = "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n";
+    h.feed(post);
+    h.events();
+    let cont = h.flush();
+    let resp = h.respond("early");
+    h.feed("0123456789");
+    h.feed(GET);
+    assert_eq!(requests(&h.events()), 1);
+    assert_eq!(h.conn.traffic().received, wire_bytes(post.len() + GET.len(), 10));
+    assert_eq!(h.conn.traffic().sent, wire_bytes(cont.len() + resp.len() - 5, 5));
+
+    // A refused head: everything read is overhead, and so is what is read
+    // while lingering.
+    let mut h = Harness::new(cfg(|_| {}));
+    let bad = "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx";
+    let wire = h.roundtrip(bad);
+    assert!(wire.starts_with("HTTP/1.1 400"), "{wire}");
+    h.feed("more");
+    let t = h.conn.traffic();
+    assert_eq!(t.received, wire_bytes(bad.len() + 4, 0));
+    assert_eq!(t.sent.total() as usize, wire.len());
+
+    // An upgrade: the frame bytes after the request are the new protocol's.
+    let mut h = Harness::new(cfg(|_| {}));
+    let req = "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+    h.feed(&format!("{req}\u{1}\u{0}"));
+    h.events();
+    let mut hm = HeaderMap::new();
+    hm.insert("upgrade", "websocket".parse().unwrap());
+    h.conn
+        .send_response(StatusCode::SWITCHING_PROTOCOLS, &hm, ResponseBody::Empty)
+        .unwrap();
+    let w = h.flush();
+    assert_eq!(h.conn.take_upgraded_bytes().len(), 2);
+    assert_eq!(h.conn.traffic().received, wire_bytes(req.len(), 0));
+    assert_eq!(h.conn.traffic().sent, wire_bytes(w.len(), 0));
+}

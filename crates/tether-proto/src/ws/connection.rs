@@ -74,6 +74,13 @@
 //! reported by `poll_timeout` only while the connection is open, so once the
 //! close starts only the close deadline remains.
 //!
+//! *Bytes on the wire.* [`WsConnection::traffic`] counts what was read and
+//! sent, frame headers (the masking key included) apart from payloads (as
+//! on the wire, compressed if deflated): a header as it is decoded, a
+//! payload as it arrives, a frame to send as it is queued (exact once the
+//! queue is written). [`WsConnection::count_handshake`] adds the HTTP
+//! exchange that opened the connection.
+//!
 //! *Memory.* Buffers are released when drained (read buffer, output queue,
 //! event queue), so an idle connection holds no heap buffers; with
 //! no-context-takeover compression it holds no zlib state either. A driver
@@ -93,7 +100,8 @@ use super::error::{ProtocolError, SendError};
 use super::frame::{encode_frame, EncodedFrame, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD};
 use super::mask::apply_mask;
 use super::message::{Message, MessageAssembler, Utf8Bytes};
-use crate::output::Output;
+use crate::output::{Output, Part};
+use crate::wire::{Traffic, WireBytes};
 
 /// Payloads up to this size are copied into the coalescing output buffer;
 /// larger server payloads are queued as their own `Bytes`.
@@ -230,10 +238,9 @@ fn room_for(queued: usize, len: usize, limit: usize) -> bool {
 /// a driver logs when it ends). Counts saturate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WsStats {
-    /// Bytes received (frames and their headers).
-    pub bytes_in: u64,
-    /// Bytes written to the transport.
-    pub bytes_out: u64,
+    /// Bytes on the wire each way, frame headers apart from payloads
+    /// (see [`WsConnection::traffic`]).
+    pub traffic: Traffic,
     /// Data messages delivered.
     pub messages_in: u32,
     /// Data messages queued to send.
@@ -389,7 +396,22 @@ pub struct WsConnection {
     last_input: Instant,
     /// When the connection opened (the handshake).
     opened_at: Instant,
-    stats: WsStats,
+    stats: Counts,
+}
+
+/// What [`WsConnection::stats`] reports, as the engine keeps it (the bytes
+/// received as two counts; those sent are the output queue's).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    /// Bytes read from the transport (and counted before it: the handshake).
+    read: u64,
+    /// Of `read`, frame payload bytes (as they arrived, still compressed).
+    payload_in: u64,
+    messages_in: u32,
+    messages_out: u32,
+    close_sent: u16,
+    close_received: u16,
+    closed_here_first: Option<bool>,
 }
 
 /// A data frame's size on the wire for a payload of `len` bytes (a
@@ -492,7 +514,7 @@ impl WsConnection {
             awaiting_pong: false,
             last_input: now,
             opened_at: now,
-            stats: WsStats::default(),
+            stats: Counts::default(),
             config,
         }
     }
@@ -503,7 +525,58 @@ impl WsConnection {
 
     /// What went through the connection so far, and how its close went.
     pub fn stats(&self) -> WsStats {
-        self.stats
+        let s = self.stats;
+        WsStats {
+            traffic: self.traffic(),
+            messages_in: s.messages_in,
+            messages_out: s.messages_out,
+            close_sent: s.close_sent,
+            close_received: s.close_received,
+            closed_here_first: s.closed_here_first,
+        }
+    }
+
+    /// The bytes this connection read and sent so far ([`crate::wire`]):
+    /// frame headers (the masking key included) are overhead, frame
+    /// payloads (as on the wire: masked, compressed) payload.
+    ///
+    /// Received: a payload counts as its bytes arrive; a header once it is
+    /// decoded; bytes read and never part of a frame (after the peer's
+    /// Close, after a violation, a partial header at the end) as overhead
+    /// once dropped; bytes still waiting in the read buffer once they are
+    /// one or the other. Sent: counted as frames are queued, so once the
+    /// queue is written (every connection that closes normally writes it
+    /// all) the sum is exactly what the transport took; on one that ends
+    /// abruptly (reset, write or close timeout) it includes what was still
+    /// queued. With [`count_handshake`](Self::count_handshake), the HTTP
+    /// exchange that opened the connection is included. A few additions
+    /// per read and per frame; nothing per byte.
+    pub fn traffic(&self) -> Traffic {
+        // Payload bytes of the frame being received are counted as they
+        // arrive, but stay in the buffer until the frame is complete.
+        let counted = match &self.pending {
+            Some(p) if !p.discard => p.processed,
+            _ => 0,
+        };
+        let waiting = self.read_buf.len().saturating_sub(counted) as u64;
+        let consumed = self.stats.read.saturating_sub(waiting);
+        Traffic {
+            received: WireBytes {
+                overhead: consumed.saturating_sub(self.stats.payload_in),
+                payload: self.stats.payload_in,
+            },
+            sent: self.out.sent(),
+        }
+    }
+
+    /// Counts bytes that crossed this connection before the WebSocket
+    /// began: the HTTP upgrade request and its `101` (and whatever else the
+    /// connection carried before), so [`traffic`](Self::traffic) is the
+    /// whole connection's. Call it before feeding any bytes.
+    pub fn count_handshake(&mut self, traffic: Traffic) {
+        self.stats.read = self.stats.read.saturating_add(traffic.received.total());
+        self.stats.payload_in = self.stats.payload_in.saturating_add(traffic.received.payload);
+        self.out.count_earlier(traffic.sent);
     }
 
     /// When the connection opened (the instant given to its constructor).
@@ -549,6 +622,8 @@ impl WsConnection {
     /// data message (the rest waits in the buffer until that message is
     /// taken: see [`poll_event`](Self::poll_event)).
     pub fn handle_input(&mut self, bytes: &[u8], now: Instant) {
+        // Read, even if ignored: it crossed the transport.
+        self.stats.read = self.stats.read.saturating_add(bytes.len() as u64);
         if self.input_closed() {
             return;
         }
@@ -556,7 +631,6 @@ impl WsConnection {
         if !bytes.is_empty() {
             self.last_input = now;
         }
-        self.stats.bytes_in = self.stats.bytes_in.saturating_add(bytes.len() as u64);
         self.read_buf.extend_from_slice(bytes);
         self.note_read_capacity();
         self.process(now, Until::Event);
@@ -592,7 +666,7 @@ impl WsConnection {
     /// Processes the `n` bytes the driver read into
     /// [`read_buffer`](Self::read_buffer) (a read that returned bytes).
     pub fn handle_read(&mut self, n: usize, now: Instant) {
-        self.stats.bytes_in = self.stats.bytes_in.saturating_add(n as u64);
+        self.stats.read = self.stats.read.saturating_add(n as u64);
         if self.input_closed() {
             self.free_read_buffer();
             return;
@@ -687,6 +761,7 @@ impl WsConnection {
                 let take = (len - pending.processed).min(self.read_buf.len());
                 self.read_buf.advance(take);
                 pending.processed += take;
+                self.stats.payload_in = self.stats.payload_in.saturating_add(take as u64);
                 if pending.processed < len {
                     break;
                 }
@@ -695,9 +770,13 @@ impl WsConnection {
             }
             let available = len.min(self.read_buf.len());
             if available > pending.processed {
-                let chunk = &mut self.read_buf[pending.processed..available];
+                let from = pending.processed;
+                pending.processed = available;
+                // Payload as it arrives (a failed frame's too: it crossed the wire).
+                self.stats.payload_in = self.stats.payload_in.saturating_add((available - from) as u64);
+                let chunk = &mut self.read_buf[from..available];
                 if let Some(key) = pending.header.mask {
-                    apply_mask(chunk, key, pending.processed);
+                    apply_mask(chunk, key, from);
                 }
                 if pending.plain_text && !self.close_sent {
                     if let Err(error) = self.assembler.validate_text(chunk) {
@@ -705,7 +784,6 @@ impl WsConnection {
                         break;
                     }
                 }
-                pending.processed = available;
             }
             if available < len {
                 break;
@@ -886,7 +964,12 @@ impl WsConnection {
         self.check_open()?;
         self.check_room(frame.len())?;
         self.stats.messages_out = self.stats.messages_out.saturating_add(1);
-        self.out.push_shared(frame.as_bytes().clone());
+        self.out.push_shared(
+            frame.as_bytes().clone(),
+            Part::Frame {
+                header: frame.header_len(),
+            },
+        );
         Ok(())
     }
 
@@ -950,7 +1033,6 @@ impl WsConnection {
             return;
         }
         self.out.consume(n);
-        self.stats.bytes_out = self.stats.bytes_out.saturating_add(n as u64);
         self.write_since = Some(now);
         if self.out.len() < self.config.max_queued_bytes {
             self.answers_over_limit = false;
@@ -1062,7 +1144,12 @@ impl WsConnection {
         self.check_encoded(frame)?;
         self.check_open()?;
         self.stats.messages_out = self.stats.messages_out.saturating_add(1);
-        self.out.push_shared(frame.as_bytes().clone());
+        self.out.push_shared(
+            frame.as_bytes().clone(),
+            Part::Frame {
+                header: frame.header_len(),
+            },
+        );
         Ok(())
     }
 
@@ -1183,11 +1270,16 @@ impl WsConnection {
             let before = tail.len();
             encode_frame(tail, &header, &payload);
             let n = tail.len() - before;
-            self.out.wrote_tail(n);
+            self.out.wrote_tail(
+                n,
+                Part::Frame {
+                    header: n - payload.len(),
+                },
+            );
         } else {
             let (head, head_len) = header.encode();
-            self.out.push_slice(&head[..head_len]);
-            self.out.push_shared(payload);
+            self.out.push_slice(&head[..head_len], Part::Overhead);
+            self.out.push_shared(payload, Part::Payload);
         }
     }
 

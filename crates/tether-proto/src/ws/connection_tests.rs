@@ -11,6 +11,7 @@ use super::deflate::{CompressionMode, DeflateParams, MessageCompressor};
 use super::error::{ProtocolError, SendError};
 use super::frame::{encode_frame, EncodedFrame, FrameHeader, OpCode};
 use super::message::Message;
+use crate::wire::{Traffic, WireBytes};
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
@@ -784,10 +785,10 @@ fn stats_count_messages_bytes_and_who_closed() {
         "pings and closes are not messages"
     );
     assert_eq!(
-        stats.bytes_in as usize,
+        stats.traffic.received.total() as usize,
         input.len() + c(0x88, &close_payload(4000, "bye")).len()
     );
-    assert_eq!(stats.bytes_out as usize, written);
+    assert_eq!(stats.traffic.sent.total() as usize, written);
     assert_eq!((stats.close_received, stats.close_sent), (4000, 4000));
     assert_eq!(stats.closed_here_first, Some(false), "the peer closed first");
     let mut conn = server();
@@ -1169,8 +1170,10 @@ fn idle_connection_holds_no_buffers() {
     // A parked callback-served WebSocket is this struct in a slab slot:
     // keep it small: 392, as before the limits moved into one shared `Arc`,
     // with the output queue both engines use and the end-of-connection
-    // statistics (48 bytes) now inside.
-    assert!(std::mem::size_of::<WsConnection>() <= 392);
+    // statistics (48 bytes) now inside, and 16 more for the bytes sent by
+    // part (`wire::Traffic`; the slot is still the size of a parked held
+    // HTTP request's, which is larger).
+    assert!(std::mem::size_of::<WsConnection>() <= 408);
 }
 
 // ---------------------------------------------------------------------------
@@ -1516,4 +1519,138 @@ fn a_frame_deflated_once_decodes_on_every_connection_that_agreed_and_is_refused_
     }
     let mut cli = client();
     assert_eq!(cli.send_encoded(&frame), Err(SendError::EncodedFrameOnClient));
+}
+
+fn wire(overhead: usize, payload: usize) -> WireBytes {
+    WireBytes {
+        overhead: overhead as u64,
+        payload: payload as u64,
+    }
+}
+
+/// Masked client frames of 125, 126 and 65,536 payload bytes have 6, 8 and
+/// 14 header bytes (2, 4 or 10, and the 4-byte key); the server's unmasked
+/// answers 2, 4 and 10.
+#[test]
+fn traffic_splits_frame_headers_from_payloads_both_ways() {
+    for (len, header_in, header_out) in [(125, 6, 2), (126, 8, 4), (65_536, 14, 10)] {
+        let mut conn = server();
+        let frame = c(0x82, &vec![7u8; len]);
+        assert_eq!(frame.len(), header_in + len);
+        conn.handle_input(&frame, t0());
+        let Some(Event::Message(Message::Binary(data))) = conn.poll_event() else {
+            panic!("a binary message")
+        };
+        conn.send_binary(data).unwrap();
+        let written = transmit(&mut conn);
+        assert_eq!(written.len(), header_out + len);
+        assert_eq!(
+            conn.traffic(),
+            Traffic {
+                received: wire(header_in, len),
+                sent: wire(header_out, len),
+            },
+            "{len}"
+        );
+        assert_eq!(conn.stats().traffic, conn.traffic());
+    }
+}
+
+/// However the bytes are split into reads, each byte is counted once, and
+/// only once it is known to be a header or a payload.
+#[test]
+fn traffic_counts_partial_frames_as_they_become_known() {
+    let input = cat(&[c(0x81, b"hello"), c(0x89, b"p"), c(0x82, &[1u8; 300])]);
+    let total = wire(3 * 6 + 2, 5 + 1 + 300);
+    for split in 0..=input.len() {
+        let mut conn = server();
+        conn.handle_input(&input[..split], t0());
+        let _ = events(&mut conn);
+        let partial = conn.traffic().received;
+        assert!(
+            partial.overhead <= total.overhead && partial.payload <= total.payload,
+            "split {split}"
+        );
+        conn.handle_input(&input[split..], t0());
+        let _ = events(&mut conn);
+        assert_eq!(conn.traffic().received, total, "split {split}");
+    }
+    // Split byte by byte (reads into the engine's own buffer): the same.
+    let mut conn = server();
+    for b in &input {
+        conn.read_buffer().extend_from_slice(&[*b]);
+        conn.handle_read(1, t0());
+        let _ = events(&mut conn);
+    }
+    assert_eq!(conn.traffic().received, total);
+}
+
+/// The client masks what it sends (4 more header bytes) and reads unmasked
+/// frames; a shared frame counts its header too; bytes after the peer's
+/// Close are read and counted as overhead.
+#[test]
+fn traffic_of_a_client_shared_frames_and_bytes_after_close() {
+    let mut cli = client();
+    cli.send_text("hi").unwrap();
+    cli.handle_input(&s(0x81, b"there"), t0());
+    let _ = events(&mut cli);
+    assert_eq!(transmit(&mut cli).len(), 6 + 2);
+    assert_eq!(
+        cli.traffic(),
+        Traffic {
+            received: wire(2, 5),
+            sent: wire(6, 2),
+        }
+    );
+
+    let mut conn = server();
+    let big = EncodedFrame::binary(&[0u8; 70_000]);
+    assert_eq!(big.header_len(), 10);
+    assert_eq!(EncodedFrame::text("x").header_len(), 2);
+    conn.send_encoded(&big).unwrap();
+    conn.send_encoded(&EncodedFrame::text(&"y".repeat(200))).unwrap();
+    let mut input = c(0x88, &close_payload(1000, ""));
+    input.extend_from_slice(b"junk");
+    conn.handle_input(&input, t0());
+    let _ = events(&mut conn);
+    let written = transmit(&mut conn).len();
+    let t = conn.traffic();
+    // 10 + 70,000, 4 + 200, and the close echo: 2 + 2.
+    assert_eq!(t.sent, wire(10 + 4 + 2, 70_000 + 200 + 2));
+    assert_eq!(t.sent.total() as usize, written);
+    // The close frame (6 + 2), then 4 bytes that can only be dropped.
+    assert_eq!(t.received, wire(6 + 4, 2));
+}
+
+/// The HTTP exchange that opened the connection is part of its traffic.
+#[test]
+fn the_handshake_counts_into_the_connection_traffic() {
+    let mut conn = server();
+    let handshake = Traffic {
+        received: wire(180, 0),
+        sent: wire(129, 0),
+    };
+    conn.count_handshake(handshake);
+    assert_eq!(conn.traffic(), handshake);
+    conn.handle_input(&c(0x81, b"a"), t0());
+    let _ = events(&mut conn);
+    assert_eq!(conn.traffic().received, wire(186, 1));
+    conn.release_buffers();
+    assert_eq!(conn.traffic().sent, wire(129, 0));
+}
+
+/// A compressed message counts its payload as sent: compressed.
+#[test]
+fn traffic_counts_deflated_payloads_as_on_the_wire() {
+    let mut conn = WsConnection::server(WsConfig::default(), Some(shared_params()), t0());
+    conn.send_text("a".repeat(4000)).unwrap();
+    let written = transmit(&mut conn);
+    assert_eq!(written[0], 0xC1, "FIN, RSV1, text");
+    let header = match written[1] & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    assert_eq!(conn.traffic().sent, wire(header, written.len() - header));
+    assert!(written.len() < 200, "compressed");
 }

@@ -263,6 +263,16 @@ impl EncodedFrame {
         self.bytes.len()
     }
 
+    /// Bytes of its header (2, 4 or 10: a server frame has no mask); the
+    /// rest is payload.
+    pub fn header_len(&self) -> usize {
+        match self.bytes.get(1).map(|b| b & 0x7f) {
+            Some(126) => 4,
+            Some(127) => 10,
+            _ => 2.min(self.bytes.len()),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }

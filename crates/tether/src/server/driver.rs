@@ -15,6 +15,9 @@
 //! I/O, the handler, a body chunk, the engine's deadline, or shutdown;
 //! (6) with `park_after`, hands an idle connection back to its caller
 //! (`Driven::Idle`) to be parked without a task (`super::park`).
+//! It adds the engine's counts (responses, bytes on the wire) to the
+//! server's when it lets the connection go and about once a second while
+//! the connection stays busy (`Activity`), never per request.
 //! Per response it reads no clock of its own when the read that brought
 //! the request just read one (`Date` comes from the per-second cache,
 //! checked against that reading), and hands the sent response's header
@@ -42,9 +45,13 @@ use super::serving::Lot;
 use super::upgrade::{OnUpgrade, Upgraded};
 use super::ServerStats;
 use crate::lifecycle::{OpenGuard, StopSignal, Transport};
+use crate::traffic::Traffic;
 
 /// Request body chunks buffered between the driver and the handler.
 const BODY_CHANNEL: usize = 4;
+
+/// How often a busy connection adds its counts to the server's.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What one connection ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +109,7 @@ pub(crate) async fn serve_tracked<IO: Transport>(
         held: None,
     };
     match drive(io, conn, context, shutdown, guard).await {
-        Driven::Ended(end) => end,
+        Driven::Ended(end, _) => end,
         Driven::Idle(_) => unreachable!("never parks without park_after"),
     }
 }
@@ -111,8 +118,9 @@ pub(crate) async fn serve_tracked<IO: Transport>(
 // Returned once per connection or per parking: the size is not worth a box.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Driven<IO> {
-    /// The connection closed or upgraded.
-    Ended(ConnectionEnd),
+    /// The connection closed or upgraded, having carried this traffic
+    /// (an upgraded one's: up to its `101`).
+    Ended(ConnectionEnd, Traffic),
     /// It has been idle for `park_after`, with nothing in flight: the caller
     /// may keep it without a task and [`drive`] it again on input, at its
     /// deadline or on shutdown.
@@ -151,16 +159,18 @@ pub(crate) async fn drive<IO: Transport>(
     let park_after = lot.map(Lot::park_after);
     let upgrade_stop = shutdown.clone();
     let access_log = context.access_log.then(|| AccessLog::new(peer));
-    let mut d = Driving::new(io, conn, context.handler, shutdown, access_log);
+    let started = Instant::now();
+    let mut d = Driving::new(io, conn, context.handler, shutdown, access_log, started.into_std());
     d.activity.stats = context.stats;
     d.activity.served_at_start = d.conn.requests_served();
+    d.activity.traffic_at_start = d.conn.traffic();
     // A held response resumed from the lot waits here from now on.
     d.held = context.held;
     if d.stop == Stop::Force {
         return d.ended(CloseCause::Shutdown);
     }
     // One timer for the connection's life, moved to each new deadline.
-    let sleep = tokio::time::sleep_until(Instant::now() + std::time::Duration::from_secs(86_400));
+    let sleep = tokio::time::sleep_until(started + std::time::Duration::from_secs(86_400));
     tokio::pin!(sleep);
     loop {
         d.dispatch_events();
@@ -191,7 +201,7 @@ pub(crate) async fn drive<IO: Transport>(
             Next::Park => None,
             Next::Close(cause) => return d.ended(cause),
         };
-        d.activity.count_served(d.conn.requests_served());
+        d.activity.report(&d.conn);
         let Driving { io, conn, .. } = d;
         return Driven::Idle(Paused {
             io,
@@ -220,26 +230,36 @@ pub(crate) struct Context<'a> {
 
 /// What the server's counters learn from this connection: whether it
 /// waits with a request in progress (the `http_active` gauge, given back
-/// when the driver is dropped), and the responses it sent (added to
-/// `requests` when the driver lets the connection go: it parks, upgrades
-/// or ends; not per request).
+/// when the driver is dropped), and the responses it sent and its bytes on
+/// the wire (added to `requests` and `http_traffic` when the driver lets
+/// the connection go: it parks, upgrades or ends; and about once a second
+/// while it stays busy; not per request).
 struct Activity {
     stats: Option<Arc<ServerStats>>,
     active: bool,
-    /// The engine's response count when this driver took the connection.
+    /// The engine's response count as last added (when this driver took
+    /// the connection, or at its last report).
     served_at_start: u32,
+    /// The engine's traffic as last added.
+    traffic_at_start: Traffic,
+    /// When a busy connection reports next (checked when it waits after I/O).
+    report_at: std::time::Instant,
 }
 
 impl Activity {
-    /// Adds the responses sent since this driver took the connection.
-    fn count_served(&mut self, served: u32) {
+    /// Adds the responses sent and the bytes counted since the last report.
+    fn report(&mut self, conn: &ServerConnection) {
+        let served = conn.requests_served();
+        let traffic = conn.traffic();
         if let Some(s) = &self.stats {
             let new = served.saturating_sub(self.served_at_start);
             if new > 0 {
                 s.requests.fetch_add(u64::from(new), Ordering::Relaxed);
             }
+            s.http_traffic.add(traffic.since(self.traffic_at_start));
         }
         self.served_at_start = served;
+        self.traffic_at_start = traffic;
     }
 
     fn set(&mut self, active: bool) {
@@ -375,6 +395,7 @@ impl<IO: Transport> Driving<IO> {
         handler: SharedHandler,
         shutdown: watch::Receiver<Stop>,
         access_log: Option<AccessLog>,
+        started: std::time::Instant,
     ) -> Self {
         // Idle, the connection's buffers go to the thread's pool (see `pool`).
         conn.set_retain_buffers(true);
@@ -404,6 +425,8 @@ impl<IO: Transport> Driving<IO> {
                 stats: None,
                 active: false,
                 served_at_start: 0,
+                traffic_at_start: Traffic::default(),
+                report_at: started + REPORT_EVERY,
             },
             held: None,
             held_may_park: false,
@@ -411,12 +434,11 @@ impl<IO: Transport> Driving<IO> {
     }
 
     fn ended(&mut self, cause: CloseCause) -> Driven<IO> {
-        self.activity.count_served(self.conn.requests_served());
-        Driven::Ended(ConnectionEnd::Closed(
-            cause,
-            self.conn.requests_served(),
-            self.conn.fault(),
-        ))
+        self.activity.report(&self.conn);
+        Driven::Ended(
+            ConnectionEnd::Closed(cause, self.conn.requests_served(), self.conn.fault()),
+            self.conn.traffic(),
+        )
     }
 
     /// Step 1: the engine's events, while the handler can take body chunks.
@@ -504,19 +526,19 @@ impl<IO: Transport> Driving<IO> {
         peer: Option<SocketAddr>,
         lot: Option<&Lot>,
     ) -> Driven<IO> {
-        self.activity.count_served(self.conn.requests_served());
+        // The bytes past the upgrade request are the new protocol's to count.
+        let read_buf = self.conn.take_upgraded_bytes();
+        self.activity.report(&self.conn);
         let Driving {
-            io,
-            mut conn,
-            on_upgrade,
-            ..
+            io, conn, on_upgrade, ..
         } = self;
         let served = conn.requests_served();
-        let read_buf = conn.take_upgraded_bytes();
+        let traffic = conn.traffic();
         if let Some(f) = on_upgrade.and_then(|u| u.take()) {
             let upgraded = Upgraded {
                 io: Box::new(io),
                 read_buf,
+                traffic,
                 stop: Some(stop),
                 guard,
                 peer,
@@ -524,7 +546,7 @@ impl<IO: Transport> Driving<IO> {
             };
             tokio::spawn(f(upgraded));
         }
-        Driven::Ended(ConnectionEnd::Upgraded(served))
+        Driven::Ended(ConnectionEnd::Upgraded(served), traffic)
     }
 
     /// Step 3: a handler that answers at once is answered before anything
@@ -549,6 +571,14 @@ impl<IO: Transport> Driving<IO> {
     /// handler, room for a blocked body chunk, a stream chunk, the timer.
     async fn wait(&mut self, mut sleep: Pin<&mut Sleep>, park_after: Option<std::time::Duration>) -> Wake {
         self.peak.note(self.conn.output_len() + self.conn.buffer_capacity());
+        // A busy connection's counts, about once a second (on the clock
+        // its last I/O read: no reading of its own).
+        if let Some(now) = self.clock {
+            if now >= self.activity.report_at {
+                self.activity.report(&self.conn);
+                self.activity.report_at = now + REPORT_EVERY;
+            }
+        }
         if self.conn.idle_since().is_some() {
             pool::put(&mut self.conn);
         }

@@ -41,6 +41,7 @@ use std::time::Duration;
 use tether_proto::h1;
 
 use crate::lifecycle::OpenCount;
+use crate::traffic::{AtomicTraffic, Traffic, TrafficByProtocol};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -106,8 +107,8 @@ pub struct ServerStats {
     /// Of `parked`, the WebSockets.
     pub parked_websockets: AtomicU64,
     /// Responses sent (refused requests' included), added when a
-    /// connection parks, upgrades or ends: a connection still serving
-    /// shows its requests then, not as they happen.
+    /// connection parks, upgrades or ends, and about once a second while it
+    /// stays busy: not as they happen.
     pub requests: AtomicU64,
     /// HTTP connections with a request in progress (its handler running or
     /// its response streaming).
@@ -116,16 +117,32 @@ pub struct ServerStats {
     pub closed: [AtomicU64; CloseCause::ALL.len()],
     /// HTTP connections that switched protocols (WebSockets).
     pub upgraded: AtomicU64,
+    /// Bytes on the wire of the HTTP connections (upgraded ones up to their
+    /// `101`), added when `requests` is (see [`crate::traffic`]).
+    pub http_traffic: AtomicTraffic,
 }
 
 impl ServerStats {
-    /// Counts and logs the end of an HTTP connection.
-    pub(crate) fn record_end(&self, peer: SocketAddr, end: ConnectionEnd) {
+    /// Bytes on the wire so far: this server's HTTP connections', and
+    /// every WebSocket's of the process (`crate::ws::WS_TOTALS`), each
+    /// split into overhead (heads, chunk framing, frame headers) and
+    /// payload (bodies, frame payloads). Exact for connections that have
+    /// ended; about a second behind, at most, for busy ones (see
+    /// [`crate::traffic`]).
+    pub fn traffic(&self) -> TrafficByProtocol {
+        TrafficByProtocol {
+            http: self.http_traffic.get(),
+            websocket: crate::ws::WS_TOTALS.traffic.get(),
+        }
+    }
+
+    /// Counts and logs the end of an HTTP connection (that carried `traffic`).
+    pub(crate) fn record_end(&self, peer: SocketAddr, end: ConnectionEnd, traffic: Traffic) {
         match end {
             ConnectionEnd::Closed(cause, ..) => self.closed[cause as usize].fetch_add(1, Ordering::Relaxed),
             ConnectionEnd::Upgraded(_) => self.upgraded.fetch_add(1, Ordering::Relaxed),
         };
-        log_end(peer, end);
+        log_end(peer, end, traffic);
     }
 }
 
@@ -278,19 +295,57 @@ impl Server {
 }
 
 /// The one line every HTTP connection ends with (at `debug`): its cause,
-/// the responses it carried, and for a refused request the status sent
-/// and why. An upgraded connection's line says so; the new protocol logs
-/// its own end.
-fn log_end(peer: SocketAddr, end: ConnectionEnd) {
+/// the responses it carried, for a refused request the status sent and
+/// why, and its bytes on the wire each way (`bytes_in`, `bytes_out`, split
+/// into `head_*`: heads and chunk framing, and `body_*`). An upgraded
+/// connection's line says so, with its HTTP phase's bytes; the new
+/// protocol logs its own end (its bytes include these).
+fn log_end(peer: SocketAddr, end: ConnectionEnd, t: Traffic) {
+    let (bytes_in, bytes_out) = (t.received.total(), t.sent.total());
+    let (head_in, body_in) = (t.received.overhead, t.received.payload);
+    let (head_out, body_out) = (t.sent.overhead, t.sent.payload);
     match end {
         ConnectionEnd::Closed(cause, requests, Some(fault)) => {
-            tracing::debug!(%peer, cause = cause.as_str(), requests, %fault, "connection closed")
+            tracing::debug!(
+                %peer,
+                cause = cause.as_str(),
+                requests,
+                %fault,
+                bytes_in,
+                bytes_out,
+                head_in,
+                body_in,
+                head_out,
+                body_out,
+                "connection closed"
+            )
         }
         ConnectionEnd::Closed(cause, requests, None) => {
-            tracing::debug!(%peer, cause = cause.as_str(), requests, "connection closed")
+            tracing::debug!(
+                %peer,
+                cause = cause.as_str(),
+                requests,
+                bytes_in,
+                bytes_out,
+                head_in,
+                body_in,
+                head_out,
+                body_out,
+                "connection closed"
+            )
         }
         ConnectionEnd::Upgraded(requests) => {
-            tracing::debug!(%peer, requests, "connection upgraded: the new protocol takes over")
+            tracing::debug!(
+                %peer,
+                requests,
+                bytes_in,
+                bytes_out,
+                head_in,
+                body_in,
+                head_out,
+                body_out,
+                "connection upgraded: the new protocol takes over"
+            )
         }
     }
 }

@@ -7,7 +7,10 @@
 //! (`super::park`) knows nothing of protocols: it holds anything that is a
 //! [`Sleeper`]. [`Parkable`] is the one such type this server parks, by
 //! value (an idle keep-alive engine, or a callback-served WebSocket's engine
-//! and service), and hands each call to the kind it is.
+//! and service), and hands each call to the kind it is. What a parked HTTP
+//! connection's engine counts meanwhile (bytes it reads, or drops as it
+//! closes) goes to the server's totals at once (`tracked`): its driver added
+//! everything before it parked, and the next one starts from there.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,7 +65,7 @@ impl Serving {
                 held,
             };
             match driver::drive(io, conn, context, stop, guard).await {
-                Driven::Ended(end) => serving.stats.record_end(peer, end),
+                Driven::Ended(end, traffic) => serving.stats.record_end(peer, end, traffic),
                 // `drive` parks only when given a lot.
                 Driven::Idle(paused) => {
                     if let Some(lot) = lot {
@@ -191,11 +194,11 @@ impl HeldRequest {
     }
 
     fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant) {
-        feed(&mut self.conn, bytes, now);
+        tracked(&mut self.conn, &self.serving, |conn| feed(conn, bytes, now));
     }
 
     fn handle_io_error(&mut self, now: std::time::Instant) {
-        self.conn.handle_io_error(now);
+        tracked(&mut self.conn, &self.serving, |conn| conn.handle_io_error(now));
     }
 
     /// Its deadline (or the engine's): its task answers.
@@ -210,7 +213,7 @@ impl HeldRequest {
 
     /// Answered now, with `Connection: close`, by its task.
     fn shutdown(&mut self, now: std::time::Instant, _peer: SocketAddr) -> AtShutdown {
-        self.conn.handle_shutdown(now);
+        tracked(&mut self.conn, &self.serving, |conn| conn.handle_shutdown(now));
         AtShutdown::Resume
     }
 
@@ -231,23 +234,23 @@ impl KeepAlive {
     }
 
     fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant) {
-        feed(&mut self.conn, bytes, now);
+        tracked(&mut self.conn, &self.serving, |conn| feed(conn, bytes, now));
     }
 
     fn handle_io_error(&mut self, now: std::time::Instant) {
-        self.conn.handle_io_error(now);
+        tracked(&mut self.conn, &self.serving, |conn| conn.handle_io_error(now));
     }
 
     /// The engine decides; when it closes (the idle timeout, the usual
     /// case) no task is needed.
     fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
-        self.conn.handle_timeout(now);
+        tracked(&mut self.conn, &self.serving, |conn| conn.handle_timeout(now));
         self.closed(peer)
     }
 
     /// An idle keep-alive connection may always be closed (RFC 9112 §9.5).
     fn reclaim(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
-        self.conn.reclaim(now) && self.closed(peer)
+        tracked(&mut self.conn, &self.serving, |conn| conn.reclaim(now)) && self.closed(peer)
     }
 
     fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
@@ -256,7 +259,7 @@ impl KeepAlive {
 
     /// The engine drains it (or, without a drain, closes it).
     fn shutdown(&mut self, now: std::time::Instant, peer: SocketAddr) -> AtShutdown {
-        self.conn.handle_shutdown(now);
+        tracked(&mut self.conn, &self.serving, |conn| conn.handle_shutdown(now));
         if self.closed(peer) {
             AtShutdown::Closed
         } else {
@@ -271,12 +274,23 @@ impl KeepAlive {
                 self.serving.stats.record_end(
                     peer,
                     ConnectionEnd::Closed(cause, self.conn.requests_served(), self.conn.fault()),
+                    self.conn.traffic(),
                 );
                 true
             }
             None => false,
         }
     }
+}
+
+/// Runs `f` on a parked HTTP connection's engine and adds what it counted
+/// meanwhile to the server's bytes on the wire (no driver will: the next
+/// one starts from the engine's count as it finds it).
+fn tracked<R>(conn: &mut ServerConnection, serving: &Serving, f: impl FnOnce(&mut ServerConnection) -> R) -> R {
+    let before = conn.traffic();
+    let result = f(conn);
+    serving.stats.http_traffic.add(conn.traffic().since(before));
+    result
 }
 
 /// Bytes read from a parked HTTP connection's socket into its engine
@@ -295,6 +309,7 @@ fn forced_stop(conn: &ServerConnection, serving: &Serving, peer: SocketAddr) -> 
     serving.stats.record_end(
         peer,
         ConnectionEnd::Closed(CloseCause::Shutdown, conn.requests_served(), None),
+        conn.traffic(),
     );
     AtShutdown::Closed
 }

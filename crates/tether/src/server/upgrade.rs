@@ -22,6 +22,13 @@ pub struct Upgraded {
     pub io: Box<dyn Transport>,
     /// Bytes the peer sent after the upgrade request, not yet consumed.
     pub read_buf: BytesMut,
+    /// The HTTP phase's bytes on the wire: the requests the connection
+    /// carried, the upgrade request and the `101` (`read_buf` not
+    /// included: it is the new protocol's). They are in the server's HTTP
+    /// totals already; a WebSocket adds them to its own count
+    /// (`WsConnection::count_handshake`), so its traffic is the whole
+    /// connection's.
+    pub traffic: crate::traffic::Traffic,
     /// The server's stop signal, so the new protocol can say goodbye on shutdown.
     pub(crate) stop: Option<tokio::sync::watch::Receiver<crate::lifecycle::Stop>>,
     /// Keeps the connection counted as open.

@@ -36,6 +36,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::lifecycle::{Stop, StopSignal, Transport};
 use crate::memory::PeakBuffers;
+use crate::traffic::AtomicTraffic;
 
 /// What [`WsDriver::poll_turn`] returns to its face.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,15 +85,17 @@ const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Process-wide WebSocket counters, for metrics: a connection's traffic is
 /// added when its driver parks or ends, and at most once a second while it
-/// is busy (not per message).
+/// is busy (not per message); what a parked connection reads or is sent
+/// without a task, at once.
 #[derive(Debug, Default)]
 pub struct WsTotals {
     /// WebSocket connections open now (server and client side).
     pub open: AtomicU64,
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
+    /// Bytes on the wire, frame headers apart from payloads (an upgraded
+    /// connection's HTTP phase is the server's `http_traffic`).
+    pub traffic: AtomicTraffic,
     /// Connections ended, by `WsEnd as usize`; the last slot counts the
     /// server's forced stops.
     pub ended: [AtomicU64; WsEnd::ALL.len() + 1],
@@ -103,8 +106,7 @@ pub static WS_TOTALS: WsTotals = WsTotals {
     open: AtomicU64::new(0),
     messages_in: AtomicU64::new(0),
     messages_out: AtomicU64::new(0),
-    bytes_in: AtomicU64::new(0),
-    bytes_out: AtomicU64::new(0),
+    traffic: AtomicTraffic::new(),
     ended: [const { AtomicU64::new(0) }; WsEnd::ALL.len() + 1],
 };
 
@@ -112,6 +114,28 @@ impl WsTotals {
     /// A connection opened (its driver's first start, not a resumption).
     pub(crate) fn opened(&self) {
         self.open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds what a connection counted from `was` to `now`.
+    pub(crate) fn add(&self, was: &WsStats, now: &WsStats) {
+        let add = |total: &AtomicU64, delta: u32| {
+            if delta > 0 {
+                total.fetch_add(u64::from(delta), Ordering::Relaxed);
+            }
+        };
+        add(&self.messages_in, now.messages_in.wrapping_sub(was.messages_in));
+        add(&self.messages_out, now.messages_out.wrapping_sub(was.messages_out));
+        self.traffic.add(now.traffic.since(was.traffic));
+    }
+
+    /// Runs `f` on an engine no driver holds (a parked one) and adds what
+    /// it counted meanwhile: the next driver starts from the engine's
+    /// count as it finds it.
+    pub(crate) fn tracked<R>(&self, engine: &mut WsConnection, f: impl FnOnce(&mut WsConnection) -> R) -> R {
+        let was = engine.stats();
+        let result = f(engine);
+        self.add(&was, &engine.stats());
+        result
     }
 }
 
@@ -196,19 +220,7 @@ impl<IO: Transport> WsDriver<IO> {
         self.reported_at = self.last_io;
         let now = self.engine.stats();
         let was = std::mem::replace(&mut self.reported, now);
-        let t = &WS_TOTALS;
-        let add = |total: &AtomicU64, delta: u64| {
-            if delta > 0 {
-                total.fetch_add(delta, Ordering::Relaxed);
-            }
-        };
-        add(&t.messages_in, u64::from(now.messages_in.wrapping_sub(was.messages_in)));
-        add(
-            &t.messages_out,
-            u64::from(now.messages_out.wrapping_sub(was.messages_out)),
-        );
-        add(&t.bytes_in, now.bytes_in.wrapping_sub(was.bytes_in));
-        add(&t.bytes_out, now.bytes_out.wrapping_sub(was.bytes_out));
+        WS_TOTALS.add(&was, &now);
     }
 
     /// The stop signal's channel, for a connection that leaves this driver (parking).
@@ -294,7 +306,9 @@ impl<IO: Transport> WsDriver<IO> {
 
     /// The one line every WebSocket ends with (at `debug`): how it ended,
     /// the close codes each way and who closed first, what went through it
-    /// each way, how long it lived.
+    /// each way (messages; bytes on the wire, `bytes_*` split into frame
+    /// `header_*` and `payload_*`; an upgraded connection's HTTP phase
+    /// included, its heads as header bytes), how long it lived.
     fn log_end(&self, ending: Ending) {
         let end = match ending {
             Ending::Engine(end) => end.as_str(),
@@ -314,8 +328,12 @@ impl<IO: Transport> WsDriver<IO> {
             close_received = s.close_received,
             messages_in = s.messages_in,
             messages_out = s.messages_out,
-            bytes_in = s.bytes_in,
-            bytes_out = s.bytes_out,
+            bytes_in = s.traffic.received.total(),
+            bytes_out = s.traffic.sent.total(),
+            header_in = s.traffic.received.overhead,
+            payload_in = s.traffic.received.payload,
+            header_out = s.traffic.sent.overhead,
+            payload_out = s.traffic.sent.payload,
             duration = ?self.engine.opened_at().elapsed(),
             "websocket closed"
         );

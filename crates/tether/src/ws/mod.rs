@@ -33,6 +33,13 @@
 //! counts as open until its close handshake ends (or the server's forced
 //! stop drops it).
 //!
+//! Bytes on the wire: each engine counts its connection's, frame headers
+//! apart from payloads, the HTTP phase of a server-side connection
+//! included ([`WebSocket::traffic`], [`Replies::traffic`]); the driver adds
+//! the WebSocket part to [`WS_TOTALS`] when the connection parks or ends,
+//! at most once a second while it is busy, and at once for what a parked
+//! connection reads or is sent without a task (see [`crate::traffic`]).
+//!
 //! Heartbeat and idle timeout are off by default: per RFC 6455 a WebSocket
 //! has no idle timeout.
 

@@ -40,7 +40,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::driver::{Peer, Turn, WsDriver};
+use super::driver::{Peer, Turn, WsDriver, WS_TOTALS};
 use super::push::{Inlet, ParkAttempt};
 use super::socket::WsError;
 use crate::lifecycle::{OpenGuard, Stop, Transport};
@@ -104,6 +104,12 @@ impl Replies<'_> {
     pub fn queued_bytes(&self) -> usize {
         self.engine.queued_bytes()
     }
+
+    /// This connection's bytes on the wire so far (its HTTP phase
+    /// included; see `WsConnection::traffic`).
+    pub fn traffic(&self) -> crate::traffic::Traffic {
+        self.engine.traffic()
+    }
 }
 
 fn send_error(e: SendError) -> WsError {
@@ -135,16 +141,20 @@ pub(crate) async fn run<S: WsService>(up: Upgraded, mut engine: WsConnection, se
     let Upgraded {
         io,
         read_buf,
+        traffic,
         stop,
         guard,
         peer,
         lot,
     } = up;
+    // The whole connection's count; the HTTP phase is in the HTTP totals.
+    engine.count_handshake(traffic);
     if !read_buf.is_empty() {
-        engine.handle_input(&read_buf, std::time::Instant::now());
+        // Counted here: the driver starts from the engine's count.
+        WS_TOTALS.tracked(&mut engine, |e| e.handle_input(&read_buf, std::time::Instant::now()));
     }
     drop(read_buf);
-    super::driver::WS_TOTALS.opened();
+    WS_TOTALS.opened();
     let served = Served { service, inlet };
     match (Upgraded::take_tcp(io), lot) {
         (Ok(tcp), Some(lot)) if stop.is_some() => drive(tcp, engine, served, stop, guard, peer, Some(lot)).await,
@@ -343,15 +353,17 @@ impl ParkedWebSocket {
     }
 
     pub(crate) fn handle_input(&mut self, bytes: &[u8], now: std::time::Instant) {
-        if bytes.is_empty() {
-            self.engine.handle_eof(now);
-        } else {
-            self.engine.handle_input(bytes, now);
-        }
+        WS_TOTALS.tracked(&mut self.engine, |engine| {
+            if bytes.is_empty() {
+                engine.handle_eof(now);
+            } else {
+                engine.handle_input(bytes, now);
+            }
+        });
     }
 
     pub(crate) fn handle_io_error(&mut self, now: std::time::Instant) {
-        self.engine.handle_eof(now);
+        WS_TOTALS.tracked(&mut self.engine, |engine| engine.handle_eof(now));
     }
 
     /// Pushed frames, while parked: queued in the engine and written to
@@ -364,18 +376,20 @@ impl ParkedWebSocket {
         socket: &mut std::net::TcpStream,
         frames: impl IntoIterator<Item = &'a EncodedFrame>,
     ) -> Result<bool, ()> {
-        let now = std::time::Instant::now();
-        for frame in frames {
-            self.engine.send_encoded(frame).map_err(|_| ())?;
-        }
-        while self.engine.has_output() {
-            match crate::io::write_now(socket, self.engine.poll_transmit(now)) {
-                Ok(Some(n)) if n > 0 => self.engine.handle_written(n, now),
-                Ok(_) => return Ok(false),
-                Err(_) => return Err(()),
+        WS_TOTALS.tracked(&mut self.engine, |engine| {
+            let now = std::time::Instant::now();
+            for frame in frames {
+                engine.send_encoded(frame).map_err(|_| ())?;
             }
-        }
-        Ok(true)
+            while engine.has_output() {
+                match crate::io::write_now(socket, engine.poll_transmit(now)) {
+                    Ok(Some(n)) if n > 0 => engine.handle_written(n, now),
+                    Ok(_) => return Ok(false),
+                    Err(_) => return Err(()),
+                }
+            }
+            Ok(true)
+        })
     }
 
     /// Heartbeat pings and the idle close must be written: always resume.

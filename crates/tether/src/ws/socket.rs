@@ -22,8 +22,9 @@ use tether_proto::ws::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::driver::{Peer, Turn, WsDriver};
+use super::driver::{Peer, Turn, WsDriver, WS_TOTALS};
 use crate::lifecycle::{Stop, Transport};
+use crate::traffic::Traffic;
 
 /// Settings of a WebSocket connection (server or client side).
 #[derive(Debug, Clone, Default)]
@@ -99,6 +100,8 @@ struct Inner {
 /// (`QueueRoom`), and what it admits is queued when the connection is back.
 struct Away {
     room: QueueRoom,
+    /// The connection's bytes on the wire when it left.
+    traffic: Traffic,
     staged: Vec<Staged>,
     /// A staged send overflowed under `QueueOverflow::Close`.
     slow_consumer: bool,
@@ -255,6 +258,7 @@ impl Inner {
         let conn = self.conn.take()?;
         self.away = Some(Away {
             room: conn.engine.queue_room(),
+            traffic: conn.engine.traffic(),
             staged: Vec::new(),
             slow_consumer: false,
         });
@@ -480,6 +484,23 @@ impl WsSender {
         lock(&self.shared).conn.as_ref().map_or(0, |c| c.engine.queued_bytes())
     }
 
+    /// This connection's bytes on the wire so far, each way: frame headers
+    /// (the masking key included) as overhead, payloads (as sent: masked,
+    /// compressed) as payload; a server-side connection's HTTP phase (the
+    /// upgrade request and its `101`, and any requests before) included,
+    /// heads as overhead. Frames count as they are queued, so once the
+    /// queue is written (every connection that closes normally writes it
+    /// all) this is exactly what crossed the transport. While the receiving
+    /// task processes input, what it was when that began.
+    pub fn traffic(&self) -> Traffic {
+        let g = lock(&self.shared);
+        match (&g.conn, &g.away) {
+            (Some(conn), _) => conn.engine.traffic(),
+            (None, Some(away)) => away.traffic,
+            (None, None) => Traffic::default(),
+        }
+    }
+
     /// Whether the connection is closed for sending.
     pub fn is_closed(&self) -> bool {
         !lock(&self.shared).is_open()
@@ -538,9 +559,10 @@ impl WebSocket {
         peer: Option<std::net::SocketAddr>,
     ) -> Self {
         if !buffered.is_empty() {
-            engine.handle_input(&buffered, std::time::Instant::now());
+            // Counted here: the driver starts from the engine's count.
+            WS_TOTALS.tracked(&mut engine, |e| e.handle_input(&buffered, std::time::Instant::now()));
         }
-        super::driver::WS_TOTALS.opened();
+        WS_TOTALS.opened();
         let inner = Inner {
             conn: Some(WsDriver::new(io, engine, stop, peer)),
             away: None,
@@ -586,6 +608,11 @@ impl WebSocket {
     /// A sender handle sharing this connection.
     pub fn sender(&self) -> WsSender {
         self.sender.clone()
+    }
+
+    /// This connection's bytes on the wire so far; see [`WsSender::traffic`].
+    pub fn traffic(&self) -> Traffic {
+        self.sender.traffic()
     }
 
     /// Splits into halves usable from different tasks.

@@ -32,7 +32,9 @@ where
 {
     accept(req, options, |opened| {
         OnUpgrade::new(move |up: Upgraded| async move {
-            let Opened { engine, protocol } = opened;
+            let Opened { mut engine, protocol } = opened;
+            // The whole connection's count; the HTTP phase is in the HTTP totals.
+            engine.count_handshake(up.traffic);
             let ws = WebSocket::start(up.io, up.read_buf, engine, protocol, up.stop, up.peer);
             on_open(ws).await;
         })
