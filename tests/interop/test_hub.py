@@ -178,3 +178,27 @@ def test_a_large_publication_is_deflated_once_for_subscribers_that_agreed(start_
         assert text == plain_text
         assert json.loads(text)["data"] == big
         assert len(compressed) < len(text) / 3, (len(compressed), len(text))
+
+
+def test_an_abandoned_sse_stream_ends_when_its_client_closes(start_server):
+    """A browser tab that closes its EventSource sends a FIN: the stream must
+    end then, not at its next write (the keep-alive comment, 15 s later)."""
+    srv = start_server("--log", "warn")
+
+    def streaming() -> int:
+        _, _, body = http_request(srv.port, "GET", "/metrics")
+        for line in body.decode().splitlines():
+            if line.startswith('tether_connections{kind="sse",state="streaming"}'):
+                return int(float(line.split()[-1]))
+        return 0
+
+    streams = [SseStream(srv.port, f"gone{i}") for i in range(3)]
+    for s in streams:
+        s.read_until(b"event: subscribed")
+    assert streaming() == 3
+    for s in streams:
+        s.close()
+    deadline = time.monotonic() + 3
+    while streaming() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert streaming() == 0, "abandoned SSE streams still held"

@@ -15,6 +15,9 @@
 //!   (tether's `/ws` protocol) and a publisher: RSS per idle subscriber,
 //!   deliveries/s and server CPU per delivery when publishing as fast as
 //!   delivered, and publish-to-receipt latency at a fixed rate.
+//! - `stale`: one request at a time at random gaps through tether's pooled
+//!   keep-alive client (`tether::client::http`), every error counted: the
+//!   stale-connection test.
 //!
 //! How it stays out of the way: one OS thread per available CPU (or
 //! `--threads`), each with its own current-thread tokio runtime and its own
@@ -33,6 +36,7 @@ mod http;
 mod idle;
 mod procfs;
 mod report;
+mod stale;
 mod ws;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
@@ -62,6 +66,9 @@ enum Mode {
     Idle(idle::IdleArgs),
     /// Push fan-out: N subscribers of one channel; idle RSS, deliveries/s, latency at a rate.
     Fanout(Box<fanout::FanoutArgs>),
+    /// Requests at random gaps straddling a server's idle timeout through
+    /// tether's pooled client; counts stale-connection errors.
+    Stale(stale::StaleArgs),
 }
 
 /// Options every mode has.
@@ -94,6 +101,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Mode::WsEcho(a) => ws::run(a),
         Mode::Idle(a) => idle::run(a),
         Mode::Fanout(a) => fanout::run(*a),
+        Mode::Stale(a) => stale::run(a),
     }
 }
 

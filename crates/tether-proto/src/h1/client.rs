@@ -118,8 +118,9 @@ pub enum ReuseError {
 
 /// A request head to encode: the caller gives the fields it wants sent
 /// (`Host` among them); the engine adds `Content-Length` when the request
-/// has a body and none was given, and for HTTP/1.0 asks for keep-alive
-/// unless the caller set `Connection` itself.
+/// has a body and none was given, and, unless the caller set `Connection`
+/// itself, what `keep_alive` needs in that version: `Connection:
+/// keep-alive` in HTTP/1.0, `Connection: close` in HTTP/1.1 without it.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead<'a> {
     pub method: &'a Method,
@@ -128,6 +129,8 @@ pub struct RequestHead<'a> {
     /// `HTTP/1.1` or `HTTP/1.0`.
     pub version: Version,
     pub headers: &'a HeaderMap,
+    /// Whether to ask for the connection to persist.
+    pub keep_alive: bool,
 }
 
 /// The client's limits and margins.
@@ -522,8 +525,12 @@ fn encode_request(head: &RequestHead<'_>, body_len: usize) -> BytesMut {
         put_decimal(&mut out, body_len as u64);
         out.put_slice(b"\r\n");
     }
-    if head.version == Version::HTTP_10 && !head.headers.contains_key(http::header::CONNECTION) {
-        out.put_slice(b"connection: keep-alive\r\n");
+    if !head.headers.contains_key(http::header::CONNECTION) {
+        match (head.version == Version::HTTP_10, head.keep_alive) {
+            (true, true) => out.put_slice(b"connection: keep-alive\r\n"),
+            (false, false) => out.put_slice(b"connection: close\r\n"),
+            _ => {}
+        }
     }
     out.put_slice(b"\r\n");
     out
@@ -558,6 +565,7 @@ mod tests {
             target: "/",
             version: Version::HTTP_11,
             headers: &headers,
+            keep_alive: true,
         };
         c.send_request(now, &req, 0)
     }
@@ -731,6 +739,7 @@ mod tests {
             target: "/publish/a?x=1",
             version: Version::HTTP_10,
             headers: &headers,
+            keep_alive: true,
         };
         let out = c.send_request(now, &req, 5).unwrap();
         assert_eq!(
@@ -746,11 +755,31 @@ mod tests {
             target: "/",
             version: Version::HTTP_11,
             headers: &headers,
+            keep_alive: true,
         };
         let mut c = ClientConnection::new(ClientConfig::default());
         assert_eq!(
             &c.send_request(now, &req, 0).unwrap()[..],
             b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n"
+        );
+        // Without keep-alive: HTTP/1.1 says close, HTTP/1.0 says nothing.
+        let mut c = ClientConnection::new(ClientConfig::default());
+        let close = RequestHead {
+            keep_alive: false,
+            ..req
+        };
+        assert!(c
+            .send_request(now, &close, 0)
+            .unwrap()
+            .ends_with(b"connection: close\r\n\r\n"));
+        let mut c = ClientConnection::new(ClientConfig::default());
+        let bare = RequestHead {
+            version: Version::HTTP_10,
+            ..close
+        };
+        assert_eq!(
+            &c.send_request(now, &bare, 0).unwrap()[..],
+            b"GET / HTTP/1.0\r\nhost: example.test\r\n\r\n"
         );
         assert!(is_idempotent(&get) && !is_idempotent(&post) && !is_idempotent(&Method::PATCH));
     }

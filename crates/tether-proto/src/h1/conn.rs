@@ -506,6 +506,15 @@ impl ServerConnection {
                     self.pending = Some(PendingEvent::BodyFailed(BodyError::Incomplete));
                 }
                 self.close_after.get_or_insert(CloseCause::PeerClosed);
+                // A streamed response of unknown length (chunked or to the
+                // close: an event stream, a long download) to a peer that
+                // closed its side: the peer is gone, so the stream ends
+                // now rather than at its next write (which for an idle SSE
+                // stream is the next keep-alive comment). A response of
+                // known length is still sent whole to a half-closed peer.
+                if self.streaming_unknown_length() {
+                    self.close_after_flush(CloseCause::PeerClosed);
+                }
             }
             Phase::Draining { .. } => self.close_after_flush(CloseCause::PeerClosed),
             Phase::Linger { since, .. } => {
@@ -1030,6 +1039,17 @@ impl ServerConnection {
                 self.release_buffers();
             }
         }
+    }
+
+    /// Whether the response in progress is a stream without a length.
+    fn streaming_unknown_length(&self) -> bool {
+        matches!(
+            self.request.as_ref().map(|r| &r.response),
+            Some(ResponseProgress::Sending {
+                framing: OutFraming::Chunked | OutFraming::CloseDelimited,
+                ..
+            })
+        )
     }
 
     fn close_after_flush(&mut self, cause: CloseCause) {

@@ -905,6 +905,32 @@ fn eof_cases() {
     h.events();
     h.conn.handle_eof(h.now);
     assert!(matches!(h.events()[..], [Event::BodyFailed(BodyError::Incomplete)]));
+    // EOF while a chunked stream is being sent: the stream ends once what
+    // is queued is flushed; no more body is accepted.
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed(GET);
+    h.events();
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Streaming)
+        .unwrap();
+    h.conn.send_body(Bytes::from_static(b"event")).unwrap();
+    h.conn.handle_eof(h.now);
+    assert!(h.conn.send_body(Bytes::from_static(b"more")).is_err());
+    let w = h.flush();
+    assert!(w.ends_with("5\r\nevent\r\n"), "{w}");
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::PeerClosed));
+    // A response of known length is still sent whole to a half-closed peer.
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed(GET);
+    h.events();
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Length(4))
+        .unwrap();
+    h.conn.handle_eof(h.now);
+    h.conn.send_body(Bytes::from_static(b"half")).unwrap();
+    h.conn.finish_response().unwrap();
+    assert!(h.flush().ends_with("\r\n\r\nhalf"));
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::PeerClosed));
     // Partial head then EOF: closed without an answer.
     let mut h = Harness::new(cfg(|_| {}));
     h.feed("GET / HT");

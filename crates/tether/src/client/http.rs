@@ -62,6 +62,10 @@ pub struct HttpClientOptions {
     /// keep-alive with `Connection: keep-alive`). A request whose own
     /// version is `HTTP/1.0` is sent as such either way.
     pub version: Version,
+    /// Whether to ask servers to keep connections open (`false`: every
+    /// request on a new connection, HTTP/1.1 with `Connection: close`,
+    /// HTTP/1.0 without `Connection`; nothing is pooled).
+    pub keep_alive: bool,
     /// Idle connections kept per origin.
     pub max_idle_per_origin: usize,
     /// Idle connections kept in all.
@@ -85,6 +89,7 @@ impl Default for HttpClientOptions {
     fn default() -> Self {
         Self {
             version: Version::HTTP_11,
+            keep_alive: true,
             max_idle_per_origin: 8,
             max_idle_total: 256,
             idle_timeout: Duration::from_secs(30),
@@ -169,7 +174,8 @@ pub enum PoolClose {
     Retired(Retired),
     /// Idle longer than the client's own `idle_timeout`.
     IdleTimeout,
-    /// The pool was full (per origin or in all).
+    /// The pool was full (per origin or in all), or keeps nothing
+    /// (`keep_alive: false`).
     PoolFull,
     /// An I/O error, reset or deadline during an exchange.
     Failed,
@@ -610,7 +616,7 @@ impl Pool {
         if let Some(why) = conn.engine.retired() {
             return self.retire(conn, PoolClose::Retired(why));
         }
-        if self.options.max_idle_per_origin == 0 || self.options.max_idle_total == 0 {
+        if !self.options.keep_alive || self.options.max_idle_per_origin == 0 || self.options.max_idle_total == 0 {
             return self.retire(conn, PoolClose::PoolFull);
         }
         conn.idle_since = Instant::now();
@@ -733,6 +739,7 @@ impl Pool {
                 target: &req.path,
                 version: req.version,
                 headers: &req.headers,
+                keep_alive: self.options.keep_alive,
             };
             match conn.engine.send_request(Instant::now(), &head, req.body.len()) {
                 Ok(bytes) => {

@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::HeaderMap;
+use tether_proto::wire::Traffic;
 use tether_proto::ws::{ClientHandshake, ClientHandshakeError, WsConnection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::target::{Target, TargetError};
+use crate::lifecycle::Transport;
 use crate::ws::{WebSocket, WsOptions};
 
 /// Client settings.
@@ -66,14 +68,30 @@ fn parse_url(url: &str) -> Result<Target, ConnectError> {
 /// Connects to a `ws://` URL and completes the handshake.
 pub async fn connect(url: &str, options: ClientOptions) -> Result<WebSocket, ConnectError> {
     let target = parse_url(url)?;
-    tokio::time::timeout(options.handshake_timeout, handshake(target, &options))
+    tokio::time::timeout(options.handshake_timeout, async {
+        let stream = TcpStream::connect(&target.connect).await?;
+        let _ = stream.set_nodelay(true);
+        handshake(stream, target, &options).await
+    })
+    .await
+    .map_err(|_| ConnectError::Timeout)?
+}
+
+/// Completes the handshake for `url` on a transport the caller opened
+/// (e.g. one that counts or records its bytes); the URL gives the `Host`
+/// and the path.
+pub async fn connect_on<S: Transport>(stream: S, url: &str, options: ClientOptions) -> Result<WebSocket, ConnectError> {
+    let target = parse_url(url)?;
+    tokio::time::timeout(options.handshake_timeout, handshake(stream, target, &options))
         .await
         .map_err(|_| ConnectError::Timeout)?
 }
 
-async fn handshake(target: Target, options: &ClientOptions) -> Result<WebSocket, ConnectError> {
-    let mut stream = TcpStream::connect(&target.connect).await?;
-    let _ = stream.set_nodelay(true);
+async fn handshake<S: Transport>(
+    mut stream: S,
+    target: Target,
+    options: &ClientOptions,
+) -> Result<WebSocket, ConnectError> {
     let hs = ClientHandshake::new(
         rand::random::<[u8; 16]>(),
         options.subprotocols.clone(),
@@ -95,13 +113,20 @@ async fn handshake(target: Target, options: &ClientOptions) -> Result<WebSocket,
         }
     };
     let rest = buf.split_off(head_len);
-    let engine = WsConnection::client(
+    let mut engine = WsConnection::client(
         options.ws.engine.clone(),
         accepted.deflate,
         rand::random::<[u8; 4]>,
         std::time::Instant::now(),
     );
-    let peer = stream.peer_addr().ok();
+    // The upgrade's bytes are the connection's too (`WebSocket::traffic`).
+    let mut handshake = Traffic::default();
+    handshake.sent.add_overhead(request.len());
+    handshake.received.add_overhead(head_len);
+    engine.count_handshake(handshake);
+    let peer = (&stream as &dyn std::any::Any)
+        .downcast_ref::<TcpStream>()
+        .and_then(|s| s.peer_addr().ok());
     Ok(WebSocket::start(
         Box::new(stream),
         rest,
