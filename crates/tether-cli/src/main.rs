@@ -9,6 +9,7 @@ mod bench;
 mod config;
 mod demo;
 mod serve;
+mod trace;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, Subcommand};
@@ -61,6 +62,8 @@ enum Command {
     Serve(Box<config::ServeArgs>),
     /// Load generator: `http`, `ws-echo`, `idle` and `fanout` modes against any server.
     Bench(bench::BenchArgs),
+    /// Follow one keep-alive connection (or WebSocket) and print its lifecycle: requests, counts, closes and why.
+    Trace(trace::TraceArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => config::load(*args).and_then(serve::run),
         Command::Bench(args) => bench::run(args),
+        Command::Trace(args) => trace::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
