@@ -181,24 +181,37 @@ def test_a_large_publication_is_deflated_once_for_subscribers_that_agreed(start_
 
 
 def test_an_abandoned_sse_stream_ends_when_its_client_closes(start_server):
-    """A browser tab that closes its EventSource sends a FIN: the stream must
-    end then, not at its next write (the keep-alive comment, 15 s later)."""
-    srv = start_server("--log", "warn")
+    """A browser tab that closes its EventSource sends a FIN: its connection
+    must end then, not at the stream's next write (a keep-alive comment, up
+    to --sse-keep-alive later); the hub forgets the subscription at its next
+    upkeep (every --sse-keep-alive)."""
+    srv = start_server("--log", "warn", "--sse-keep-alive", "1s")
 
-    def streaming() -> int:
+    def gauge(prefix: str) -> int:
         _, _, body = http_request(srv.port, "GET", "/metrics")
         for line in body.decode().splitlines():
-            if line.startswith('tether_connections{kind="sse",state="streaming"}'):
+            if line.startswith(prefix):
                 return int(float(line.split()[-1]))
         return 0
+
+    def active_http() -> int:
+        # SSE streams are active HTTP connections (the scrape's own
+        # request is not counted while the metrics are rendered).
+        return gauge('tether_connections{kind="http",state="active"}')
+
+    def hub_streams() -> int:
+        return gauge('tether_connections{kind="sse",state="streaming"}')
 
     streams = [SseStream(srv.port, f"gone{i}") for i in range(3)]
     for s in streams:
         s.read_until(b"event: subscribed")
-    assert streaming() == 3
+    assert (active_http(), hub_streams()) == (3, 3)
+    closed_at = time.monotonic()
     for s in streams:
         s.close()
-    deadline = time.monotonic() + 3
-    while streaming() and time.monotonic() < deadline:
+    while active_http() and time.monotonic() < closed_at + 0.5:
+        time.sleep(0.02)
+    assert active_http() == 0, "the connections of abandoned SSE streams are still open"
+    while hub_streams() and time.monotonic() < closed_at + 3:
         time.sleep(0.05)
-    assert streaming() == 0, "abandoned SSE streams still held"
+    assert hub_streams() == 0, "the hub still holds the abandoned subscriptions"

@@ -124,7 +124,8 @@ pub struct ServerStats {
 
 impl ServerStats {
     /// Bytes on the wire so far: this server's HTTP connections', and
-    /// every WebSocket's of the process (`crate::ws::WS_TOTALS`), each
+    /// every server-side WebSocket's of the process (`crate::ws::WS_TOTALS`;
+    /// client WebSockets count apart, in `WS_CLIENT_TOTALS`), each
     /// split into overhead (heads, chunk framing, frame headers) and
     /// payload (bodies, frame payloads). Exact for connections that have
     /// ended; about a second behind, at most, for busy ones (see

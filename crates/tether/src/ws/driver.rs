@@ -29,7 +29,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use tether_proto::ws::{WsConnection, WsEnd, WsStats};
+use tether_proto::ws::{Role, WsConnection, WsEnd, WsStats};
 use tokio::io::AsyncWrite;
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -86,10 +86,13 @@ const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Process-wide WebSocket counters, for metrics: a connection's traffic is
 /// added when its driver parks or ends, and at most once a second while it
 /// is busy (not per message); what a parked connection reads or is sent
-/// without a task, at once.
+/// without a task, at once. Two sets: [`WS_TOTALS`] for the server side's
+/// connections (what `/metrics` shows) and [`WS_CLIENT_TOTALS`] for the
+/// client side's, so a process that is both (a bridge, `tether compare`
+/// with its in-process server) never reports its clients as its server.
 #[derive(Debug, Default)]
 pub struct WsTotals {
-    /// WebSocket connections open now (server and client side).
+    /// WebSocket connections open now (of this side).
     pub open: AtomicU64,
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
@@ -101,16 +104,31 @@ pub struct WsTotals {
     pub ended: [AtomicU64; WsEnd::ALL.len() + 1],
 }
 
-/// See [`WsTotals`].
-pub static WS_TOTALS: WsTotals = WsTotals {
-    open: AtomicU64::new(0),
-    messages_in: AtomicU64::new(0),
-    messages_out: AtomicU64::new(0),
-    traffic: AtomicTraffic::new(),
-    ended: [const { AtomicU64::new(0) }; WsEnd::ALL.len() + 1],
-};
+/// The server side's WebSockets (see [`WsTotals`]).
+pub static WS_TOTALS: WsTotals = WsTotals::new();
+
+/// The client side's WebSockets (see [`WsTotals`]).
+pub static WS_CLIENT_TOTALS: WsTotals = WsTotals::new();
 
 impl WsTotals {
+    const fn new() -> Self {
+        WsTotals {
+            open: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            traffic: AtomicTraffic::new(),
+            ended: [const { AtomicU64::new(0) }; WsEnd::ALL.len() + 1],
+        }
+    }
+
+    /// The totals a connection of this side adds to.
+    pub fn of(role: Role) -> &'static WsTotals {
+        match role {
+            Role::Server => &WS_TOTALS,
+            Role::Client => &WS_CLIENT_TOTALS,
+        }
+    }
+
     /// A connection opened (its driver's first start, not a resumption).
     pub(crate) fn opened(&self) {
         self.open.fetch_add(1, Ordering::Relaxed);
@@ -220,7 +238,7 @@ impl<IO: Transport> WsDriver<IO> {
         self.reported_at = self.last_io;
         let now = self.engine.stats();
         let was = std::mem::replace(&mut self.reported, now);
-        WS_TOTALS.add(&was, &now);
+        WsTotals::of(self.engine.role()).add(&was, &now);
     }
 
     /// The stop signal's channel, for a connection that leaves this driver (parking).
@@ -297,8 +315,9 @@ impl<IO: Transport> WsDriver<IO> {
             Ending::Engine(end) => end as usize,
             Ending::ForcedStop => WsEnd::ALL.len(),
         };
-        WS_TOTALS.ended[slot].fetch_add(1, Ordering::Relaxed);
-        WS_TOTALS.open.fetch_sub(1, Ordering::Relaxed);
+        let totals = WsTotals::of(self.engine.role());
+        totals.ended[slot].fetch_add(1, Ordering::Relaxed);
+        totals.open.fetch_sub(1, Ordering::Relaxed);
         self.ending = Some(ending);
         self.timer = None;
         self.stop = None;

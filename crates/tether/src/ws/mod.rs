@@ -52,7 +52,7 @@ mod socket;
 mod upgrade;
 
 pub use broadcast::Broadcast;
-pub use driver::{WsTotals, WS_TOTALS};
+pub use driver::{WsTotals, WS_CLIENT_TOTALS, WS_TOTALS};
 pub(crate) use service::ParkedWebSocket;
 pub use service::{Replies, WsService};
 pub use socket::{TrySendError, WebSocket, WsError, WsOptions, WsReceiver, WsSender};

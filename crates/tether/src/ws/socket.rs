@@ -22,7 +22,7 @@ use tether_proto::ws::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::driver::{Peer, Turn, WsDriver, WS_TOTALS};
+use super::driver::{Peer, Turn, WsDriver, WsTotals};
 use crate::lifecycle::{Stop, Transport};
 use crate::traffic::Traffic;
 
@@ -560,9 +560,9 @@ impl WebSocket {
     ) -> Self {
         if !buffered.is_empty() {
             // Counted here: the driver starts from the engine's count.
-            WS_TOTALS.tracked(&mut engine, |e| e.handle_input(&buffered, std::time::Instant::now()));
+            WsTotals::of(engine.role()).tracked(&mut engine, |e| e.handle_input(&buffered, std::time::Instant::now()));
         }
-        WS_TOTALS.opened();
+        WsTotals::of(engine.role()).opened();
         let inner = Inner {
             conn: Some(WsDriver::new(io, engine, stop, peer)),
             away: None,
