@@ -103,6 +103,8 @@ def nginx(tmp_path):
             proc.wait(5)
 
 
+# 300 gaps of up to 1.5 s: well past the suite's 90 s default.
+@pytest.mark.timeout(REQUESTS * 1.5 + 180)
 def test_tether_client_gets_no_stale_connection_errors(start_server, nginx):
     if not HYPER.is_file():
         pytest.fail(f"{HYPER} not found: scripts/test builds it (cargo build --release "

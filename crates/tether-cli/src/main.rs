@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod compare;
 mod config;
 mod demo;
 mod serve;
@@ -62,6 +63,8 @@ enum Command {
     Serve(Box<config::ServeArgs>),
     /// Load generator: `http`, `ws-echo`, `idle` and `fanout` modes against any server.
     Bench(bench::BenchArgs),
+    /// The guide's comparisons, measured: keep-alive against a new connection per request, and 100 chat messages by polling, long-polling, SSE and WebSocket.
+    Compare(Box<compare::CompareArgs>),
     /// Follow one keep-alive connection (or WebSocket) and print its lifecycle: requests, counts, closes and why.
     Trace(trace::TraceArgs),
 }
@@ -71,6 +74,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => config::load(*args).and_then(serve::run),
         Command::Bench(args) => bench::run(args),
+        Command::Compare(args) => compare::run(*args),
         Command::Trace(args) => trace::run(args),
     };
     match result {
