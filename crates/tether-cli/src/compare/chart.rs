@@ -52,6 +52,25 @@ pub fn all(report: &Report) -> Vec<(&'static str, String)> {
                 "ms",
             ),
         ));
+        let packets: Option<Vec<(String, Vec<f64>)>> = k
+            .modes
+            .iter()
+            .map(|m| {
+                let lo = m.loopback?;
+                Some((m.mode.to_string(), vec![lo.packets as f64 / m.requests.max(1) as f64]))
+            })
+            .collect();
+        if let Some(bars) = packets {
+            out.push((
+                "keepalive-packets.svg",
+                stacked_bars(
+                    "Packets on the loopback interface per request",
+                    &bars,
+                    &["packets"],
+                    "packets",
+                ),
+            ));
+        }
     }
     out
 }
@@ -103,13 +122,12 @@ fn stacked_bars(title: &str, rows: &[(String, Vec<f64>)], legend: &[&str], unit:
             x += bw;
         }
         let total: f64 = parts.iter().sum();
-        let _ = writeln!(
-            s,
-            "<text x=\"{:.1}\" y=\"{}\">{} {unit}</text>",
-            x + 6.0,
-            y + 17.0,
+        let shown = if total < 100.0 {
+            format!("{total:.1}")
+        } else {
             thousands(total)
-        );
+        };
+        let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{}\">{shown} {unit}</text>", x + 6.0, y + 17.0);
     }
     if legend.len() > 1 {
         let y = h - 18.0;
@@ -213,7 +231,7 @@ mod tests {
     fn bars_and_dots_are_well_formed_svg() {
         let s = stacked_bars("t <x>", &[("a".into(), vec![1.0, 2.0])], &["h", "b"], "bytes");
         assert!(s.starts_with("<svg") && s.ends_with("</svg>\n"));
-        assert!(s.contains("t &lt;x&gt;") && s.contains("3 bytes"));
+        assert!(s.contains("t &lt;x&gt;") && s.contains("3.0 bytes"));
         let d = latency_dots(&[("ws".into(), vec![Some(0.5), None, Some(900.0)])]);
         assert_eq!(d.matches("<circle").count(), 3, "two dots and the legend's");
         assert_eq!(thousands(1234567.0), "1,234,567");

@@ -25,6 +25,42 @@ pub struct ModeResult {
     pub latency: Latency,
     pub total_ms: f64,
     pub server: Agreement,
+    /// Packets and bytes on the loopback interface during the mode, TCP/IP
+    /// headers, handshakes and teardowns included (Linux, a loopback
+    /// server only; counts anything else on `lo` at the time too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loopback: Option<Loopback>,
+}
+
+/// The loopback interface's counters (`/proc/net/dev`, `lo`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Loopback {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Loopback {
+    /// `lo`'s received packets and bytes so far (on loopback, every packet
+    /// sent is received once).
+    fn read() -> Option<Loopback> {
+        let text = std::fs::read_to_string("/proc/net/dev").ok()?;
+        let line = text.lines().find(|l| l.trim_start().starts_with("lo:"))?;
+        let mut fields = line
+            .split_once(':')?
+            .1
+            .split_whitespace()
+            .map(|f| f.parse::<u64>().ok());
+        let bytes = fields.next()??;
+        let packets = fields.next()??;
+        Some(Loopback { packets, bytes })
+    }
+
+    fn since(self, earlier: Loopback) -> Loopback {
+        Loopback {
+            packets: self.packets.saturating_sub(earlier.packets),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+        }
+    }
 }
 
 /// Bytes both ways, heads (overhead) and bodies (payload).
@@ -103,6 +139,8 @@ async fn one_mode(
     });
     let headers = request_headers(args.headers, url);
     let mut sample = Vec::with_capacity(args.requests);
+    let loopback = url.contains("://127.") || url.contains("://localhost") || url.contains("://[::1]");
+    let lo_before = loopback.then(Loopback::read).flatten();
     let started = Instant::now();
     for _ in 0..args.requests {
         let mut req = Request::get(url).body(Bytes::new()).context("building the request")?;
@@ -116,6 +154,9 @@ async fn one_mode(
     let total = started.elapsed();
     let stats = client.stats();
     drop(client);
+    // The closes' packets (FIN, ACK) go out as the client is dropped.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let lo = lo_before.and_then(|b| Some(Loopback::read()?.since(b)));
     let result = ModeResult {
         mode: "",
         requests: args.requests,
@@ -128,6 +169,7 @@ async fn one_mode(
             server: ServerBytes::default(),
             agrees: false,
         },
+        loopback: lo,
     };
     Ok((result, stats.traffic))
 }
@@ -154,6 +196,11 @@ impl KeepAliveReport {
                     format!("{:.2}", m.latency.p50_ms),
                     format!("{:.2}", m.latency.p99_ms),
                     ms(Duration::from_secs_f64(m.total_ms / 1000.0)),
+                    m.loopback.map_or("-".into(), |l| {
+                        format!("{:.1}", l.packets as f64 / m.requests.max(1) as f64)
+                    }),
+                    m.loopback
+                        .map_or("-".into(), |l| (l.bytes / m.requests.max(1) as u64).to_string()),
                     if m.server.agrees { "yes" } else { "NO" }.to_string(),
                 ]
             })
@@ -169,10 +216,16 @@ impl KeepAliveReport {
                 "p50 ms",
                 "p99 ms",
                 "total ms",
+                "lo pkts/req",
+                "lo bytes/req",
                 "server agrees",
             ],
             &rows,
         ));
+        out.push_str(
+            "\nbytes/req: HTTP bytes both ways; lo: packets and bytes on the loopback interface, TCP/IP headers,\n\
+             handshakes and teardowns included (anything else on lo meanwhile too).\n",
+        );
         if let (Some(ka), Some(new)) = (self.modes.first(), self.modes.get(1)) {
             out.push_str(&format!(
                 "\nHTTP/1.1: a new connection per request opened {}× the connections and took {:.1}× the time (p50 {:.2} ms against {:.2} ms).\n",
