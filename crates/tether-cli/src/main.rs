@@ -1,7 +1,11 @@
 //! The `tether` binary.
 //!
-//! Subcommands: `serve` runs the keep-alive + WebSocket server. Errors are
-//! reported with context on stderr and a non-zero exit status.
+//! Subcommands: `serve` runs the keep-alive + WebSocket server; `bench`
+//! generates load against any server; `trace` follows one connection's
+//! lifecycle; `compare` measures the guide's comparisons (keep-alive
+//! against a new connection per request; polling, long-polling, SSE and
+//! WebSocket push). Errors are reported with context on stderr and a
+//! non-zero exit status.
 
 #![forbid(unsafe_code)]
 

@@ -48,7 +48,7 @@ use http::{HeaderValue, Method, Request, Response, Version};
 use tether_proto::h1::client::{
     is_idempotent, ClientConfig, ClientConnection, ClientEvent, KeepAliveHints, RequestHead, ResponseHead, Retired,
 };
-use tether_proto::wire::{Traffic, WireBytes};
+use tether_proto::wire::Traffic;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -494,18 +494,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `later` less `earlier`, both ways.
-fn traffic_since(later: Traffic, earlier: Traffic) -> Traffic {
-    let minus = |a: WireBytes, b: WireBytes| WireBytes {
-        overhead: a.overhead.saturating_sub(b.overhead),
-        payload: a.payload.saturating_sub(b.payload),
-    };
-    Traffic {
-        received: minus(later.received, earlier.received),
-        sent: minus(later.sent, earlier.sent),
-    }
-}
-
 /// Removes and returns the longest-idle connection of any origin.
 fn take_oldest(idle: &mut IdleSet) -> Option<Conn> {
     let (origin, _) = idle
@@ -758,7 +746,7 @@ impl Pool {
         let deadline = tokio::time::Instant::now() + self.options.response_timeout;
         let (mut outcomes, healthy) = self.transfer(&mut conn, out, sent, reused, retried, deadline).await;
         outcomes.resize_with(batch.len(), || Outcome::NotSent);
-        let spent = traffic_since(conn.engine.traffic(), before);
+        let spent = conn.engine.traffic().since(before);
         {
             let mut total = lock(&self.counters.traffic);
             *total = total.plus(spent);
@@ -917,7 +905,7 @@ async fn read_responses<R: tokio::io::AsyncRead + Unpin>(
                         head,
                         body,
                         engine.hints(),
-                        traffic_since(now, last),
+                        now.since(last),
                     )));
                     last = now;
                     partial = current.is_some();
