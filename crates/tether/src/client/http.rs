@@ -901,12 +901,7 @@ async fn read_responses<R: tokio::io::AsyncRead + Unpin>(
                 ClientEvent::End => {
                     let Some((head, body)) = current.take() else { continue };
                     let now = engine.traffic();
-                    outcomes.push(Outcome::Done(response(
-                        head,
-                        body,
-                        engine.hints(),
-                        now.since(last),
-                    )));
+                    outcomes.push(Outcome::Done(response(head, body, engine.hints(), now.since(last))));
                     last = now;
                     partial = current.is_some();
                 }
