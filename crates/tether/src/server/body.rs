@@ -5,9 +5,15 @@
 //! slowly slows down the socket reads (backpressure) instead of buffering.
 //! A [`Body`] is what a handler answers with: nothing, one buffer, or a
 //! stream of chunks (sent chunked to HTTP/1.1 clients unless a
-//! `Content-Length` header is set).
+//! `Content-Length` header is set). Both implement [`http_body::Body`], so
+//! tower services and their middleware (`tower::Service`, axum, tower-http)
+//! read and write them as any other body (see [`super::tower`]).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
 /// Errors a request body can report to the handler.
@@ -89,6 +95,30 @@ impl RequestBody {
     }
 }
 
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.rx.as_mut() {
+            None => Poll::Ready(None),
+            Some(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|r| r.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none()
+    }
+
+    /// The declared `Content-Length` (the engine holds the body to it).
+    fn size_hint(&self) -> SizeHint {
+        match self.len_hint {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
 /// The body of a response.
 #[derive(Debug, Default)]
 pub enum Body {
@@ -109,6 +139,37 @@ impl Body {
     pub fn channel(capacity: usize) -> (mpsc::Sender<Result<Bytes, std::io::Error>>, Self) {
         let (tx, rx) = mpsc::channel(capacity);
         (tx, Body::Stream(rx))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match &mut *self {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(_) => match std::mem::take(&mut *self) {
+                Body::Full(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                _ => Poll::Ready(None),
+            },
+            Body::Stream(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|r| r.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Empty)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Full(b) => SizeHint::with_exact(b.len() as u64),
+            Body::Stream(_) => SizeHint::default(),
+        }
     }
 }
 

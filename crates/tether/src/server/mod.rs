@@ -30,6 +30,7 @@ pub mod router;
 pub(crate) mod serving;
 pub(crate) mod sleeper;
 pub mod static_files;
+pub mod tower;
 pub mod upgrade;
 
 use std::future::Future;
@@ -54,6 +55,7 @@ pub use static_files::StaticFiles;
 /// The keep-alive policy and limits of a server's connections (the
 /// engine's own configuration: one `Config` for every connection).
 pub use tether_proto::h1::{CloseCause, Config, KeepAliveHeader};
+pub use tower::TowerHandler;
 pub use upgrade::{OnUpgrade, Upgraded};
 
 /// Default for [`Server::park_idle_after`].

@@ -25,7 +25,7 @@ pub fn is_websocket_request(headers: &HeaderMap) -> bool {
 /// the `101` is written; otherwise it is the handshake's error response
 /// (`400`, `426` with `Sec-WebSocket-Version: 13`, or `403` for a refused
 /// `Origin`) and the HTTP connection follows its keep-alive rules.
-pub fn upgrade<F, Fut>(req: &Request, options: &Arc<WsOptions>, on_open: F) -> Response
+pub fn upgrade<B, F, Fut>(req: &http::Request<B>, options: &Arc<WsOptions>, on_open: F) -> Response
 where
     F: FnOnce(WebSocket) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -46,7 +46,7 @@ where
 /// application's: on a server that parks idle connections
 /// (`Server::park_idle_after`) an idle one waits without any task at all.
 /// See [`WsService`].
-pub fn upgrade_service<S: WsService>(req: &Request, options: &Arc<WsOptions>, service: S) -> Response {
+pub fn upgrade_service<B, S: WsService>(req: &http::Request<B>, options: &Arc<WsOptions>, service: S) -> Response {
     accept(req, options, |opened| {
         OnUpgrade::owning_guard(move |up: Upgraded| service::run(up, opened.engine, service, None))
     })
@@ -74,7 +74,11 @@ struct Opened {
 }
 
 /// Runs the handshake: the `101` with `on_upgrade`'s callback, or the error response.
-fn accept(req: &Request, options: &Arc<WsOptions>, on_upgrade: impl FnOnce(Opened) -> OnUpgrade) -> Response {
+fn accept<B>(
+    req: &http::Request<B>,
+    options: &Arc<WsOptions>,
+    on_upgrade: impl FnOnce(Opened) -> OnUpgrade,
+) -> Response {
     match handshake::accept_head(
         req.method(),
         req.version(),
