@@ -215,3 +215,39 @@ def test_an_abandoned_sse_stream_ends_when_its_client_closes(start_server):
     while hub_streams() and time.monotonic() < closed_at + 3:
         time.sleep(0.05)
     assert hub_streams() == 0, "the hub still holds the abandoned subscriptions"
+
+
+def test_publishing_requires_a_configured_key_and_keys_rotate(start_server, tmp_path):
+    """`--publish-key` (repeatable) and `--publish-key-file`: POST /publish
+    needs `Authorization: Bearer KEY` with any configured key, else 401 with
+    a JSON error and `WWW-Authenticate`; no key ever appears in the logs."""
+    key_file = tmp_path / "keys"
+    key_file.write_text("# rotated in on Monday\nfile-key-3\n\n")
+    srv = start_server("--publish-key", "old-key-1", "--publish-key", "new-key-2",
+                       "--publish-key-file", str(key_file), "--log", "debug", "--access-log")
+    body = json.dumps({"text": "hi"}).encode()
+    json_type = {"Content-Type": "application/json"}
+
+    status, headers, answer = http_request(srv.port, "POST", "/publish/news", body, json_type)
+    assert status == 401, answer
+    assert json.loads(answer)["error"]["code"] == "unauthorized"
+    assert {k.lower(): v for k, v in headers.items()}["www-authenticate"] == 'Bearer realm="tether"'
+
+    status, headers, answer = http_request(srv.port, "POST", "/publish/news", body,
+                                           {**json_type, "Authorization": "Bearer old-key-"})
+    assert status == 401, answer
+    assert 'error="invalid_token"' in {k.lower(): v for k, v in headers.items()}["www-authenticate"]
+
+    offsets = []
+    for key in ("old-key-1", "new-key-2", "file-key-3"):
+        status, _, answer = http_request(srv.port, "POST", "/publish/news", body,
+                                         {**json_type, "Authorization": f"Bearer {key}"})
+        assert status == 200, answer
+        offsets.append(json.loads(answer)["offset"])
+    assert offsets == [1, 2, 3], "refused publishes published nothing"
+    # Reading stays open to everyone (client tokens are another setting).
+    status, _, answer = http_request(srv.port, "GET", "/poll/news?since=0")
+    assert status == 200 and len(json.loads(answer)["messages"]) == 3
+    output = srv.output()
+    for key in ("old-key", "new-key-2", "file-key-3"):
+        assert key not in output, f"{key} in the logs"

@@ -268,6 +268,14 @@ serve_settings! {
     #[arg(value_name = "N", env = "TETHER_MAX_SUBSCRIPTIONS")]
     max_subscriptions: u32 = 128, flag u32 => |v| v;
 
+    /// A key POST /publish/{channel} requires as `Authorization: Bearer KEY`; repeat for several (to rotate keys) [default: none, publishing is open]
+    #[arg(value_name = "KEY", env = "TETHER_PUBLISH_KEY", hide_env_values = true)]
+    publish_key: Secrets = Secrets::default(), flag Vec<String> => Secrets;
+
+    /// A file of publisher keys, one per line (blank lines and lines starting with # are skipped), read at start, added to --publish-key [default: none]
+    #[arg(value_name = "FILE", env = "TETHER_PUBLISH_KEY_FILE")]
+    publish_key_file: Option<PathBuf> = None, flag PathBuf => Some;
+
     /// How often an idle SSE stream gets a keep-alive comment
     #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_SSE_KEEP_ALIVE", value_parser = parse_duration)]
     #[serde(with = "serde_duration")]
@@ -369,6 +377,36 @@ impl ServeConfig {
 // ---------------------------------------------------------------------------
 // Command line
 // ---------------------------------------------------------------------------
+
+/// Secret values (publisher keys): kept and written like a list of
+/// strings, but `Debug` never shows them.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(pub Vec<String>);
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secrets({} redacted)", self.0.len())
+    }
+}
+
+impl ServeConfig {
+    /// Every publisher key: `--publish-key`s, then `--publish-key-file`'s lines.
+    pub fn publish_keys(&self) -> anyhow::Result<Vec<String>> {
+        let mut keys = self.publish_key.0.clone();
+        if let Some(path) = &self.publish_key_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the publisher keys in {}", path.display()))?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        Ok(keys)
+    }
+}
 
 /// A size that can be switched off (`off` or `0`): `OptSize(None)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

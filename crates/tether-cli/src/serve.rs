@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use http::{header, Method, StatusCode};
-use tether::hub::{BrokerState, Hub, HubConfig, MemoryLimits, RedisBroker};
+use tether::hub::{BrokerState, Hub, HubConfig, MemoryLimits, PublishKeys, RedisBroker};
 use tether::proto::h1;
 use tether::server::router::{self, Router};
 use tether::server::{Body, BodyError, Request, Response, Server, ServerStats, SharedHandler, StaticFiles};
@@ -73,6 +73,7 @@ pub fn hub(c: &ServeConfig) -> anyhow::Result<Hub> {
         max_subscriptions: c.max_subscriptions as usize,
         subscriber_queue: usize::try_from(c.ws_max_queued).unwrap_or(usize::MAX),
         sse_keep_alive: c.sse_keep_alive,
+        publish_keys: PublishKeys::new(c.publish_keys()?),
         ..HubConfig::default()
     };
     let limits = MemoryLimits {
@@ -211,6 +212,12 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
     let listener = tether::server::bind(c.listen, backlog).with_context(|| format!("binding {}", c.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let hub = hub(&c)?;
+    if !hub.config().publish_keys.required() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "the hub is open: anyone who reaches this address may publish to any channel; set --publish-key before exposing it"
+        );
+    }
     let _upkeep = hub.spawn_upkeep();
     let stats = Arc::new(ServerStats::default());
     if c.demo {

@@ -136,3 +136,69 @@ fn a_fanout_benchmark_runs_its_phases_against_the_hub_and_fails_without_a_server
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("subscribed"), "{err}");
 }
+
+/// Runs `tether serve ARGS` until it says it listens (and 300 ms more, for
+/// what it logs right after), then stops it; its stderr lines.
+fn serve_output(args: &[&str]) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("serve")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tether serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut deadline = Instant::now() + Duration::from_secs(15);
+    let mut lines: Vec<String> = Vec::new();
+    let mut listening = false;
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                if !listening && line.contains("listening on") {
+                    listening = true;
+                    deadline = Instant::now() + Duration::from_millis(300);
+                }
+                lines.push(line);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "tether serve did not start:\n{}", lines.join("\n"));
+    lines
+}
+
+#[test]
+fn an_open_hub_on_a_public_address_is_announced_with_a_warning() {
+    let warned = |lines: &[String]| {
+        lines
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("the hub is open"))
+    };
+    let public = serve_output(&["--listen", "0.0.0.0:0", "--demo=false", "--log", "warn"]);
+    assert!(warned(&public), "no open-hub warning in:\n{}", public.join("\n"));
+    let loopback = serve_output(&["--listen", "127.0.0.1:0", "--demo=false", "--log", "warn"]);
+    assert!(!warned(&loopback), "{}", loopback.join("\n"));
+    let keyed = serve_output(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--demo=false",
+        "--log",
+        "warn",
+        "--publish-key",
+        "k",
+    ]);
+    assert!(!warned(&keyed), "{}", keyed.join("\n"));
+}

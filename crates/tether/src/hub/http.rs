@@ -6,8 +6,9 @@
 //!
 //! Every answer is JSON (`application/json`), errors included:
 //! `{"error":{"code":"…","message":"…"}}` with 400 (bad channel, bad JSON,
-//! bad parameter), 405, 413 (data too large) or 503 (broker unavailable,
-//! with `Retry-After: 1`).
+//! bad parameter), 401 (a publisher key is required and was missing or
+//! wrong, with `WWW-Authenticate`; see [`super::auth`]), 405, 413 (data too
+//! large) or 503 (broker unavailable, with `Retry-After: 1`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -80,6 +81,15 @@ fn channel_in_path(req: &Request, prefix: &str) -> Result<ChannelName, ProtocolE
 
 /// `POST /publish/{channel}`: the body is the data (see the README).
 async fn publish(req: Request, hub: &Hub) -> Response {
+    if let Err(refused) = hub.config().publish_keys.check(req.headers()) {
+        let mut resp = json_error(
+            StatusCode::UNAUTHORIZED,
+            &ProtocolError::new("unauthorized", refused.to_string()),
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(refused.challenge()));
+        return resp;
+    }
     let channel = match channel_in_path(&req, "/publish/") {
         Ok(c) => c,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),

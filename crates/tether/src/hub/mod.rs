@@ -29,6 +29,7 @@
 //! the broker keeps them (history bounds: count and age); when it cannot
 //! (history gone, epoch changed), it is told `recovered: false`.
 
+pub mod auth;
 mod broker;
 mod channel;
 pub mod http;
@@ -51,6 +52,7 @@ use tokio::sync::oneshot;
 
 use crate::server::HeldSignal;
 
+pub use auth::{KeyRefused, PublishKeys};
 pub use broker::{BoxFuture, Broker, BrokerError, BrokerState, Epoch, History, Publication, PublicationSink};
 use channel::{Answer, Channel, Sub, Target, Watch};
 pub use memory::{MemoryBroker, MemoryLimits};
@@ -83,6 +85,8 @@ pub struct HubConfig {
     /// Live publications buffered for one subscription while its history
     /// is read (a broker that slow makes the subscriber a slow consumer).
     pub recovery_buffer: usize,
+    /// The keys `POST /publish/{channel}` requires (none: open).
+    pub publish_keys: auth::PublishKeys,
 }
 
 impl Default for HubConfig {
@@ -96,6 +100,7 @@ impl Default for HubConfig {
             max_poll_wait: Duration::from_secs(30),
             max_poll_limit: 1000,
             recovery_buffer: 10_000,
+            publish_keys: auth::PublishKeys::default(),
         }
     }
 }
