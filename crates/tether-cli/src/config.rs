@@ -276,6 +276,14 @@ serve_settings! {
     #[arg(value_name = "FILE", env = "TETHER_PUBLISH_KEY_FILE")]
     publish_key_file: Option<PathBuf> = None, flag PathBuf => Some;
 
+    /// Clients must present a JWT signed with this HS256 secret (at least 32 bytes) on /ws, /sse/ and /poll/ [default: none, clients are not authenticated]
+    #[arg(value_name = "SECRET", env = "TETHER_TOKEN_SECRET", hide_env_values = true)]
+    token_secret: Secrets = Secrets::default(), flag String => |v| Secrets(vec![v]);
+
+    /// Clients must present a JWT signed by the private half of this PEM public key (RSA: RS256, P-256: ES256) [default: none]
+    #[arg(value_name = "FILE", env = "TETHER_TOKEN_PUBLIC_KEY")]
+    token_public_key: Option<PathBuf> = None, flag PathBuf => Some;
+
     /// How often an idle SSE stream gets a keep-alive comment
     #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_SSE_KEEP_ALIVE", value_parser = parse_duration)]
     #[serde(with = "serde_duration")]
@@ -367,6 +375,9 @@ impl ServeConfig {
         if self.max_subscriptions == 0 {
             bail!("invalid max-subscriptions: must be at least 1");
         }
+        if !self.token_secret.0.is_empty() && self.token_public_key.is_some() {
+            bail!("token-secret and token-public-key: give one of them, not both");
+        }
         if let Some(bad) = self.ws_subprotocol.iter().find(|p| !is_token(p)) {
             bail!("invalid ws-subprotocol {bad:?}: a subprotocol is a token (letters, digits and !#$%&'*+-.^_`|~)");
         }
@@ -391,6 +402,21 @@ impl fmt::Debug for Secrets {
 }
 
 impl ServeConfig {
+    /// The client-token verifier these settings ask for, if any.
+    pub fn token_verifier(&self) -> anyhow::Result<Option<tether::hub::TokenVerifier>> {
+        if let Some(secret) = self.token_secret.0.first() {
+            let v = tether::hub::TokenVerifier::hs256(secret.as_bytes()).context("invalid token-secret")?;
+            return Ok(Some(v));
+        }
+        let Some(path) = &self.token_public_key else {
+            return Ok(None);
+        };
+        let pem = std::fs::read(path).with_context(|| format!("reading the token public key {}", path.display()))?;
+        let v = tether::hub::TokenVerifier::public_key_pem(&pem)
+            .with_context(|| format!("the token public key {}", path.display()))?;
+        Ok(Some(v))
+    }
+
     /// Every publisher key: `--publish-key`s, then `--publish-key-file`'s lines.
     pub fn publish_keys(&self) -> anyhow::Result<Vec<String>> {
         let mut keys = self.publish_key.0.clone();

@@ -74,6 +74,7 @@ pub fn hub(c: &ServeConfig) -> anyhow::Result<Hub> {
         subscriber_queue: usize::try_from(c.ws_max_queued).unwrap_or(usize::MAX),
         sse_keep_alive: c.sse_keep_alive,
         publish_keys: PublishKeys::new(c.publish_keys()?),
+        tokens: c.token_verifier()?,
         ..HubConfig::default()
     };
     let limits = MemoryLimits {
@@ -212,11 +213,16 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
     let listener = tether::server::bind(c.listen, backlog).with_context(|| format!("binding {}", c.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let hub = hub(&c)?;
-    if !hub.config().publish_keys.required() && !addr.ip().is_loopback() {
-        tracing::warn!(
-            %addr,
-            "the hub is open: anyone who reaches this address may publish to any channel; set --publish-key before exposing it"
-        );
+    if !addr.ip().is_loopback() {
+        if hub.config().tokens.is_none() {
+            tracing::warn!(
+                %addr,
+                "the hub is open: anyone who reaches this address may subscribe to and publish on any channel; set --token-secret or --token-public-key before exposing it"
+            );
+        }
+        if !hub.config().publish_keys.required() {
+            tracing::warn!(%addr, "POST /publish is open: set --publish-key before exposing the hub");
+        }
     }
     let _upkeep = hub.spawn_upkeep();
     let stats = Arc::new(ServerStats::default());

@@ -758,3 +758,39 @@ async fn a_burst_reaches_each_parked_subscriber_in_one_write_and_in_order() {
     }
     server.stop().await;
 }
+
+/// A publication that finds the last subscriber gone frees the channel: a
+/// regression test for a deadlock, where freeing it took the in-process
+/// broker's lock of the channel that the fan-out was running under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_to_a_channel_whose_last_subscriber_left_frees_it_without_a_deadlock() {
+    let (server, hub) = start(Setup::default()).await;
+    for round in 0..3u64 {
+        // An SSE subscriber that goes away without a word.
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+            .await
+            .unwrap();
+        s.write_all(b"GET /sse/gone HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("event: subscribed") {
+            let n = timeout(T, s.read(&mut buf)).await.expect("the stream answers").unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Two publications: the first finds the subscriber gone, the second
+        // the channel freed (or still being freed).
+        for n in 0..2 {
+            timeout(T, publish(&hub, "gone", round * 2 + n))
+                .await
+                .expect("publish returns");
+        }
+    }
+    let deadline = Instant::now() + T;
+    while hub.stats().channels.load(Ordering::Relaxed) != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(hub.stats().channels.load(Ordering::Relaxed), 0, "the channel was freed");
+}

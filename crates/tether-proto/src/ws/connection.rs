@@ -1171,7 +1171,14 @@ impl WsConnection {
     /// Closes with 1008 `slow consumer` (bypassing the queue limit): what a
     /// full queue does under [`QueueOverflow::Close`].
     pub fn close_slow_consumer(&mut self) {
-        if self.start_close(CloseCode::POLICY_VIOLATION, "slow consumer").is_ok() {
+        self.close_policy("slow consumer");
+    }
+
+    /// Closes with 1008 (policy violation) and `reason`, as
+    /// [`close_slow_consumer`](Self::close_slow_consumer) does: for what the
+    /// application refuses (e.g. a token that expired).
+    pub fn close_policy(&mut self, reason: &str) {
+        if self.start_close(CloseCode::POLICY_VIOLATION, reason).is_ok() {
             self.close_timer_due = true;
         }
     }

@@ -6,9 +6,14 @@
 //!
 //! Every answer is JSON (`application/json`), errors included:
 //! `{"error":{"code":"…","message":"…"}}` with 400 (bad channel, bad JSON,
-//! bad parameter), 401 (a publisher key is required and was missing or
-//! wrong, with `WWW-Authenticate`; see [`super::auth`]), 405, 413 (data too
-//! large) or 503 (broker unavailable, with `Retry-After: 1`).
+//! bad parameter), 401 (a publisher key or a client token is required and
+//! was missing, wrong or expired, with `WWW-Authenticate`; see
+//! [`super::auth`]), 403 (the token does not allow the channel), 405, 413
+//! (data too large) or 503 (broker unavailable, with `Retry-After: 1`).
+//! With client tokens configured, `/sse/` and `/poll/` need one
+//! (`?token=` or `Authorization: Bearer`) allowing the channel, and an SSE
+//! stream ends when its token expires; `/ws` checks a `?token=` before the
+//! upgrade, or takes one in its first message (`session`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,6 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
 
+use super::auth::{Grants, TokenError};
 use super::broker::History;
 use super::channel::{SseSink, Target};
 use super::protocol::{self, ProtocolError};
@@ -68,9 +74,67 @@ fn websocket(req: &Request, hub: &Hub, options: &Arc<WsOptions>) -> Response {
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return resp;
     }
+    // A token in the URL is checked before the upgrade; without one, the
+    // session waits for an `auth` command (browsers cannot set headers).
+    let grants = match (&hub.config().tokens, presented_token(req)) {
+        (Some(verifier), Some(token)) => match verifier.verify(token) {
+            Ok(grants) => Some(grants),
+            Err(e) => return unauthorized(&e),
+        },
+        _ => None,
+    };
     let limit = hub.config().subscriber_queue;
     let inlet = Arc::new(Inlet::new(limit));
-    ws::upgrade_pushed(req, options, Session::new(hub.clone(), inlet.clone()), inlet)
+    ws::upgrade_pushed(req, options, Session::new(hub.clone(), inlet.clone(), grants), inlet)
+}
+
+/// The token a request presents: `?token=` or `Authorization: Bearer`.
+fn presented_token(req: &Request) -> Option<&str> {
+    query(req)
+        .find(|(name, _)| *name == "token")
+        .map(|(_, value)| value)
+        .filter(|t| !t.is_empty())
+        .or_else(|| {
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| super::auth::bearer(v.as_bytes()))
+                .and_then(|t| std::str::from_utf8(t).ok())
+        })
+}
+
+/// What the client may read of `channel` over HTTP (`Ok(None)`: no tokens
+/// configured), or the answer refusing it: 401 without a valid token, 403
+/// for a channel the token does not list.
+fn reader(req: &Request, hub: &Hub, channel: &ChannelName) -> Result<Option<Grants>, Box<Response>> {
+    let Some(verifier) = hub.config().tokens.as_ref() else {
+        return Ok(None);
+    };
+    let grants = presented_token(req)
+        .ok_or(TokenError::Missing)
+        .and_then(|token| verifier.verify(token))
+        .map_err(|e| Box::new(unauthorized(&e)))?;
+    if !grants.may_subscribe(channel) {
+        return Err(Box::new(json_error(
+            StatusCode::FORBIDDEN,
+            &ProtocolError::new("forbidden", format!("the token does not allow reading {channel}")),
+        )));
+    }
+    Ok(Some(grants))
+}
+
+/// `401` for a missing or bad token, with its challenge (RFC 6750 §3).
+fn unauthorized(e: &TokenError) -> Response {
+    let mut resp = json_error(
+        StatusCode::UNAUTHORIZED,
+        &ProtocolError::new("unauthorized", e.to_string()),
+    );
+    let challenge = match e {
+        TokenError::Missing => "Bearer realm=\"tether\"",
+        _ => "Bearer realm=\"tether\", error=\"invalid_token\"",
+    };
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    resp
 }
 
 /// The channel named by the path after `prefix`.
@@ -209,6 +273,9 @@ async fn poll(req: &Request, hub: &Hub) -> Response {
         Ok(c) => c,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
     };
+    if let Err(refused) = reader(req, hub, &channel) {
+        return *refused;
+    }
     let params = match poll_params(req, hub) {
         Ok(p) => p,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
@@ -329,6 +396,10 @@ fn sse(req: &Request, hub: &Hub) -> Response {
         Ok(c) => c,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
     };
+    let grants = match reader(req, hub, &channel) {
+        Ok(g) => g,
+        Err(refused) => return *refused,
+    };
     let last_event_id = req
         .headers()
         .get("last-event-id")
@@ -346,6 +417,9 @@ fn sse(req: &Request, hub: &Hub) -> Response {
     let (tx, body) = Body::channel(hub.config().sse_queue);
     // Reconnect after a second; then the stream (and its answer) begins.
     let _ = tx.try_send(Ok(Bytes::from_static(b"retry: 1000\n\n")));
+    if let Some(grants) = grants {
+        end_at_expiry(tx.clone(), grants.remaining());
+    }
     let (_, work) = hub.subscribe(SubscribeRequest {
         channel,
         since,
@@ -365,6 +439,20 @@ fn sse(req: &Request, hub: &Hub) -> Response {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
+}
+
+/// Ends an SSE stream when its token expires (the connection closes; the
+/// browser reconnects, with a fresh token if its page has one), unless the
+/// stream ended first.
+fn end_at_expiry(tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>, after: Duration) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(after) => {
+                let _ = tx.send(Err(std::io::Error::other("the token expired"))).await;
+            }
+            _ = tx.closed() => {}
+        }
+    });
 }
 
 fn json(status: StatusCode, body: String) -> Response {

@@ -52,7 +52,7 @@ use tokio::sync::oneshot;
 
 use crate::server::HeldSignal;
 
-pub use auth::{KeyRefused, PublishKeys};
+pub use auth::{Grants, KeyRefused, PublishKeys, TokenError, TokenVerifier};
 pub use broker::{BoxFuture, Broker, BrokerError, BrokerState, Epoch, History, Publication, PublicationSink};
 use channel::{Answer, Channel, Sub, Target, Watch};
 pub use memory::{MemoryBroker, MemoryLimits};
@@ -87,6 +87,9 @@ pub struct HubConfig {
     pub recovery_buffer: usize,
     /// The keys `POST /publish/{channel}` requires (none: open).
     pub publish_keys: auth::PublishKeys,
+    /// Verifies the clients' tokens; `None`: every client may subscribe
+    /// and publish (the development mode).
+    pub tokens: Option<auth::TokenVerifier>,
 }
 
 impl Default for HubConfig {
@@ -101,6 +104,7 @@ impl Default for HubConfig {
             max_poll_limit: 1000,
             recovery_buffer: 10_000,
             publish_keys: auth::PublishKeys::default(),
+            tokens: None,
         }
     }
 }
@@ -530,7 +534,12 @@ impl Inner {
                 c.announce("leave", client);
             }
             drop(c);
-            self.free_if_unused(name);
+            // Not here: a fan-out may run under the broker's lock of this
+            // channel (the in-process broker's), which unwatching takes
+            // again (a publish to a channel whose last subscriber had gone
+            // deadlocked on it).
+            let (me, name) = (self.clone(), name.clone());
+            tokio::spawn(async move { me.free_if_unused(&name) });
         }
         // On tasks of their own: a fan-out runs under the broker's lock of
         // the channel (the in-process broker's), which a recovery's history

@@ -62,6 +62,10 @@ pub(crate) enum Command {
         channel: ChannelName,
         data: Bytes,
     },
+    /// A client token, first or refreshed (`{"type":"auth","token":"…"}`).
+    Auth {
+        token: String,
+    },
 }
 
 /// A command as it arrives, before its fields are checked.
@@ -77,6 +81,7 @@ struct Raw<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     id: Option<&'a RawValue>,
+    token: Option<String>,
 }
 
 /// A client command and its `id` tag (the raw JSON, echoed in the answer).
@@ -135,6 +140,11 @@ fn command(raw: Raw<'_>, max_data: usize) -> Result<Command, ProtocolError> {
                 data: checked_data(data.get(), max_data)?,
             })
         }
+        "auth" => Ok(Command::Auth {
+            token: raw
+                .token
+                .ok_or_else(|| ProtocolError::new("bad_request", "\"auth\" needs a \"token\""))?,
+        }),
         other => Err(ProtocolError::new(
             "unknown_type",
             format!("unknown command type {}", json_string(other)),
@@ -269,6 +279,15 @@ pub(crate) fn sse_event(p: &Publication) -> Bytes {
     s.push_str(std::str::from_utf8(&p.data).unwrap_or("null"));
     s.push_str("\n\n");
     Bytes::from(s)
+}
+
+/// The answer to `auth`: `{"type":"authorized","sub":…,"exp":…}`.
+pub(crate) fn authorized(subject: &str, expires: u64, id: Option<&str>) -> String {
+    format!(
+        "{{\"type\":\"authorized\",\"sub\":{},\"exp\":{expires}{}}}",
+        json_string(subject),
+        id_field(id)
+    )
 }
 
 #[cfg(test)]

@@ -89,8 +89,10 @@ struct State {
     waiting: VecDeque<EncodedFrame>,
     waiting_bytes: usize,
     at: At,
-    /// A push overflowed: the task closes the connection with 1008.
-    slow_consumer: bool,
+    /// The task is to close the connection with 1008 and this reason: a
+    /// push overflowed (`slow consumer`), or the application asked
+    /// ([`Inlet::close_policy`]).
+    closing: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Inlet {
@@ -98,7 +100,7 @@ impl std::fmt::Debug for Inlet {
         let s = self.lock();
         f.debug_struct("Inlet")
             .field("waiting_bytes", &s.waiting_bytes)
-            .field("slow_consumer", &s.slow_consumer)
+            .field("closing", &s.closing)
             .finish()
     }
 }
@@ -111,7 +113,7 @@ impl Inlet {
                 waiting: VecDeque::new(),
                 waiting_bytes: 0,
                 at: At::Task(None),
-                slow_consumer: false,
+                closing: None,
             }),
             limit,
             shared_deflate: std::sync::OnceLock::new(),
@@ -136,7 +138,7 @@ impl Inlet {
     /// Delivers one frame (see the module documentation).
     pub(crate) fn push(&self, frame: &EncodedFrame) -> Pushed {
         let mut s = self.lock();
-        if s.slow_consumer {
+        if s.closing.is_some() {
             return Pushed::Closed;
         }
         match &s.at {
@@ -147,7 +149,7 @@ impl Inlet {
                 }) {
                     Some(Pushed::Queued) => return Pushed::Queued,
                     Some(Pushed::Closed) => {
-                        s.slow_consumer = true;
+                        s.closing = Some(SLOW_CONSUMER);
                         return Pushed::Closed;
                     }
                     // Resumed (or resuming) by the lot: its task takes the frame.
@@ -170,7 +172,7 @@ impl Inlet {
     /// burst is pushed (see the module documentation).
     pub(crate) fn push_deferred(&self, frame: &EncodedFrame) -> Deferred {
         let mut s = self.lock();
-        if s.slow_consumer {
+        if s.closing.is_some() {
             return Deferred::Closed;
         }
         let parked = match &s.at {
@@ -197,7 +199,7 @@ impl Inlet {
             waiting,
             waiting_bytes,
             at,
-            slow_consumer,
+            closing,
         } = &mut *s;
         if waiting.is_empty() {
             return;
@@ -207,7 +209,9 @@ impl Inlet {
                 match lot.visit(*token, |parked, socket| push_parked(parked, socket, waiting.iter())) {
                     Some(pushed) => {
                         // In the engine now (or refused: its task closes it).
-                        *slow_consumer |= pushed == Pushed::Closed;
+                        if pushed == Pushed::Closed {
+                            closing.get_or_insert(SLOW_CONSUMER);
+                        }
                         waiting.clear();
                         *waiting_bytes = 0;
                     }
@@ -234,10 +238,9 @@ impl Inlet {
             At::Ended => return false,
             at => *at = At::Task(Some(waker.clone())),
         }
-        if s.slow_consumer {
-            s.slow_consumer = false;
+        if let Some(reason) = s.closing.take() {
             s.at = At::Ended;
-            engine.close_slow_consumer();
+            engine.close_policy(reason);
             return true;
         }
         if s.waiting.is_empty() {
@@ -266,7 +269,7 @@ impl Inlet {
     /// locked meanwhile, so no push falls between the check and the parking.
     pub(crate) fn park_with(&self, lot: &Lot, park: impl FnOnce() -> Option<u64>) -> ParkAttempt {
         let mut s = self.lock();
-        if !s.waiting.is_empty() || s.slow_consumer {
+        if !s.waiting.is_empty() || s.closing.is_some() {
             return ParkAttempt::Busy;
         }
         match park() {
@@ -285,7 +288,13 @@ impl Inlet {
     /// Gives up on the connection: it closes as a slow consumer (1008), at
     /// once if on its task, after resuming if parked.
     pub(crate) fn abandon(&self) {
-        give_up(&mut self.lock());
+        give_up(&mut self.lock(), SLOW_CONSUMER);
+    }
+
+    /// Closes the connection with 1008 (policy violation) and `reason`, the
+    /// same way (e.g. a token that expired).
+    pub(crate) fn close_policy(&self, reason: &'static str) {
+        give_up(&mut self.lock(), reason);
     }
 
     /// The connection is over: later pushes report `Closed`.
@@ -316,7 +325,7 @@ pub(crate) enum ParkAttempt {
 /// connection is given up as a slow consumer.
 fn queue(s: &mut State, frame: &EncodedFrame, limit: usize) -> bool {
     if s.waiting_bytes + frame.len() > limit && !s.waiting.is_empty() {
-        give_up(s);
+        give_up(s, SLOW_CONSUMER);
         return false;
     }
     s.waiting_bytes += frame.len();
@@ -329,8 +338,11 @@ fn queue(s: &mut State, frame: &EncodedFrame, limit: usize) -> bool {
 
 /// The connection closes as a slow consumer (1008): at once if on its task,
 /// after resuming if parked.
-fn give_up(s: &mut State) {
-    s.slow_consumer = true;
+/// The reason of a slow consumer's 1008.
+const SLOW_CONSUMER: &str = "slow consumer";
+
+fn give_up(s: &mut State, reason: &'static str) {
+    s.closing.get_or_insert(reason);
     s.waiting.clear();
     s.waiting_bytes = 0;
     match &s.at {
