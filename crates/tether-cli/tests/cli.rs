@@ -136,3 +136,88 @@ fn a_fanout_benchmark_runs_its_phases_against_the_hub_and_fails_without_a_server
     assert_ne!(code, 0, "{err}");
     assert!(err.contains("subscribed"), "{err}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_connection_and_request_spans() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--log",
+        "info,tether=debug",
+        "--log-format",
+        "json",
+        "--access-log",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TETHER_")) {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd.spawn().expect("run tether");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let first = rx.recv_timeout(Duration::from_secs(10)).expect("the listening line");
+    lines.push(first.clone());
+    let listening: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    let addr = listening["fields"]["addr"].as_str().expect("addr").to_owned();
+
+    // One keep-alive connection, two requests, the second closing it.
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answers = String::new();
+    tcp.read_to_string(&mut answers).unwrap();
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 2, "{answers}");
+
+    let until = Instant::now() + Duration::from_secs(10);
+    while !lines.iter().any(|l| l.contains("connection closed")) {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("no close line:\n{}", lines.join("\n")),
+        }
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    lines.extend(rx.try_iter());
+
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for e in &events {
+        assert!(e["level"].is_string(), "{e}");
+        assert!(e["fields"]["message"].is_string(), "{e}");
+    }
+    let closed = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "connection closed")
+        .expect("a close line");
+    assert_eq!(closed["span"]["name"], "conn", "{closed}");
+    assert_eq!(closed["span"]["cause"], "client_close", "{closed}");
+    assert_eq!(closed["span"]["requests"], 2, "{closed}");
+    assert!(closed["span"]["conn"].is_u64(), "{closed}");
+    let access: Vec<_> = events.iter().filter(|e| e["target"] == "tether::access").collect();
+    assert_eq!(access.len(), 2, "{lines:#?}");
+    for a in access {
+        assert_eq!(a["span"]["name"], "request", "{a}");
+        assert_eq!(a["span"]["path"], "/healthz", "{a}");
+        assert_eq!(a["spans"][0]["name"], "conn", "{a}");
+    }
+}
