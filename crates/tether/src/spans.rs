@@ -32,7 +32,8 @@
 //! maximum level (a load and a compare), and entering, recording and
 //! dropping a disabled span test one `Option`; the connection number is
 //! not even taken. A parked connection holds its span boxed, 8 bytes, and
-//! allocates no box for a disabled one. With a subscriber interested, each
+//! allocates no box for a disabled one (a held request's two spans share
+//! one box). With a subscriber interested, each
 //! span costs what that subscriber makes it cost (a registry entry, an
 //! allocation or two).
 
@@ -119,12 +120,46 @@ impl ParkedSpan {
 
     /// The span, by reference (a disabled one when none was kept).
     pub(crate) fn get(&self) -> &Span {
+        match &self.0 {
+            Some(span) => span,
+            None => Self::default_ref(),
+        }
+    }
+
+    /// A disabled span, by reference.
+    fn default_ref() -> &'static Span {
         static NONE: std::sync::OnceLock<Span> = std::sync::OnceLock::new();
-        self.0.as_deref().unwrap_or_else(|| NONE.get_or_init(Span::none))
+        NONE.get_or_init(Span::none)
     }
 
     /// The span, to enter again on a task.
     pub(crate) fn into_span(self) -> Span {
         self.0.map_or_else(Span::none, |span| *span)
+    }
+}
+
+/// A parked held request's two spans, its connection's and its request's,
+/// in one box (8 bytes in the lot's slot: the held request is the largest
+/// kind parked), and nothing at all when both are disabled.
+#[derive(Default)]
+pub(crate) struct ParkedSpans(Option<Box<(Span, Span)>>);
+
+impl ParkedSpans {
+    pub(crate) fn new(connection: Span, request: Span) -> Self {
+        let keep = !connection.is_disabled() || !request.is_disabled();
+        Self(keep.then(|| Box::new((connection, request))))
+    }
+
+    /// The connection's span (a disabled one when none was kept).
+    pub(crate) fn connection(&self) -> &Span {
+        match &self.0 {
+            Some(spans) => &spans.0,
+            None => ParkedSpan::default_ref(),
+        }
+    }
+
+    /// The connection's and the request's spans, to enter again on a task.
+    pub(crate) fn into_spans(self) -> (Span, Span) {
+        self.0.map_or_else(|| (Span::none(), Span::none()), |spans| *spans)
     }
 }

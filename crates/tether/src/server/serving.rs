@@ -31,7 +31,7 @@ pub(crate) use super::sleeper::Visit;
 use super::sleeper::{AtShutdown, Sleeper};
 use super::{ServerStats, SharedHandler};
 use crate::lifecycle::{OpenGuard, Stop};
-use crate::spans::ParkedSpan;
+use crate::spans::{ParkedSpan, ParkedSpans};
 use crate::ws::ParkedWebSocket;
 
 /// The parking lot of one server.
@@ -95,9 +95,9 @@ impl Serving {
             carry,
         } = paused;
         let serving = self.clone();
-        let span = ParkedSpan::new(carry.span);
         match carry.held {
             None => {
+                let span = ParkedSpan::new(carry.span);
                 let _ = lot.park(
                     io,
                     Parkable::KeepAlive(KeepAlive { conn, serving, span }),
@@ -112,8 +112,7 @@ impl Serving {
                     conn,
                     held,
                     serving,
-                    span,
-                    request_span: ParkedSpan::new(carry.request_span),
+                    spans: ParkedSpans::new(carry.span, carry.request_span),
                 });
                 if let Some(token) = lot.park(io, parked, shutdown, guard, peer) {
                     if !signal.park(lot, token) {
@@ -193,12 +192,12 @@ impl Sleeper for Parkable {
                 conn,
                 held,
                 serving,
-                span,
-                request_span,
+                spans,
             }) => {
+                let (span, request_span) = spans.into_spans();
                 let carry = Carry {
-                    span: span.into_span(),
-                    request_span: request_span.into_span(),
+                    span,
+                    request_span,
                     held: Some(held),
                 };
                 serving.spawn(io, conn, stop, guard, peer, carry)
@@ -213,8 +212,8 @@ pub(crate) struct HeldRequest {
     conn: ServerConnection,
     held: Held,
     serving: Arc<Serving>,
-    span: ParkedSpan,
-    request_span: ParkedSpan,
+    /// The connection's and the request's spans.
+    spans: ParkedSpans,
 }
 
 impl HeldRequest {
@@ -248,7 +247,7 @@ impl HeldRequest {
     }
 
     fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
-        forced_stop(&self.conn, &self.serving, peer, self.span.get())
+        forced_stop(&self.conn, &self.serving, peer, self.spans.connection())
     }
 }
 
@@ -361,7 +360,9 @@ mod tests {
         let engine = size_of::<tether_proto::ws::WsConnection>();
         assert!(
             parkable <= 448,
-            "Parkable is {parkable} B (WebSocket {websocket}, its engine {engine})"
+            "Parkable is {parkable} B (WebSocket {websocket}, its engine {engine}; keep-alive {}, held {})",
+            size_of::<super::KeepAlive>(),
+            size_of::<super::HeldRequest>()
         );
     }
 }
