@@ -169,10 +169,15 @@ fn json_logs_are_one_object_per_line_with_the_connection_and_request_spans() {
         }
     });
     let mut lines = Vec::new();
-    let first = rx.recv_timeout(Duration::from_secs(10)).expect("the listening line");
-    lines.push(first.clone());
-    let listening: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{e}: {first}"));
-    let addr = listening["fields"]["addr"].as_str().expect("addr").to_owned();
+    let addr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(10)).expect("the listening line");
+        lines.push(line.clone());
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if let Some(addr) = event["fields"]["addr"].as_str() {
+            assert!(line.contains("listening on http://"), "{line}");
+            break addr.to_owned();
+        }
+    };
 
     // One keep-alive connection, two requests, the second closing it.
     let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
