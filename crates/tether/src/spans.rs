@@ -81,7 +81,7 @@ pub(crate) fn request(parent: &Span, method: &http::Method, uri: &http::Uri) -> 
         parent: parent,
         "request",
         method = %method,
-        path = uri.path(),
+        path = %uri.path(),
         status = Empty,
     )
 }
