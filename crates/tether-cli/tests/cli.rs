@@ -236,12 +236,16 @@ fn the_static_root_serves_ranges_siblings_and_the_configured_cache_control() {
     let server = harness::Server::start(&["--root", dir, "--static-cache-control", "public, max-age=60"]);
     let mut c = harness::Client::connect(server.port);
     let host = harness::host(server.port);
-    let r = c.http(&format!("GET /a.txt HTTP/1.1\r\nHost: {host}\r\nRange: bytes=2-4\r\n\r\n"));
+    let r = c.http(&format!(
+        "GET /a.txt HTTP/1.1\r\nHost: {host}\r\nRange: bytes=2-4\r\n\r\n"
+    ));
     assert_eq!(r.status, 206, "{}", r.head);
     assert_eq!(r.header("content-range"), Some("bytes 2-4/10"));
     assert_eq!(r.header("cache-control"), Some("public, max-age=60"));
     assert_eq!(r.body, b"234");
-    let r = c.http(&format!("GET /a.txt HTTP/1.1\r\nHost: {host}\r\nAccept-Encoding: gzip\r\n\r\n"));
+    let r = c.http(&format!(
+        "GET /a.txt HTTP/1.1\r\nHost: {host}\r\nAccept-Encoding: gzip\r\n\r\n"
+    ));
     assert_eq!(r.header("content-encoding"), Some("gzip"));
     assert_eq!(r.header("vary"), Some("Accept-Encoding"));
     assert_eq!(r.body, b"GZ");
