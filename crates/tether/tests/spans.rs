@@ -275,3 +275,41 @@ async fn an_upgraded_websocket_is_a_child_span_with_its_end() {
         "{websocket:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_held_request_parks_with_its_spans_and_answers_inside_them() {
+    use tether::server::{router, Held, HeldSignal};
+    records();
+    let app = Router::new().route("/hold", |_req: Request| async {
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let answer: tether::server::held::HeldAnswer = Box::new(|fired| {
+            Box::pin(async move {
+                tracing::info!(fired, "answering the held request");
+                router::text(http::StatusCode::OK, "late")
+            })
+        });
+        Held::new(HeldSignal::new(), deadline, answer).into_response()
+    });
+    let server = Serving::start(Server::new(config(), app).park_idle_after(Some(Duration::from_millis(100)))).await;
+    let mut client = Client::connect(server.port).await;
+    let peer = client.local_addr();
+    client.send(&get_closing("/hold")).await;
+    // Held in the lot, without a task, its spans open.
+    wait_stats(&server.stats, 1, 1).await;
+    let spans = connection_spans(peer);
+    assert_eq!(spans.len(), 1);
+    assert!(!spans[0].0.closed && spans[0].1.iter().all(|r| !r.closed), "{spans:#?}");
+    let r = client.response().await;
+    assert_eq!((r.status, r.body_str().as_str()), (200, "late"));
+    client.expect_eof(IO_TIMEOUT).await;
+
+    let (conn, children) = closed_connection(peer).await;
+    assert_eq!(field(&conn, "requests"), "1");
+    assert_eq!(children.len(), 1, "{children:#?}");
+    let request = &children[0];
+    assert_eq!(field(request, "status"), "200");
+    assert!(
+        request.events.iter().any(|m| m == "answering the held request"),
+        "the answer runs in its request's span after the resume: {request:#?}"
+    );
+}
