@@ -31,8 +31,10 @@ def test_every_connection_ends_with_one_line_naming_its_cause(start_server):
         assert c.read_response().status == 400
     line = wait_for_line(srv, r"connection closed.*cause=\"protocol_error\"")
     assert "requests=2" in line and "fault=400 missing, repeated or invalid Host header" in line, line
-    # client "request line" status body-bytes seconds
-    wait_for_line(srv, r' INFO 127\.0\.0\.1 "GET /healthz HTTP/1\.1" 200 2 \d+\.\d{6}$')
+    # client "request line" status body-bytes seconds (at debug, after the
+    # connection's and the request's spans: conn{..}:request{..}: )
+    wait_for_line(srv, r' INFO (conn\{.*\}: )?127\.0\.0\.1 "GET /healthz HTTP/1\.1" 200 2 \d+\.\d{6}$')
+    wait_for_line(srv, r'conn\{peer=127\.0\.0\.1:\d+ conn=\d+.*\}:request\{method=GET path=/healthz status=200\}: ')
     wait_for_line(srv, r'127\.0\.0\.1 "-" 400 ')
 
     with Conn(srv.port) as c:

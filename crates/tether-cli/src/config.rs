@@ -59,6 +59,18 @@ pub enum WsCompression {
     Context,
 }
 
+/// How log lines are written (to standard error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// One human-readable line per event, with its spans' fields.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields` with
+    /// `message`, `target`, and the current `span` and `spans`), for log
+    /// shippers.
+    Json,
+}
+
 /// Makes the configuration's types from the one list of settings below.
 macro_rules! serve_settings {
     ($(
@@ -200,6 +212,10 @@ serve_settings! {
     #[arg(value_name = "DIR", env = "TETHER_ROOT")]
     root: Option<PathBuf> = None, flag PathBuf => Some;
 
+    /// Cache-Control sent with the static files of --root (200, 206 and 304 answers), e.g. `no-cache` or `public, max-age=3600`; without it caches revalidate by heuristics (Last-Modified, ETag) [default: none]
+    #[arg(value_name = "VALUE", env = "TETHER_STATIC_CACHE_CONTROL", value_parser = parse_header_value)]
+    static_cache_control: Option<String> = None, flag String => Some;
+
     /// Worker threads; 1 = single-threaded runtime [default: number of CPUs]
     #[arg(allow_hyphen_values = true, value_name = "N", env = "TETHER_WORKERS", value_parser = parse_workers)]
     workers: usize = default_workers(), flag usize => |v| v;
@@ -208,6 +224,10 @@ serve_settings! {
     #[arg(value_name = "LEVEL", env = "TETHER_LOG", value_parser = parse_log_filter)]
     #[serde(deserialize_with = "deserialize_log_filter")]
     log: String = "info".to_owned(), flag String => |v| v;
+
+    /// Log line format: text, or json (one JSON object per line: timestamp, level, fields with the message, target, and the spans it is in)
+    #[arg(value_name = "FORMAT", env = "TETHER_LOG_FORMAT", value_enum)]
+    log_format: LogFormat = LogFormat::Text, flag LogFormat => |v| v;
 
     /// Log one line per request (client, request line, status, length, time) at info on target tether::access
     #[arg(value_name = "BOOL", env = "TETHER_ACCESS_LOG", num_args = 0..=1, require_equals = true,
@@ -358,6 +378,9 @@ impl ServeConfig {
             if let Some(d) = d {
                 check_duration(d, false).with_context(|| format!("invalid {key}"))?;
             }
+        }
+        if let Some(value) = &self.static_cache_control {
+            parse_header_value(value).context("invalid static-cache-control")?;
         }
         if !(1..=4096).contains(&self.workers) {
             bail!("invalid workers: must be from 1 to 4096");
@@ -591,6 +614,18 @@ pub fn parse_log_filter(input: &str) -> Result<String, ValueError> {
     }
     tracing_subscriber::EnvFilter::try_new(input).map_err(|e| value_error(input, &e.to_string()))?;
     Ok(input.to_owned())
+}
+
+/// Checks a header field value: visible ASCII and spaces, not empty.
+pub fn parse_header_value(input: &str) -> Result<String, ValueError> {
+    let trimmed = input.trim();
+    if trimmed.is_empty() || !trimmed.bytes().all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic()) {
+        return Err(value_error(
+            input,
+            "expected a header value (visible ASCII), e.g. `no-cache`",
+        ));
+    }
+    Ok(trimmed.to_owned())
 }
 
 fn deserialize_log_filter<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -843,6 +878,8 @@ mod tests {
         assert_eq!(c.max_body, 16 << 20);
         assert_eq!(c.shutdown_timeout, secs(10));
         assert_eq!(c.root, None);
+        assert_eq!(c.static_cache_control, None);
+        assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.workers, default_workers());
         assert!(c.workers >= 1);
         assert_eq!(c.log, "info");
@@ -879,10 +916,14 @@ mod tests {
             "1",
             "--root",
             "/srv/www",
+            "--static-cache-control",
+            "public, max-age=60",
             "--workers",
             "1",
             "--log",
             "debug",
+            "--log-format",
+            "json",
             "--ws-max-message",
             "64KiB",
             "--ws-compression",
@@ -911,8 +952,19 @@ mod tests {
         assert_eq!(c.max_body, 1024);
         assert_eq!(c.shutdown_timeout, secs(1));
         assert_eq!(c.root, Some(PathBuf::from("/srv/www")));
+        assert_eq!(c.static_cache_control.as_deref(), Some("public, max-age=60"));
         assert_eq!(c.workers, 1);
         assert_eq!(c.log, "debug");
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(parse(&["--static-cache-control", "bad\u{1}value"]).is_err());
+        assert!(parse(&["--log-format", "xml"]).is_err());
+        assert!(ServeConfig::from_toml_str("static-cache-control = \"\"\n").is_err());
+        assert_eq!(
+            ServeConfig::from_toml_str("log-format = \"json\"\n")
+                .unwrap()
+                .log_format,
+            LogFormat::Json
+        );
         assert_eq!(c.ws_max_message, 64 << 10);
         assert_eq!(c.ws_compression, WsCompression::Context);
         assert_eq!(c.ws_ping_interval, Some(secs(20)));
@@ -1326,8 +1378,10 @@ mod tests {
             ("--max-body", "[default: 16MiB]"),
             ("--shutdown-timeout", "[default: 10s]"),
             ("--root", "[default: none]"),
+            ("--static-cache-control", "[default: none]"),
             ("--workers", "[default: number of CPUs]"),
             ("--log", "[default: info]"),
+            ("--log-format", "[default: text]"),
             ("--ws-max-message", "[default: 16MiB]"),
             ("--ws-compression", "[default: shared]"),
             ("--ws-ping-interval", "[default: off]"),

@@ -17,7 +17,7 @@ use tether::server::router::{self, Router};
 use tether::server::{Body, BodyError, Request, Response, Server, ServerStats, SharedHandler, StaticFiles};
 use tether::ws::{self, CompressionMode, Message, QueueOverflow, WsOptions};
 
-use crate::config::{format_duration, KeepAliveHeaderMode, ServeConfig, WsCompression};
+use crate::config::{format_duration, KeepAliveHeaderMode, LogFormat, ServeConfig, WsCompression};
 
 /// The engine configuration for these settings.
 pub fn h1_config(c: &ServeConfig) -> h1::Config {
@@ -136,7 +136,18 @@ pub fn app(c: &ServeConfig, hub: &Hub, stats: &Arc<ServerStats>) -> Router {
         }),
     );
     match &c.root {
-        Some(root) => r = r.fallback(StaticFiles::new(root.clone())),
+        Some(root) => {
+            let mut files = StaticFiles::new(root.clone());
+            // Checked when the configuration was read.
+            if let Some(value) = c
+                .static_cache_control
+                .as_deref()
+                .and_then(|v| header::HeaderValue::from_str(v).ok())
+            {
+                files = files.cache_control(value);
+            }
+            r = r.fallback(files);
+        }
         None => {
             r = r.route(
                 "/",
@@ -191,7 +202,7 @@ fn ws_echo(message: Message, replies: &mut ws::Replies<'_>) {
 
 /// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
 pub fn run(c: ServeConfig) -> anyhow::Result<()> {
-    init_logging(&c.log)?;
+    init_logging(&c.log, c.log_format)?;
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open file limit raised to the hard limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
@@ -246,10 +257,15 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
         c.keep_alive_max.to_string()
     };
     let stop = shutdown_signal()?;
-    eprintln!(
+    let listening = format!(
         "listening on http://{addr} (keep-alive timeout={} max={max})",
         format_duration(c.keep_alive_timeout)
     );
+    // Printed whatever the log filter (scripts wait for it), in the log's format.
+    match c.log_format {
+        LogFormat::Text => eprintln!("{listening}"),
+        LogFormat::Json => eprintln!("{}", json_line(&listening, &addr.to_string())),
+    }
     server.serve(listener, stop).await.context("serving")?;
     tracing::info!("shut down cleanly");
     Ok(())
@@ -270,14 +286,38 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn init_logging(level: &str) -> anyhow::Result<()> {
+/// The listening line as the JSON formatter writes an event.
+fn json_line(message: &str, addr: &str) -> String {
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+    let mut timestamp = String::new();
+    let _ = SystemTime.format_time(&mut Writer::new(&mut timestamp));
+    serde_json::json!({
+        "timestamp": timestamp,
+        "level": "INFO",
+        "fields": { "message": message, "addr": addr },
+        "target": "tether::serve",
+    })
+    .to_string()
+}
+
+/// Logs to standard error through `level` (an `EnvFilter`), as text or
+/// as JSON lines. Connections and requests are `tracing` spans at `debug`
+/// (see `tether`'s `spans`), so with `--log tether=debug` each line names
+/// the connection (`conn{peer conn}`) and request (`request{method path}`)
+/// it belongs to: in JSON, as `span` and `spans`.
+fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter =
         tracing_subscriber::EnvFilter::try_new(level).with_context(|| format!("invalid --log filter {level:?}"))?;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
     Ok(())
 }

@@ -201,4 +201,118 @@ fn an_open_hub_on_a_public_address_is_announced_with_a_warning() {
         "k",
     ]);
     assert!(!warned(&keyed), "{}", keyed.join("\n"));
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_connection_and_request_spans() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--log",
+        "info,tether=debug",
+        "--log-format",
+        "json",
+        "--access-log",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("TETHER_")) {
+        cmd.env_remove(k);
+    }
+    let mut child = cmd.spawn().expect("run tether");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let addr = loop {
+        let line = rx.recv_timeout(Duration::from_secs(10)).expect("the listening line");
+        lines.push(line.clone());
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if let Some(addr) = event["fields"]["addr"].as_str() {
+            assert!(line.contains("listening on http://"), "{line}");
+            break addr.to_owned();
+        }
+    };
+
+    // One keep-alive connection, two requests, the second closing it.
+    let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut answers = String::new();
+    tcp.read_to_string(&mut answers).unwrap();
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 2, "{answers}");
+
+    let until = Instant::now() + Duration::from_secs(10);
+    while !lines.iter().any(|l| l.contains("connection closed")) {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(_) => panic!("no close line:\n{}", lines.join("\n")),
+        }
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    lines.extend(rx.try_iter());
+
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for e in &events {
+        assert!(e["level"].is_string(), "{e}");
+        assert!(e["fields"]["message"].is_string(), "{e}");
+    }
+    let closed = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "connection closed")
+        .expect("a close line");
+    assert_eq!(closed["span"]["name"], "conn", "{closed}");
+    assert_eq!(closed["span"]["cause"], "client_close", "{closed}");
+    assert_eq!(closed["span"]["requests"], 2, "{closed}");
+    assert!(closed["span"]["conn"].is_u64(), "{closed}");
+    let access: Vec<_> = events.iter().filter(|e| e["target"] == "tether::access").collect();
+    assert_eq!(access.len(), 2, "{lines:#?}");
+    for a in access {
+        assert_eq!(a["span"]["name"], "request", "{a}");
+        assert_eq!(a["span"]["path"], "/healthz", "{a}");
+        assert_eq!(a["spans"][0]["name"], "conn", "{a}");
+    }
+}
+
+#[test]
+fn the_static_root_serves_ranges_siblings_and_the_configured_cache_control() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("a.txt"), b"0123456789").unwrap();
+    std::fs::write(root.path().join("a.txt.gz"), b"GZ").unwrap();
+    let dir = root.path().to_str().unwrap();
+    let server = harness::Server::start(&["--root", dir, "--static-cache-control", "public, max-age=60"]);
+    let mut c = harness::Client::connect(server.port);
+    let host = harness::host(server.port);
+    let r = c.http(&format!(
+        "GET /a.txt HTTP/1.1\r\nHost: {host}\r\nRange: bytes=2-4\r\n\r\n"
+    ));
+    assert_eq!(r.status, 206, "{}", r.head);
+    assert_eq!(r.header("content-range"), Some("bytes 2-4/10"));
+    assert_eq!(r.header("cache-control"), Some("public, max-age=60"));
+    assert_eq!(r.body, b"234");
+    let r = c.http(&format!(
+        "GET /a.txt HTTP/1.1\r\nHost: {host}\r\nAccept-Encoding: gzip\r\n\r\n"
+    ));
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert_eq!(r.header("vary"), Some("Accept-Encoding"));
+    assert_eq!(r.body, b"GZ");
+    server.stop();
 }

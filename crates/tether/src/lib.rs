@@ -48,6 +48,7 @@ pub mod lifecycle;
 mod memory;
 pub mod metrics;
 pub mod server;
+mod spans;
 pub mod traffic;
 pub mod ws;
 

@@ -134,5 +134,6 @@ async fn handshake<S: Transport>(
         accepted.subprotocol,
         None,
         peer,
+        tracing::Span::none(),
     ))
 }

@@ -37,6 +37,7 @@ use tether_proto::h1::{self, body_error_status, CloseCause, Event, ResponseBody,
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
+use tracing::{Instrument, Span};
 
 use super::body::{Body, BodyError, RequestBody};
 use super::handler::{HandlerFuture, Response, SharedHandler};
@@ -61,6 +62,23 @@ pub enum ConnectionEnd {
     Closed(CloseCause, u32, Option<h1::Fault>),
     /// Switched protocols after this many responses.
     Upgraded(u32),
+}
+
+impl ConnectionEnd {
+    /// The responses the connection carried.
+    pub fn requests(&self) -> u32 {
+        match *self {
+            ConnectionEnd::Closed(_, n, _) | ConnectionEnd::Upgraded(n) => n,
+        }
+    }
+
+    /// Why it ended: the close cause's name, or `upgraded`.
+    pub fn cause_str(&self) -> &'static str {
+        match self {
+            ConnectionEnd::Closed(cause, ..) => cause.as_str(),
+            ConnectionEnd::Upgraded(_) => "upgraded",
+        }
+    }
 }
 
 pub use crate::lifecycle::Stop;
@@ -100,16 +118,20 @@ pub(crate) async fn serve_tracked<IO: Transport>(
     guard: Option<OpenGuard>,
 ) -> ConnectionEnd {
     let conn = ServerConnection::new(config, Instant::now().into_std());
+    let span = crate::spans::connection(None);
     let context = Context {
         handler,
         lot: None,
         peer: None,
         access_log: false,
         stats: None,
-        held: None,
+        carry: Carry::new(span.clone()),
     };
-    match drive(io, conn, context, shutdown, guard).await {
-        Driven::Ended(end, _) => end,
+    match drive(io, conn, context, shutdown, guard).instrument(span).await {
+        Driven::Ended(end, _, span) => {
+            crate::spans::record_end(&span, end.requests(), end.cause_str());
+            end
+        }
         Driven::Idle(_) => unreachable!("never parks without park_after"),
     }
 }
@@ -119,8 +141,8 @@ pub(crate) async fn serve_tracked<IO: Transport>(
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Driven<IO> {
     /// The connection closed or upgraded, having carried this traffic
-    /// (an upgraded one's: up to its `101`).
-    Ended(ConnectionEnd, Traffic),
+    /// (an upgraded one's: up to its `101`); its span, to record the end.
+    Ended(ConnectionEnd, Traffic, Span),
     /// It has been idle for `park_after`, with nothing in flight: the caller
     /// may keep it without a task and [`drive`] it again on input, at its
     /// deadline or on shutdown.
@@ -134,7 +156,8 @@ pub(crate) struct Paused<IO> {
     pub conn: ServerConnection,
     pub shutdown: watch::Receiver<Stop>,
     pub guard: Option<OpenGuard>,
-    pub held: Option<Held>,
+    /// The connection's span, and the held request's with its response.
+    pub carry: Carry,
 }
 
 /// Serves `conn` over `io` until it closes, upgrades or (with a parking
@@ -155,7 +178,7 @@ pub(crate) async fn drive<IO: Transport>(
     shutdown: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
 ) -> Driven<IO> {
-    let Context { lot, peer, .. } = context;
+    let Context { lot, peer, carry, .. } = context;
     let park_after = lot.map(Lot::park_after);
     let upgrade_stop = shutdown.clone();
     let access_log = context.access_log.then(|| AccessLog::new(peer));
@@ -165,7 +188,9 @@ pub(crate) async fn drive<IO: Transport>(
     d.activity.served_at_start = d.conn.requests_served();
     d.activity.traffic_at_start = d.conn.traffic();
     // A held response resumed from the lot waits here from now on.
-    d.held = context.held;
+    d.held = carry.held;
+    d.span = carry.span;
+    d.request_span = carry.request_span;
     if d.stop == Stop::Force {
         return d.ended(CloseCause::Shutdown);
     }
@@ -202,13 +227,24 @@ pub(crate) async fn drive<IO: Transport>(
             Next::Close(cause) => return d.ended(cause),
         };
         d.activity.report(&d.conn);
-        let Driving { io, conn, .. } = d;
+        let Driving {
+            io,
+            conn,
+            span,
+            request_span,
+            ..
+        } = d;
         return Driven::Idle(Paused {
             io,
             conn,
             shutdown: upgrade_stop,
             guard,
-            held,
+            carry: Carry {
+                span,
+                // Only a held request's span is still open.
+                request_span: if held.is_some() { request_span } else { Span::none() },
+                held,
+            },
         });
     }
 }
@@ -224,8 +260,28 @@ pub(crate) struct Context<'a> {
     pub access_log: bool,
     /// The server's counters.
     pub stats: Option<Arc<ServerStats>>,
-    /// A held response the connection resumes with (it waited in the lot).
+    /// The connection's span, and a held response it resumes with (it
+    /// waited in the lot) with its request's span.
+    pub carry: Carry,
+}
+
+/// What a connection takes from one task to the next besides its engine:
+/// its span and, for a held response, the response and its request's span.
+pub(crate) struct Carry {
+    pub span: Span,
+    pub request_span: Span,
     pub held: Option<Held>,
+}
+
+impl Carry {
+    /// A new connection's: its span.
+    pub(crate) fn new(span: Span) -> Self {
+        Self {
+            span,
+            request_span: Span::none(),
+            held: None,
+        }
+    }
 }
 
 /// What the server's counters learn from this connection: whether it
@@ -386,6 +442,11 @@ struct Driving<IO> {
     /// socket) waits on its task, so a peer that keeps sending never makes
     /// it bounce between task and lot.
     held_may_park: bool,
+    /// The connection's span (the driver runs inside it: see `crate::spans`).
+    span: Span,
+    /// The current request's span, entered while its handler is polled;
+    /// closed (`Span::none()`) once its response is queued.
+    request_span: Span,
 }
 
 impl<IO: Transport> Driving<IO> {
@@ -430,14 +491,18 @@ impl<IO: Transport> Driving<IO> {
             },
             held: None,
             held_may_park: false,
+            span: Span::none(),
+            request_span: Span::none(),
         }
     }
 
     fn ended(&mut self, cause: CloseCause) -> Driven<IO> {
         self.activity.report(&self.conn);
+        self.request_span = Span::none();
         Driven::Ended(
             ConnectionEnd::Closed(cause, self.conn.requests_served(), self.conn.fault()),
             self.conn.traffic(),
+            std::mem::replace(&mut self.span, Span::none()),
         )
     }
 
@@ -472,6 +537,7 @@ impl<IO: Transport> Driving<IO> {
 
     /// A request head: its body channel, and the handler that answers it.
     fn start_request(&mut self, head: h1::RequestHead) {
+        self.request_span = crate::spans::request(&self.span, &head.method, &head.uri);
         if let Some(log) = self.access_log.as_mut() {
             log.request(&head);
         }
@@ -495,6 +561,7 @@ impl<IO: Transport> Driving<IO> {
         *req.headers_mut() = head.headers;
         // Routed by reference: the request moves once, into the handler
         // that answers it.
+        let _entered = self.request_span.enter();
         self.handler_fut = Some(super::handler::resolve(&*self.handler, &req).call(req));
     }
 
@@ -530,7 +597,11 @@ impl<IO: Transport> Driving<IO> {
         let read_buf = self.conn.take_upgraded_bytes();
         self.activity.report(&self.conn);
         let Driving {
-            io, conn, on_upgrade, ..
+            io,
+            conn,
+            on_upgrade,
+            span,
+            ..
         } = self;
         let served = conn.requests_served();
         let traffic = conn.traffic();
@@ -543,10 +614,11 @@ impl<IO: Transport> Driving<IO> {
                 guard,
                 peer,
                 lot: lot.cloned(),
+                span: span.clone(),
             };
             tokio::spawn(f(upgraded));
         }
-        Driven::Ended(ConnectionEnd::Upgraded(served), traffic)
+        Driven::Ended(ConnectionEnd::Upgraded(served), traffic, span)
     }
 
     /// Step 3: a handler that answers at once is answered before anything
@@ -557,7 +629,9 @@ impl<IO: Transport> Driving<IO> {
             return false;
         };
         let answered = &mut self.answered;
+        let request_span = &self.request_span;
         poll_fn(|cx| {
+            let _entered = request_span.enter();
             if let Poll::Ready(resp) = f.as_mut().poll(cx) {
                 *answered = Some(resp);
             }
@@ -600,6 +674,7 @@ impl<IO: Transport> Driving<IO> {
             armed,
             clock,
             held,
+            request_span,
             ..
         } = self;
         let held_signal = held.as_ref().map(|h| h.signal.clone());
@@ -610,12 +685,15 @@ impl<IO: Transport> Driving<IO> {
                 Wake::Shutdown
             }
             w = poll_fn(|cx| poll_io(io, conn, wants_read, clock, cx)) => w,
-            _ = poll_fn(|cx| match handler_fut.as_mut().expect("guarded").as_mut().poll(cx) {
-                Poll::Ready(resp) => {
-                    *answered = Some(resp);
-                    Poll::Ready(())
+            _ = poll_fn(|cx| {
+                let _entered = request_span.enter();
+                match handler_fut.as_mut().expect("guarded").as_mut().poll(cx) {
+                    Poll::Ready(resp) => {
+                        *answered = Some(resp);
+                        Poll::Ready(())
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending => Poll::Pending,
             }), if handler_fut.is_some() => Wake::Answered,
             ok = async { body_tx.as_ref().expect("guarded").reserve().await.is_ok() }, if blocked_chunk.is_some() && body_tx.is_some() => Wake::BodySlot(ok),
             chunk = async { stream.as_mut().expect("guarded").recv().await }, if stream_ready => Wake::StreamChunk(chunk),
@@ -741,13 +819,19 @@ impl<IO: Transport> Driving<IO> {
             self.body_tx = None;
         }
         let now = self.clock.unwrap_or_else(std::time::Instant::now);
+        crate::spans::record(&self.request_span, "status", resp.status().as_u16());
         if let Some(log) = self.access_log.as_mut() {
+            let _entered = self.request_span.enter();
             log.response(resp.status(), resp.headers(), resp.body());
         }
         match start_response(&mut self.conn, resp, now) {
-            Started::Done => {}
+            // The response is queued: its request's span ends.
+            Started::Done => self.request_span = Span::none(),
             Started::Streaming(rx) => self.stream = Some(rx),
-            Started::Upgrade(u) => self.on_upgrade = u,
+            Started::Upgrade(u) => {
+                self.request_span = Span::none();
+                self.on_upgrade = u;
+            }
         }
     }
 
@@ -761,6 +845,7 @@ impl<IO: Transport> Driving<IO> {
                 }
             }
             Some(Err(e)) => {
+                let _entered = self.request_span.enter();
                 tracing::debug!(error = %e, "response body stream failed; closing");
                 self.stream = None;
                 self.conn.abort_response();
@@ -768,8 +853,10 @@ impl<IO: Transport> Driving<IO> {
             None => {
                 self.stream = None;
                 if let Err(e) = self.conn.finish_response() {
+                    let _entered = self.request_span.enter();
                     tracing::debug!(error = %e, "response body ended early; closing");
                 }
+                self.request_span = Span::none();
             }
         }
     }

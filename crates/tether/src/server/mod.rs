@@ -12,6 +12,10 @@
 //! server stops accepting, tells every connection (idle ones close at once,
 //! in-flight ones finish with `Connection: close`), waits for them up to
 //! the shutdown timeout, then aborts the rest.
+//!
+//! Each connection runs inside a `tracing` span of its own, each request
+//! inside a child span (see `crate::spans`): the span goes along when the
+//! connection parks, and the line a connection ends with is logged in it.
 
 mod admission;
 pub mod body;
@@ -139,13 +143,16 @@ impl ServerStats {
         }
     }
 
-    /// Counts and logs the end of an HTTP connection (that carried `traffic`).
-    pub(crate) fn record_end(&self, peer: SocketAddr, end: ConnectionEnd, traffic: Traffic) {
+    /// Counts and logs the end of an HTTP connection (that carried
+    /// `traffic`), and records it on the connection's span, inside which
+    /// the line is logged.
+    pub(crate) fn record_end(&self, peer: SocketAddr, end: ConnectionEnd, traffic: Traffic, span: &tracing::Span) {
         match end {
             ConnectionEnd::Closed(cause, ..) => self.closed[cause as usize].fetch_add(1, Ordering::Relaxed),
             ConnectionEnd::Upgraded(_) => self.upgraded.fetch_add(1, Ordering::Relaxed),
         };
-        log_end(peer, end, traffic);
+        crate::spans::record_end(span, end.requests(), end.cause_str());
+        span.in_scope(|| log_end(peer, end, traffic));
     }
 }
 
@@ -264,7 +271,8 @@ impl Server {
                             // An upgraded or parked connection takes the guard along: shutdown waits for it too.
                             admission::Verdict::Admit(open) => {
                                 let conn = h1::ServerConnection::new(self.config.clone(), std::time::Instant::now());
-                                serving.spawn(stream, conn, stop_rx.clone(), Some(open), peer, None);
+                                let carry = serving::Carry::new(crate::spans::connection(Some(peer)));
+                                serving.spawn(stream, conn, stop_rx.clone(), Some(open), peer, carry);
                             }
                             admission::Verdict::Refuse => {
                                 self.stats.refused.fetch_add(1, Ordering::Relaxed);

@@ -11,6 +11,9 @@
 //! connection's engine counts meanwhile (bytes it reads, or drops as it
 //! closes) goes to the server's totals at once (`tracked`): its driver added
 //! everything before it parked, and the next one starts from there.
+//! A parked connection keeps its `tracing` span (boxed: `ParkedSpan`), so
+//! the task that resumes it runs in the same span, and an end met in the
+//! lot is logged and recorded in it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +21,9 @@ use std::sync::Arc;
 use tether_proto::h1::{CloseCause, ServerConnection};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tracing::Instrument;
 
+pub(crate) use super::driver::Carry;
 use super::driver::{self, ConnectionEnd, Driven, Paused};
 use super::held::Held;
 use super::park::ParkingLot;
@@ -26,6 +31,7 @@ pub(crate) use super::sleeper::Visit;
 use super::sleeper::{AtShutdown, Sleeper};
 use super::{ServerStats, SharedHandler};
 use crate::lifecycle::{OpenGuard, Stop};
+use crate::spans::{ParkedSpan, ParkedSpans};
 use crate::ws::ParkedWebSocket;
 
 /// The parking lot of one server.
@@ -42,8 +48,8 @@ pub(crate) struct Serving {
 }
 
 impl Serving {
-    /// Runs a connection on a task of its own until it ends or parks
-    /// (resuming a held response, if it has one).
+    /// Runs a connection on a task of its own, inside its span, until it
+    /// ends or parks (resuming a held response, if it carries one).
     pub(crate) fn spawn(
         self: &Arc<Self>,
         io: TcpStream,
@@ -51,10 +57,11 @@ impl Serving {
         stop: watch::Receiver<Stop>,
         guard: Option<OpenGuard>,
         peer: SocketAddr,
-        held: Option<Held>,
+        carry: Carry,
     ) {
         let serving = self.clone();
-        tokio::spawn(async move {
+        let span = carry.span.clone();
+        let task = async move {
             let lot = serving.lot.as_ref();
             let context = driver::Context {
                 handler: serving.handler.clone(),
@@ -62,10 +69,10 @@ impl Serving {
                 peer: Some(peer),
                 access_log: serving.access_log,
                 stats: Some(serving.stats.clone()),
-                held,
+                carry,
             };
             match driver::drive(io, conn, context, stop, guard).await {
-                Driven::Ended(end, traffic) => serving.stats.record_end(peer, end, traffic),
+                Driven::Ended(end, traffic, span) => serving.stats.record_end(peer, end, traffic, &span),
                 // `drive` parks only when given a lot.
                 Driven::Idle(paused) => {
                     if let Some(lot) = lot {
@@ -73,7 +80,8 @@ impl Serving {
                     }
                 }
             }
-        });
+        };
+        tokio::spawn(task.instrument(span));
     }
 
     /// Parks an idle connection, or one holding a response (whose signal
@@ -84,14 +92,15 @@ impl Serving {
             conn,
             shutdown,
             guard,
-            held,
+            carry,
         } = paused;
         let serving = self.clone();
-        match held {
+        match carry.held {
             None => {
+                let span = ParkedSpan::new(carry.span);
                 let _ = lot.park(
                     io,
-                    Parkable::KeepAlive(KeepAlive { conn, serving }),
+                    Parkable::KeepAlive(KeepAlive { conn, serving, span }),
                     shutdown,
                     guard,
                     peer,
@@ -99,7 +108,12 @@ impl Serving {
             }
             Some(held) => {
                 let signal = held.signal.clone();
-                let parked = Parkable::Held(HeldRequest { conn, held, serving });
+                let parked = Parkable::Held(HeldRequest {
+                    conn,
+                    held,
+                    serving,
+                    spans: ParkedSpans::new(carry.span, carry.request_span),
+                });
                 if let Some(token) = lot.park(io, parked, shutdown, guard, peer) {
                     if !signal.park(lot, token) {
                         lot.wake(token);
@@ -170,10 +184,23 @@ impl Sleeper for Parkable {
         lot: &ParkingLot<Self>,
     ) {
         match self {
-            Parkable::KeepAlive(KeepAlive { conn, serving }) => serving.spawn(io, conn, stop, guard, peer, None),
+            Parkable::KeepAlive(KeepAlive { conn, serving, span }) => {
+                serving.spawn(io, conn, stop, guard, peer, Carry::new(span.into_span()))
+            }
             Parkable::WebSocket(w) => w.resume(io, stop, guard, lot),
-            Parkable::Held(HeldRequest { conn, held, serving }) => {
-                serving.spawn(io, conn, stop, guard, peer, Some(held))
+            Parkable::Held(HeldRequest {
+                conn,
+                held,
+                serving,
+                spans,
+            }) => {
+                let (span, request_span) = spans.into_spans();
+                let carry = Carry {
+                    span,
+                    request_span,
+                    held: Some(held),
+                };
+                serving.spawn(io, conn, stop, guard, peer, carry)
             }
         }
     }
@@ -185,6 +212,8 @@ pub(crate) struct HeldRequest {
     conn: ServerConnection,
     held: Held,
     serving: Arc<Serving>,
+    /// The connection's and the request's spans.
+    spans: ParkedSpans,
 }
 
 impl HeldRequest {
@@ -218,7 +247,7 @@ impl HeldRequest {
     }
 
     fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
-        forced_stop(&self.conn, &self.serving, peer)
+        forced_stop(&self.conn, &self.serving, peer, self.spans.connection())
     }
 }
 
@@ -226,6 +255,8 @@ impl HeldRequest {
 pub(crate) struct KeepAlive {
     conn: ServerConnection,
     serving: Arc<Serving>,
+    /// The connection's span, kept for its next task (or its end here).
+    span: ParkedSpan,
 }
 
 impl KeepAlive {
@@ -254,7 +285,7 @@ impl KeepAlive {
     }
 
     fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
-        forced_stop(&self.conn, &self.serving, peer)
+        forced_stop(&self.conn, &self.serving, peer, self.span.get())
     }
 
     /// The engine drains it (or, without a drain, closes it).
@@ -275,6 +306,7 @@ impl KeepAlive {
                     peer,
                     ConnectionEnd::Closed(cause, self.conn.requests_served(), self.conn.fault()),
                     self.conn.traffic(),
+                    self.span.get(),
                 );
                 true
             }
@@ -305,11 +337,12 @@ fn feed(conn: &mut ServerConnection, bytes: &[u8], now: std::time::Instant) {
 
 /// A parked HTTP connection closed by the server's forced stop, logged
 /// here (no task will).
-fn forced_stop(conn: &ServerConnection, serving: &Serving, peer: SocketAddr) -> AtShutdown {
+fn forced_stop(conn: &ServerConnection, serving: &Serving, peer: SocketAddr, span: &tracing::Span) -> AtShutdown {
     serving.stats.record_end(
         peer,
         ConnectionEnd::Closed(CloseCause::Shutdown, conn.requests_served(), None),
         conn.traffic(),
+        span,
     );
     AtShutdown::Closed
 }
@@ -327,7 +360,9 @@ mod tests {
         let engine = size_of::<tether_proto::ws::WsConnection>();
         assert!(
             parkable <= 448,
-            "Parkable is {parkable} B (WebSocket {websocket}, its engine {engine})"
+            "Parkable is {parkable} B (WebSocket {websocket}, its engine {engine}; keep-alive {}, held {})",
+            size_of::<super::KeepAlive>(),
+            size_of::<super::HeldRequest>()
         );
     }
 }

@@ -1,4 +1,6 @@
-//! Static files: serves a directory tree for GET and HEAD.
+//! Static files: serves a directory tree for GET and HEAD, as nginx does:
+//! validators and `304`, byte ranges, precompressed siblings,
+//! `Cache-Control`.
 //!
 //! # Theory of operation
 //!
@@ -24,53 +26,105 @@
 //!    served, and there is no directory listing (`404`). A regular file is
 //!    opened and `fstat`ed; anything else (FIFOs, devices) is `404`.
 //!
-//! Responses carry `Content-Type` (guessed from the extension, `text/*` with
-//! `; charset=utf-8`, else `application/octet-stream`), `Content-Length`,
-//! a weak `ETag` derived from size and modification time, `Last-Modified`
-//! and `Accept-Ranges: none` (`Range` is ignored: always the whole file).
-//! `If-None-Match` (a list or `*`, weak comparison) answers `304 Not
-//! Modified` and, when present, makes `If-Modified-Since` ignored, as
-//! RFC 9110 §13.2.2 requires; otherwise `If-Modified-Since` answers 304 when
-//! the file's modification time (whole seconds) is not later. A 304 carries
-//! `ETag` and `Last-Modified` and no body. HEAD gets exactly the GET headers
-//! and no body; other methods get `405` with `Allow: GET, HEAD`.
+//! **Precompressed siblings** (on by default, [`StaticFiles::precompressed`]).
+//! Next to the file, `NAME.br` and `NAME.gz` (confined like any file, and
+//! regular files) are other representations of it. When either exists the
+//! response says `Vary: Accept-Encoding`, and the one the request's
+//! `Accept-Encoding` prefers is served: the highest q-value among `br` and
+//! `gzip` (`x-gzip`; `*` stands for a coding not listed; `q=0` excludes),
+//! `br` on a tie; with none acceptable (or no `Accept-Encoding`: identity),
+//! the file itself. A sibling is served with `Content-Encoding`, the
+//! original's `Content-Type`, and its own length, modification time and
+//! entity tag (the coding is part of the tag, so caches and `If-Range`
+//! never mix representations). Everything below (validators, ranges)
+//! applies to the representation chosen.
 //!
-//! The file system work of one request (canonicalize, stat, open, and the
-//! read of a small file) runs in a single `spawn_blocking` call. Files up to
-//! [`FULL_READ_LIMIT`] are read whole into a [`Body::Full`]; larger ones are
-//! streamed as a [`Body::Stream`] in [`CHUNK_SIZE`] chunks by a spawned task
-//! reading a `tokio::fs::File`, through a two-slot channel so a slow client
-//! holds at most a few chunks in memory. `Content-Length` is always set so
-//! the connection uses length framing; if the file shrinks while streaming,
-//! the stream ends with an error and the connection is closed rather than
-//! sending a short body. The check in step 2 and the open in step 3 are not
-//! atomic: whoever can rewrite symlinks inside the root while the server
-//! runs can race them, so the root must be trusted content.
+//! **Headers.** `Content-Type` (guessed from the extension, `text/*` with
+//! `; charset=utf-8`, else `application/octet-stream`), `Content-Length`,
+//! a strong `ETag` derived from size and modification time in nanoseconds
+//! (as nginx's, with the coding appended for a sibling), `Last-Modified`,
+//! `Accept-Ranges: bytes`, and `Cache-Control` when one is configured
+//! ([`StaticFiles::cache_control`]; none by default, like nginx without
+//! `expires`: caches then revalidate by heuristics, with the validators).
+//!
+//! **Conditional requests.** `If-None-Match` (a list or `*`, weak
+//! comparison) answers `304 Not Modified` and, when present, makes
+//! `If-Modified-Since` ignored, as RFC 9110 §13.2.2 requires; otherwise
+//! `If-Modified-Since` answers 304 when the modification time (whole
+//! seconds) is not later. A 304 carries `ETag`, `Last-Modified`,
+//! `Cache-Control` and `Vary`, and no body. HEAD gets exactly the GET
+//! headers (of a whole-file answer) and no body; other methods get `405`
+//! with `Allow: GET, HEAD`.
+//!
+//! **Ranges** (RFC 9110 §14, GET only: HEAD and every other method ignore
+//! `Range`). `Range: bytes=` with `first-last`, `first-` and `-suffix`
+//! specs. A `Range` that is not valid syntax, or not in `bytes`, is
+//! ignored (`200`, the whole file). `If-Range` is checked first: an entity
+//! tag that is not strongly equal to the representation's, or a date that
+//! is not exactly its `Last-Modified`, makes the answer the whole file
+//! (`200`). The satisfiable specs are sorted and coalesced (overlapping or
+//! adjacent ones merge); none satisfiable is `416` with `Content-Range:
+//! bytes */LEN`; one is `206` with `Content-Range: bytes FIRST-LAST/LEN`;
+//! several are `206` `multipart/byteranges` (each part with its
+//! `Content-Type` and `Content-Range`). More than [`MAX_RANGES`] after
+//! coalescing, or more than [`MAX_RANGE_SPECS`] specs written, is answered
+//! with the whole file, as nginx does beyond `max_ranges`: a request made
+//! of many tiny ranges costs the server more than the file.
+//!
+//! **Reading.** The file system work of one request (canonicalize, stat,
+//! the siblings' stats, open, and the read of a small answer) runs in a
+//! single `spawn_blocking` call. Answers whose body is up to
+//! [`FULL_READ_LIMIT`] bytes are read whole (positioned reads, `pread`)
+//! into a [`Body::Full`]; larger ones are streamed as a [`Body::Stream`] by
+//! a spawned task that reads [`CHUNK_SIZE`] bytes at a time, each read a
+//! positioned read on the blocking pool (off the runtime's workers),
+//! through a two-slot channel so a slow client holds at most a few chunks
+//! in memory. `Content-Length` is always set so the connection uses length
+//! framing; if the file shrinks while streaming, the stream ends with an
+//! error and the connection is closed rather than sending a short body.
+//!
+//! **No `sendfile`.** A true zero-copy path (`sendfile(2)` from the file to
+//! the socket) is not done: the socket belongs to the connection driver,
+//! the body's framing to the protocol engine, and a response body is a
+//! stream of `Bytes` between them; `sendfile` would need a file body kind
+//! through the engine and the driver, a system call the crate can make
+//! only with `unsafe` (it forbids it) or a new dependency, and it cannot
+//! serve TLS connections anyway. Each chunk is copied once from the page
+//! cache into its buffer and once into the socket.
+//!
+//! The check in step 2 and the open in step 3 are not atomic: whoever can
+//! rewrite symlinks inside the root while the server runs can race them,
+//! so the root must be trusted content.
 
 use std::borrow::Cow;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION,
+    ACCEPT_ENCODING, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, LOCATION, RANGE, VARY,
 };
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use tokio::io::AsyncReadExt;
 
 use super::body::Body;
 use super::handler::{Handler, HandlerFuture, Request, Response};
 use super::router::{empty, method_not_allowed, not_found, text};
 
-/// Files up to this size are read whole and sent as one [`Body::Full`].
+/// Answers up to this size are read whole and sent as one [`Body::Full`].
 pub const FULL_READ_LIMIT: u64 = 64 * 1024;
-/// Larger files are streamed in chunks of this size.
+/// Larger ones are streamed in chunks of this size.
 pub const CHUNK_SIZE: usize = 64 * 1024;
 /// The file served for a request naming a directory (with a trailing slash).
 pub const INDEX_FILE: &str = "index.html";
+/// The most ranges one `206` carries (after coalescing); beyond, the whole file.
+pub const MAX_RANGES: usize = 16;
+/// The most range specs a `Range` header may list; beyond, it is ignored.
+pub const MAX_RANGE_SPECS: usize = 100;
 
 /// The largest modification time `Last-Modified` can express (year 9999).
 const MAX_HTTP_DATE_SECS: u64 = 253_402_300_799;
@@ -88,6 +142,10 @@ struct Inner {
     canonical_root: OnceLock<PathBuf>,
     /// Stripped from request paths before mapping; "" or "/x/y" (no trailing slash).
     mount: String,
+    /// Sent with every `200`, `206` and `304`.
+    cache_control: Option<HeaderValue>,
+    /// Look for `.br` and `.gz` siblings.
+    precompressed: bool,
 }
 
 impl StaticFiles {
@@ -100,6 +158,8 @@ impl StaticFiles {
                 root: root.into(),
                 canonical_root: OnceLock::new(),
                 mount: String::new(),
+                cache_control: None,
+                precompressed: true,
             }),
         }
     }
@@ -118,6 +178,20 @@ impl StaticFiles {
             format!("/{trimmed}")
         };
         Arc::make_mut(&mut self.inner).mount = mount;
+        self
+    }
+
+    /// Sends `Cache-Control: VALUE` with every `200`, `206` and `304`
+    /// (e.g. `no-cache`, or `public, max-age=3600`). Default: none.
+    pub fn cache_control(mut self, value: HeaderValue) -> Self {
+        Arc::make_mut(&mut self.inner).cache_control = Some(value);
+        self
+    }
+
+    /// Whether `NAME.br` and `NAME.gz` siblings are served to clients that
+    /// accept them (see the module documentation). Default: on.
+    pub fn precompressed(mut self, on: bool) -> Self {
+        Arc::make_mut(&mut self.inner).precompressed = on;
         self
     }
 
@@ -142,13 +216,150 @@ struct Target {
     dir: bool,
 }
 
-/// The validators a request sent.
+/// What a request asks of the representation: its validators, its range,
+/// the codings it accepts.
 #[derive(Debug, Default)]
 struct Conditions {
     /// Every `If-None-Match` field value; `None` when there is none.
     if_none_match: Option<Vec<HeaderValue>>,
     /// `If-Modified-Since`, when present and a valid HTTP date.
     if_modified_since: Option<SystemTime>,
+    /// `Range` (GET only).
+    range: Option<HeaderValue>,
+    /// `If-Range`.
+    if_range: Option<HeaderValue>,
+    /// The q-values (in thousandths) of the codings it accepts.
+    accepted: Accepted,
+}
+
+/// A content coding of a precompressed sibling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Coding {
+    Br,
+    Gzip,
+}
+
+impl Coding {
+    /// Preferred first on a tie.
+    const ALL: [Coding; 2] = [Coding::Br, Coding::Gzip];
+
+    fn token(self) -> &'static str {
+        match self {
+            Coding::Br => "br",
+            Coding::Gzip => "gzip",
+        }
+    }
+
+    /// The sibling's file name suffix.
+    fn suffix(self) -> &'static str {
+        match self {
+            Coding::Br => ".br",
+            Coding::Gzip => ".gz",
+        }
+    }
+}
+
+/// `Accept-Encoding`'s q-values (thousandths) for the codings we have
+/// siblings for; 0: not acceptable.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Accepted {
+    br: u16,
+    gzip: u16,
+}
+
+impl Accepted {
+    /// Parses every `Accept-Encoding` field value (RFC 9110 §12.5.3). An
+    /// element with a malformed q-value is skipped.
+    fn from_headers(headers: &HeaderMap) -> Self {
+        let (mut br, mut gzip, mut star) = (None, None, None);
+        for value in headers.get_all(ACCEPT_ENCODING) {
+            let Ok(list) = value.to_str() else { continue };
+            for element in list.split(',') {
+                let mut parts = element.split(';');
+                let coding = parts.next().unwrap_or("").trim();
+                let mut q = Some(1000);
+                for param in parts {
+                    if let Some((name, value)) = param.split_once('=') {
+                        if name.trim().eq_ignore_ascii_case("q") {
+                            q = parse_qvalue(value.trim());
+                        }
+                    }
+                }
+                let Some(q) = q else { continue };
+                if coding.eq_ignore_ascii_case("br") {
+                    br = Some(q);
+                } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                    gzip = Some(q);
+                } else if coding == "*" {
+                    star = Some(q);
+                }
+            }
+        }
+        Self {
+            br: br.or(star).unwrap_or(0),
+            gzip: gzip.or(star).unwrap_or(0),
+        }
+    }
+
+    fn q(&self, coding: Coding) -> u16 {
+        match coding {
+            Coding::Br => self.br,
+            Coding::Gzip => self.gzip,
+        }
+    }
+
+    /// Of `available`, the acceptable coding with the highest q (the
+    /// first listed on a tie).
+    fn choose(&self, available: &[Coding]) -> Option<Coding> {
+        let mut best: Option<Coding> = None;
+        for &c in available {
+            if self.q(c) > 0 && best.is_none_or(|b| self.q(c) > self.q(b)) {
+                best = Some(c);
+            }
+        }
+        best
+    }
+}
+
+/// A q-value (`0`, `0.5`, `1.000`) in thousandths; `None` when malformed.
+fn parse_qvalue(s: &str) -> Option<u16> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let frac_value = frac.bytes().fold(0u16, |n, b| n * 10 + u16::from(b - b'0')) * 10u16.pow(3 - frac.len() as u32);
+    match int {
+        "0" => Some(frac_value),
+        "1" if frac_value == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+/// The representation chosen for a request: the file to read and how to
+/// describe it.
+struct Representation {
+    path: PathBuf,
+    content_type: HeaderValue,
+    coding: Option<Coding>,
+    /// Another representation exists: the answer depends on `Accept-Encoding`.
+    vary: bool,
+}
+
+/// A piece of a response body: literal bytes (a multipart boundary and
+/// part header) or a slice of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(Bytes),
+    File { offset: u64, len: u64 },
+}
+
+impl Piece {
+    fn len(&self) -> u64 {
+        match self {
+            Piece::Text(b) => b.len() as u64,
+            Piece::File { len, .. } => *len,
+        }
+    }
 }
 
 /// What the blocking file system step decided.
@@ -157,8 +368,12 @@ enum Outcome {
     Ready(Response),
     /// The path names a directory but lacks the trailing slash.
     Redirect,
-    /// A 200 response whose body still has to be streamed from `file`.
-    Stream { resp: Response, file: File, len: u64 },
+    /// A response whose body (`pieces`) still has to be streamed from `file`.
+    Stream {
+        resp: Response,
+        file: File,
+        pieces: Vec<Piece>,
+    },
 }
 
 impl Inner {
@@ -175,14 +390,14 @@ impl Inner {
             Ok(target) => target,
             Err(status) => return error_response(status),
         };
-        let conditions = Conditions::from_headers(req.headers());
+        let conditions = Conditions::from_headers(req.headers(), !head);
         let inner = Arc::clone(&self);
         let outcome = tokio::task::spawn_blocking(move || inner.resolve(&target, &conditions, head)).await;
         match outcome {
             Ok(Outcome::Ready(resp)) => resp,
             Ok(Outcome::Redirect) => redirect_to_directory(req.uri()),
-            Ok(Outcome::Stream { mut resp, file, len }) => {
-                *resp.body_mut() = stream_file(file, len);
+            Ok(Outcome::Stream { mut resp, file, pieces }) => {
+                *resp.body_mut() = stream_pieces(file, pieces);
                 resp
             }
             Err(e) => {
@@ -211,9 +426,10 @@ impl Inner {
         let Some(root) = self.canonical_root() else {
             return status_outcome(StatusCode::NOT_FOUND);
         };
-        let mut path = root.to_path_buf();
-        path.extend(&target.segments);
-        let (mut path, mut meta) = match confine(&path, root) {
+        // As requested (siblings are looked for next to this name).
+        let mut requested = root.to_path_buf();
+        requested.extend(&target.segments);
+        let (mut path, mut meta) = match confine(&requested, root) {
             Ok(found) => found,
             Err(status) => return status_outcome(status),
         };
@@ -221,7 +437,8 @@ impl Inner {
             if !target.dir {
                 return Outcome::Redirect;
             }
-            (path, meta) = match confine(&path.join(INDEX_FILE), root) {
+            requested = path.join(INDEX_FILE);
+            (path, meta) = match confine(&requested, root) {
                 Ok(found) => found,
                 Err(status) => return status_outcome(status),
             };
@@ -232,9 +449,51 @@ impl Inner {
         if !meta.is_file() {
             return status_outcome(StatusCode::NOT_FOUND);
         }
-        match serve_file(&path, conditions, head) {
+        let representation = self.representation(&requested, path, root, &conditions.accepted);
+        match serve_file(&representation, conditions, head, self.cache_control.as_ref()) {
             Ok(outcome) => outcome,
             Err(e) => status_outcome(io_status(&e)),
+        }
+    }
+
+    /// The file itself, or the precompressed sibling of `requested` the
+    /// request prefers; blocking.
+    fn representation(&self, requested: &Path, path: PathBuf, root: &Path, accepted: &Accepted) -> Representation {
+        let content_type = content_type(&path);
+        let mut available: [Option<(Coding, PathBuf)>; 2] = [None, None];
+        if self.precompressed {
+            for (slot, coding) in available.iter_mut().zip(Coding::ALL) {
+                let mut name = requested.as_os_str().to_owned();
+                name.push(coding.suffix());
+                *slot = match confine(Path::new(&name), root) {
+                    Ok((sibling, meta)) if meta.is_file() => Some((coding, sibling)),
+                    _ => None,
+                };
+            }
+        }
+        let codings: Vec<Coding> = available.iter().flatten().map(|(c, _)| *c).collect();
+        let vary = !codings.is_empty();
+        match accepted.choose(&codings) {
+            Some(chosen) => {
+                let sibling = available
+                    .into_iter()
+                    .flatten()
+                    .find(|(c, _)| *c == chosen)
+                    .map(|(_, p)| p)
+                    .unwrap_or(path);
+                Representation {
+                    path: sibling,
+                    content_type,
+                    coding: Some(chosen),
+                    vary,
+                }
+            }
+            None => Representation {
+                path,
+                content_type,
+                coding: None,
+                vary,
+            },
         }
     }
 }
@@ -249,16 +508,22 @@ fn confine(path: &Path, root: &Path) -> Result<(PathBuf, Metadata), StatusCode> 
     Ok((canonical, meta))
 }
 
-/// Opens the (confined, regular) file and builds the answer; blocking.
-fn serve_file(path: &Path, conditions: &Conditions, head: bool) -> io::Result<Outcome> {
-    let file = File::open(path)?;
+/// Opens the (confined, regular) file of `rep` and builds the answer; blocking.
+fn serve_file(
+    rep: &Representation,
+    conditions: &Conditions,
+    head: bool,
+    cache_control: Option<&HeaderValue>,
+) -> io::Result<Outcome> {
+    let file = File::open(&rep.path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Ok(status_outcome(StatusCode::NOT_FOUND));
     }
     let len = meta.len();
     let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok());
-    let etag = mtime.map(|m| format!("W/\"{len:x}-{:x}.{:x}\"", m.as_secs(), m.subsec_nanos()));
+    let coding = rep.coding.map_or_else(String::new, |c| format!("-{}", c.token()));
+    let etag = mtime.map(|m| format!("\"{len:x}-{:x}.{:x}{coding}\"", m.as_secs(), m.subsec_nanos()));
     // Last-Modified has whole seconds; compare If-Modified-Since at that resolution.
     let modified = mtime
         .filter(|m| m.as_secs() <= MAX_HTTP_DATE_SECS)
@@ -272,55 +537,259 @@ fn serve_file(path: &Path, conditions: &Conditions, head: bool) -> io::Result<Ou
     if let Some(value) = modified.and_then(|t| HeaderValue::from_str(&httpdate::fmt_http_date(t)).ok()) {
         headers.insert(LAST_MODIFIED, value);
     }
+    if let Some(value) = cache_control {
+        headers.insert(CACHE_CONTROL, value.clone());
+    }
+    if rep.vary {
+        headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
     if conditions.not_modified(etag.as_deref(), modified) {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         return Ok(Outcome::Ready(resp));
     }
-    headers.insert(CONTENT_TYPE, content_type(path));
-    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("none"));
-    if head || len > FULL_READ_LIMIT {
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
-        return Ok(if head {
-            Outcome::Ready(resp)
-        } else {
-            Outcome::Stream { resp, file, len }
-        });
+    headers.insert(CONTENT_TYPE, rep.content_type.clone());
+    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(coding) = rep.coding {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static(coding.token()));
     }
-    // `take`: a file that grew since the fstat is cut at the size it had.
-    let mut data = Vec::with_capacity(len as usize);
-    file.take(len).read_to_end(&mut data)?;
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+    let ranges = match &conditions.range {
+        Some(range) if conditions.if_range_holds(etag.as_deref(), modified) => {
+            range.to_str().map_or(Ranges::Ignore, |r| parse_ranges(r, len))
+        }
+        _ => Ranges::Ignore,
+    };
+    let pieces = match ranges {
+        Ranges::Ignore => {
+            if head || len > FULL_READ_LIMIT {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+                return Ok(if head {
+                    Outcome::Ready(resp)
+                } else {
+                    Outcome::Stream {
+                        resp,
+                        file,
+                        pieces: vec![Piece::File { offset: 0, len }],
+                    }
+                });
+            }
+            // `take`: a file that grew since the fstat is cut at the size it had.
+            let mut data = Vec::with_capacity(len as usize);
+            file.take(len).read_to_end(&mut data)?;
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+            *resp.body_mut() = Body::Full(Bytes::from(data));
+            return Ok(Outcome::Ready(resp));
+        }
+        Ranges::Unsatisfiable => {
+            let mut resp = text(StatusCode::RANGE_NOT_SATISFIABLE, "range not satisfiable\n");
+            let headers = resp.headers_mut();
+            headers.insert(CONTENT_RANGE, content_range(None, len));
+            headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            if rep.vary {
+                headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+            }
+            return Ok(Outcome::Ready(resp));
+        }
+        Ranges::Satisfiable(ranges) => {
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let headers = resp.headers_mut();
+            if let [(start, end)] = ranges[..] {
+                headers.insert(CONTENT_RANGE, content_range(Some((start, end)), len));
+                vec![Piece::File {
+                    offset: start,
+                    len: end - start,
+                }]
+            } else {
+                let boundary = format!("{:016x}", rand::random::<u64>());
+                let content_type =
+                    HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}")).expect("hex digits");
+                let part_type = headers.insert(CONTENT_TYPE, content_type).expect("set above");
+                multipart(&ranges, len, &boundary, &part_type)
+            }
+        }
+    };
+    let total: u64 = pieces.iter().map(Piece::len).sum();
+    resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(total));
+    if total > FULL_READ_LIMIT {
+        return Ok(Outcome::Stream { resp, file, pieces });
+    }
+    let mut data = Vec::with_capacity(total as usize);
+    for piece in &pieces {
+        match piece {
+            Piece::Text(b) => data.extend_from_slice(b),
+            Piece::File { offset, len } => {
+                let start = data.len();
+                data.resize(start + *len as usize, 0);
+                file.read_exact_at(&mut data[start..], *offset)?;
+            }
+        }
+    }
     *resp.body_mut() = Body::Full(Bytes::from(data));
     Ok(Outcome::Ready(resp))
 }
 
-/// Streams exactly `len` bytes of `file` in [`CHUNK_SIZE`] chunks from a
-/// spawned task.
-fn stream_file(file: File, len: u64) -> Body {
+/// `bytes FIRST-LAST/LEN` for the half-open range `start..end`, or
+/// `bytes */LEN` for none.
+fn content_range(range: Option<(u64, u64)>, len: u64) -> HeaderValue {
+    let value = match range {
+        Some((start, end)) => format!("bytes {start}-{}/{len}", end - 1),
+        None => format!("bytes */{len}"),
+    };
+    HeaderValue::from_str(&value).expect("digits")
+}
+
+/// The body of a `multipart/byteranges` answer (RFC 9110 §14.6): each
+/// range after its boundary and part headers, then the closing boundary.
+fn multipart(ranges: &[(u64, u64)], len: u64, boundary: &str, part_type: &HeaderValue) -> Vec<Piece> {
+    let mut pieces = Vec::with_capacity(ranges.len() * 2 + 1);
+    let part_type = String::from_utf8_lossy(part_type.as_bytes());
+    for (i, &(start, end)) in ranges.iter().enumerate() {
+        let lead = if i == 0 { "" } else { "\r\n" };
+        let head = format!(
+            "{lead}--{boundary}\r\nContent-Type: {part_type}\r\nContent-Range: bytes {start}-{}/{len}\r\n\r\n",
+            end - 1
+        );
+        pieces.push(Piece::Text(Bytes::from(head)));
+        pieces.push(Piece::File {
+            offset: start,
+            len: end - start,
+        });
+    }
+    pieces.push(Piece::Text(Bytes::from(format!("\r\n--{boundary}--\r\n"))));
+    pieces
+}
+
+/// What a `Range` header asks of a representation of `len` bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum Ranges {
+    /// Not valid syntax, not in bytes, or too many ranges: the whole file.
+    Ignore,
+    /// No range overlaps the representation: `416`.
+    Unsatisfiable,
+    /// Half-open ranges, sorted, coalesced, within `0..len`.
+    Satisfiable(Vec<(u64, u64)>),
+}
+
+/// Parses `Range: bytes=...` (RFC 9110 §14.1.2) against a length.
+fn parse_ranges(value: &str, len: u64) -> Ranges {
+    let Some((unit, set)) = value.split_once('=') else {
+        return Ranges::Ignore;
+    };
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return Ranges::Ignore;
+    }
+    let mut ranges = Vec::new();
+    let mut specs = 0;
+    for spec in set.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        specs += 1;
+        if specs > MAX_RANGE_SPECS {
+            return Ranges::Ignore;
+        }
+        let Some((first, last)) = spec.split_once('-') else {
+            return Ranges::Ignore;
+        };
+        let (first, last) = (first.trim(), last.trim());
+        if first.is_empty() {
+            // `-suffix`: the last `suffix` bytes.
+            let Some(suffix) = parse_digits(last) else {
+                return Ranges::Ignore;
+            };
+            if suffix > 0 && len > 0 {
+                ranges.push((len.saturating_sub(suffix), len));
+            }
+            continue;
+        }
+        let Some(first) = parse_digits(first) else {
+            return Ranges::Ignore;
+        };
+        let end = if last.is_empty() {
+            len
+        } else {
+            let Some(last) = parse_digits(last) else {
+                return Ranges::Ignore;
+            };
+            if last < first {
+                return Ranges::Ignore;
+            }
+            last.saturating_add(1).min(len)
+        };
+        if first < len {
+            ranges.push((first, end));
+        }
+    }
+    if specs == 0 {
+        return Ranges::Ignore;
+    }
+    if ranges.is_empty() {
+        return Ranges::Unsatisfiable;
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    if merged.len() > MAX_RANGES {
+        return Ranges::Ignore;
+    }
+    Ranges::Satisfiable(merged)
+}
+
+/// A non-empty run of ASCII digits (a number too large saturates).
+fn parse_digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.parse().unwrap_or(u64::MAX))
+}
+
+/// Streams `pieces` (literal bytes, or slices of `file` read in
+/// [`CHUNK_SIZE`] chunks, each a positioned read on the blocking pool)
+/// from a spawned task.
+fn stream_pieces(file: File, pieces: Vec<Piece>) -> Body {
     let (tx, body) = Body::channel(2);
+    let file = Arc::new(file);
     tokio::spawn(async move {
-        let mut reader = tokio::fs::File::from_std(file).take(len);
-        let mut remaining = len;
-        while remaining > 0 {
-            let want = remaining.min(CHUNK_SIZE as u64) as usize;
-            let mut buf = BytesMut::with_capacity(want);
-            while buf.len() < want {
-                match reader.read_buf(&mut buf).await {
-                    Ok(0) => {
+        for piece in pieces {
+            let (mut offset, len) = match piece {
+                Piece::Text(bytes) => {
+                    if tx.send(Ok(bytes)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Piece::File { offset, len } => (offset, len),
+            };
+            let end = offset + len;
+            while offset < end {
+                let want = (end - offset).min(CHUNK_SIZE as u64) as usize;
+                let file = Arc::clone(&file);
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut buf = BytesMut::zeroed(want);
+                    file.read_exact_at(&mut buf, offset).map(|()| buf.freeze())
+                })
+                .await;
+                let chunk = match read {
+                    Ok(Ok(chunk)) => chunk,
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
                         let e = io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent");
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
-                    Ok(_) => {}
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         let _ = tx.send(Err(e)).await;
                         return;
                     }
+                    Err(e) => {
+                        let _ = tx.send(Err(io::Error::other(e))).await;
+                        return;
+                    }
+                };
+                offset += want as u64;
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return; // The response was dropped: the client is gone.
                 }
-            }
-            remaining -= buf.len() as u64;
-            if tx.send(Ok(buf.freeze())).await.is_err() {
-                return; // The response was dropped: the client is gone.
             }
         }
     });
@@ -328,16 +797,41 @@ fn stream_file(file: File, len: u64) -> Body {
 }
 
 impl Conditions {
-    fn from_headers(headers: &HeaderMap) -> Self {
+    /// The request's conditions; its `Range` only for a GET (`get`).
+    fn from_headers(headers: &HeaderMap, get: bool) -> Self {
         let mut inm = headers.get_all(IF_NONE_MATCH).iter().peekable();
         let if_none_match = inm.peek().is_some().then(|| inm.cloned().collect());
         let if_modified_since = headers
             .get(IF_MODIFIED_SINCE)
             .and_then(|v| v.to_str().ok())
             .and_then(|s| httpdate::parse_http_date(s.trim()).ok());
+        let range = if get { headers.get(RANGE).cloned() } else { None };
         Self {
             if_none_match,
             if_modified_since,
+            if_range: range.as_ref().and_then(|_| headers.get(IF_RANGE).cloned()),
+            range,
+            accepted: Accepted::from_headers(headers),
+        }
+    }
+
+    /// Whether a `Range` may be honoured (RFC 9110 §13.1.5): no
+    /// `If-Range`, or one naming this representation: an entity tag
+    /// strongly equal to `etag`, or exactly its `Last-Modified` date.
+    fn if_range_holds(&self, etag: Option<&str>, modified: Option<SystemTime>) -> bool {
+        let Some(value) = &self.if_range else {
+            return true;
+        };
+        let Ok(value) = value.to_str().map(str::trim) else {
+            return false;
+        };
+        if value.starts_with('"') || value.starts_with("W/") {
+            // Weak tags never match (strong comparison).
+            return etag.is_some_and(|ours| !ours.starts_with("W/") && value == ours);
+        }
+        match (httpdate::parse_http_date(value), modified) {
+            (Ok(date), Some(modified)) => date == modified,
+            _ => false,
         }
     }
 
@@ -621,9 +1115,11 @@ mod tests {
         assert_eq!(header(&resp, CONTENT_TYPE), "text/plain; charset=utf-8");
         assert_eq!(header(&resp, CONTENT_LENGTH), "13");
         assert_eq!(header(&resp, LAST_MODIFIED), "Thu, 02 Jan 2020 03:04:05 GMT");
-        assert_eq!(header(&resp, ACCEPT_RANGES), "none");
+        assert_eq!(header(&resp, ACCEPT_RANGES), "bytes");
         let etag = header(&resp, ETAG);
-        assert!(etag.starts_with("W/\"") && etag.ends_with('"'), "{etag}");
+        assert!(etag.starts_with('"') && etag.ends_with('"'), "strong: {etag}");
+        assert!(resp.headers().get(VARY).is_none(), "no sibling, no Vary");
+        assert!(resp.headers().get(CACHE_CONTROL).is_none(), "none by default");
         assert!(matches!(resp.body(), Body::Full(_)));
         assert_eq!(collect(resp).await.0, b"hello, world\n");
     }
@@ -949,6 +1445,81 @@ mod tests {
         );
         assert_eq!(decode_path("/..").unwrap_err(), StatusCode::NOT_FOUND);
         assert_eq!(decode_path("/a%").unwrap_err(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn range_headers() {
+        use Ranges::*;
+        let sat = |v: &[(u64, u64)]| Satisfiable(v.to_vec());
+        assert_eq!(parse_ranges("bytes=0-99", 1000), sat(&[(0, 100)]));
+        assert_eq!(parse_ranges("bytes=100-", 1000), sat(&[(100, 1000)]));
+        assert_eq!(parse_ranges("bytes=-500", 1000), sat(&[(500, 1000)]));
+        assert_eq!(parse_ranges("bytes=-5000", 1000), sat(&[(0, 1000)]));
+        assert_eq!(
+            parse_ranges("Bytes = 0-0 , 999-5000", 1000),
+            sat(&[(0, 1), (999, 1000)])
+        );
+        // Overlapping and adjacent ranges coalesce, in order.
+        assert_eq!(
+            parse_ranges("bytes=500-599,0-9,10-19,550-700", 1000),
+            sat(&[(0, 20), (500, 701)])
+        );
+        // Unsatisfiable specs are dropped; none left is 416.
+        assert_eq!(parse_ranges("bytes=1000-,0-1", 1000), sat(&[(0, 2)]));
+        assert_eq!(parse_ranges("bytes=1000-2000", 1000), Unsatisfiable);
+        assert_eq!(parse_ranges("bytes=-0", 1000), Unsatisfiable);
+        assert_eq!(parse_ranges("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_ranges("bytes=99999999999999999999999-", 10), Unsatisfiable);
+        // Invalid syntax or another unit: ignored (the whole file).
+        for bad in [
+            "bytes=5-1",
+            "bytes=a-b",
+            "bytes=",
+            "bytes=,",
+            "items=0-1",
+            "bytes 0-1",
+            "bytes=1",
+            "bytes=--1",
+        ] {
+            assert_eq!(parse_ranges(bad, 1000), Ignore, "{bad}");
+        }
+        // Too many: the whole file.
+        let many: Vec<String> = (0..MAX_RANGES as u64 + 1)
+            .map(|i| format!("{}-{}", i * 10, i * 10))
+            .collect();
+        assert_eq!(parse_ranges(&format!("bytes={}", many.join(",")), 1000), Ignore);
+        let specs = vec!["0-0"; MAX_RANGE_SPECS + 1].join(",");
+        assert_eq!(parse_ranges(&format!("bytes={specs}"), 1000), Ignore);
+    }
+
+    #[test]
+    fn accept_encoding_q_values() {
+        let accepted = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            Accepted::from_headers(&h)
+        };
+        let both = [Coding::Br, Coding::Gzip];
+        assert_eq!(accepted("gzip, deflate, br").choose(&both), Some(Coding::Br));
+        assert_eq!(accepted("gzip, br;q=0.5").choose(&both), Some(Coding::Gzip));
+        assert_eq!(accepted("br;q=0, gzip").choose(&both), Some(Coding::Gzip));
+        assert_eq!(accepted("br;q=0").choose(&[Coding::Br]), None);
+        assert_eq!(accepted("*").choose(&both), Some(Coding::Br));
+        assert_eq!(accepted("*;q=0.1, gzip;q=0.2").choose(&both), Some(Coding::Gzip));
+        assert_eq!(accepted("*, br;q=0").choose(&both), Some(Coding::Gzip));
+        assert_eq!(accepted("identity").choose(&both), None);
+        assert_eq!(accepted("x-gzip").choose(&both), Some(Coding::Gzip));
+        assert_eq!(accepted("GZIP;Q=1.000").choose(&both), Some(Coding::Gzip));
+        assert_eq!(
+            accepted("br;q=2, gzip;q=0.001").choose(&both),
+            Some(Coding::Gzip),
+            "a bad q is skipped"
+        );
+        assert_eq!(Accepted::from_headers(&HeaderMap::new()).choose(&both), None);
+        assert_eq!(parse_qvalue("0.5"), Some(500));
+        assert_eq!(parse_qvalue("1."), Some(1000));
+        assert_eq!(parse_qvalue("0.0001"), None);
+        assert_eq!(parse_qvalue("1.5"), None);
     }
 
     #[test]

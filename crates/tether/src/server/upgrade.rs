@@ -37,6 +37,8 @@ pub struct Upgraded {
     pub peer: Option<std::net::SocketAddr>,
     /// The server's parking lot, for protocols that can park idle connections.
     pub(crate) lot: Option<super::serving::Lot>,
+    /// The connection's `tracing` span: the new protocol's span is its child.
+    pub(crate) span: tracing::Span,
 }
 
 impl Upgraded {

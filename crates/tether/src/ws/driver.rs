@@ -175,6 +175,9 @@ pub(crate) struct WsDriver<IO> {
     peak: PeakBuffers,
     /// The peer's address, for logs.
     pub(crate) peer: Option<SocketAddr>,
+    /// The WebSocket's span (a server's: under its connection's; see
+    /// `crate::spans`): its end is recorded and logged in it.
+    pub(crate) span: tracing::Span,
     /// The engine's counters as last added to [`WS_TOTALS`], and when.
     reported: WsStats,
     reported_at: Instant,
@@ -193,6 +196,7 @@ impl<IO: Transport> WsDriver<IO> {
         mut engine: WsConnection,
         stop: Option<watch::Receiver<Stop>>,
         peer: Option<SocketAddr>,
+        span: tracing::Span,
     ) -> Self {
         let now = Instant::now();
         let mut stopping = false;
@@ -228,6 +232,7 @@ impl<IO: Transport> WsDriver<IO> {
             reported_at: now,
             peak: PeakBuffers::default(),
             peer,
+            span,
         }
     }
 
@@ -309,7 +314,12 @@ impl<IO: Transport> WsDriver<IO> {
     }
 
     fn finish(&mut self, ending: Ending) {
-        self.log_end(ending);
+        let end = match ending {
+            Ending::Engine(end) => end.as_str(),
+            Ending::ForcedStop => "forced_stop",
+        };
+        crate::spans::record(&self.span, "end", end);
+        self.span.in_scope(|| self.log_end(ending));
         self.report();
         let slot = match ending {
             Ending::Engine(end) => end as usize,
@@ -438,7 +448,7 @@ mod tests {
         }
         // A pipe that takes 1 KiB at a time: every write is partial.
         let (io, mut peer) = tokio::io::duplex(1024);
-        let mut conn = WsDriver::new(io, engine, None, None);
+        let mut conn = WsDriver::new(io, engine, None, None, tracing::Span::none());
         let mut wire = Vec::new();
         let mut buf = [0u8; 4096];
         for _ in 0..10_000 {
@@ -470,7 +480,7 @@ mod tests {
         engine.send_text("lost").unwrap();
         let (io, peer) = tokio::io::duplex(64);
         drop(peer);
-        let mut conn = WsDriver::new(io, engine, None, None);
+        let mut conn = WsDriver::new(io, engine, None, None, tracing::Span::none());
         let turn = std::future::poll_fn(|cx| conn.poll_turn(cx, |_| None)).await;
         assert_eq!(turn, Turn::Ended);
         assert_eq!(conn.engine.state(), WsState::Closed);
@@ -482,7 +492,7 @@ mod tests {
     async fn a_graceful_stop_closes_with_1001_and_a_forced_one_ends_at_once() {
         let (tx, rx) = watch::channel(Stop::Run);
         let (io, mut peer) = tokio::io::duplex(4096);
-        let mut conn = WsDriver::new(io, engine(), Some(rx), None);
+        let mut conn = WsDriver::new(io, engine(), Some(rx), None, tracing::Span::none());
         let pending = std::future::poll_fn(|cx| Poll::Ready(conn.poll_turn(cx, |_| None))).await;
         assert!(pending.is_pending());
         tx.send(Stop::Graceful).unwrap();

@@ -39,6 +39,7 @@ use tether_proto::ws::{CloseCode, EncodedFrame, Event, Message, SendError, WsCon
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::{Instrument, Span};
 
 use super::driver::{Peer, Turn, WsDriver, WS_TOTALS};
 use super::push::{Inlet, ParkAttempt};
@@ -47,6 +48,7 @@ use crate::lifecycle::{OpenGuard, Stop, Transport};
 use crate::server::serving::{Lot, Parkable};
 use crate::server::sleeper::AtShutdown;
 use crate::server::upgrade::Upgraded;
+use crate::spans::ParkedSpan;
 
 /// What a callback-served WebSocket endpoint does with each message.
 ///
@@ -146,7 +148,9 @@ pub(crate) async fn run<S: WsService>(up: Upgraded, mut engine: WsConnection, se
         guard,
         peer,
         lot,
+        span,
     } = up;
+    let span = crate::spans::websocket(&span);
     // The whole connection's count; the HTTP phase is in the HTTP totals.
     engine.count_handshake(traffic);
     if !read_buf.is_empty() {
@@ -156,10 +160,24 @@ pub(crate) async fn run<S: WsService>(up: Upgraded, mut engine: WsConnection, se
     drop(read_buf);
     WS_TOTALS.opened();
     let served = Served { service, inlet };
+    let entered = span.clone();
     match (Upgraded::take_tcp(io), lot) {
-        (Ok(tcp), Some(lot)) if stop.is_some() => drive(tcp, engine, served, stop, guard, peer, Some(lot)).await,
-        (Ok(tcp), _) => drive(tcp, engine, served, stop, guard, peer, None).await,
-        (Err(io), _) => drive(io, engine, served, stop, guard, peer, None).await,
+        (Ok(tcp), Some(lot)) if stop.is_some() => {
+            let to = Destination {
+                peer,
+                lot: Some(lot),
+                span,
+            };
+            drive(tcp, engine, served, stop, guard, to).instrument(entered).await
+        }
+        (Ok(tcp), _) => {
+            let to = Destination { peer, lot: None, span };
+            drive(tcp, engine, served, stop, guard, to).instrument(entered).await
+        }
+        (Err(io), _) => {
+            let to = Destination { peer, lot: None, span };
+            drive(io, engine, served, stop, guard, to).instrument(entered).await
+        }
     }
 }
 
@@ -186,6 +204,13 @@ impl ParkableTransport for Box<dyn Transport> {
     }
 }
 
+/// Where a connection is served: its peer, the lot it parks in, its span.
+struct Destination {
+    peer: Option<SocketAddr>,
+    lot: Option<Lot>,
+    span: tracing::Span,
+}
+
 /// How one stretch on a task ended.
 enum Outcome {
     Ended,
@@ -199,11 +224,11 @@ async fn drive<IO: ParkableTransport, S: WsService>(
     mut served: Served<S>,
     stop: Option<watch::Receiver<Stop>>,
     mut guard: Option<OpenGuard>,
-    peer: Option<SocketAddr>,
-    lot: Option<Lot>,
+    to: Destination,
 ) {
+    let Destination { peer, lot, span } = to;
     let park_after = lot.as_ref().map(Lot::park_after);
-    let mut conn = WsDriver::new(io, engine, stop, peer);
+    let mut conn = WsDriver::new(io, engine, stop, peer, span);
     // Busy, the engine keeps its buffers; an idle connection parks, and
     // frees them first. Without parking it frees them after every message.
     conn.engine.set_retain_buffers(park_after.is_some());
@@ -289,7 +314,9 @@ fn park_now<IO: ParkableTransport, S: WsService>(
     };
     let mut conn = conn;
     conn.report();
-    let WsDriver { io, mut engine, .. } = conn;
+    let WsDriver {
+        io, mut engine, span, ..
+    } = conn;
     engine.release_buffers();
     let Some(tcp) = io.into_tcp() else {
         unreachable!("a lot comes only with a TCP socket")
@@ -299,9 +326,10 @@ fn park_now<IO: ParkableTransport, S: WsService>(
     let parked = ParkedWebSocket {
         engine,
         inlet,
-        resume: Box::new(move |engine, inlet, io, stop, guard, lot| {
-            spawn_resumed(engine, Served { service, inlet }, io, stop, guard, lot)
+        resume: Box::new(move |engine, inlet, io, stop, guard, lot, span| {
+            spawn_resumed(engine, Served { service, inlet }, io, stop, guard, lot, span)
         }),
+        span: ParkedSpan::new(span),
     };
     lot.park(tcp, Parkable::WebSocket(parked), stop, guard, peer)
 }
@@ -320,11 +348,14 @@ pub(crate) struct ParkedWebSocket {
     engine: WsConnection,
     inlet: Option<Arc<Inlet>>,
     resume: ResumeOnTask,
+    /// Its span, for its next task.
+    span: ParkedSpan,
 }
 
 /// Puts a parked connection's engine, inlet and service back on a task of their own.
-type ResumeOnTask =
-    Box<dyn FnOnce(WsConnection, Option<Arc<Inlet>>, TcpStream, watch::Receiver<Stop>, Option<OpenGuard>, Lot) + Send>;
+type ResumeOnTask = Box<
+    dyn FnOnce(WsConnection, Option<Arc<Inlet>>, TcpStream, watch::Receiver<Stop>, Option<OpenGuard>, Lot, Span) + Send,
+>;
 
 /// A resumed connection's task (a function of its own: `drive` cannot
 /// name its own future type from inside).
@@ -335,14 +366,29 @@ fn spawn_resumed<S: WsService>(
     stop: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
     lot: Lot,
+    span: Span,
 ) {
     let peer = io.peer_addr().ok();
-    tokio::spawn(drive(io, engine, served, Some(stop), guard, peer, Some(lot)));
+    let entered = span.clone();
+    let to = Destination {
+        peer,
+        lot: Some(lot),
+        span,
+    };
+    tokio::spawn(drive(io, engine, served, Some(stop), guard, to).instrument(entered));
 }
 
 impl ParkedWebSocket {
     pub(crate) fn resume(self, io: TcpStream, stop: watch::Receiver<Stop>, guard: Option<OpenGuard>, lot: &Lot) {
-        (self.resume)(self.engine, self.inlet, io, stop, guard, lot.clone());
+        (self.resume)(
+            self.engine,
+            self.inlet,
+            io,
+            stop,
+            guard,
+            lot.clone(),
+            self.span.into_span(),
+        );
     }
 }
 

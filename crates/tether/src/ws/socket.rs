@@ -557,6 +557,7 @@ impl WebSocket {
         protocol: Option<String>,
         stop: Option<watch::Receiver<Stop>>,
         peer: Option<std::net::SocketAddr>,
+        span: tracing::Span,
     ) -> Self {
         if !buffered.is_empty() {
             // Counted here: the driver starts from the engine's count.
@@ -564,7 +565,7 @@ impl WebSocket {
         }
         WsTotals::of(engine.role()).opened();
         let inner = Inner {
-            conn: Some(WsDriver::new(io, engine, stop, peer)),
+            conn: Some(WsDriver::new(io, engine, stop, peer, span)),
             away: None,
             driver: None,
             waiting_senders: Vec::new(),

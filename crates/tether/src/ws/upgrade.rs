@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderMap, StatusCode};
 use tether_proto::ws::{handshake, WsConnection};
+use tracing::Instrument;
 
 use super::push::Inlet;
 use super::service::{self, WsService};
@@ -31,12 +32,17 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     accept(req, options, |opened| {
-        OnUpgrade::new(move |up: Upgraded| async move {
-            let Opened { mut engine, protocol } = opened;
-            // The whole connection's count; the HTTP phase is in the HTTP totals.
-            engine.count_handshake(up.traffic);
-            let ws = WebSocket::start(up.io, up.read_buf, engine, protocol, up.stop, up.peer);
-            on_open(ws).await;
+        OnUpgrade::new(move |up: Upgraded| {
+            let span = crate::spans::websocket(&up.span);
+            let entered = span.clone();
+            let run = async move {
+                let Opened { mut engine, protocol } = opened;
+                // The whole connection's count; the HTTP phase is in the HTTP totals.
+                engine.count_handshake(up.traffic);
+                let ws = WebSocket::start(up.io, up.read_buf, engine, protocol, up.stop, up.peer, span);
+                on_open(ws).await;
+            };
+            run.instrument(entered)
         })
     })
 }

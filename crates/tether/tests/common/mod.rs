@@ -294,6 +294,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// The client's own address: the server's `peer`.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.r.local_addr().expect("local addr")
+    }
+
     /// A new raw connection to 127.0.0.1:`port`.
     pub async fn connect(port: u16) -> Client {
         let stream = timeout(IO_TIMEOUT, TcpStream::connect(("127.0.0.1", port)))
