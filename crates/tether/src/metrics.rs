@@ -46,6 +46,11 @@ struct Cause {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct End {
     end: &'static str,
 }
@@ -144,6 +149,19 @@ fn connections(r: &mut Registry, s: &ServerStats, hub: Option<&Hub>) {
         "connections_refused",
         "Connections refused with 503 at a connection limit",
         counter(read(&s.refused)),
+    );
+    let tls = Family::<Outcome, Counter>::default();
+    for (result, n) in [
+        ("ok", &s.tls_handshakes),
+        ("failed", &s.tls_handshake_failures),
+        ("timeout", &s.tls_handshake_timeouts),
+    ] {
+        tls.get_or_create(&Outcome { result }).inc_by(read(n));
+    }
+    r.register(
+        "tls_handshakes",
+        "TLS handshakes on TLS listeners by result: ok, failed (broken off, refused by rustls, or interrupted by shutdown), timeout",
+        tls,
     );
 }
 
