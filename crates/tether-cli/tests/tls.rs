@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rcgen::{CertificateParams, DnType, KeyPair};
 use tether::tls::rustls::pki_types::{CertificateDer, ServerName};
-use tether::tls::rustls::{self, ClientConfig, RootCertStore};
+use tether::tls::rustls::{ClientConfig, RootCertStore};
 use tether::tls::tokio_rustls::client::TlsStream;
 use tether::tls::tokio_rustls::TlsConnector;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
