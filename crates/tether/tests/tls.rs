@@ -1,7 +1,10 @@
 //! TLS and Unix-socket listeners (`tether::server::Listener`,
 //! `tether::tls`): keep-alive, request limits, graceful shutdown,
-//! WebSockets (`wss`), ALPN, the handshake deadline and certificate reload
-//! over TLS; keep-alive over a Unix domain socket.
+//! connection limits (`503` over TLS), WebSockets (`wss`), ALPN, large
+//! responses, the handshake deadline (silent, stalled and oversized
+//! handshakes; shutdown during one) and certificate reload over TLS;
+//! keep-alive, limits and WebSockets over a Unix domain socket; both
+//! drivers flushing a transport that buffers writes.
 //!
 //! Every certificate is made here with `rcgen` (a root CA, an intermediate
 //! CA and a leaf for `localhost`, the leaf's file holding the chain), in a
@@ -576,6 +579,48 @@ async fn a_client_that_never_finishes_its_handshake_is_dropped_at_the_deadline()
     assert_eq!(stats.open.get(), 0, "nothing left open");
     // A real client is still served.
     assert_eq!(connect(&pki, addr).await.get("/healthz").await.status, 200);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_handshake_in_progress() {
+    let server = Server::new(config(Duration::from_secs(30), 100), app()).shutdown_timeout(Duration::from_secs(20));
+    let (mut running, addr, _pki) = start_tls(server).await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        running.stats.open.get(),
+        1,
+        "a connection in its handshake counts as open"
+    );
+    let t0 = Instant::now();
+    running.begin_stop();
+    let mut byte = [0u8; 1];
+    let n = timeout(T, silent.read(&mut byte)).await.expect("closed").unwrap_or(0);
+    assert_eq!(n, 0);
+    timeout(T, running.done).await.expect("the server stops").unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "no wait for the handshake: {:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_tls_connection_beyond_the_limit_is_answered_503_over_tls() {
+    let server = Server::new(config(Duration::from_secs(30), 100), app()).max_connections(Some(1));
+    let (running, addr, pki) = start_tls(server).await;
+    let mut first = connect(&pki, addr).await;
+    assert_eq!(first.get("/healthz").await.status, 200);
+    // Busy (a request in flight), so it cannot be reclaimed either.
+    first.send(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut second = connect(&pki, addr).await;
+    let r = second.response().await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    second.closed().await;
+    assert_eq!(first.response().await.status, 200);
     running.stop().await;
 }
 
