@@ -7,7 +7,9 @@
 //! scrapes. Connection states are exclusive per kind: an HTTP connection
 //! is `active` (a request in progress, SSE streams and held long polls
 //! included), `idle` on its task, or `parked`; a WebSocket is `active` (on
-//! a task) or `parked`.
+//! a task) or `parked`. A TLS connection still in its handshake counts as
+//! HTTP `idle`; `tether_tls_handshakes_total{result}` counts handshakes as
+//! they end (`ok`, `failed`, `timeout`).
 //!
 //! Bytes on the wire: `tether_wire_bytes_total{protocol, direction, part}`,
 //! `protocol="http"` with `part="head"` (start lines, header fields, chunk
