@@ -479,7 +479,7 @@ async fn graceful_shutdown_over_tls_finishes_in_flight_requests_and_closes_idle_
 }
 
 #[tokio::test]
-async fn alpn_is_http11_and_a_client_offering_only_h2_is_refused() {
+async fn alpn_is_http11_a_client_offering_only_h2_is_refused_and_tls12_is_served() {
     let (running, addr, pki) = start_tls(Server::new(config(Duration::from_secs(5), 100), app())).await;
     // No ALPN offered: served, nothing negotiated.
     let mut c = connect_with(&pki.client(&[]), addr).await.unwrap();
@@ -488,6 +488,21 @@ async fn alpn_is_http11_and_a_client_offering_only_h2_is_refused() {
     // Both offered: http/1.1 chosen.
     let c = connect_with(&pki.client(&[b"h2", b"http/1.1"]), addr).await.unwrap();
     assert_eq!(tls_state(&c).alpn_protocol(), Some(&b"http/1.1"[..]));
+    // TLS 1.2 is served too (1.3 is preferred).
+    assert_eq!(tls_state(&c).protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.root.clone()).unwrap();
+    let tls12 = ClientConfig::builder_with_provider(ttls::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut old = connect_with(&TlsConnector::from(Arc::new(tls12)), addr).await.unwrap();
+    assert_eq!(
+        tls_state(&old).protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(old.get("/healthz").await.status, 200);
     // Only h2: no_application_protocol.
     let refused = connect_with(&pki.client(&[b"h2"]), addr).await;
     let e = refused.err().expect("refused");
