@@ -133,6 +133,23 @@ serve_settings! {
     #[arg(value_name = "ADDR", env = "TETHER_LISTEN")]
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), flag SocketAddr => |v| v;
 
+    /// Also serve plain HTTP (and WebSockets) on this Unix domain socket, e.g. behind a proxy on the same machine; a stale socket file there is removed first; the file gets the process's umask [default: none]
+    #[arg(value_name = "PATH", env = "TETHER_LISTEN_UNIX")]
+    listen_unix: Option<PathBuf> = None, flag PathBuf => Some;
+
+    /// Serve HTTPS and WSS on --listen with this certificate chain (PEM, leaf first, then intermediates); needs --tls-key; reloaded without dropping connections on SIGHUP and when the file changes [default: none: plain HTTP]
+    #[arg(value_name = "FILE", env = "TETHER_TLS_CERT")]
+    tls_cert: Option<PathBuf> = None, flag PathBuf => Some;
+
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or EC) [default: none]
+    #[arg(value_name = "FILE", env = "TETHER_TLS_KEY")]
+    tls_key: Option<PathBuf> = None, flag PathBuf => Some;
+
+    /// A TLS client must complete its handshake within this, else it is disconnected
+    #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_TLS_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
+    #[serde(with = "serde_duration")]
+    tls_handshake_timeout: Duration = Duration::from_secs(10), flag Duration => |v| v;
+
     /// Listen backlog: connections the kernel queues before they are accepted, capped by net.core.somaxconn [default: the system's somaxconn]
     #[arg(value_name = "N", env = "TETHER_BACKLOG", value_parser = clap::value_parser!(u32).range(1..))]
     backlog: Option<u32> = None, flag u32 => Some;
@@ -363,6 +380,7 @@ impl ServeConfig {
             ("body-timeout", self.body_timeout),
             ("write-timeout", self.write_timeout),
             ("shutdown-timeout", self.shutdown_timeout),
+            ("tls-handshake-timeout", self.tls_handshake_timeout),
             ("history-ttl", self.history_ttl),
             ("sse-keep-alive", self.sse_keep_alive),
         ] {
@@ -381,6 +399,11 @@ impl ServeConfig {
         }
         if let Some(value) = &self.static_cache_control {
             parse_header_value(value).context("invalid static-cache-control")?;
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => bail!("tls-cert is given without tls-key: TLS needs both"),
+            (None, Some(_)) => bail!("tls-key is given without tls-cert: TLS needs both"),
+            _ => {}
         }
         if !(1..=4096).contains(&self.workers) {
             bail!("invalid workers: must be from 1 to 4096");
@@ -892,6 +915,44 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_unix_socket_flags() {
+        let _g = lock();
+        let c = load(
+            parse(&[
+                "--tls-cert",
+                "/etc/tether/cert.pem",
+                "--tls-key",
+                "/etc/tether/key.pem",
+                "--tls-handshake-timeout",
+                "3s",
+                "--listen-unix",
+                "/run/tether.sock",
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.tls_cert, Some(PathBuf::from("/etc/tether/cert.pem")));
+        assert_eq!(c.tls_key, Some(PathBuf::from("/etc/tether/key.pem")));
+        assert_eq!(c.tls_handshake_timeout, secs(3));
+        assert_eq!(c.listen_unix, Some(PathBuf::from("/run/tether.sock")));
+        let d = ServeConfig::default();
+        assert_eq!((d.tls_cert, d.tls_key, d.listen_unix), (None, None, None));
+        assert_eq!(d.tls_handshake_timeout, secs(10));
+        // Both or neither.
+        let e = load(parse(&["--tls-cert", "c.pem"]).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("tls-key"), "{e}");
+        let e = load(parse(&["--tls-key", "k.pem"]).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("tls-cert"), "{e}");
+        let e = parse(&["--tls-handshake-timeout", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--tls-handshake-timeout"), "{e}");
+        // In a file too.
+        let c = ServeConfig::from_toml_str("tls-cert = \"c.pem\"\ntls-key = \"k.pem\"\ntls-handshake-timeout = 2\n")
+            .unwrap();
+        assert_eq!(c.tls_handshake_timeout, secs(2));
+        assert!(ServeConfig::from_toml_str("tls-cert = \"c.pem\"\n").is_err());
+    }
+
+    #[test]
     fn flags_set_every_field() {
         let _g = lock();
         let args = parse(&[
@@ -1388,6 +1449,10 @@ mod tests {
             ("--ws-idle-timeout", "[default: off]"),
             ("--allowed-origin", "[default: any origin]"),
             ("--ws-max-queued", "[default: 4MiB]"),
+            ("--tls-cert", "[default: none: plain HTTP]"),
+            ("--tls-key", "[default: none]"),
+            ("--tls-handshake-timeout", "[default: 10s]"),
+            ("--listen-unix", "[default: none]"),
         ] {
             let at = help.find(flag).unwrap_or_else(|| panic!("{flag} missing:\n{help}"));
             let next = help[at + 2..].find("\n  -").map_or(help.len(), |n| at + 2 + n);

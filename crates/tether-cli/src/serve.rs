@@ -5,6 +5,14 @@
 //! `/sse/`, see `tether::hub`); `/metrics`; `GET /` → the live demo page
 //! (`demo`), or the static root when `--root` is given (which also serves
 //! every other path).
+//!
+//! Listeners: `--listen` (TCP; HTTPS and WSS with `--tls-cert` and
+//! `--tls-key`, whose certificate is reloaded on SIGHUP and when the files
+//! change), and, with `--listen-unix`, a Unix domain socket too (plain
+//! HTTP, for a proxy on the same machine; its file is removed at a clean
+//! exit). The first line on stderr names the TCP listener: `listening on
+//! http://ADDR (…)`, or `https://` with TLS; a second one names the Unix
+//! socket: `listening on unix:PATH`.
 
 use std::sync::Arc;
 
@@ -14,7 +22,8 @@ use http::{header, Method, StatusCode};
 use tether::hub::{BrokerState, Hub, HubConfig, MemoryLimits, PublishKeys, RedisBroker};
 use tether::proto::h1;
 use tether::server::router::{self, Router};
-use tether::server::{Body, BodyError, Request, Response, Server, ServerStats, SharedHandler, StaticFiles};
+use tether::server::{Body, BodyError, Listener, Request, Response, Server, ServerStats, SharedHandler, StaticFiles};
+use tether::tls::{self, ReloadableCert};
 use tether::ws::{self, CompressionMode, Message, QueueOverflow, WsOptions};
 
 use crate::config::{format_duration, KeepAliveHeaderMode, LogFormat, ServeConfig, WsCompression};
@@ -221,8 +230,21 @@ pub fn run(c: ServeConfig) -> anyhow::Result<()> {
 
 async fn serve(c: ServeConfig) -> anyhow::Result<()> {
     let backlog = c.backlog.unwrap_or_else(tether::server::default_backlog);
-    let listener = tether::server::bind(c.listen, backlog).with_context(|| format!("binding {}", c.listen))?;
-    let addr = listener.local_addr().context("reading the bound address")?;
+    let tcp = tether::server::bind(c.listen, backlog).with_context(|| format!("binding {}", c.listen))?;
+    let addr = tcp.local_addr().context("reading the bound address")?;
+    let certs = match (&c.tls_cert, &c.tls_key) {
+        (Some(cert), Some(key)) => Some(ReloadableCert::from_files(cert, key).context("loading the TLS certificate")?),
+        _ => None,
+    };
+    let mut listeners = vec![match &certs {
+        Some(certs) => Listener::Tls(tcp, tls::server_config(certs.clone())?),
+        None => Listener::Tcp(tcp),
+    }];
+    if let Some(path) = &c.listen_unix {
+        let unix =
+            tether::server::bind_unix(path).with_context(|| format!("binding the Unix socket {}", path.display()))?;
+        listeners.push(Listener::Unix(unix));
+    }
     let hub = hub(&c)?;
     if !addr.ip().is_loopback() {
         if hub.config().tokens.is_none() {
@@ -245,6 +267,7 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
         .with_stats(stats)
         .shutdown_timeout(c.shutdown_timeout)
         .park_idle_after(c.park_idle_after)
+        .tls_handshake_timeout(c.tls_handshake_timeout)
         .access_log(c.access_log)
         .max_connections(c.max_connections.map(|n| usize::try_from(n).unwrap_or(usize::MAX)))
         .max_connections_per_client(
@@ -257,8 +280,15 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
         c.keep_alive_max.to_string()
     };
     let stop = shutdown_signal()?;
+    // Installed before the listening line too: a SIGHUP right after it
+    // reloads rather than ends the process.
+    let _reload = match &certs {
+        Some(certs) => Some(reload_certificates(certs)?),
+        None => None,
+    };
+    let scheme = if certs.is_some() { "https" } else { "http" };
     let listening = format!(
-        "listening on http://{addr} (keep-alive timeout={} max={max})",
+        "listening on {scheme}://{addr} (keep-alive timeout={} max={max})",
         format_duration(c.keep_alive_timeout)
     );
     // Printed whatever the log filter (scripts wait for it), in the log's format.
@@ -266,9 +296,45 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
         LogFormat::Text => eprintln!("{listening}"),
         LogFormat::Json => eprintln!("{}", json_line(&listening, &addr.to_string())),
     }
-    server.serve(listener, stop).await.context("serving")?;
+    if let Some(path) = &c.listen_unix {
+        let unix = format!("listening on unix:{}", path.display());
+        match c.log_format {
+            LogFormat::Text => eprintln!("{unix}"),
+            LogFormat::Json => eprintln!("{}", json_line(&unix, &path.display().to_string())),
+        }
+    }
+    server.serve_on(listeners, stop).await.context("serving")?;
+    if let Some(path) = &c.listen_unix {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Reloads the certificate on SIGHUP and when its files change (polled
+/// every 2 s); a reload that fails keeps the current certificate and logs
+/// an error. The tasks end when the returned guard is dropped.
+fn reload_certificates(certs: &Arc<ReloadableCert>) -> anyhow::Result<AbortOnDrop> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    let on_hup = certs.clone();
+    let sighup = tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            on_hup.reload_logged("SIGHUP");
+        }
+    });
+    Ok(AbortOnDrop(vec![sighup, certs.watch(tls::WATCH_INTERVAL)]))
+}
+
+/// Aborts its tasks when dropped.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is

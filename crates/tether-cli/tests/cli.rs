@@ -182,15 +182,14 @@ fn serve_output(args: &[&str]) -> Vec<String> {
 
 #[test]
 fn an_open_hub_on_a_public_address_is_announced_with_a_warning() {
-    let warned = |lines: &[String]| {
-        lines
-            .iter()
-            .any(|l| l.contains("WARN") && l.contains("the hub is open"))
+    let warnings = |lines: &[String]| {
+        let has = |what: &str| lines.iter().any(|l| l.contains("WARN") && l.contains(what));
+        (has("the hub is open"), has("POST /publish is open"))
     };
     let public = serve_output(&["--listen", "0.0.0.0:0", "--demo=false", "--log", "warn"]);
-    assert!(warned(&public), "no open-hub warning in:\n{}", public.join("\n"));
+    assert_eq!(warnings(&public), (true, true), "{}", public.join("\n"));
     let loopback = serve_output(&["--listen", "127.0.0.1:0", "--demo=false", "--log", "warn"]);
-    assert!(!warned(&loopback), "{}", loopback.join("\n"));
+    assert_eq!(warnings(&loopback), (false, false), "{}", loopback.join("\n"));
     let keyed = serve_output(&[
         "--listen",
         "0.0.0.0:0",
@@ -200,7 +199,21 @@ fn an_open_hub_on_a_public_address_is_announced_with_a_warning() {
         "--publish-key",
         "k",
     ]);
-    assert!(!warned(&keyed), "{}", keyed.join("\n"));
+    assert_eq!(warnings(&keyed), (true, false), "{}", keyed.join("\n"));
+    let secret = "0123456789abcdef0123456789abcdef";
+    let closed = serve_output(&[
+        "--listen",
+        "0.0.0.0:0",
+        "--demo=false",
+        "--log",
+        "warn",
+        "--publish-key",
+        "k",
+        "--token-secret",
+        secret,
+    ]);
+    assert_eq!(warnings(&closed), (false, false), "{}", closed.join("\n"));
+}
 
 #[test]
 fn json_logs_are_one_object_per_line_with_the_connection_and_request_spans() {

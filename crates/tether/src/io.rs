@@ -43,6 +43,14 @@ pub(crate) fn poll_write_bufs<'a, W: AsyncWrite + Unpin + ?Sized>(
     Pin::new(io).poll_write_vectored(cx, &slices[..n])
 }
 
+/// Pushes out what a buffering transport (TLS) holds; returns whether the
+/// transport failed. Pending registers the waker: the task is woken when
+/// it can go on. A no-op for TCP.
+#[inline]
+pub(crate) fn flush_failed<W: AsyncWrite + Unpin + ?Sized>(io: &mut W, cx: &mut Context<'_>) -> bool {
+    matches!(Pin::new(io).poll_flush(cx), Poll::Ready(Err(_)))
+}
+
 /// Reads once into the thread's scratch buffer and hands the bytes to
 /// `take` (an empty slice means end of file).
 pub(crate) fn poll_read_with<R: AsyncRead + Unpin + ?Sized>(

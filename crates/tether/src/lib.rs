@@ -6,8 +6,11 @@
 //! it never decides protocol questions (whether a connection persists,
 //! what a frame means): those are the engines'. [`server`] accepts and
 //! drives HTTP/1.1 connections and calls handlers; [`ws`] upgrades them to
-//! WebSockets; [`client`] opens WebSockets to other servers. [`traffic`]
-//! totals the bytes on the wire the engines count per connection.
+//! WebSockets; [`client`] opens WebSockets to other servers. [`tls`] loads
+//! (and reloads) certificates for a server's TLS listeners
+//! ([`server::Listener`]: TCP, TLS over TCP, Unix domain sockets).
+//! [`traffic`] totals the bytes on the wire the engines count per
+//! connection.
 //!
 //! A server with one HTTP route and one WebSocket route (the README's
 //! examples, compiled here):
@@ -49,6 +52,7 @@ mod memory;
 pub mod metrics;
 pub mod server;
 mod spans;
+pub mod tls;
 pub mod traffic;
 pub mod ws;
 

@@ -7,7 +7,9 @@
 //! scrapes. Connection states are exclusive per kind: an HTTP connection
 //! is `active` (a request in progress, SSE streams and held long polls
 //! included), `idle` on its task, or `parked`; a WebSocket is `active` (on
-//! a task) or `parked`.
+//! a task) or `parked`. A TLS connection still in its handshake counts as
+//! HTTP `idle`; `tether_tls_handshakes_total{result}` counts handshakes as
+//! they end (`ok`, `failed`, `timeout`).
 //!
 //! Bytes on the wire: `tether_wire_bytes_total{protocol, direction, part}`,
 //! `protocol="http"` with `part="head"` (start lines, header fields, chunk
@@ -43,6 +45,11 @@ struct State {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Cause {
     cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,6 +151,19 @@ fn connections(r: &mut Registry, s: &ServerStats, hub: Option<&Hub>) {
         "connections_refused",
         "Connections refused with 503 at a connection limit",
         counter(read(&s.refused)),
+    );
+    let tls = Family::<Outcome, Counter>::default();
+    for (result, n) in [
+        ("ok", &s.tls_handshakes),
+        ("failed", &s.tls_handshake_failures),
+        ("timeout", &s.tls_handshake_timeouts),
+    ] {
+        tls.get_or_create(&Outcome { result }).inc_by(read(n));
+    }
+    r.register(
+        "tls_handshakes",
+        "TLS handshakes on TLS listeners by result: ok, failed (broken off, refused by rustls, or interrupted by shutdown), timeout",
+        tls,
     );
 }
 

@@ -151,7 +151,10 @@ impl Drop for Server {
 }
 
 fn parse_port(line: &str) -> Option<u16> {
-    let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
+    let at = line.find("listening on ")? + "listening on ".len();
+    let rest = line[at..]
+        .strip_prefix("http://")
+        .or_else(|| line[at..].strip_prefix("https://"))?;
     let addr = rest.split_whitespace().next()?;
     addr.rsplit(':').next()?.parse().ok()
 }

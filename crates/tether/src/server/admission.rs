@@ -29,12 +29,11 @@
 //! It decides nothing about any protocol: the engines decide whether a
 //! connection is idle and may be closed.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::serving::Lot;
@@ -106,10 +105,11 @@ impl Admission {
         }
     }
 
-    /// Decides about a socket accepted from `peer`.
-    pub(crate) fn admit(&mut self, peer: SocketAddr) -> Verdict {
-        if let Some(max) = self.limits.max_per_client {
-            if self.open.from_peer(peer.ip()) as usize >= max {
+    /// Decides about a socket accepted from `peer` (`None`: a Unix socket's
+    /// peer, which has no address and so no per-client limit).
+    pub(crate) fn admit(&mut self, peer: Option<IpAddr>) -> Verdict {
+        if let (Some(max), Some(ip)) = (self.limits.max_per_client, peer) {
+            if self.open.from_peer(ip) as usize >= max {
                 return self.refuse("per-client connection limit reached", 0);
             }
         }
@@ -121,9 +121,9 @@ impl Admission {
                 }
             }
         }
-        Verdict::Admit(match self.limits.max_per_client {
-            Some(_) => OpenGuard::for_peer(self.open.clone(), peer.ip()),
-            None => OpenGuard::new(self.open.clone()),
+        Verdict::Admit(match (self.limits.max_per_client, peer) {
+            (Some(_), Some(ip)) => OpenGuard::for_peer(self.open.clone(), ip),
+            _ => OpenGuard::new(self.open.clone()),
         })
     }
 
@@ -168,8 +168,9 @@ fn is_resource_exhaustion(e: &std::io::Error) -> bool {
 }
 
 /// Answers a refused connection with 503 and closes it without a reset
-/// (bounded: [`REFUSAL_LINGER`] in all).
-pub(crate) async fn refuse(mut stream: TcpStream) {
+/// (bounded: [`REFUSAL_LINGER`] in all). Over TLS it is answered after
+/// the handshake.
+pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     const BODY: &str = "server busy: too many connections\n";
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n\
@@ -220,13 +221,13 @@ mod tests {
             max_per_client: Some(2),
         };
         let mut admission = Admission::new(limits, open.clone(), None);
-        let a: SocketAddr = "10.0.0.1:1000".parse().unwrap();
-        let b: SocketAddr = "10.0.0.2:1000".parse().unwrap();
+        let a: Option<IpAddr> = Some("10.0.0.1".parse().unwrap());
+        let b: Option<IpAddr> = Some("10.0.0.2".parse().unwrap());
         let mut guards = Vec::new();
         for peer in [a, a, b] {
             match admission.admit(peer) {
                 Verdict::Admit(g) => guards.push(g),
-                Verdict::Refuse => panic!("refused {peer} within the limits"),
+                Verdict::Refuse => panic!("refused {peer:?} within the limits"),
             }
         }
         assert!(matches!(admission.admit(a), Verdict::Refuse), "third from one client");
@@ -235,6 +236,13 @@ mod tests {
             "fourth in all, nothing to reclaim"
         );
         guards.pop();
-        assert!(matches!(admission.admit(b), Verdict::Admit(_)));
+        match admission.admit(b) {
+            Verdict::Admit(g) => guards.push(g),
+            Verdict::Refuse => panic!("refused below the limits"),
+        }
+        // A Unix socket's peer has no address: only the total limit applies.
+        assert!(matches!(admission.admit(None), Verdict::Refuse), "at the total limit");
+        guards.pop();
+        assert!(matches!(admission.admit(None), Verdict::Admit(_)));
     }
 }

@@ -886,6 +886,12 @@ fn poll_io<IO: Transport>(
             }
             Poll::Pending => {}
         }
+    } else if crate::io::flush_failed(io, cx) {
+        // A transport that buffers (TLS: records rustls took but the socket
+        // did not yet) is flushed once the engine's output is all written;
+        // for TCP this is free.
+        conn.handle_io_error(now());
+        return Poll::Ready(Wake::Io);
     }
     if wants_read && !progressed {
         let read = crate::io::poll_read_with(io, cx, |bytes| {

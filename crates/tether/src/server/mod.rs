@@ -1,14 +1,19 @@
 //! The HTTP/1.1 server: listener, connection driver, handler API, router,
 //! static files and graceful shutdown.
 //!
-//! Theory of operation: [`Server::serve`] accepts connections and runs each
-//! on its own task with [`driver::serve_connection`], which moves bytes
+//! Theory of operation: [`Server::serve_on`] accepts connections from its
+//! [`Listener`]s (TCP: [`Server::serve`]; TLS over TCP:
+//! [`Server::serve_tls`]; a Unix domain socket: [`Server::serve_unix`];
+//! see `listener`) and runs each on its own task with
+//! [`driver::serve_connection`], which moves bytes
 //! between the socket and a `tether_proto::h1::ServerConnection` (where every
 //! keep-alive decision is made) and calls the [`Handler`]. A connection idle
 //! for [`Server::park_idle_after`] (keep-alive, or a WebSocket served by
 //! `crate::ws::upgrade_service`) leaves its task for the server's parking
 //! lot (`park`) and gets a task again on input, at its deadline or on
-//! shutdown. On shutdown the
+//! shutdown (plain TCP only: TLS and Unix-socket connections stay on their
+//! tasks; a TLS connection's handshake runs on its task too, under
+//! [`Server::tls_handshake_timeout`]). On shutdown the
 //! server stops accepting, tells every connection (idle ones close at once,
 //! in-flight ones finish with `Connection: close`), waits for them up to
 //! the shutdown timeout, then aborts the rest.
@@ -23,6 +28,7 @@ pub mod date;
 pub mod driver;
 pub mod handler;
 pub mod held;
+pub mod listener;
 // Parking needs a 64-bit Unix (its own epoll through mio's Unix
 // descriptors, 64-bit tokens); elsewhere the same interface never parks.
 #[cfg(all(unix, target_pointer_width = "64"))]
@@ -54,6 +60,9 @@ pub use body::{Body, BodyError, RequestBody};
 pub use driver::ConnectionEnd;
 pub use handler::{Handler, Request, Response, SharedHandler};
 pub use held::{Held, HeldSignal};
+#[cfg(unix)]
+pub use listener::bind_unix;
+pub use listener::{HandshakeError, Listener};
 pub use router::Router;
 pub use static_files::StaticFiles;
 /// The keep-alive policy and limits of a server's connections (the
@@ -123,6 +132,13 @@ pub struct ServerStats {
     pub closed: [AtomicU64; CloseCause::ALL.len()],
     /// HTTP connections that switched protocols (WebSockets).
     pub upgraded: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes the client broke off or rustls refused, or that the
+    /// server's shutdown interrupted.
+    pub tls_handshake_failures: AtomicU64,
+    /// TLS handshakes not completed within `Server::tls_handshake_timeout`.
+    pub tls_handshake_timeouts: AtomicU64,
     /// Bytes on the wire of the HTTP connections (upgraded ones up to their
     /// `101`), added when `requests` is (see [`crate::traffic`]).
     pub http_traffic: AtomicTraffic,
@@ -144,9 +160,15 @@ impl ServerStats {
     }
 
     /// Counts and logs the end of an HTTP connection (that carried
-    /// `traffic`), and records it on the connection's span, inside which
-    /// the line is logged.
-    pub(crate) fn record_end(&self, peer: SocketAddr, end: ConnectionEnd, traffic: Traffic, span: &tracing::Span) {
+    /// `traffic`; from `peer`, `None` for a Unix socket's), and records it
+    /// on the connection's span, inside which the line is logged.
+    pub(crate) fn record_end(
+        &self,
+        peer: Option<SocketAddr>,
+        end: ConnectionEnd,
+        traffic: Traffic,
+        span: &tracing::Span,
+    ) {
         match end {
             ConnectionEnd::Closed(cause, ..) => self.closed[cause as usize].fetch_add(1, Ordering::Relaxed),
             ConnectionEnd::Upgraded(_) => self.upgraded.fetch_add(1, Ordering::Relaxed),
@@ -162,6 +184,7 @@ pub struct Server {
     handler: SharedHandler,
     shutdown_timeout: Duration,
     park_after: Option<Duration>,
+    tls_handshake_timeout: Duration,
     limits: admission::Limits,
     access_log: bool,
     stats: Arc<ServerStats>,
@@ -175,6 +198,7 @@ impl Server {
             handler: Arc::new(handler),
             shutdown_timeout: Duration::from_secs(10),
             park_after: Some(DEFAULT_PARK_AFTER),
+            tls_handshake_timeout: crate::tls::DEFAULT_HANDSHAKE_TIMEOUT,
             limits: admission::Limits::default(),
             access_log: false,
             stats: Arc::new(ServerStats::default()),
@@ -196,6 +220,15 @@ impl Server {
     /// connection on its task. Default: 1 s.
     pub fn park_idle_after(mut self, after: Option<Duration>) -> Self {
         self.park_after = after;
+        self
+    }
+
+    /// How long a TLS client has to complete its handshake; one that has
+    /// not by then is disconnected (it held a task, its socket and rustls's
+    /// bounded state meanwhile, and counted as an open connection).
+    /// Default: 10 s.
+    pub fn tls_handshake_timeout(mut self, t: Duration) -> Self {
+        self.tls_handshake_timeout = t;
         self
     }
 
@@ -237,9 +270,40 @@ impl Server {
         self
     }
 
-    /// Accepts and serves connections until `shutdown` completes, then shuts
-    /// down gracefully. Returns once every connection is closed or aborted.
+    /// Accepts and serves connections from a TCP listener until `shutdown`
+    /// completes, then shuts down gracefully. Returns once every connection
+    /// is closed or aborted.
     pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        self.serve_on(vec![Listener::Tcp(listener)], shutdown).await
+    }
+
+    /// [`Server::serve`] over TLS: HTTPS (and `wss`) with `tls` (see
+    /// [`crate::tls::server_config`]; its certificate may be reloaded while
+    /// serving, see [`crate::tls::ReloadableCert`]).
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        self.serve_on(vec![Listener::Tls(listener, tls)], shutdown).await
+    }
+
+    /// [`Server::serve`] on a Unix domain socket (see [`bind_unix`]), e.g.
+    /// behind a proxy on the same machine.
+    #[cfg(unix)]
+    pub async fn serve_unix(
+        self,
+        listener: tokio::net::UnixListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        self.serve_on(vec![Listener::Unix(listener)], shutdown).await
+    }
+
+    /// Accepts and serves connections from every one of `listeners` until
+    /// `shutdown` completes, then shuts down gracefully (every listener is
+    /// closed first). Returns once every connection is closed or aborted.
+    pub async fn serve_on(self, listeners: Vec<Listener>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(driver::Stop::Run);
         let lot = match self.park_after {
             Some(after) => match serving::Lot::start(after, self.stats.clone(), stop_rx.clone()) {
@@ -259,32 +323,21 @@ impl Server {
             access_log: self.access_log,
             stats: self.stats.clone(),
         });
+        let mut next = 0;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let _ = stream.set_nodelay(true);
+                accepted = std::future::poll_fn(|cx| listener::poll_accept_any(&listeners, &mut next, cx)) => match accepted {
+                    Ok(accepted) => {
                         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                        match admission.admit(peer) {
-                            // An upgraded or parked connection takes the guard along: shutdown waits for it too.
-                            admission::Verdict::Admit(open) => {
-                                let conn = h1::ServerConnection::new(self.config.clone(), std::time::Instant::now());
-                                let carry = serving::Carry::new(crate::spans::connection(Some(peer)));
-                                serving.spawn(stream, conn, stop_rx.clone(), Some(open), peer, carry);
-                            }
-                            admission::Verdict::Refuse => {
-                                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                                tokio::spawn(admission::refuse(stream));
-                            }
-                        }
+                        self.start(accepted, &mut admission, &serving, &stop_rx);
                     }
                     Err(e) => admission.accept_failed(e).await,
                 }
             }
         }
-        drop(listener);
+        drop(listeners);
         let _ = stop_tx.send(driver::Stop::Graceful);
         tracing::info!(
             open = self.stats.open.get(),
@@ -303,6 +356,60 @@ impl Server {
         }
         Ok(())
     }
+
+    /// Admits a connection just accepted and puts it on a task of its own
+    /// (or refuses it with `503`, on its task too). Never waits.
+    fn start(
+        &self,
+        accepted: listener::Accepted,
+        admission: &mut admission::Admission,
+        serving: &Arc<serving::Serving>,
+        stop: &watch::Receiver<driver::Stop>,
+    ) {
+        // An upgraded or parked connection takes the guard along: shutdown waits for it too.
+        let admitted = |admission: &mut admission::Admission, peer| match admission.admit(peer) {
+            admission::Verdict::Admit(open) => Some(open),
+            admission::Verdict::Refuse => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        };
+        let engine = || h1::ServerConnection::new(self.config.clone(), std::time::Instant::now());
+        match accepted {
+            listener::Accepted::Tcp(stream, peer) => {
+                let _ = stream.set_nodelay(true);
+                match admitted(admission, Some(peer.ip())) {
+                    Some(open) => {
+                        let carry = serving::Carry::new(crate::spans::connection(Some(peer)));
+                        serving.spawn(stream, engine(), stop.clone(), Some(open), peer, carry)
+                    }
+                    None => drop(tokio::spawn(admission::refuse(stream))),
+                }
+            }
+            listener::Accepted::Tls(stream, peer, acceptor) => {
+                let _ = stream.set_nodelay(true);
+                // Counted as open from now: its handshake too is bounded by the limits.
+                let open = admitted(admission, Some(peer.ip()));
+                tokio::spawn(serving.clone().serve_tls(
+                    stream,
+                    acceptor,
+                    self.tls_handshake_timeout,
+                    self.config.clone(),
+                    open,
+                    stop.clone(),
+                    peer,
+                ));
+            }
+            #[cfg(unix)]
+            listener::Accepted::Unix(stream) => match admitted(admission, None) {
+                Some(open) => {
+                    let (serving, stop, conn) = (serving.clone(), stop.clone(), engine());
+                    tokio::spawn(async move { serving.run_on_task(stream, conn, stop, Some(open), None).await });
+                }
+                None => drop(tokio::spawn(admission::refuse(stream))),
+            },
+        }
+    }
 }
 
 /// The one line every HTTP connection ends with (at `debug`): its cause,
@@ -311,7 +418,8 @@ impl Server {
 /// into `head_*`: heads and chunk framing, and `body_*`). An upgraded
 /// connection's line says so, with its HTTP phase's bytes; the new
 /// protocol logs its own end (its bytes include these).
-fn log_end(peer: SocketAddr, end: ConnectionEnd, t: Traffic) {
+fn log_end(peer: Option<SocketAddr>, end: ConnectionEnd, t: Traffic) {
+    let peer = crate::ws::driver::Peer(peer);
     let (bytes_in, bytes_out) = (t.received.total(), t.sent.total());
     let (head_in, body_in) = (t.received.overhead, t.received.payload);
     let (head_out, body_out) = (t.sent.overhead, t.sent.payload);

@@ -14,11 +14,18 @@
 //! A parked connection keeps its `tracing` span (boxed: `ParkedSpan`), so
 //! the task that resumes it runs in the same span, and an end met in the
 //! lot is logged and recorded in it.
+//!
+//! Only plain TCP connections park. A connection over any other transport
+//! (TLS, a Unix socket: see `super::listener`) runs on its task for its
+//! whole life ([`Serving::run_on_task`]), idle or not, inside its span; a
+//! TLS connection first completes its handshake there
+//! ([`Serving::serve_tls`]).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tether_proto::h1::{CloseCause, ServerConnection};
+use tether_proto::h1::{self, CloseCause, ServerConnection};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -26,11 +33,12 @@ use tracing::Instrument;
 pub(crate) use super::driver::Carry;
 use super::driver::{self, ConnectionEnd, Driven, Paused};
 use super::held::Held;
+use super::listener::HandshakeError;
 use super::park::ParkingLot;
 pub(crate) use super::sleeper::Visit;
 use super::sleeper::{AtShutdown, Sleeper};
 use super::{ServerStats, SharedHandler};
-use crate::lifecycle::{OpenGuard, Stop};
+use crate::lifecycle::{OpenGuard, Stop, Transport};
 use crate::spans::{ParkedSpan, ParkedSpans};
 use crate::ws::ParkedWebSocket;
 
@@ -72,7 +80,7 @@ impl Serving {
                 carry,
             };
             match driver::drive(io, conn, context, stop, guard).await {
-                Driven::Ended(end, traffic, span) => serving.stats.record_end(peer, end, traffic, &span),
+                Driven::Ended(end, traffic, span) => serving.stats.record_end(Some(peer), end, traffic, &span),
                 // `drive` parks only when given a lot.
                 Driven::Idle(paused) => {
                     if let Some(lot) = lot {
@@ -82,6 +90,66 @@ impl Serving {
             }
         };
         tokio::spawn(task.instrument(span));
+    }
+
+    /// Serves a connection over a transport that does not park (TLS, a Unix
+    /// socket) on the current task until it ends or upgrades.
+    pub(crate) async fn run_on_task<IO: Transport>(
+        &self,
+        io: IO,
+        conn: ServerConnection,
+        stop: watch::Receiver<Stop>,
+        guard: Option<OpenGuard>,
+        peer: Option<SocketAddr>,
+    ) {
+        let span = crate::spans::connection(peer);
+        let context = driver::Context {
+            handler: self.handler.clone(),
+            lot: None,
+            peer,
+            access_log: self.access_log,
+            stats: Some(self.stats.clone()),
+            carry: Carry::new(span.clone()),
+        };
+        match driver::drive(io, conn, context, stop, guard).instrument(span).await {
+            Driven::Ended(end, traffic, span) => self.stats.record_end(peer, end, traffic, &span),
+            Driven::Idle(_) => unreachable!("never parks without a lot"),
+        }
+    }
+
+    /// A TLS connection's task: its handshake (under `timeout`, abandoned
+    /// on shutdown), then the connection, or the `503` of a refused one.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn serve_tls(
+        self: Arc<Self>,
+        stream: TcpStream,
+        acceptor: tokio_rustls::TlsAcceptor,
+        timeout: std::time::Duration,
+        config: Arc<h1::Config>,
+        admitted: Option<OpenGuard>,
+        stop: watch::Receiver<Stop>,
+        peer: SocketAddr,
+    ) {
+        let tls = match super::listener::handshake(acceptor, stream, timeout, stop.clone()).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                let counter = match e {
+                    HandshakeError::TimedOut => &self.stats.tls_handshake_timeouts,
+                    HandshakeError::ShuttingDown | HandshakeError::Failed(_) => &self.stats.tls_handshake_failures,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, error = %e, "TLS connection closed before its handshake completed");
+                return;
+            }
+        };
+        self.stats.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+        match admitted {
+            Some(guard) => {
+                let conn = ServerConnection::new(config, std::time::Instant::now());
+                self.run_on_task(tls, conn, stop, Some(guard), Some(peer)).await;
+            }
+            None => super::admission::refuse(tls).await,
+        }
     }
 
     /// Parks an idle connection, or one holding a response (whose signal
@@ -303,7 +371,7 @@ impl KeepAlive {
         match self.conn.poll_close() {
             Some(cause) => {
                 self.serving.stats.record_end(
-                    peer,
+                    Some(peer),
                     ConnectionEnd::Closed(cause, self.conn.requests_served(), self.conn.fault()),
                     self.conn.traffic(),
                     self.span.get(),
@@ -339,7 +407,7 @@ fn feed(conn: &mut ServerConnection, bytes: &[u8], now: std::time::Instant) {
 /// here (no task will).
 fn forced_stop(conn: &ServerConnection, serving: &Serving, peer: SocketAddr, span: &tracing::Span) -> AtShutdown {
     serving.stats.record_end(
-        peer,
+        Some(peer),
         ConnectionEnd::Closed(CloseCause::Shutdown, conn.requests_served(), None),
         conn.traffic(),
         span,

@@ -395,6 +395,12 @@ impl<IO: Transport> WsDriver<IO> {
                 Poll::Pending => break,
             }
         }
+        if !self.engine.has_output() && crate::io::flush_failed(&mut self.io, cx) {
+            // A transport that buffers (TLS) flushed once everything is
+            // written to it; free for TCP.
+            self.engine.handle_eof(clock.get().into_std());
+            return true;
+        }
         wrote
     }
 

@@ -44,7 +44,7 @@
 //! has no idle timeout.
 
 mod broadcast;
-mod driver;
+pub(crate) mod driver;
 mod incoming;
 pub(crate) mod push;
 mod service;
