@@ -164,6 +164,9 @@ pub(crate) struct WsDriver<IO> {
     stop: Option<StopSignal>,
     /// Shutdown began: the engine was told (and a face parks no more).
     pub(crate) stopping: bool,
+    /// Bytes were written and the transport not flushed since: a TLS
+    /// stream may hold the last of them (TCP holds nothing).
+    pub(crate) unflushed: bool,
     /// Created on the first deadline (many connections never have one).
     timer: Option<Pin<Box<Sleep>>>,
     /// The deadline the timer is armed for.
@@ -220,6 +223,7 @@ impl<IO: Transport> WsDriver<IO> {
             engine,
             stop,
             stopping,
+            unflushed: false,
             timer: None,
             armed: None,
             last_io: now,
@@ -381,8 +385,22 @@ impl<IO: Transport> WsDriver<IO> {
                     self.engine.handle_written(n, now.into_std());
                     self.last_io = now;
                     wrote = true;
+                    self.unflushed = true;
                 }
                 Poll::Pending => break,
+            }
+        }
+        // Once the queue is out, whatever the transport buffered goes too
+        // (woken by the socket to finish, like a pending write).
+        if self.unflushed && !self.engine.has_output() {
+            match AsyncWrite::poll_flush(Pin::new(&mut self.io), cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => {
+                    self.unflushed = false;
+                    self.engine.handle_eof(clock.get().into_std());
+                    return true;
+                }
+                Poll::Pending => {}
             }
         }
         wrote
