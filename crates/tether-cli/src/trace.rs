@@ -264,7 +264,11 @@ impl Target {
         Ok(Target {
             websocket,
             tls,
-            server_name: authority.host().trim_start_matches('[').trim_end_matches(']').to_owned(),
+            server_name: authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             connect: format!("{}:{port}", authority.host()),
             host_header: authority.as_str().to_owned(),
             path,
@@ -345,7 +349,13 @@ async fn secure(
     let began = Instant::now();
     let (stream, info) = tokio::time::timeout(args.timeout, connector.connect(&target.server_name, tcp))
         .await
-        .map_err(|_| anyhow::anyhow!("TLS handshake with {}: timed out after {:?}", target.connect, args.timeout))?
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "TLS handshake with {}: timed out after {:?}",
+                target.connect,
+                args.timeout
+            )
+        })?
         .with_context(|| format!("TLS handshake with {}", target.connect))?;
     rec.emit(
         began,
@@ -407,7 +417,10 @@ mod tests {
         assert_eq!((t.websocket, t.connect.as_str()), (true, "[::1]:80"));
         assert_eq!(Target::parse("http://example.test").unwrap().path, "/");
         let t = Target::parse("https://example.test/").unwrap();
-        assert_eq!((t.websocket, t.tls, t.connect.as_str()), (false, true, "example.test:443"));
+        assert_eq!(
+            (t.websocket, t.tls, t.connect.as_str()),
+            (false, true, "example.test:443")
+        );
         let t = Target::parse("wss://[::1]:8443/chat").unwrap();
         assert_eq!((t.websocket, t.tls, t.server_name.as_str()), (true, true, "::1"));
         assert!(Target::parse("ftp://example.test/").is_err());

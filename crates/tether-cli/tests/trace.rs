@@ -227,7 +227,7 @@ impl TlsServer {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = tether::client::tls::crypto_provider();
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -243,7 +243,10 @@ impl TlsServer {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let ws_options = Arc::new(tether::ws::WsOptions::default());
                 let app = Router::new()
@@ -311,7 +314,12 @@ fn https_and_wss_show_the_tls_handshake() {
 
     // Without the CA file the certificate is not trusted: trace fails.
     let out = Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(["trace", &format!("https://localhost:{}/hello", server.port), "--requests", "1"])
+        .args([
+            "trace",
+            &format!("https://localhost:{}/hello", server.port),
+            "--requests",
+            "1",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -54,7 +54,7 @@ impl Pki {
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = tether::client::tls::crypto_provider();
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -241,10 +241,7 @@ async fn an_untrusted_certificate_is_a_typed_error() {
         ..ClientOptions::default()
     };
     let err = connect(&url, options).await.unwrap_err();
-    assert!(
-        matches!(err, ConnectError::Tls(TlsError::Certificate(_))),
-        "{err:?}"
-    );
+    assert!(matches!(err, ConnectError::Tls(TlsError::Certificate(_))), "{err:?}");
 }
 
 #[tokio::test]
@@ -328,7 +325,9 @@ async fn scripted(pki: &Pki, after: AfterResponse) -> (SocketAddr, Arc<AtomicUsi
             count.fetch_add(1, Ordering::SeqCst);
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
                 while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -402,6 +401,38 @@ async fn http_and_https_on_one_port_are_different_origins() {
     let tls = format!("https://localhost:{}/hello", addr.port());
     let err = timeout(T, client.get(&tls)).await.unwrap().unwrap_err();
     assert!(matches!(err, ClientError::Tls { .. }), "{err:?}");
-    assert!(matches!(err, ClientError::Tls { source: TlsError::Handshake(_), .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ClientError::Tls {
+                source: TlsError::Handshake(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(client.stats().reused, 0);
+}
+
+/// `serve_transport` has no shutdown signal: the WebSocket it upgrades to
+/// outlives the call and must not read its end as a forced stop.
+#[tokio::test]
+async fn a_websocket_upgraded_by_serve_transport_lives_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler: SharedHandler = Arc::new(app());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(serve_transport(tcp, Arc::new(h1::Config::default()), handler));
+        }
+    });
+    let url = format!("ws://localhost:{}/echo", addr.port());
+    let mut socket = timeout(T, connect(&url, ClientOptions::default()))
+        .await
+        .unwrap()
+        .expect("ws connect");
+    socket.send(Message::Text("x".into())).await.unwrap();
+    let got = timeout(T, socket.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!(got, Message::Text("x".into()));
 }

@@ -31,8 +31,8 @@ async fn start() -> Serving {
             async move {
                 ws::upgrade(&req, &options, |socket| async move {
                     let (tx, rx) = socket.split();
-                    let data = rx
-                        .take_while(|m| std::future::ready(matches!(m, Ok(Message::Text(_) | Message::Binary(_)))));
+                    let data =
+                        rx.take_while(|m| std::future::ready(matches!(m, Ok(Message::Text(_) | Message::Binary(_)))));
                     let _ = data.forward(tx).await;
                 })
             }
@@ -73,8 +73,13 @@ async fn echo_through_next_and_send() {
     let server = start().await;
     let mut socket = connect(&url(&server, "/echo"), ClientOptions::default()).await.unwrap();
     for i in 0..10 {
-        SinkExt::send(&mut socket, Message::Text(format!("m{i}").into())).await.unwrap();
-        assert_eq!(next_data(&mut socket).await, Some(Message::Text(format!("m{i}").into())));
+        SinkExt::send(&mut socket, Message::Text(format!("m{i}").into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_data(&mut socket).await,
+            Some(Message::Text(format!("m{i}").into()))
+        );
     }
     let big = Bytes::from(vec![3u8; 1 << 20]);
     SinkExt::send(&mut socket, Message::Binary(big.clone())).await.unwrap();
@@ -104,26 +109,37 @@ async fn forward_a_stream_of_100_messages() {
     timeout(T, tx.send_all(&mut messages)).await.unwrap().unwrap();
     let (got, mut rx) = timeout(T, reader).await.unwrap().unwrap();
     assert_eq!(got, (0..100).map(|i| format!("n{i}")).collect::<Vec<_>>());
-    // `forward` too: a stream into the sink, which it closes at the end;
-    // the receiver sees the close through.
-    let more = stream::iter((0..100).map(|i| Ok::<_, WsError>(Message::Binary(Bytes::from(vec![i as u8; 10])))));
-    let forwarding = tokio::spawn(async move { more.forward(tx).await });
+    // `forward` too: a stream (fed through a channel) into the sink, which
+    // it closes when the stream ends. Echoes are read before that: data
+    // that arrives after our close frame left is discarded by the engine.
+    let (feed, fed) = tokio::sync::mpsc::unbounded_channel::<Message>();
+    let source = stream::unfold(fed, |mut fed| async move {
+        fed.recv().await.map(|m| (Ok::<_, WsError>(m), fed))
+    });
+    let forwarding = tokio::spawn(async move { source.forward(tx).await });
+    for i in 0..100u8 {
+        feed.send(Message::Binary(Bytes::from(vec![i; 10]))).unwrap();
+    }
     let mut n = 0u8;
-    loop {
+    while n < 100 {
         match next_data(&mut rx).await {
             Some(Message::Binary(b)) => {
                 assert_eq!(&b[..], &[n; 10][..]);
                 n += 1;
             }
-            Some(Message::Close(frame)) => {
-                assert_eq!(frame.map(|f| f.code), Some(CloseCode::NORMAL));
-                break;
-            }
-            other => panic!("unexpected {other:?}"),
+            other => panic!("unexpected {other:?} after {n}"),
         }
     }
+    drop(feed);
+    match next_data(&mut rx).await {
+        Some(Message::Close(frame)) => assert_eq!(frame.map(|f| f.code), Some(CloseCode::NORMAL)),
+        other => panic!("expected the close, got {other:?}"),
+    }
     assert_eq!(n, 100);
-    assert!(timeout(T, rx.next()).await.unwrap().is_none(), "the stream ends after the close");
+    assert!(
+        timeout(T, rx.next()).await.unwrap().is_none(),
+        "the stream ends after the close"
+    );
     timeout(T, forwarding).await.unwrap().unwrap().unwrap();
     server.stop().await;
 }
@@ -141,7 +157,10 @@ async fn split_of_the_combined_websocket() {
         sink
     });
     for i in 0..20 {
-        assert_eq!(next_data(&mut stream).await, Some(Message::Text(format!("s{i}").into())));
+        assert_eq!(
+            next_data(&mut stream).await,
+            Some(Message::Text(format!("s{i}").into()))
+        );
     }
     let mut sink = timeout(T, writer).await.unwrap().unwrap();
     sink.send(Message::Close(None)).await.unwrap();
@@ -184,7 +203,12 @@ async fn a_sink_on_a_peer_that_does_not_read_waits() {
     let mut sent = 0usize;
     let mut blocked = false;
     for _ in 0..10_000 {
-        match timeout(Duration::from_millis(500), SinkExt::send(&mut tx, Message::Binary(chunk.clone()))).await {
+        match timeout(
+            Duration::from_millis(500),
+            SinkExt::send(&mut tx, Message::Binary(chunk.clone())),
+        )
+        .await
+        {
             Ok(Ok(())) => sent += 1,
             Ok(Err(e)) => panic!("send failed after {sent}: {e}"),
             Err(_) => {
@@ -209,8 +233,15 @@ async fn a_sink_on_a_peer_that_does_not_read_waits() {
         }
     }
     assert!(full, "poll_ready never waited after {fed} more messages");
-    assert!(fed <= 64 * 1024 / (16 * 1024) + 1, "{fed} messages queued past the flush");
-    assert!(tx.queued_bytes() <= 64 * 1024 + 16 * 1024 + 64, "{} bytes queued", tx.queued_bytes());
+    assert!(
+        fed <= 64 * 1024 / (16 * 1024) + 1,
+        "{fed} messages queued past the flush"
+    );
+    assert!(
+        tx.queued_bytes() <= 64 * 1024 + 16 * 1024 + 64,
+        "{} bytes queued",
+        tx.queued_bytes()
+    );
     assert!((sent + fed) * 16 * 1024 < 64 << 20, "{sent} + {fed} messages accepted");
     server.stop().await;
 }

@@ -5,12 +5,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use http::{HeaderMap, HeaderValue, Method, Version};
+use tether::client::ClientStream;
 use tether_proto::h1::client::{
     ClientConfig, ClientConnection, ClientEvent, KeepAliveHints, RequestHead, ResponseHead, Retired,
 };
 use tether_proto::h1::has_token;
 use tether_proto::wire::{Traffic, WireBytes};
-use tether::client::ClientStream;
 use tokio::io::AsyncWriteExt;
 
 use super::render::{Cause, Close, Event, Exchange, HeadBody, Recorder};

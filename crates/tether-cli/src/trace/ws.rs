@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use http::HeaderMap;
+use tether::client::ClientStream;
 use tether_proto::ws::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use tether_proto::ws::{
     ClientHandshake, ClientHandshakeError, CloseCode, CompressionConfig, Event as WsEvent, WsConfig, WsConnection,
     WsEnd, WsState,
 };
-use tether::client::ClientStream;
 use tokio::io::AsyncWriteExt;
 
 use super::render::{Cause, Close, Event, Frame, HeadBody, Recorder};

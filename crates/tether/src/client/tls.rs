@@ -85,7 +85,10 @@ pub enum TlsError {
 
 impl TlsError {
     fn from_handshake(e: io::Error) -> Self {
-        let tls = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()).cloned();
+        let tls = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .cloned();
         match tls {
             Some(rustls::Error::InvalidCertificate(cert)) => TlsError::Certificate(cert),
             Some(other) => TlsError::Handshake(other),
@@ -152,8 +155,7 @@ impl TlsConnector {
             Some(path) => Arc::new(roots_from_file(path)?),
             None => system_roots()?,
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
+        let mut config = ClientConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()
             .map_err(TlsError::Handshake)?
             .with_root_certificates(roots)
@@ -180,8 +182,7 @@ impl TlsConnector {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let name = host.trim_start_matches('[').trim_end_matches(']');
-        let server_name =
-            ServerName::try_from(name.to_owned()).map_err(|_| TlsError::ServerName(host.to_owned()))?;
+        let server_name = ServerName::try_from(name.to_owned()).map_err(|_| TlsError::ServerName(host.to_owned()))?;
         let began = Instant::now();
         let stream = self
             .inner
@@ -191,6 +192,15 @@ impl TlsConnector {
         let info = TlsInfo::of(stream.get_ref().1, began.elapsed(), name);
         Ok((stream, info))
     }
+}
+
+/// The crypto provider of tether's TLS: rustls's `ring` one (aws-lc-rs,
+/// rustls's default, needs cmake and a C toolchain to build). rustls
+/// 0.23.48 deprecated it for its lack of post-quantum key exchange; the
+/// classical groups (X25519, P-256, P-384) and suites are all there.
+#[allow(deprecated)]
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The CA certificates of a PEM file.

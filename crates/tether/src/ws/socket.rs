@@ -282,6 +282,7 @@ impl Inner {
             let result = match &message {
                 Staged::Message(m) => conn.engine.send(m.clone()),
                 Staged::Encoded(f) => conn.engine.send_encoded(f),
+                Staged::Close(frame) => conn.engine.close_with(frame.as_ref(), Instant::now().into_std()),
             };
             return match result {
                 Ok(()) => Sent::Queued,
