@@ -453,7 +453,8 @@ fn poll_recv(shared: &Shared, cx: &mut Context<'_>) -> Poll<Option<Result<Messag
     }
 }
 
-/// The sending half: cheap to clone, usable from any task.
+/// The sending half: cheap to clone, usable from any task. Also a
+/// `futures` `Sink<Message>` (see the module documentation).
 #[derive(Clone)]
 pub struct WsSender {
     shared: Arc<Shared>,
@@ -615,7 +616,8 @@ impl WsSender {
 
 /// The receiving half. Receiving drives the connection (reads, writes,
 /// pongs, timers, the close handshake): keep a task calling
-/// [`recv`](Self::recv) for as long as the connection should live.
+/// [`recv`](Self::recv) (or polling it as a `futures` `Stream`) for as
+/// long as the connection should live.
 pub struct WsReceiver {
     shared: Arc<Shared>,
 }
@@ -650,7 +652,9 @@ impl Drop for WsReceiver {
     }
 }
 
-/// A WebSocket connection: send and receive, or [`split`](Self::split) into halves.
+/// A WebSocket connection: send and receive, or [`split`](Self::split) into
+/// halves. Also a `futures` `Stream` and `Sink` of messages (see the
+/// module documentation).
 #[derive(Debug)]
 pub struct WebSocket {
     sender: WsSender,
