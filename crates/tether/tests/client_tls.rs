@@ -310,10 +310,13 @@ enum AfterResponse {
     CloseNotify,
     /// Closes TCP without `close_notify`.
     Fin,
+    /// Sends a TLS 1.3 `key_update` (a record that is not data) and goes
+    /// on serving.
+    KeyUpdate,
 }
 
-/// A TLS server that answers one request per connection with a
-/// keep-alive response, then does `after`.
+/// A TLS server that answers requests with keep-alive responses and,
+/// after the first, does `after`.
 async fn scripted(pki: &Pki, after: AfterResponse) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -328,27 +331,37 @@ async fn scripted(pki: &Pki, after: AfterResponse) -> (SocketAddr, Arc<AtomicUsi
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                for served in 0.. {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
                     }
-                }
-                let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=30\r\n\r\nok";
-                if tls.write_all(resp).await.is_err() || tls.flush().await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                match after {
-                    AfterResponse::CloseNotify => {
-                        tls.get_mut().1.send_close_notify();
-                        let _ = tls.flush().await;
-                        // TCP stays open: only the alert says it is over.
-                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=30\r\n\r\nok";
+                    if tls.write_all(resp).await.is_err() || tls.flush().await.is_err() {
+                        return;
                     }
-                    AfterResponse::Fin => drop(tls),
+                    if served > 0 {
+                        continue;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    match after {
+                        AfterResponse::CloseNotify => {
+                            tls.get_mut().1.send_close_notify();
+                            let _ = tls.flush().await;
+                            // TCP stays open: only the alert says it is over.
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                            return;
+                        }
+                        AfterResponse::Fin => return,
+                        AfterResponse::KeyUpdate => {
+                            tls.get_mut().1.refresh_traffic_keys().unwrap();
+                            tls.flush().await.unwrap();
+                        }
+                    }
                 }
             });
         }
@@ -376,6 +389,27 @@ async fn close_notify_or_fin_on_an_idle_tls_connection_retires_it() {
         assert!(stats.closed.contains(&("peer_closed", 1)), "{:?}", stats.closed);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
+}
+
+#[tokio::test]
+async fn a_key_update_on_an_idle_tls_connection_does_not_retire_it() {
+    let pki = Pki::new();
+    let (addr, accepted) = scripted(&pki, AfterResponse::KeyUpdate).await;
+    let client = client(pki.trust());
+    let url = format!("https://localhost:{}/", addr.port());
+    timeout(T, client.get(&url)).await.unwrap().unwrap();
+    // The key update arrives while the connection is idle in the pool; the
+    // look at it takes the record in (and answers it), and it stays.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for sequence in 2..=3 {
+        let resp = timeout(T, client.get(&url)).await.unwrap().unwrap();
+        assert_eq!(&resp.body()[..], b"ok");
+        let x = exchange(&resp);
+        assert_eq!((x.connection, x.sequence, x.reused), (1, sequence, true), "{x:?}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let closed = client.stats().closed;
+    assert!(closed.iter().all(|(_, n)| *n == 0), "{closed:?}");
 }
 
 #[tokio::test]
