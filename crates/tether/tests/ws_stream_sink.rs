@@ -245,3 +245,19 @@ async fn a_sink_on_a_peer_that_does_not_read_waits() {
     assert!((sent + fed) * 16 * 1024 < 64 << 20, "{sent} + {fed} messages accepted");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_sender_without_its_receiver_closes_to_the_end_itself() {
+    let server = start().await;
+    let socket = connect(&url(&server, "/echo"), ClientOptions::default()).await.unwrap();
+    let (mut tx, rx) = socket.split();
+    SinkExt::send(&mut tx, Message::Text("before".into())).await.unwrap();
+    drop(rx);
+    // Nobody receives: the close reads the peer's answer (and the echo
+    // before it) itself, and completes once the connection has ended.
+    timeout(T, SinkExt::close(&mut tx)).await.unwrap().unwrap();
+    assert!(tx.is_closed());
+    let late = SinkExt::send(&mut tx, Message::Text("after".into())).await;
+    assert!(matches!(late, Err(WsError::Closed)), "{late:?}");
+    server.stop().await;
+}
