@@ -15,7 +15,7 @@
 //!
 //! **A passive observer.** The requests go through the sans-I/O engine
 //! `tether_proto::h1::client::ClientConnection` over a plain
-//! `tokio::net::TcpStream` (not the pooled client, which retires
+//! `tokio::net::TcpStream` or TLS over one (not the pooled client, which retires
 //! connections on its own judgement). The engine frames responses and
 //! counts bytes (heads and chunk framing against bodies); it never decides
 //! when the connection ends, the server does:
@@ -83,6 +83,17 @@
 //! masking key on client frames (so a short client message has a 6-byte
 //! header and the server's echo a 2-byte one).
 //!
+//! # `https://` and `wss://` URLs
+//!
+//! The same, through TLS (rustls, `tether::client::tls`): after the TCP
+//! connect, a line for the handshake with its time, the negotiated version
+//! and cipher suite, the protocol the server chose in ALPN (`http/1.1` is
+//! offered) and the server name sent (the URL's host). The server's
+//! certificate must chain to the system's roots, or to `--ca-file`'s. Byte
+//! counts stay those of HTTP and WebSocket (TLS records are not counted).
+//! A `close_notify` reads as the server's close (FIN), and so does a TCP
+//! close without one; a TLS alert or reset as a reset.
+//!
 //! # Output
 //!
 //! One event a line, with its offset from the start in milliseconds, then
@@ -104,6 +115,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
+use tether::client::{ClientStream, TlsConnector, TlsOptions};
 use tokio::net::TcpStream;
 
 use crate::config::parse_duration;
@@ -112,7 +124,7 @@ use render::Recorder;
 /// `tether trace URL …`
 #[derive(Debug, Args)]
 pub struct TraceArgs {
-    /// `http://host[:port]/path` or `ws://host[:port]/path`.
+    /// `http[s]://host[:port]/path` or `ws[s]://host[:port]/path`.
     url: String,
     /// Requests to send (WebSocket: text messages).
     #[arg(long, short = 'n', default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -143,6 +155,10 @@ pub struct TraceArgs {
     /// Print one JSON document (events and summary) instead of the timeline.
     #[arg(long)]
     json: bool,
+    /// `https://`, `wss://`: trust the CA certificates of this PEM file
+    /// instead of the system's roots.
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -211,6 +227,10 @@ fn parse_linger(input: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
     websocket: bool,
+    /// `https://` or `wss://`.
+    tls: bool,
+    /// The host as TLS names it (no IPv6 brackets).
+    server_name: String,
     /// `host:port` to connect to (brackets kept for IPv6).
     connect: String,
     /// The `Host` field: the authority as written.
@@ -223,18 +243,19 @@ impl Target {
     fn parse(url: &str) -> anyhow::Result<Target> {
         let uri: ::http::Uri = url
             .parse()
-            .with_context(|| format!("{url:?} is not a URL (expected http://HOST[:PORT]/PATH or ws://…)"))?;
-        let websocket = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
-            Some("http") => false,
-            Some("ws") => true,
-            Some("https" | "wss") => bail!("{url:?}: TLS is not supported by tether trace (use http:// or ws://)"),
-            _ => bail!("{url:?}: expected an http:// or ws:// URL"),
+            .with_context(|| format!("{url:?} is not a URL (expected http[s]://HOST[:PORT]/PATH or ws[s]://…)"))?;
+        let (websocket, tls) = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+            Some("http") => (false, false),
+            Some("https") => (false, true),
+            Some("ws") => (true, false),
+            Some("wss") => (true, true),
+            _ => bail!("{url:?}: expected an http://, https://, ws:// or wss:// URL"),
         };
         let authority = uri.authority().with_context(|| format!("{url:?}: no host"))?;
         if authority.as_str().contains('@') || authority.host().is_empty() {
             bail!("{url:?}: expected HOST[:PORT] without user information");
         }
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let path = match uri.path_and_query().map(|pq| pq.as_str()) {
             Some(pq) if pq.starts_with('/') => pq.to_owned(),
             Some(pq) if !pq.is_empty() => format!("/{pq}"),
@@ -242,6 +263,12 @@ impl Target {
         };
         Ok(Target {
             websocket,
+            tls,
+            server_name: authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             connect: format!("{}:{port}", authority.host()),
             host_header: authority.as_str().to_owned(),
             path,
@@ -302,6 +329,58 @@ async fn connect(target: &Target, timeout: Duration) -> anyhow::Result<(TcpStrea
     Ok((stream, peer, local))
 }
 
+/// For a TLS target, the handshake on `tcp` (within `timeout`), shown as
+/// its own line; otherwise `tcp` as it is.
+async fn secure(
+    args: &TraceArgs,
+    target: &Target,
+    conn: u32,
+    tcp: TcpStream,
+    rec: &mut Recorder,
+) -> anyhow::Result<ClientStream> {
+    if !target.tls {
+        return Ok(ClientStream::Tcp(tcp));
+    }
+    let connector = TlsConnector::new(&TlsOptions {
+        ca_file: args.ca_file.clone(),
+        config: None,
+    })
+    .context("setting up TLS")?;
+    let began = Instant::now();
+    let (stream, info) = tokio::time::timeout(args.timeout, connector.connect(&target.server_name, tcp))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "TLS handshake with {}: timed out after {:?}",
+                target.connect,
+                args.timeout
+            )
+        })?
+        .with_context(|| format!("TLS handshake with {}", target.connect))?;
+    rec.emit(
+        began,
+        render::Event::Tls {
+            conn,
+            version: info.version,
+            cipher_suite: info.cipher_suite,
+            alpn: info.alpn,
+            server_name: info.server_name,
+            handshake_ms: info.handshake.as_micros() as f64 / 1000.0,
+        },
+    );
+    Ok(ClientStream::Tls(Box::new(stream)))
+}
+
+/// A read that takes a TLS peer's TCP close without `close_notify` as the
+/// end of the stream, as a plain FIN.
+async fn read_some(stream: &mut ClientStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    match stream.read(buf).await {
+        Err(e) if tether::client::tls::is_unclean_eof(&e) => Ok(0),
+        other => other,
+    }
+}
+
 /// Milliseconds between two instants, to the microsecond.
 fn ms_between(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_micros() as f64 / 1000.0
@@ -337,7 +416,13 @@ mod tests {
         let t = Target::parse("ws://[::1]/echo").unwrap();
         assert_eq!((t.websocket, t.connect.as_str()), (true, "[::1]:80"));
         assert_eq!(Target::parse("http://example.test").unwrap().path, "/");
-        assert!(Target::parse("https://example.test/").is_err());
+        let t = Target::parse("https://example.test/").unwrap();
+        assert_eq!(
+            (t.websocket, t.tls, t.connect.as_str()),
+            (false, true, "example.test:443")
+        );
+        let t = Target::parse("wss://[::1]:8443/chat").unwrap();
+        assert_eq!((t.websocket, t.tls, t.server_name.as_str()), (true, true, "::1"));
         assert!(Target::parse("ftp://example.test/").is_err());
         assert!(Target::parse("http://u@example.test/").is_err());
     }

@@ -201,3 +201,126 @@ fn websocket_frames_are_shown_with_their_header_sizes() {
     );
     server.stop();
 }
+
+/// A TLS server for trace: tether's own router over tokio-rustls, on a
+/// thread of its own; certificates from rcgen in a temporary directory.
+struct TlsServer {
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl TlsServer {
+    fn start() -> TlsServer {
+        use std::sync::Arc;
+        use tether::client::tls::rustls;
+        use tether::server::router::{self, Router};
+        use tether::server::{Request, SharedHandler};
+
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let provider = tether::client::tls::crypto_provider();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let ws_options = Arc::new(tether::ws::WsOptions::default());
+                let app = Router::new()
+                    .route(
+                        "/hello",
+                        router::get(|_r: Request| async { router::text(http::StatusCode::OK, "hi") }),
+                    )
+                    .route("/echo", move |req: Request| {
+                        let options = ws_options.clone();
+                        async move {
+                            tether::ws::upgrade(&req, &options, |mut socket| async move {
+                                while let Some(Ok(m)) = socket.recv().await {
+                                    if matches!(m, tether::ws::Message::Text(_)) && socket.send(m).await.is_err() {
+                                        break;
+                                    }
+                                }
+                            })
+                        }
+                    });
+                let handler: SharedHandler = Arc::new(app);
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let config = Arc::new(tether::server::Config::default());
+                while let Ok((tcp, _)) = listener.accept().await {
+                    let (acceptor, handler, config) = (acceptor.clone(), handler.clone(), config.clone());
+                    tokio::spawn(async move {
+                        if let Ok(tls) = acceptor.accept(tcp).await {
+                            tether::server::driver::serve_transport(tls, config, handler).await;
+                        }
+                    });
+                }
+            });
+        });
+        TlsServer { port, dir }
+    }
+
+    fn ca_file(&self) -> String {
+        self.dir.path().join("ca.pem").to_string_lossy().into_owned()
+    }
+}
+
+#[test]
+fn https_and_wss_show_the_tls_handshake() {
+    let server = TlsServer::start();
+    let url = format!("https://localhost:{}/hello", server.port);
+    let ca = server.ca_file();
+    let doc = trace(&[&url, "--ca-file", &ca, "--requests", "3", "--interval", "0.05s"]);
+    let tls = events(&doc, "tls");
+    assert_eq!(tls.len(), 1, "{doc:#}");
+    assert_eq!(tls[0]["version"], "TLSv1.3");
+    assert_eq!(tls[0]["alpn"], "http/1.1");
+    assert_eq!(tls[0]["server_name"], "localhost");
+    assert!(tls[0]["handshake_ms"].as_f64().unwrap() > 0.0);
+    let requests = events(&doc, "request");
+    assert_eq!(column(&requests, "conn"), [1, 1, 1], "{doc:#}");
+    assert_eq!(column(&requests, "status"), [200, 200, 200]);
+
+    let url = format!("wss://localhost:{}/echo", server.port);
+    let doc = trace(&[&url, "--ca-file", &ca, "--requests", "2", "--interval", "0.05s"]);
+    assert_eq!(events(&doc, "tls").len(), 1, "{doc:#}");
+    let frames = events(&doc, "ws_frame");
+    let texts: Vec<_> = frames.iter().filter(|f| f["opcode"] == "text").collect();
+    assert_eq!(texts.len(), 4, "two out, two echoed: {doc:#}");
+    let closes = events(&doc, "close");
+    assert_eq!(closes[0]["cause"], "close_handshake", "{doc:#}");
+
+    // Without the CA file the certificate is not trusted: trace fails.
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args([
+            "trace",
+            &format!("https://localhost:{}/hello", server.port),
+            "--requests",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -6,7 +6,8 @@
 //! it never decides protocol questions (whether a connection persists,
 //! what a frame means): those are the engines'. [`server`] accepts and
 //! drives HTTP/1.1 connections and calls handlers; [`ws`] upgrades them to
-//! WebSockets; [`client`] opens WebSockets to other servers. [`tls`] loads
+//! WebSockets; [`client`] is the pooled keep-alive HTTP client and the
+//! WebSocket client, over TCP or TLS (`https://`, `wss://`). [`tls`] loads
 //! (and reloads) certificates for a server's TLS listeners
 //! ([`server::Listener`]: TCP, TLS over TCP, Unix domain sockets).
 //! [`traffic`] totals the bytes on the wire the engines count per

@@ -361,7 +361,10 @@ async fn a_fresh_connection_that_fails_is_an_error_not_a_retry() {
     let refused = HttpClient::default().get("http://127.0.0.1:1/").await.unwrap_err();
     assert!(matches!(refused, ClientError::Connect { .. }), "{refused:?}");
     assert!(matches!(
-        HttpClient::default().get("https://127.0.0.1/").await,
-        Err(ClientError::TlsUnsupported)
+        HttpClient::default().get("ftp://127.0.0.1/").await,
+        Err(ClientError::Url(_))
     ));
+    // https:// is TLS over TCP: a refused connect is the same error.
+    let refused = HttpClient::default().get("https://127.0.0.1:1/").await.unwrap_err();
+    assert!(matches!(refused, ClientError::Connect { .. }), "{refused:?}");
 }

@@ -23,7 +23,7 @@ use crate::config::parse_duration;
 /// `tether bench stale URL …`
 #[derive(Debug, Args)]
 pub struct StaleArgs {
-    /// The `http://` URL to request.
+    /// The `http://` or `https://` URL to request.
     pub url: String,
     /// Requests to send, one at a time.
     #[arg(long, default_value_t = 300)]
@@ -46,6 +46,10 @@ pub struct StaleArgs {
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// `https://`: trust the CA certificates of this PEM file instead of
+    /// the system's roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The gaps (ms) both stale clients follow (see the module documentation).
@@ -83,6 +87,10 @@ pub fn run(args: StaleArgs) -> anyhow::Result<()> {
 async fn stale(args: &StaleArgs) -> anyhow::Result<serde_json::Value> {
     let client = HttpClient::new(HttpClientOptions {
         response_timeout: args.timeout,
+        tls: tether::client::TlsOptions {
+            ca_file: args.ca_file.clone(),
+            config: None,
+        },
         ..HttpClientOptions::default()
     });
     let method = if args.post { Method::POST } else { Method::GET };

@@ -5,21 +5,21 @@ use std::time::Instant;
 
 use anyhow::Context;
 use http::{HeaderMap, HeaderValue, Method, Version};
+use tether::client::ClientStream;
 use tether_proto::h1::client::{
     ClientConfig, ClientConnection, ClientEvent, KeepAliveHints, RequestHead, ResponseHead, Retired,
 };
 use tether_proto::h1::has_token;
 use tether_proto::wire::{Traffic, WireBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 use super::render::{Cause, Close, Event, Exchange, HeadBody, Recorder};
 use super::{ms_between, Target, TraceArgs};
 
-/// One TCP connection and what the server said on it.
+/// One TCP (or TLS) connection and what the server said on it.
 struct Conn {
     id: u32,
-    stream: TcpStream,
+    stream: ClientStream,
     engine: ClientConnection,
     opened: Instant,
     /// Responses completed.
@@ -179,6 +179,8 @@ impl Tracer<'_> {
                 connect_ms: ms_between(began, now),
             },
         );
+        let stream = super::secure(self.args, self.target, id, stream, self.rec).await?;
+        let now = Instant::now();
         Ok(Conn {
             id,
             stream,
@@ -200,7 +202,7 @@ impl Tracer<'_> {
     /// seen when it happens; returns whether it is still open.
     async fn watch_idle(&mut self, c: &mut Conn, until: Instant) -> bool {
         loop {
-            let read = tokio::time::timeout_at(until.into(), c.stream.read(&mut self.buf)).await;
+            let read = tokio::time::timeout_at(until.into(), super::read_some(&mut c.stream, &mut self.buf)).await;
             let now = Instant::now();
             let idle_since = c.last_response_at.unwrap_or(c.opened);
             match read {
@@ -301,7 +303,12 @@ impl Tracer<'_> {
             reason: why,
             will_retry,
         };
-        let write = tokio::time::timeout_at(deadline.into(), c.stream.write_all(&bytes)).await;
+        let write = tokio::time::timeout_at(deadline.into(), async {
+            c.stream.write_all(&bytes).await?;
+            // TLS may hold the last bytes until flushed.
+            c.stream.flush().await
+        })
+        .await;
         self.totals.sent = self.totals.sent.plus(diff(c.engine.traffic().sent, before.sent));
         match write {
             Ok(Ok(())) => {}
@@ -336,7 +343,7 @@ impl Tracer<'_> {
         let mut complete = false;
         let received_before = c.engine.traffic().received;
         let ended = loop {
-            let read = tokio::time::timeout_at(deadline.into(), c.stream.read(&mut self.buf)).await;
+            let read = tokio::time::timeout_at(deadline.into(), super::read_some(&mut c.stream, &mut self.buf)).await;
             let now = Instant::now();
             match read {
                 Err(_) => break Some((now, Ended::Timeout)),

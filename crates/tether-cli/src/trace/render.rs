@@ -27,6 +27,19 @@ pub enum Event {
         local: String,
         connect_ms: f64,
     },
+    /// The TLS handshake on a connection (`https://`, `wss://`), at the
+    /// time it began.
+    Tls {
+        conn: u32,
+        /// `TLSv1.3` or `TLSv1.2`.
+        version: String,
+        cipher_suite: String,
+        /// The protocol the server chose in ALPN (`http/1.1` offered).
+        alpn: Option<String>,
+        /// The name sent as SNI and checked against the certificate.
+        server_name: String,
+        handshake_ms: f64,
+    },
     /// A request and its response (at the time the request was written).
     Request(Exchange),
     /// A request written on a connection that closed before a byte of the
@@ -417,6 +430,20 @@ fn timeline_line(r: &Record, c: bool) -> String {
             bar("┌"),
             paint(c, &format!("{BOLD};{CYAN}"), &format!("connection #{conn}")),
             millis(*connect_ms)
+        ),
+        Event::Tls {
+            version,
+            cipher_suite,
+            alpn,
+            server_name,
+            handshake_ms,
+            ..
+        } => format!(
+            "{}{} {version}, {cipher_suite}, ALPN {}, server name {server_name}, handshake {}",
+            bar("│"),
+            paint(c, GREEN, "TLS"),
+            alpn.as_deref().unwrap_or("none"),
+            millis(*handshake_ms)
         ),
         Event::Request(x) => {
             let color = match x.status {

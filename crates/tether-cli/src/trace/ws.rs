@@ -12,13 +12,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use http::HeaderMap;
+use tether::client::ClientStream;
 use tether_proto::ws::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use tether_proto::ws::{
     ClientHandshake, ClientHandshakeError, CloseCode, CompressionConfig, Event as WsEvent, WsConfig, WsConnection,
     WsEnd, WsState,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 use super::render::{Cause, Close, Event, Frame, HeadBody, Recorder};
 use super::{ms_between, Target, TraceArgs};
@@ -30,7 +30,7 @@ const PREVIEW: usize = 60;
 /// Runs the WebSocket trace; the events go to `rec`.
 pub async fn trace(args: &TraceArgs, target: &Target, rec: &mut Recorder) -> anyhow::Result<()> {
     let began = Instant::now();
-    let (mut stream, peer, local) = super::connect(target, args.timeout).await?;
+    let (tcp, peer, local) = super::connect(target, args.timeout).await?;
     let opened = Instant::now();
     rec.emit(
         began,
@@ -41,6 +41,7 @@ pub async fn trace(args: &TraceArgs, target: &Target, rec: &mut Recorder) -> any
             connect_ms: ms_between(began, opened),
         },
     );
+    let mut stream = super::secure(args, target, CONN, tcp, rec).await?;
     let mut out = Scanner::new("out");
     let mut inc = Scanner::new("in");
     let result = session(args, target, rec, &mut stream, opened, &mut out, &mut inc).await;
@@ -59,7 +60,7 @@ async fn session(
     args: &TraceArgs,
     target: &Target,
     rec: &mut Recorder,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     opened: Instant,
     out: &mut Scanner,
     inc: &mut Scanner,
@@ -76,7 +77,7 @@ async fn session(
         .context("the URL cannot be put in an upgrade request")?;
     let sent_at = Instant::now();
     let deadline = sent_at + args.timeout;
-    tokio::time::timeout_at(deadline.into(), stream.write_all(&request))
+    tokio::time::timeout_at(deadline.into(), write_flushed(stream, &request))
         .await
         .context("writing the upgrade request timed out")?
         .context("writing the upgrade request")?;
@@ -92,7 +93,7 @@ async fn session(
     let mut buf = vec![0u8; 16 * 1024];
     let mut head = Vec::with_capacity(1024);
     let (accepted, head_len) = loop {
-        let n = tokio::time::timeout_at(deadline.into(), stream.read(&mut buf))
+        let n = tokio::time::timeout_at(deadline.into(), super::read_some(stream, &mut buf))
             .await
             .context("no answer to the upgrade request in time")?
             .context("reading the upgrade response")?;
@@ -168,7 +169,7 @@ async fn session(
             }
             let now = Instant::now();
             scan(rec, out, &bytes, now);
-            let write = tokio::time::timeout_at((now + args.timeout).into(), stream.write_all(&bytes)).await;
+            let write = tokio::time::timeout_at((now + args.timeout).into(), write_flushed(stream, &bytes)).await;
             match write {
                 Ok(Ok(())) => engine.handle_written(bytes.len(), Instant::now()),
                 Ok(Err(e)) => {
@@ -197,7 +198,7 @@ async fn session(
         if let Some(t) = engine.poll_timeout() {
             next = next.min(t);
         }
-        match tokio::time::timeout_at(next.into(), stream.read(&mut buf)).await {
+        match tokio::time::timeout_at(next.into(), super::read_some(stream, &mut buf)).await {
             Ok(Ok(0)) => {
                 let now = Instant::now();
                 tcp_end = Some((now, "fin"));
@@ -453,6 +454,12 @@ impl Scanner {
             close_code,
         }
     }
+}
+
+/// Writes `bytes` and flushes (TLS may hold the last of them).
+async fn write_flushed(stream: &mut ClientStream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! request on a connection the server is about to close, or already has.
 //!
 //! Theory of operation. An [`HttpClient`] keeps idle connections per
-//! origin (`host:port`), at most [`max_idle_per_origin`] each and
+//! origin (`scheme://host:port`: `http://x:443` and `https://x:443` are
+//! two), at most [`max_idle_per_origin`] each and
 //! [`max_idle_total`] in all (past either, the longest-idle one goes). Each
 //! connection's protocol is the sans-I/O [`ClientConnection`]: it encodes
 //! requests, frames responses, counts bytes and decides reuse from what
@@ -14,7 +15,19 @@
 //! that passes three checks, dropping those that fail: its own idle
 //! timeout ([`idle_timeout`]), the engine's reuse rules at this instant,
 //! and a look at the socket (a non-blocking `MSG_PEEK`): a server's FIN or
-//! reset that already arrived retires it before any byte is sent. None
+//! reset that already arrived retires it before any byte is sent. On a
+//! TLS connection the look is a non-blocking read through TLS instead
+//! (bytes on an idle TLS socket may be records that are not data: a
+//! session ticket is taken in and the connection stays; a `close_notify`
+//! or another alert, a FIN, a reset or stray data retire it).
+//!
+//! `https://` connections are TLS over TCP ([`super::tls`]): the handshake
+//! (ALPN `http/1.1`, the URL's host as server name) runs within
+//! [`connect_timeout`] after the TCP connect, trusting the system's roots
+//! or [`HttpClientOptions::tls`]'s CA file; the configuration is built at
+//! the first `https://` request and kept. A TLS connection is pooled,
+//! reused, retired and retried like a plain one; a TCP close without
+//! `close_notify` counts as the server's close. None
 //! left: a new connection. A reaper task closes idle connections as they
 //! expire and those the server closed, so the pool never holds dead
 //! sockets for long (it wakes at the next expiry, at least once a second
@@ -35,12 +48,15 @@
 //! [`max_idle_per_origin`]: HttpClientOptions::max_idle_per_origin
 //! [`max_idle_total`]: HttpClientOptions::max_idle_total
 //! [`idle_timeout`]: HttpClientOptions::idle_timeout
+//! [`connect_timeout`]: HttpClientOptions::connect_timeout
 
 use std::collections::HashMap;
 use std::io;
 use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -49,11 +65,12 @@ use tether_proto::h1::client::{
     is_idempotent, ClientConfig, ClientConnection, ClientEvent, KeepAliveHints, RequestHead, ResponseHead, Retired,
 };
 use tether_proto::wire::Traffic;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::target::{Target, TargetError};
+use super::target::Target;
+use super::tls::{is_unclean_eof, ClientStream, TlsConnector, TlsError, TlsOptions};
 
 /// The pool's settings.
 #[derive(Debug, Clone)]
@@ -76,13 +93,15 @@ pub struct HttpClientOptions {
     /// Retire a connection this long before the server's advertised
     /// `timeout=` (at most a quarter of it).
     pub timeout_margin: Duration,
-    /// Deadline for the TCP connect.
+    /// Deadline for the TCP connect, and again for the TLS handshake.
     pub connect_timeout: Duration,
     /// Deadline from the first byte written to the last byte of the
     /// response (of every response, when pipelining).
     pub response_timeout: Duration,
     /// The largest response body kept in memory.
     pub max_response_body: usize,
+    /// Trust for `https://` (the system's roots unless a CA file is given).
+    pub tls: TlsOptions,
 }
 
 impl Default for HttpClientOptions {
@@ -97,6 +116,7 @@ impl Default for HttpClientOptions {
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(30),
             max_response_body: 16 * 1024 * 1024,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -104,12 +124,17 @@ impl Default for HttpClientOptions {
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The URL is not `http://host[:port]/path`.
-    #[error("invalid URL {0:?} (expected http://host[:port]/path)")]
+    /// The URL is not `http[s]://host[:port]/path`.
+    #[error("invalid URL {0:?} (expected http[s]://host[:port]/path)")]
     Url(String),
-    /// `https://` needs TLS, which this build does not have yet.
-    #[error("https:// is not supported yet")]
-    TlsUnsupported,
+    /// TLS could not be set up, or the handshake failed (an untrusted
+    /// certificate is [`TlsError::Certificate`]).
+    #[error("TLS with {origin}: {source}")]
+    Tls {
+        origin: String,
+        #[source]
+        source: TlsError,
+    },
     /// The TCP connect failed.
     #[error("connecting to {origin} failed: {source}")]
     Connect {
@@ -117,7 +142,7 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
-    /// The TCP connect took longer than `connect_timeout`.
+    /// The TCP connect (or the TLS handshake) took longer than `connect_timeout`.
     #[error("connecting to {0} timed out")]
     ConnectTimeout(String),
     /// No complete response within `response_timeout`.
@@ -217,6 +242,8 @@ impl PoolClose {
 pub struct ClientStats {
     /// TCP connections opened.
     pub connections: u64,
+    /// TLS handshakes completed (on `https://` connections).
+    pub tls_handshakes: u64,
     /// Exchanges completed (a response received).
     pub responses: u64,
     /// Requests sent on a reused connection.
@@ -234,6 +261,7 @@ pub struct ClientStats {
 #[derive(Default)]
 struct Counters {
     connections: AtomicU64,
+    tls_handshakes: AtomicU64,
     responses: AtomicU64,
     reused: AtomicU64,
     retried: AtomicU64,
@@ -256,6 +284,8 @@ struct Pool {
     /// Wakes the reaper when a connection becomes idle.
     reaper: Arc<Notify>,
     reaper_started: AtomicBool,
+    /// The TLS configuration, built at the first `https://` request.
+    tls: Mutex<Option<TlsConnector>>,
 }
 
 #[derive(Default)]
@@ -267,7 +297,7 @@ struct IdleSet {
 /// One connection and its engine.
 struct Conn {
     id: u64,
-    stream: TcpStream,
+    stream: ClientStream,
     engine: ClientConnection,
     /// Exchanges it carried.
     exchanges: u64,
@@ -312,6 +342,7 @@ impl HttpClient {
                 counters: Counters::default(),
                 reaper: Arc::new(Notify::new()),
                 reaper_started: AtomicBool::new(false),
+                tls: Mutex::new(None),
             }),
         }
     }
@@ -345,7 +376,7 @@ impl HttpClient {
             }
             match self.prepare(req) {
                 Ok((t, p)) => {
-                    if origin.as_ref().is_some_and(|o| o.connect != t.connect) {
+                    if origin.as_ref().is_some_and(|o| o.origin != t.origin) {
                         return vec![Err(ClientError::Pipeline("every request must go to one origin"))];
                     }
                     origin = Some(t);
@@ -366,6 +397,7 @@ impl HttpClient {
         let read = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ClientStats {
             connections: read(&c.connections),
+            tls_handshakes: read(&c.tls_handshakes),
             responses: read(&c.responses),
             reused: read(&c.reused),
             retried: read(&c.retried),
@@ -385,10 +417,7 @@ impl HttpClient {
 
     fn prepare(&self, req: Request<Bytes>) -> Result<(Target, Prepared), ClientError> {
         let url = req.uri().to_string();
-        let target = Target::parse(&url, "http").map_err(|e| match e {
-            TargetError::Tls => ClientError::TlsUnsupported,
-            TargetError::Invalid => ClientError::Url(url.clone()),
-        })?;
+        let target = Target::parse(&url, "http").map_err(|_| ClientError::Url(url.clone()))?;
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
         if !headers.contains_key(http::header::HOST) {
@@ -418,7 +447,7 @@ impl HttpClient {
     /// more on a fresh connection (idempotent requests only).
     async fn send_batch(&self, target: &Target, batch: Vec<Prepared>) -> Vec<Result<Response<Bytes>, ClientError>> {
         let pool = &self.pool;
-        let (conn, reused) = match pool.checkout(&target.connect) {
+        let (conn, reused) = match pool.checkout(&target.origin) {
             Some(conn) => (conn, true),
             None => match pool.connect(target).await {
                 Ok(conn) => (conn, false),
@@ -535,6 +564,31 @@ enum Peek {
     Gone(Retired),
 }
 
+/// Looks at an idle connection: the socket (`MSG_PEEK`), or, for TLS, a
+/// read through TLS that never waits (see the module documentation).
+fn look(stream: &mut ClientStream) -> Peek {
+    match stream {
+        ClientStream::Tcp(tcp) => peek(tcp),
+        ClientStream::Tls(tls) => {
+            // Not a peek: what rustls already holds (a `close_notify` that
+            // came with the last response) counts as much as the socket.
+            // With nothing to read this costs one `EAGAIN`, as a peek does.
+            let mut byte = [0u8; 1];
+            let mut buf = ReadBuf::new(&mut byte);
+            let mut cx = Context::from_waker(Waker::noop());
+            match Pin::new(&mut **tls).poll_read(&mut cx, &mut buf) {
+                // A record that is not data (a session ticket): still idle.
+                Poll::Pending => Peek::Quiet,
+                // `close_notify`.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => Peek::Gone(Retired::PeerClosed),
+                Poll::Ready(Ok(())) => Peek::Gone(Retired::BadResponse),
+                // An alert, a FIN without `close_notify`, a reset.
+                Poll::Ready(Err(_)) => Peek::Gone(Retired::PeerClosed),
+            }
+        }
+    }
+}
+
 /// Looks at an idle socket without reading from it (`MSG_PEEK`, which
 /// on tokio's non-blocking socket returns at once).
 fn peek(stream: &TcpStream) -> Peek {
@@ -561,7 +615,7 @@ impl Pool {
         if let Err(tether_proto::h1::client::ReuseError::Retired(why)) = conn.engine.check_reusable(now) {
             return Some(PoolClose::Retired(why));
         }
-        match peek(&conn.stream) {
+        match look(&mut conn.stream) {
             Peek::Quiet => None,
             Peek::Gone(why) => Some(PoolClose::Retired(why)),
         }
@@ -649,6 +703,24 @@ impl Pool {
         };
         let _ = stream.set_nodelay(true);
         let id = self.counters.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        let stream = if target.tls {
+            let tls_error = |source| ClientError::Tls {
+                origin: target.origin.clone(),
+                source,
+            };
+            let connector = self.tls_connector().map_err(tls_error)?;
+            let handshake = connector.connect(&target.server_name, stream);
+            let (tls, info) = match tokio::time::timeout(self.options.connect_timeout, handshake).await {
+                Err(_) => return Err(ClientError::ConnectTimeout(target.origin.clone())),
+                Ok(result) => result.map_err(tls_error)?,
+            };
+            self.counters.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            tracing::trace!(origin = %target.origin, version = %info.version, alpn = ?info.alpn,
+                handshake = ?info.handshake, "client TLS handshake");
+            ClientStream::Tls(Box::new(tls))
+        } else {
+            ClientStream::Tcp(stream)
+        };
         let config = ClientConfig {
             timeout_margin: self.options.timeout_margin,
             ..ClientConfig::default()
@@ -659,8 +731,20 @@ impl Pool {
             engine: ClientConnection::new(config),
             exchanges: 0,
             idle_since: Instant::now(),
-            origin: target.connect.clone(),
+            origin: target.origin.clone(),
         })
+    }
+
+    /// The TLS configuration, built once (a failure, such as an unreadable
+    /// CA file, is returned and tried again at the next request).
+    fn tls_connector(&self) -> Result<TlsConnector, TlsError> {
+        let mut slot = lock(&self.tls);
+        if let Some(connector) = slot.as_ref() {
+            return Ok(connector.clone());
+        }
+        let connector = TlsConnector::new(&self.options.tls)?;
+        *slot = Some(connector.clone());
+        Ok(connector)
     }
 
     /// Closes what expired or what the server closed; returns when the
@@ -772,18 +856,17 @@ impl Pool {
         retried: bool,
         deadline: tokio::time::Instant,
     ) -> (Vec<Outcome>, bool) {
-        let (mut rd, mut wr) = conn.stream.split();
-        // A failed write is not the end: the server may have answered
-        // before it closed, so reading goes on to EOF.
-        let write = async { tokio::time::timeout_at(deadline, wr.write_all(&out)).await };
-        let read = read_responses(
-            &mut rd,
-            &mut conn.engine,
-            sent,
-            self.options.max_response_body,
-            deadline,
-        );
-        let (written, read) = tokio::join!(write, read);
+        let max_body = self.options.max_response_body;
+        let (written, read) = match &mut conn.stream {
+            ClientStream::Tcp(tcp) => {
+                let (rd, wr) = tcp.split();
+                write_and_read(rd, wr, &out, &mut conn.engine, sent, max_body, deadline).await
+            }
+            ClientStream::Tls(tls) => {
+                let (rd, wr) = tokio::io::split(&mut **tls);
+                write_and_read(rd, wr, &out, &mut conn.engine, sent, max_body, deadline).await
+            }
+        };
         let ReadResult {
             mut outcomes,
             broken,
@@ -856,6 +939,33 @@ struct ReadResult {
     partial: bool,
 }
 
+/// Writes `out` (flushed: TLS may hold the last bytes) while reading `sent`
+/// responses. A failed write is not the end: the server may have answered
+/// before it closed, so reading goes on to EOF.
+async fn write_and_read<R, W>(
+    mut rd: R,
+    mut wr: W,
+    out: &[u8],
+    engine: &mut ClientConnection,
+    sent: usize,
+    max_body: usize,
+    deadline: tokio::time::Instant,
+) -> (Result<io::Result<()>, tokio::time::error::Elapsed>, ReadResult)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let write = async {
+        tokio::time::timeout_at(deadline, async {
+            wr.write_all(out).await?;
+            wr.flush().await
+        })
+        .await
+    };
+    let read = read_responses(&mut rd, engine, sent, max_body, deadline);
+    tokio::join!(write, read)
+}
+
 /// Reads `sent` responses through `engine`, each body at most `max_body`.
 async fn read_responses<R: tokio::io::AsyncRead + Unpin>(
     rd: &mut R,
@@ -878,6 +988,8 @@ async fn read_responses<R: tokio::io::AsyncRead + Unpin>(
         buf.clear();
         let n = match tokio::time::timeout_at(deadline, rd.read_buf(&mut buf)).await {
             Err(_) => return stop(outcomes, Broken::Timeout, partial),
+            // TLS: a TCP close without `close_notify` is the end too.
+            Ok(Err(e)) if is_unclean_eof(&e) => 0,
             Ok(Err(e)) => return stop(outcomes, Broken::Closed(e.to_string()), partial),
             Ok(Ok(n)) => n,
         };

@@ -7,49 +7,58 @@ use http::Uri;
 /// A URL the clients can reach, split into what each step needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Target {
-    /// The origin (`host:port`, brackets kept for IPv6), the pool's key.
+    /// `host:port` to connect to (brackets kept for IPv6).
     pub(crate) connect: String,
+    /// The origin, `scheme://host:port` (the scheme in lower case: `http`
+    /// or `https`, `ws` or `wss`): the pool's key, so `http://x:443` and
+    /// `https://x:443` never share a connection.
+    pub(crate) origin: String,
     /// The `Host` field: the authority as written in the URL.
     pub(crate) host_header: String,
     /// The request target in origin form (`/path?query`).
     pub(crate) path: String,
+    /// Whether the scheme is the TLS one (`https`, `wss`).
+    pub(crate) tls: bool,
+    /// The host as TLS names it (SNI, the certificate check): the URL's
+    /// host without IPv6 brackets.
+    pub(crate) server_name: String,
 }
 
-/// Why a URL cannot be used.
+/// Why a URL cannot be used: not a URL with the expected scheme (or its
+/// TLS variant), or no host, or userinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum TargetError {
-    /// Not a URL with `scheme`, or no host, or userinfo.
-    Invalid,
-    /// The TLS scheme (`https`, `wss`), which this build cannot speak yet.
-    Tls,
-}
+pub(crate) struct InvalidTarget;
 
 impl Target {
-    /// Reads `url`, which must use `scheme` (`http` or `ws`; `https` and
-    /// `wss` are refused as TLS); the port defaults to 80.
-    pub(crate) fn parse(url: &str, scheme: &str) -> Result<Self, TargetError> {
-        let uri: Uri = url.parse().map_err(|_| TargetError::Invalid)?;
-        let tls = format!("{scheme}s");
-        match uri.scheme_str() {
-            Some(s) if s.eq_ignore_ascii_case(scheme) => {}
-            Some(s) if s.eq_ignore_ascii_case(&tls) => return Err(TargetError::Tls),
-            _ => return Err(TargetError::Invalid),
-        }
-        let authority = uri.authority().ok_or(TargetError::Invalid)?;
+    /// Reads `url`, which must use `scheme` (`http` or `ws`) or its TLS
+    /// variant (`https`, `wss`); the port defaults to 80, or 443 with TLS.
+    pub(crate) fn parse(url: &str, scheme: &str) -> Result<Self, InvalidTarget> {
+        let uri: Uri = url.parse().map_err(|_| InvalidTarget)?;
+        let tls_scheme = format!("{scheme}s");
+        let tls = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case(scheme) => false,
+            Some(s) if s.eq_ignore_ascii_case(&tls_scheme) => true,
+            _ => return Err(InvalidTarget),
+        };
+        let authority = uri.authority().ok_or(InvalidTarget)?;
         if authority.as_str().contains('@') || authority.host().is_empty() {
-            return Err(TargetError::Invalid);
+            return Err(InvalidTarget);
         }
-        let port = authority.port_u16().unwrap_or(80);
-        let connect = format!("{}:{port}", authority.host());
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let host = authority.host();
+        let connect = format!("{host}:{port}");
         let path = match uri.path_and_query() {
             Some(pq) if pq.as_str().starts_with('/') => pq.as_str().to_string(),
             Some(pq) => format!("/{}", pq.as_str()),
             None => "/".to_string(),
         };
         Ok(Target {
+            origin: format!("{}://{connect}", if tls { tls_scheme.as_str() } else { scheme }),
             connect,
             host_header: authority.as_str().to_string(),
             path,
+            tls,
+            server_name: host.trim_start_matches('[').trim_end_matches(']').to_string(),
         })
     }
 }
@@ -62,6 +71,7 @@ mod tests {
     fn urls() {
         let t = Target::parse("ws://127.0.0.1:9000/echo?x=1", "ws").unwrap();
         assert_eq!((t.connect.as_str(), t.path.as_str()), ("127.0.0.1:9000", "/echo?x=1"));
+        assert!(!t.tls);
         let t = Target::parse("ws://localhost", "ws").unwrap();
         assert_eq!(
             (t.connect.as_str(), t.path.as_str(), t.host_header.as_str()),
@@ -69,12 +79,28 @@ mod tests {
         );
         let t = Target::parse("http://[::1]:8080/a", "http").unwrap();
         assert_eq!(t.connect, "[::1]:8080");
+        assert_eq!(t.server_name, "::1");
         let t = Target::parse("http://example.test?q", "http").unwrap();
         assert_eq!(t.path, "/?q");
-        assert_eq!(Target::parse("wss://x/", "ws"), Err(TargetError::Tls));
-        assert_eq!(Target::parse("https://x/", "http"), Err(TargetError::Tls));
-        assert_eq!(Target::parse("http://x/", "ws"), Err(TargetError::Invalid));
-        assert_eq!(Target::parse("ws:///x", "ws"), Err(TargetError::Invalid));
-        assert_eq!(Target::parse("http://u@x/", "http"), Err(TargetError::Invalid));
+        assert_eq!(Target::parse("http://x/", "ws"), Err(InvalidTarget));
+        assert_eq!(Target::parse("ws:///x", "ws"), Err(InvalidTarget));
+        assert_eq!(Target::parse("http://u@x/", "http"), Err(InvalidTarget));
+        assert_eq!(Target::parse("https://x/", "ws"), Err(InvalidTarget));
+    }
+
+    #[test]
+    fn tls_urls_default_to_443_and_are_other_origins() {
+        let t = Target::parse("wss://Example.test/chat", "ws").unwrap();
+        assert!(t.tls);
+        assert_eq!(
+            (t.connect.as_str(), t.origin.as_str(), t.server_name.as_str()),
+            ("Example.test:443", "wss://Example.test:443", "Example.test")
+        );
+        let plain = Target::parse("http://x:443/", "http").unwrap();
+        let tls = Target::parse("HTTPS://x:443/", "http").unwrap();
+        assert_eq!(plain.connect, tls.connect);
+        assert_ne!(plain.origin, tls.origin);
+        assert_eq!(tls.origin, "https://x:443");
+        assert_eq!(Target::parse("https://[::1]/", "http").unwrap().connect, "[::1]:443");
     }
 }

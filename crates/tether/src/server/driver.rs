@@ -1039,12 +1039,17 @@ mod pool {
     }
 }
 
-/// Serves a transport with no shutdown signal (tests, embedding).
+/// Serves a transport with no shutdown signal (tests, embedding, a TLS
+/// stream accepted by the caller), an upgraded protocol included.
 pub async fn serve_transport<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     io: IO,
     config: Arc<h1::Config>,
     handler: SharedHandler,
 ) -> ConnectionEnd {
-    let (_tx, rx) = watch::channel(Stop::Run);
+    // One channel that never changes, for every such connection: a sender
+    // dropped when this returns would read as a forced stop to the
+    // upgraded WebSocket that outlives it.
+    static NEVER: std::sync::OnceLock<watch::Sender<Stop>> = std::sync::OnceLock::new();
+    let rx = NEVER.get_or_init(|| watch::channel(Stop::Run).0).subscribe();
     serve_connection(io, config, handler, rx).await
 }

@@ -164,6 +164,9 @@ pub(crate) struct WsDriver<IO> {
     stop: Option<StopSignal>,
     /// Shutdown began: the engine was told (and a face parks no more).
     pub(crate) stopping: bool,
+    /// Bytes were written and the transport not flushed since: a TLS
+    /// stream may hold the last of them (TCP holds nothing).
+    pub(crate) unflushed: bool,
     /// Created on the first deadline (many connections never have one).
     timer: Option<Pin<Box<Sleep>>>,
     /// The deadline the timer is armed for.
@@ -224,6 +227,7 @@ impl<IO: Transport> WsDriver<IO> {
             engine,
             stop,
             stopping,
+            unflushed: false,
             timer: None,
             armed: None,
             last_io: now,
@@ -391,15 +395,24 @@ impl<IO: Transport> WsDriver<IO> {
                     self.engine.handle_written(n, now.into_std());
                     self.last_io = now;
                     wrote = true;
+                    self.unflushed = true;
                 }
                 Poll::Pending => break,
             }
         }
-        if !self.engine.has_output() && crate::io::flush_failed(&mut self.io, cx) {
-            // A transport that buffers (TLS) flushed once everything is
-            // written to it; free for TCP.
-            self.engine.handle_eof(clock.get().into_std());
-            return true;
+        // Once the queue is out, whatever the transport buffered (TLS) goes
+        // too (woken by the socket to finish, like a pending write); free for
+        // TCP. `unflushed` tells the Sink's `poll_flush` when it is done.
+        if self.unflushed && !self.engine.has_output() {
+            match AsyncWrite::poll_flush(Pin::new(&mut self.io), cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(_)) => {
+                    self.unflushed = false;
+                    self.engine.handle_eof(clock.get().into_std());
+                    return true;
+                }
+                Poll::Pending => {}
+            }
         }
         wrote
     }

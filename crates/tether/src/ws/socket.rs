@@ -9,12 +9,38 @@
 //! (`WsConfig`); this face only waits: `send` for room in the queue,
 //! `recv` for the next event. An idle connection is the engine (no buffers
 //! while idle), the transport and two wakers.
+//!
+//! The same halves are a `futures` [`Stream`] of messages ([`WsReceiver`],
+//! polled as `recv` is) and a [`Sink`] of messages ([`WsSender`]), and
+//! [`WebSocket`] is both, so `StreamExt`/`SinkExt` combinators (`next`,
+//! `send`, `forward`, `split`, codecs over them) work as they do on any
+//! other stream. The sink's four steps map onto the queue:
+//! - `poll_ready` waits while the engine's queue is at its limit
+//!   (`max_queued_bytes`), as `send` does, whatever the overflow policy;
+//! - `start_send` queues the message without checking the limit again, so
+//!   the queue exceeds its limit by at most the one message `poll_ready`
+//!   admitted (as an empty queue takes any one message); a
+//!   `Message::Close` starts the close handshake;
+//! - `poll_flush` waits until the queue is written to the transport (and
+//!   the transport flushed: TLS may buffer);
+//! - `poll_close` starts the close handshake with 1000 (if nothing started
+//!   it). On a whole [`WebSocket`], or a [`WsSender`] whose [`WsReceiver`]
+//!   is gone, it then reads until the connection has ended (the peer's
+//!   close answered, the transport closed), discarding any message that
+//!   arrives meanwhile. While the receiver lives it is the receiving task
+//!   that sees the close through (its stream ends), so a sender's close
+//!   completes once its close frame is written: a sender waiting for a
+//!   receiver that nobody polls any more (one moved into a finished
+//!   `forward`) would wait for ever.
 
 use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
+use futures_core::Stream;
+use futures_sink::Sink;
 use tether_proto::ws::{
     CloseCode, CloseFrame, EncodedFrame, Event, HandshakeConfig, Message, ProtocolError, QueueRoom, SendError,
     WsConfig, WsConnection, WsState,
@@ -89,8 +115,20 @@ struct Inner {
     driver: Option<Waker>,
     /// Senders waiting for queue space.
     waiting_senders: Vec<Waker>,
+    /// Sinks waiting for the queue to be written (`poll_flush`, a
+    /// sender's `poll_close`).
+    flush_waiters: Vec<Waker>,
+    /// The [`WsReceiver`] exists (someone may drive).
+    receiver_alive: bool,
     /// The transport is closed; only buffered events remain.
     finished: bool,
+}
+
+/// Adds `cx`'s waker to `list` unless it is there already.
+fn register(list: &mut Vec<Waker>, cx: &Context<'_>) {
+    if !list.iter().any(|w| w.will_wake(cx.waker())) {
+        list.push(cx.waker().clone());
+    }
 }
 
 /// Sends made while the receiving task had the connection out of the lock
@@ -107,9 +145,19 @@ struct Away {
     slow_consumer: bool,
 }
 
+impl Away {
+    /// A close is staged: nothing more may be sent.
+    fn closing(&self) -> bool {
+        self.staged.iter().any(|s| matches!(s, Staged::Close(_)))
+    }
+}
+
 enum Staged {
     Message(Message),
     Encoded(EncodedFrame),
+    /// A sink's `Message::Close` (or `poll_close`): the close handshake
+    /// starts when the connection is back.
+    Close(Option<CloseFrame>),
 }
 
 /// What the receiving task did with the connection out of the lock.
@@ -163,9 +211,59 @@ impl Inner {
         !self.finished
             && match (&self.conn, &self.away) {
                 (Some(conn), _) => conn.engine.state() == WsState::Open,
-                (None, Some(away)) => !away.slow_consumer,
+                (None, Some(away)) => !away.slow_consumer && !away.closing(),
                 (None, None) => false,
             }
+    }
+
+    /// Whether everything queued is written and flushed (`false` while the
+    /// connection is away: not known).
+    fn flushed(&self) -> bool {
+        self.conn
+            .as_ref()
+            .is_some_and(|c| !c.engine.has_output() && !c.unflushed)
+    }
+
+    /// Wakes senders that wait for room and sinks that wait for the queue
+    /// to be written, as each is due.
+    fn wake_waiters(&mut self) {
+        self.wake_senders();
+        if !self.flush_waiters.is_empty() && (self.finished || self.flushed()) {
+            for w in self.flush_waiters.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Queues a message a sink's `poll_ready` made room for: the limit is
+    /// not checked again (see the module documentation).
+    fn queue_admitted(&mut self, message: Message) -> Result<(), WsError> {
+        let len = payload_len(&message);
+        if let Some(conn) = self.conn.as_mut() {
+            let result = match message {
+                Message::Close(frame) => conn.engine.close_with(frame.as_ref(), Instant::now().into_std()),
+                other => conn.engine.send_admitted(other),
+            };
+            return result.map_err(send_error);
+        }
+        let Some(away) = self.away.as_mut() else {
+            return Err(WsError::Closed);
+        };
+        if away.slow_consumer || away.closing() {
+            return Err(WsError::Closed);
+        }
+        match message {
+            Message::Close(frame) => away.staged.push(Staged::Close(frame)),
+            other => {
+                // Counted against the room when it fits; staged either way.
+                let mut room = away.room;
+                if room.admit(len).is_ok() {
+                    away.room = room;
+                }
+                away.staged.push(Staged::Message(other));
+            }
+        }
+        Ok(())
     }
 
     /// Whether a message of `len` payload bytes would be accepted now.
@@ -184,6 +282,7 @@ impl Inner {
             let result = match &message {
                 Staged::Message(m) => conn.engine.send(m.clone()),
                 Staged::Encoded(f) => conn.engine.send_encoded(f),
+                Staged::Close(frame) => conn.engine.close_with(frame.as_ref(), Instant::now().into_std()),
             };
             return match result {
                 Ok(()) => Sent::Queued,
@@ -202,6 +301,7 @@ impl Inner {
         let admitted = match &message {
             Staged::Message(_) => away.room.admit(len),
             Staged::Encoded(frame) => away.room.admit_frame(frame.len()),
+            Staged::Close(_) => Ok(()),
         };
         match admitted {
             Ok(()) => {
@@ -244,6 +344,11 @@ impl Inner {
         match self.conn.as_mut() {
             Some(conn) if driving => {
                 conn.poll_write(cx, &mut Default::default());
+                if !self.flush_waiters.is_empty() && self.flushed() {
+                    for w in self.flush_waiters.drain(..) {
+                        w.wake();
+                    }
+                }
             }
             _ => {
                 if let Some(d) = &self.driver {
@@ -276,6 +381,7 @@ impl Inner {
                 let _ = match staged {
                     Staged::Message(m) => conn.engine.send_admitted(m),
                     Staged::Encoded(f) => conn.engine.send_encoded_admitted(&f),
+                    Staged::Close(frame) => conn.engine.close_with(frame.as_ref(), Instant::now().into_std()),
                 };
             }
             if away.slow_consumer {
@@ -328,26 +434,27 @@ fn poll_recv(shared: &Shared, cx: &mut Context<'_>) -> Poll<Option<Result<Messag
         let staged = g.check_in(conn, cx);
         match step {
             Step::Event(event) => {
-                g.wake_senders();
+                g.wake_waiters();
                 let peer = g.conn.as_ref().and_then(|c| c.peer);
                 return Poll::Ready(Some(map_event(event, peer)));
             }
             Step::Ended if g.finished => {
-                g.wake_senders();
+                g.wake_waiters();
                 return Poll::Ready(None);
             }
             Step::Ended => g.finished = true,
             Step::Again => {}
             Step::Pending if staged => {}
             Step::Pending => {
-                g.wake_senders();
+                g.wake_waiters();
                 return Poll::Pending;
             }
         }
     }
 }
 
-/// The sending half: cheap to clone, usable from any task.
+/// The sending half: cheap to clone, usable from any task. Also a
+/// `futures` `Sink<Message>` (see the module documentation).
 #[derive(Clone)]
 pub struct WsSender {
     shared: Arc<Shared>,
@@ -509,7 +616,8 @@ impl WsSender {
 
 /// The receiving half. Receiving drives the connection (reads, writes,
 /// pongs, timers, the close handshake): keep a task calling
-/// [`recv`](Self::recv) for as long as the connection should live.
+/// [`recv`](Self::recv) (or polling it as a `futures` `Stream`) for as
+/// long as the connection should live.
 pub struct WsReceiver {
     shared: Arc<Shared>,
 }
@@ -534,13 +642,19 @@ impl Drop for WsReceiver {
         // Nobody drives any more: senders write themselves.
         let mut g = lock(&self.shared);
         g.driver = None;
-        for w in g.waiting_senders.drain(..) {
+        g.receiver_alive = false;
+        let mut waiters = std::mem::take(&mut g.waiting_senders);
+        waiters.append(&mut g.flush_waiters);
+        drop(g);
+        for w in waiters {
             w.wake();
         }
     }
 }
 
-/// A WebSocket connection: send and receive, or [`split`](Self::split) into halves.
+/// A WebSocket connection: send and receive, or [`split`](Self::split) into
+/// halves. Also a `futures` `Stream` and `Sink` of messages (see the
+/// module documentation).
 #[derive(Debug)]
 pub struct WebSocket {
     sender: WsSender,
@@ -569,6 +683,8 @@ impl WebSocket {
             away: None,
             driver: None,
             waiting_senders: Vec::new(),
+            flush_waiters: Vec::new(),
+            receiver_alive: true,
             finished: false,
         };
         let shared = Arc::new(Shared {
@@ -619,6 +735,153 @@ impl WebSocket {
     /// Splits into halves usable from different tasks.
     pub fn split(self) -> (WsSender, WsReceiver) {
         (self.sender, self.receiver)
+    }
+}
+
+/// `Sink::poll_ready`: waits while the queue is at its limit.
+fn sink_ready(shared: &Shared, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+    let mut g = lock(shared);
+    if !g.is_open() {
+        return Poll::Ready(Err(WsError::Closed));
+    }
+    if !g.can_send(0) {
+        // Make room as `send` does: write now if this task drives.
+        g.kick(cx);
+        if !g.can_send(0) {
+            register(&mut g.waiting_senders, cx);
+            return Poll::Pending;
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// `Sink::start_send`: queues what `poll_ready` made room for.
+fn sink_start(shared: &Shared, message: Message) -> Result<(), WsError> {
+    let mut g = lock(shared);
+    if !g.is_open() {
+        return Err(WsError::Closed);
+    }
+    g.queue_admitted(message)?;
+    // Gets it moving without waiting (the flush waits).
+    g.kick(&mut Context::from_waker(Waker::noop()));
+    Ok(())
+}
+
+/// `Sink::poll_flush`: waits until the queue is written and flushed.
+fn sink_flush(shared: &Shared, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+    let mut g = lock(shared);
+    if g.flushed() {
+        return Poll::Ready(Ok(()));
+    }
+    if g.finished {
+        return Poll::Ready(Err(WsError::Closed));
+    }
+    g.kick(cx);
+    if g.flushed() {
+        return Poll::Ready(Ok(()));
+    }
+    register(&mut g.flush_waiters, cx);
+    Poll::Pending
+}
+
+/// `Sink::poll_close`: starts the close handshake (1000) unless one
+/// started; then, with `to_end` or without a receiver, reads until the
+/// connection has ended, else waits until the close frame is written.
+fn sink_close(shared: &Shared, cx: &mut Context<'_>, to_end: bool) -> Poll<Result<(), WsError>> {
+    {
+        let mut g = lock(shared);
+        if g.finished {
+            return Poll::Ready(Ok(()));
+        }
+        if g.is_open() {
+            let _ = g.queue_admitted(Message::Close(None));
+            g.kick(cx);
+        }
+        if !to_end && g.receiver_alive {
+            if g.flushed() {
+                return Poll::Ready(Ok(()));
+            }
+            g.kick(cx);
+            if g.flushed() {
+                return Poll::Ready(Ok(()));
+            }
+            register(&mut g.flush_waiters, cx);
+            return Poll::Pending;
+        }
+    }
+    loop {
+        match poll_recv(shared, cx) {
+            Poll::Ready(None) => return Poll::Ready(Ok(())),
+            // What the peer sent before its close: nobody wants it now.
+            Poll::Ready(Some(_)) => {}
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+/// The messages, as [`WsReceiver::recv`] gives them; the stream ends
+/// (`None`) after the peer's `Message::Close`, once the connection is closed.
+impl Stream for WsReceiver {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        poll_recv(&self.shared, cx)
+    }
+}
+
+/// Messages into the outgoing queue (see the module documentation for
+/// what each step waits for).
+impl Sink<Message> for WsSender {
+    type Error = WsError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        sink_ready(&self.shared, cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
+        sink_start(&self.shared, message)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        sink_flush(&self.shared, cx)
+    }
+
+    /// Completes once the close frame is written while the [`WsReceiver`]
+    /// exists (it sees the close through), else when the connection has
+    /// ended (this reads until then).
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        sink_close(&self.shared, cx, false)
+    }
+}
+
+/// See [`WsReceiver`]'s `Stream`.
+impl Stream for WebSocket {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        poll_recv(&self.receiver.shared, cx)
+    }
+}
+
+/// See [`WsSender`]'s `Sink`; closing reads until the end itself,
+/// discarding messages that arrive before the peer's close.
+impl Sink<Message> for WebSocket {
+    type Error = WsError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        sink_ready(&self.sender.shared, cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
+        sink_start(&self.sender.shared, message)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        sink_flush(&self.sender.shared, cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        sink_close(&self.sender.shared, cx, true)
     }
 }
 
