@@ -402,8 +402,11 @@ impl<IO: Transport> WsDriver<IO> {
         }
         // Once the queue is out, whatever the transport buffered (TLS) goes
         // too (woken by the socket to finish, like a pending write); free for
-        // TCP. `unflushed` tells the Sink's `poll_flush` when it is done.
-        if self.unflushed && !self.engine.has_output() {
+        // TCP. Every path that writes (this one, a parked connection's
+        // pushes, a service's replies) ends here, so the flush is not tied
+        // to `unflushed`, which only tells the Sink's `poll_flush` when its
+        // bytes are out.
+        if !self.engine.has_output() {
             match AsyncWrite::poll_flush(Pin::new(&mut self.io), cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
                 Poll::Ready(Err(_)) => {
