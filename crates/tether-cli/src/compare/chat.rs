@@ -180,17 +180,17 @@ pub async fn run(args: &CompareArgs, base: &str) -> anyhow::Result<ChatReport> {
                 base.into(),
                 channel.clone(),
                 headers.clone(),
-                interval,
+                Polling::Every(interval),
                 Receipts::new(n, progress.clone()),
                 clock.clone(),
                 deadline,
                 ready_tx.clone(),
             )),
-            tokio::spawn(long_polling(
+            tokio::spawn(polling(
                 base.into(),
                 channel.clone(),
                 headers.clone(),
-                wait,
+                Polling::Long(wait),
                 Receipts::new(n, progress.clone()),
                 clock.clone(),
                 deadline,
@@ -341,28 +341,56 @@ fn take_poll(answer: &serde_json::Value, receipts: &mut Receipts, clock: &Clock)
     Ok((next, messages.is_none_or(|m| m.is_empty())))
 }
 
+/// How a polling client asks: every interval, or held by the server.
+#[derive(Clone, Copy)]
+enum Polling {
+    /// `GET /poll/{channel}?since=N` every interval.
+    Every(Duration),
+    /// `GET /poll/{channel}?since=N&wait=W` again as soon as answered.
+    Long(Duration),
+}
+
+/// The polling and the long-polling client: one keep-alive connection,
+/// a first poll for the latest offset, then polls until every message
+/// arrived or the deadline passed.
 #[allow(clippy::too_many_arguments)]
 async fn polling(
     base: String,
     channel: String,
     headers: HeaderMap,
-    interval: Duration,
+    how: Polling,
     mut receipts: Receipts,
     clock: Arc<Clock>,
     deadline: Instant,
     ready: mpsc::Sender<&'static str>,
 ) -> anyhow::Result<Measured> {
-    let client = HttpClient::default();
+    let (transport, options, query, mut tick) = match how {
+        Polling::Every(interval) => {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            ("polling", HttpClientOptions::default(), String::new(), Some(tick))
+        }
+        Polling::Long(wait) => {
+            // The server holds each poll up to `wait`: the client waits longer.
+            let options = HttpClientOptions {
+                response_timeout: wait + Duration::from_secs(10),
+                ..HttpClientOptions::default()
+            };
+            let query = format!("&wait={:.3}", wait.as_secs_f64().max(0.001));
+            ("long-polling", options, query, None)
+        }
+    };
+    let client = HttpClient::new(options);
     let url = format!("{base}/poll/{channel}");
     let (mut next, _) = take_poll(&get_json(&client, &url, &headers).await?, &mut receipts, &clock)?;
-    let _ = ready.send("polling").await;
+    let _ = ready.send(transport).await;
     let (mut polls, mut empty) = (1u64, 0u64);
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
     while !receipts.done() && Instant::now() < deadline {
-        tick.tick().await;
-        let answer = get_json(&client, &format!("{url}?since={next}&limit=1000"), &headers).await?;
+        if let Some(tick) = tick.as_mut() {
+            tick.tick().await;
+        }
+        let answer = get_json(&client, &format!("{url}?since={next}&limit=1000{query}"), &headers).await?;
         let (n, was_empty) = take_poll(&answer, &mut receipts, &clock)?;
         next = n;
         polls += 1;
@@ -370,51 +398,7 @@ async fn polling(
     }
     let traffic = client.stats().traffic;
     Ok(Measured {
-        transport: "polling",
-        receipts,
-        exchanges: polls,
-        empty_answers: empty,
-        traffic,
-        socket: None,
-        setup: 0,
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn long_polling(
-    base: String,
-    channel: String,
-    headers: HeaderMap,
-    wait: Duration,
-    mut receipts: Receipts,
-    clock: Arc<Clock>,
-    deadline: Instant,
-    ready: mpsc::Sender<&'static str>,
-) -> anyhow::Result<Measured> {
-    let client = HttpClient::new(HttpClientOptions {
-        response_timeout: wait + Duration::from_secs(10),
-        ..HttpClientOptions::default()
-    });
-    let url = format!("{base}/poll/{channel}");
-    let (mut next, _) = take_poll(&get_json(&client, &url, &headers).await?, &mut receipts, &clock)?;
-    let _ = ready.send("long-polling").await;
-    let (mut polls, mut empty) = (1u64, 0u64);
-    let wait_s = wait.as_secs_f64().max(0.001);
-    while !receipts.done() && Instant::now() < deadline {
-        let answer = get_json(
-            &client,
-            &format!("{url}?since={next}&limit=1000&wait={wait_s:.3}"),
-            &headers,
-        )
-        .await?;
-        let (n, was_empty) = take_poll(&answer, &mut receipts, &clock)?;
-        next = n;
-        polls += 1;
-        empty += u64::from(was_empty);
-    }
-    let traffic = client.stats().traffic;
-    Ok(Measured {
-        transport: "long-polling",
+        transport,
         receipts,
         exchanges: polls,
         empty_answers: empty,
