@@ -78,17 +78,22 @@ macro_rules! serve_settings {
         #[arg($($arg:tt)*)]
         $(#[serde($($serde:tt)*)])?
         $field:ident: $ty:ty = $default:expr, flag $flag:ty => $conv:expr;
-    )*) => {
+    )*
+    file_only {$(
+        $(#[doc = $fdoc:literal])*
+        $ffield:ident: $fty:ty = $fdefault:expr;
+    )*}) => {
         /// The effective configuration of `tether serve` (see the settings list).
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
         #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
         pub struct ServeConfig {
             $( $(#[doc = $doc])* $(#[serde($($serde)*)])? pub $field: $ty, )*
+            $( $(#[doc = $fdoc])* pub $ffield: $fty, )*
         }
 
         impl Default for ServeConfig {
             fn default() -> Self {
-                Self { $( $field: $default, )* }
+                Self { $( $field: $default, )* $( $ffield: $fdefault, )* }
             }
         }
 
@@ -127,7 +132,9 @@ macro_rules! serve_settings {
 // environment variable (the `#[arg]` line), its TOML key (the field's name
 // in kebab case), its help text (the doc comment, with the default appended
 // from `ServeConfig::default()`). `serve_settings!` makes `ServeConfig`, its
-// `Default`, the clap `ServeArgs` and `ServeArgs::apply_to` from it.
+// `Default`, the clap `ServeArgs` and `ServeArgs::apply_to` from it. The
+// settings under `file_only` are tables no flag can carry: only the
+// `--config` file sets them.
 serve_settings! {
     /// Address to listen on; port 0 picks a free port
     #[arg(value_name = "ADDR", env = "TETHER_LISTEN")]
@@ -321,6 +328,27 @@ serve_settings! {
     #[arg(value_name = "FILE", env = "TETHER_TOKEN_PUBLIC_KEY")]
     token_public_key: Option<PathBuf> = None, flag PathBuf => Some;
 
+    /// Commands (subscribe, unsubscribe, publish, auth) one /ws connection may send per second on average; beyond it `rate_limited`; 0 = no limit
+    #[arg(value_name = "N", env = "TETHER_CLIENT_RATE")]
+    client_rate: u32 = 20, flag u32 => |v| v;
+
+    /// Commands one /ws connection may send at once above --client-rate
+    #[arg(value_name = "N", env = "TETHER_CLIENT_BURST", value_parser = clap::value_parser!(u32).range(1..))]
+    client_burst: u32 = 100, flag u32 => |v| v;
+
+    /// Commands refused for --client-rate a /ws connection may send beyond one a second before it is closed with 1008
+    #[arg(value_name = "N", env = "TETHER_CLIENT_STRIKES")]
+    client_strikes: u32 = 10, flag u32 => |v| v;
+
+    /// Connections (/ws, SSE streams, held long polls) one token subject may hold on this node; beyond it `too_many_connections` (429, or 1008 on /ws); 0 = no limit
+    #[arg(value_name = "N", env = "TETHER_MAX_CONNECTIONS_PER_SUBJECT")]
+    max_connections_per_subject: u32 = 64, flag u32 => |v| v;
+
+    /// Serve GET /dev/token, which signs a client token for anyone who asks (for the demo page and local development): needs --token-secret and a loopback --listen address
+    #[arg(value_name = "BOOL", env = "TETHER_DEV_TOKENS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    dev_tokens: bool = false, flag bool => |v| v;
+
     /// How often an idle SSE stream gets a keep-alive comment
     #[arg(allow_hyphen_values = true, value_name = "DURATION", env = "TETHER_SSE_KEEP_ALIVE", value_parser = parse_duration)]
     #[serde(with = "serde_duration")]
@@ -330,6 +358,42 @@ serve_settings! {
     #[arg(value_name = "BOOL", env = "TETHER_DEMO", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     demo: bool = true, flag bool => |v| v;
+
+    file_only {
+        /// Channel namespaces (`[[namespace]]` tables: see `NamespaceConfig`).
+        namespace: Vec<NamespaceConfig> = Vec::new();
+    }
+}
+
+/// One `[[namespace]]` table of the `--config` file: the rules of the
+/// channels whose names start with `prefix` (the longest matching prefix
+/// wins; other channels follow the server-wide settings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NamespaceConfig {
+    /// The channel-name prefix, e.g. `chat:`.
+    pub prefix: String,
+    /// Clients without a token may subscribe (when tokens are configured).
+    #[serde(default)]
+    pub anonymous: bool,
+    /// Clients may publish (within their token's grants); `false` leaves
+    /// publishing to `POST /publish`.
+    #[serde(default = "yes")]
+    pub publish: bool,
+    /// Presence (join/leave events, member counts) for subscribers that
+    /// ask for it.
+    #[serde(default = "yes")]
+    pub presence: bool,
+    /// Publications kept per channel [default: history-size].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_size: Option<u32>,
+    /// The oldest a kept publication may be [default: history-ttl].
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_some_duration")]
+    pub history_ttl: Option<Duration>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A flag's help: its doc text, then `[default: …]` from
@@ -424,6 +488,13 @@ impl ServeConfig {
         if !self.token_secret.0.is_empty() && self.token_public_key.is_some() {
             bail!("token-secret and token-public-key: give one of them, not both");
         }
+        for ns in &self.namespace {
+            if let Some(ttl) = ns.history_ttl {
+                check_duration(ttl, false)
+                    .with_context(|| format!("invalid history-ttl of namespace {:?}", ns.prefix))?;
+            }
+        }
+        self.namespaces().context("invalid namespace")?;
         if let Some(bad) = self.ws_subprotocol.iter().find(|p| !is_token(p)) {
             bail!("invalid ws-subprotocol {bad:?}: a subprotocol is a token (letters, digits and !#$%&'*+-.^_`|~)");
         }
@@ -461,6 +532,35 @@ impl ServeConfig {
         let v = tether::hub::TokenVerifier::public_key_pem(&pem)
             .with_context(|| format!("the token public key {}", path.display()))?;
         Ok(Some(v))
+    }
+
+    /// The history limits of channels outside every namespace.
+    pub fn history(&self) -> tether::hub::HistoryLimits {
+        tether::hub::HistoryLimits {
+            size: self.history_size as usize,
+            ttl: self.history_ttl,
+        }
+    }
+
+    /// The `[[namespace]]` tables as the hub's rules (over the server-wide
+    /// defaults: a token needed to subscribe, clients may publish, presence
+    /// on, `history-size` and `history-ttl`).
+    pub fn namespaces(&self) -> anyhow::Result<tether::hub::Namespaces> {
+        let list = self
+            .namespace
+            .iter()
+            .map(|ns| tether::hub::Namespace {
+                prefix: ns.prefix.clone(),
+                anonymous: ns.anonymous,
+                client_publish: ns.publish,
+                presence: ns.presence,
+                history: (ns.history_size.is_some() || ns.history_ttl.is_some()).then(|| tether::hub::HistoryLimits {
+                    size: ns.history_size.map_or(self.history_size as usize, |n| n as usize),
+                    ttl: ns.history_ttl.unwrap_or(self.history_ttl),
+                }),
+            })
+            .collect();
+        Ok(tether::hub::Namespaces::new(tether::hub::Namespace::new(""), list)?)
     }
 
     /// Every publisher key: `--publish-key`s, then `--publish-key-file`'s lines.
@@ -805,6 +905,19 @@ mod serde_opt_duration {
     }
 }
 
+/// A duration that is either given or absent (absent: the server-wide one).
+mod serde_some_duration {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        serde_duration::serialize(&d.unwrap_or_default(), s)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        serde_duration::deserialize(d).map(Some)
+    }
+}
+
 mod serde_opt_size {
     use super::*;
 
@@ -912,6 +1025,53 @@ mod tests {
         assert_eq!(c.ws_idle_timeout, None);
         assert!(c.allowed_origin.is_empty());
         assert_eq!(c.ws_max_queued, 4 << 20);
+    }
+
+    #[test]
+    fn namespaces_come_from_the_file() {
+        let c = ServeConfig::from_toml_str(
+            r#"
+            history-size = 50
+            [[namespace]]
+            prefix = "chat:"
+            anonymous = true
+            history-ttl = "1m"
+            [[namespace]]
+            prefix = "ticker:"
+            publish = false
+            presence = false
+            history-size = 5
+            "#,
+        )
+        .unwrap();
+        let ns = c.namespaces().unwrap();
+        let ch = |n: &str| tether::hub::ChannelName::new(n).unwrap();
+        let chat = ns.of(&ch("chat:room1"));
+        assert!(chat.anonymous && chat.client_publish && chat.presence);
+        assert_eq!(
+            ns.history(&ch("chat:room1"), c.history()),
+            tether::hub::HistoryLimits {
+                size: 50,
+                ttl: secs(60)
+            }
+        );
+        let ticker = ns.of(&ch("ticker:X"));
+        assert!(!ticker.anonymous && !ticker.client_publish && !ticker.presence);
+        assert_eq!(ns.history(&ch("ticker:X"), c.history()).size, 5);
+        assert_eq!(ns.of(&ch("news")).prefix, "");
+        // The file round-trips.
+        let again = ServeConfig::from_toml_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+        for bad in [
+            "[[namespace]]\nprefix = \"user:\"\nanonymous = true",
+            "[[namespace]]\nprefix = \"a:\"\n[[namespace]]\nprefix = \"a:\"",
+            "[[namespace]]\nprefix = \"a/\"",
+            "[[namespace]]\nprefix = \"a:\"\nhistory-ttl = \"0s\"",
+            "[[namespace]]\nprefix = \"a:\"\npublic = true",
+            "[[namespace]]\nanonymous = true",
+        ] {
+            assert!(ServeConfig::from_toml_str(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

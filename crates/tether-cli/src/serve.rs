@@ -19,7 +19,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use http::{header, Method, StatusCode};
-use tether::hub::{BrokerState, Hub, HubConfig, MemoryLimits, PublishKeys, RedisBroker};
+use tether::hub::{BrokerState, ClientLimits, Hub, HubConfig, PublishKeys, RedisBroker, TokenSigner};
 use tether::proto::h1;
 use tether::server::router::{self, Router};
 use tether::server::{Body, BodyError, Listener, Request, Response, Server, ServerStats, SharedHandler, StaticFiles};
@@ -84,17 +84,21 @@ pub fn hub(c: &ServeConfig) -> anyhow::Result<Hub> {
         sse_keep_alive: c.sse_keep_alive,
         publish_keys: PublishKeys::new(c.publish_keys()?),
         tokens: c.token_verifier()?,
+        history: c.history(),
+        namespaces: c.namespaces()?,
+        client_limits: ClientLimits {
+            commands_per_second: c.client_rate,
+            command_burst: c.client_burst,
+            strikes: c.client_strikes,
+            connections_per_subject: c.max_connections_per_subject,
+        },
         ..HubConfig::default()
     };
-    let limits = MemoryLimits {
-        history_size: c.history_size as usize,
-        history_ttl: c.history_ttl,
-    };
     if c.broker == "memory" {
-        return Ok(Hub::in_memory(config, limits).0);
+        return Ok(Hub::in_memory(config).0);
     }
     let urls: Vec<String> = c.broker.split(',').map(|u| u.trim().to_string()).collect();
-    let (broker, tasks) = RedisBroker::new(&urls, limits).context("the Redis broker")?;
+    let (broker, tasks) = RedisBroker::new(&urls).context("the Redis broker")?;
     let hub = Hub::new(config, broker);
     tasks.start();
     Ok(hub)
@@ -129,6 +133,15 @@ pub fn app(c: &ServeConfig, hub: &Hub, stats: &Arc<ServerStats>) -> Router {
             router::methods(&[Method::GET, Method::HEAD, Method::POST], echo),
         );
     r = tether::hub::http::routes(r, hub, &hub_ws);
+    if let Some(signer) = dev_token_signer(c) {
+        r = r.route(
+            "/dev/token",
+            router::get(move |req: Request| {
+                let answer = dev_token(&req, &signer);
+                async move { answer }
+            }),
+        );
+    }
     let (hub_for_metrics, stats) = (hub.clone(), stats.clone());
     r = r.route(
         "/metrics",
@@ -172,6 +185,70 @@ pub fn app(c: &ServeConfig, hub: &Hub, stats: &Arc<ServerStats>) -> Router {
         }
     }
     r
+}
+
+/// The signer of `GET /dev/token`, when `--dev-tokens` asks for it (with
+/// `--token-secret`: checked at start by `check_dev_tokens`).
+fn dev_token_signer(c: &ServeConfig) -> Option<TokenSigner> {
+    let secret = c.token_secret.0.first().filter(|_| c.dev_tokens)?;
+    TokenSigner::hs256(secret.as_bytes()).ok()
+}
+
+/// `--dev-tokens` signs a token for anyone who asks: refused unless the
+/// server listens on a loopback address only, with an HS256 secret.
+pub fn check_dev_tokens(c: &ServeConfig, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    if !c.dev_tokens {
+        return Ok(());
+    }
+    if c.token_secret.0.is_empty() {
+        anyhow::bail!("--dev-tokens needs --token-secret (the endpoint signs HS256 tokens with it)");
+    }
+    if !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "--dev-tokens signs a token for anyone who asks: it is refused on {addr}, which is not a loopback address"
+        );
+    }
+    Ok(())
+}
+
+/// The longest token `GET /dev/token` signs.
+const DEV_TOKEN_MAX_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// `GET /dev/token?sub=NAME&subscribe=P,P&publish=P,P&ttl=SECS`: a signed
+/// client token (development only; see `--dev-tokens`). Defaults: a fresh
+/// `dev-…` subject, every channel (`*`) both ways, an hour.
+fn dev_token(req: &Request, signer: &TokenSigner) -> Response {
+    let mut subject = format!("dev-{:08x}", rand::random::<u32>());
+    let (mut subscribe, mut publish) = (vec!["*".to_string()], vec!["*".to_string()]);
+    let mut ttl = std::time::Duration::from_secs(3600);
+    let query = req.uri().query().unwrap_or("");
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let list = || value.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect();
+        match &*name {
+            "sub" if !value.is_empty() => subject = value.into_owned(),
+            "subscribe" => subscribe = list(),
+            "publish" => publish = list(),
+            "ttl" => match value.parse::<u64>() {
+                Ok(secs) if secs > 0 => ttl = std::time::Duration::from_secs(secs).min(DEV_TOKEN_MAX_TTL),
+                _ => return router::text(StatusCode::BAD_REQUEST, "ttl is a whole number of seconds\n"),
+            },
+            _ => {}
+        }
+    }
+    match signer.sign(&subject, ttl, subscribe, publish) {
+        Ok((token, exp)) => {
+            let body = serde_json::json!({"token": token, "sub": subject, "exp": exp}).to_string();
+            let mut resp = Response::new(Body::Full(Bytes::from(body)));
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, "application/json".parse().expect("static"));
+            h.insert(header::CACHE_CONTROL, "no-store".parse().expect("static"));
+            resp
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "signing a development token");
+            router::text(StatusCode::INTERNAL_SERVER_ERROR, "the token could not be signed\n")
+        }
+    }
 }
 
 /// `200 ok` while the hub's broker is up; `503` naming its state
@@ -245,7 +322,11 @@ async fn serve(c: ServeConfig) -> anyhow::Result<()> {
             tether::server::bind_unix(path).with_context(|| format!("binding the Unix socket {}", path.display()))?;
         listeners.push(Listener::Unix(unix));
     }
+    check_dev_tokens(&c, addr)?;
     let hub = hub(&c)?;
+    if c.dev_tokens {
+        tracing::warn!(%addr, "GET /dev/token signs a client token for anyone who asks: for development only");
+    }
     if !addr.ip().is_loopback() {
         if hub.config().tokens.is_none() {
             tracing::warn!(

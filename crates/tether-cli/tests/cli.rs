@@ -105,7 +105,8 @@ fn a_benchmark_with_failed_or_non_2xx_requests_fails() {
 
 #[test]
 fn a_fanout_benchmark_runs_its_phases_against_the_hub_and_fails_without_a_server() {
-    let served = harness::Server::start(&["--demo=false"]);
+    // The publisher sends as fast as the hub delivers: no command rate.
+    let served = harness::Server::start(&["--demo=false", "--client-rate", "0"]);
     let url = format!("ws://127.0.0.1:{}/ws", served.port);
     let (code, err) = tether(
         &[
@@ -327,5 +328,52 @@ fn the_static_root_serves_ranges_siblings_and_the_configured_cache_control() {
     assert_eq!(r.header("content-encoding"), Some("gzip"));
     assert_eq!(r.header("vary"), Some("Accept-Encoding"));
     assert_eq!(r.body, b"GZ");
+    server.stop();
+}
+
+#[test]
+fn development_tokens_are_signed_only_on_a_loopback_address_with_a_secret() {
+    let secret = "0123456789abcdef0123456789abcdef";
+    // Refused before the server starts: no secret, or a public address.
+    let (code, err) = tether(&["serve", "--listen", "127.0.0.1:0", "--dev-tokens"], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--dev-tokens needs --token-secret"), "{err}");
+    let (code, err) = tether(
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--dev-tokens",
+            "--token-secret",
+            secret,
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not a loopback address"), "{err}");
+
+    let server = harness::Server::start(&["--demo=false", "--dev-tokens", "--token-secret", secret]);
+    let mut c = harness::Client::connect(server.port);
+    let host = harness::host(server.port);
+    let mut get = |path: &str| c.http(&format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+    let r = get("/dev/token?sub=ada&subscribe=chat%3A*&publish=&ttl=60");
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let answer: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(answer["sub"], "ada");
+    let token = answer["token"].as_str().unwrap().to_string();
+    // The token it signed is the server's own: it reads chat:*, nothing else.
+    assert_eq!(get(&format!("/poll/chat:a?since=0&token={token}")).status, 200);
+    assert_eq!(get(&format!("/poll/news?since=0&token={token}")).status, 403);
+    assert_eq!(get("/poll/chat:a?since=0").status, 401);
+    assert_eq!(get("/dev/token?ttl=soon").status, 400);
+    server.stop();
+
+    // Off by default: no such endpoint.
+    let server = harness::Server::start(&["--demo=false", "--token-secret", secret]);
+    let mut c = harness::Client::connect(server.port);
+    let host = harness::host(server.port);
+    let r = c.http(&format!("GET /dev/token HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+    assert_eq!(r.status, 404);
     server.stop();
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tether::client::ws::{connect, ClientOptions};
-use tether::hub::{ChannelName, Hub, HubConfig, MemoryLimits};
+use tether::hub::{ChannelName, HistoryLimits, Hub, HubConfig};
 use tether::proto::h1;
 use tether::server::{Router, Server};
 use tether::ws::{Message, QueueOverflow, WebSocket, WsOptions};
@@ -24,7 +24,6 @@ const T: Duration = Duration::from_secs(10);
 
 struct Setup {
     hub_config: HubConfig,
-    limits: MemoryLimits,
     ws: WsOptions,
     park_after: Option<Duration>,
 }
@@ -35,7 +34,6 @@ impl Default for Setup {
         std::sync::Arc::make_mut(&mut ws.engine).queue_overflow = QueueOverflow::Close;
         Self {
             hub_config: HubConfig::default(),
-            limits: MemoryLimits::default(),
             ws,
             park_after: None,
         }
@@ -43,7 +41,7 @@ impl Default for Setup {
 }
 
 async fn start(setup: Setup) -> (Serving, Hub) {
-    let (hub, _) = Hub::in_memory(setup.hub_config, setup.limits);
+    let (hub, _) = Hub::in_memory(setup.hub_config);
     let router = tether::hub::http::routes(Router::new(), &hub, &Arc::new(setup.ws));
     let server = Server::new(h1::Config::default(), router)
         .shutdown_timeout(Duration::from_secs(2))
@@ -232,9 +230,12 @@ async fn replay_racing_live_publications_leaves_no_gap_and_no_repeat() {
 #[tokio::test]
 async fn history_that_no_longer_reaches_back_says_so() {
     let setup = Setup {
-        limits: MemoryLimits {
-            history_size: 5,
-            ..MemoryLimits::default()
+        hub_config: HubConfig {
+            history: HistoryLimits {
+                size: 5,
+                ..HistoryLimits::default()
+            },
+            ..HubConfig::default()
         },
         ..Setup::default()
     };

@@ -1,8 +1,12 @@
-//! Client tokens over real sockets, every reading transport: `/ws` with
-//! `?token=` and with an `auth` message, refresh, expiry closing the
-//! connection with 1008, `forbidden` keeping it open, `user:{sub}`; SSE
-//! and polls with valid, missing, expired, tampered, wrong-key and
-//! `alg: none` tokens; publisher keys on `POST /publish`.
+//! Who may publish and who may listen, over real sockets, every transport.
+//! Client tokens: `/ws` with `?token=` and with an `auth` message, refresh,
+//! expiry closing the connection with 1008, `forbidden` keeping it open,
+//! `user:{sub}`; SSE and polls with valid, missing, expired, tampered,
+//! wrong-key and `alg: none` tokens; publisher keys on `POST /publish`.
+//! Namespaces: anonymous reading, clients kept from publishing, presence
+//! off, history per namespace. Limits: the command rate (`rate_limited`,
+//! then 1008) and connections per token subject on `/ws`, SSE and long
+//! polls.
 
 mod common;
 
@@ -12,7 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tether::client::ws::{connect, ClientOptions};
-use tether::hub::{Hub, HubConfig, MemoryLimits, PublishKeys, TokenVerifier};
+use tether::hub::{
+    ChannelName, ClientLimits, HistoryLimits, Hub, HubConfig, Namespace, Namespaces, PublishKeys, TokenVerifier,
+};
 use tether::proto::h1;
 use tether::server::{Router, Server};
 use tether::ws::{Message, WebSocket, WsOptions};
@@ -43,15 +49,24 @@ fn ada(secs: u64) -> String {
     token(json!({"sub": "ada", "exp": now() + secs, "subscribe": ["chat:*"], "publish": ["chat:room1"]}))
 }
 
-async fn start() -> Serving {
-    let config = HubConfig {
+/// The hub's settings in these tests: tokens and a publisher key.
+fn secured() -> HubConfig {
+    HubConfig {
         tokens: Some(TokenVerifier::hs256(SECRET).unwrap()),
         publish_keys: PublishKeys::new(["backend-key"]),
         ..HubConfig::default()
-    };
-    let (hub, _) = Hub::in_memory(config, MemoryLimits::default());
+    }
+}
+
+async fn start() -> Serving {
+    start_with(secured()).await.0
+}
+
+async fn start_with(config: HubConfig) -> (Serving, Hub) {
+    let (hub, _) = Hub::in_memory(config);
     let router = tether::hub::http::routes(Router::new(), &hub, &Arc::new(WsOptions::default()));
-    Serving::start(Server::new(h1::Config::default(), router).park_idle_after(Some(Duration::from_millis(100)))).await
+    let server = Server::new(h1::Config::default(), router).park_idle_after(Some(Duration::from_millis(100)));
+    (Serving::start(server).await, hub)
 }
 
 async fn open(port: u16, query: &str) -> WebSocket {
@@ -249,4 +264,231 @@ async fn sse_and_polls_need_a_token_for_their_channel() {
             .0,
         200
     );
+}
+
+/// `pub:` readable without a token (two publications of history);
+/// `ticker:` readable without a token, published by the backend only, no
+/// presence; everything else needs a token.
+fn with_namespaces() -> HubConfig {
+    let public = Namespace {
+        anonymous: true,
+        history: Some(HistoryLimits {
+            size: 2,
+            ttl: Duration::from_secs(60),
+        }),
+        ..Namespace::new("pub:")
+    };
+    let ticker = Namespace {
+        anonymous: true,
+        client_publish: false,
+        presence: false,
+        ..Namespace::new("ticker:")
+    };
+    HubConfig {
+        namespaces: Namespaces::new(Namespace::new(""), vec![public, ticker]).unwrap(),
+        ..secured()
+    }
+}
+
+#[tokio::test]
+async fn namespaces_open_reading_to_anonymous_clients_and_keep_clients_from_publishing() {
+    let (server, hub) = start_with(with_namespaces()).await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    // Anonymous: reads pub: and ticker: on every transport, nothing else.
+    let mut anon = open(server.port, "").await;
+    send(&anon, json!({"type": "subscribe", "channel": "pub:news"})).await;
+    assert_eq!(next(&mut anon).await.unwrap()["type"], "subscribed");
+    for n in 1..=5 {
+        hub.publish_json(&ChannelName::new("pub:news").unwrap(), &n.to_string())
+            .await
+            .unwrap();
+    }
+    for n in 1..=5 {
+        assert_eq!(next(&mut anon).await.unwrap()["data"], n);
+    }
+    let (status, _, body) = http(server.port, &get("/poll/pub:news?since=0")).await;
+    assert_eq!(status, 200, "{body}");
+    let poll: Value = serde_json::from_str(&body).unwrap();
+    let offsets: Vec<_> = poll["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset"].clone())
+        .collect();
+    assert_eq!(offsets, [json!(4), json!(5)], "pub: keeps two publications: {body}");
+    assert_eq!(poll["recovered"], false);
+    let (status, _, _) = http(server.port, &get("/poll/news?since=0")).await;
+    assert_eq!(status, 401, "outside the anonymous namespaces");
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    s.write_all(get("/sse/ticker:X").as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    timeout(T, s.read_exact(&mut head)).await.unwrap().unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // An anonymous client cannot publish anywhere: unauthorized, 1008.
+    send(&anon, json!({"type": "publish", "channel": "pub:news", "data": 1})).await;
+    assert_eq!(next(&mut anon).await.unwrap()["code"], "unauthorized");
+    assert_eq!(next(&mut anon).await.unwrap_err(), 1008);
+
+    // A token allowing everything still cannot publish on ticker:, and
+    // gets no presence there; the backend's key can publish.
+    let all = token(json!({"sub": "ada", "exp": now() + 60, "subscribe": ["*"], "publish": ["*"]}));
+    let mut ws = open(server.port, &format!("?token={all}")).await;
+    send(
+        &ws,
+        json!({"type": "publish", "channel": "ticker:X", "data": 1, "id": 9}),
+    )
+    .await;
+    let e = next(&mut ws).await.unwrap();
+    assert_eq!((e["code"].as_str(), e["id"].as_i64()), (Some("forbidden"), Some(9)));
+    send(
+        &ws,
+        json!({"type": "subscribe", "channel": "ticker:X", "presence": true}),
+    )
+    .await;
+    let sub = next(&mut ws).await.unwrap();
+    assert_eq!(sub["type"], "subscribed");
+    assert!(sub.get("members").is_none(), "presence is off in ticker: {sub}");
+    send(&ws, json!({"type": "subscribe", "channel": "chat:a", "presence": true})).await;
+    assert_eq!(next(&mut ws).await.unwrap()["members"], 1, "presence is on elsewhere");
+    send(&ws, json!({"type": "publish", "channel": "chat:a", "data": 2})).await;
+    let answers = [next(&mut ws).await.unwrap(), next(&mut ws).await.unwrap()];
+    assert!(answers.iter().any(|a| a["type"] == "published"), "{answers:?}");
+    let publish = "POST /publish/ticker:X HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer backend-key\r\nContent-Length: 1\r\nConnection: close\r\n\r\n7";
+    assert_eq!(http(server.port, publish).await.0, 200);
+    let m = next(&mut ws).await.unwrap();
+    assert_eq!((m["channel"].as_str(), m["data"].as_i64()), (Some("ticker:X"), Some(7)));
+}
+
+#[tokio::test]
+async fn a_client_over_its_command_rate_is_refused_then_closed() {
+    let config = HubConfig {
+        client_limits: ClientLimits {
+            commands_per_second: 5,
+            command_burst: 5,
+            strikes: 3,
+            connections_per_subject: 0,
+        },
+        ..HubConfig::default()
+    };
+    let (server, _hub) = start_with(config).await;
+    let mut ws = open(server.port, "").await;
+    // Five at once: the burst. Then three refused (strikes), then closed.
+    for i in 0..9 {
+        send(&ws, json!({"type": "subscribe", "channel": format!("c{i}"), "id": i})).await;
+    }
+    for i in 0..5 {
+        let a = next(&mut ws).await.unwrap();
+        assert_eq!(
+            (a["type"].as_str(), a["id"].as_i64()),
+            (Some("subscribed"), Some(i)),
+            "{a}"
+        );
+    }
+    for i in 5..8 {
+        let a = next(&mut ws).await.unwrap();
+        assert_eq!(
+            (a["code"].as_str(), a["id"].as_i64()),
+            (Some("rate_limited"), Some(i)),
+            "{a}"
+        );
+    }
+    let last = next(&mut ws).await.unwrap();
+    assert_eq!(last["code"], "rate_limited");
+    assert_eq!(next(&mut ws).await.unwrap_err(), 1008);
+
+    // A client within its rate (5/s: one every 250 ms) is never refused.
+    let mut ws = open(server.port, "").await;
+    for i in 0..12 {
+        send(&ws, json!({"type": "subscribe", "channel": format!("d{i}")})).await;
+        assert_eq!(next(&mut ws).await.unwrap()["type"], "subscribed");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_subject_holds_at_most_its_connections_on_every_transport() {
+    let config = HubConfig {
+        client_limits: ClientLimits {
+            connections_per_subject: 2,
+            ..ClientLimits::default()
+        },
+        ..secured()
+    };
+    let (server, _hub) = start_with(config).await;
+    let upgrade = |q: &str| {
+        format!("GET /ws{q} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    };
+    let first = open(server.port, &format!("?token={}", ada(60))).await;
+    // The second by its first message.
+    let mut second = open(server.port, "").await;
+    send(&second, json!({"type": "auth", "token": ada(60)})).await;
+    assert_eq!(next(&mut second).await.unwrap()["type"], "authorized");
+    // A third: 429 before the upgrade, or too_many_connections and 1008 after it.
+    let (status, _, body) = http(server.port, &upgrade(&format!("?token={}", ada(60)))).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("too_many_connections"), "{body}");
+    let mut third = open(server.port, "").await;
+    send(&third, json!({"type": "auth", "token": ada(60)})).await;
+    assert_eq!(next(&mut third).await.unwrap()["code"], "too_many_connections");
+    assert_eq!(next(&mut third).await.unwrap_err(), 1008);
+    // SSE and long polls count too; another subject is not affected.
+    let get = |path: String| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (status, _, _) = http(server.port, &get(format!("/sse/chat:a?token={}", ada(60)))).await;
+    assert_eq!(status, 429);
+    let (status, _, _) = http(
+        server.port,
+        &get(format!("/poll/chat:a?since=0&wait=5&token={}", ada(60))),
+    )
+    .await;
+    assert_eq!(status, 429);
+    let bob = token(json!({"sub": "bob", "exp": now() + 60, "subscribe": ["chat:*"]}));
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+    s.write_all(get(format!("/sse/chat:a?token={bob}")).as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    timeout(T, s.read_exact(&mut head)).await.unwrap().unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // A connection that ends gives its slot back: an SSE stream fits now.
+    drop(first);
+    let deadline = std::time::Instant::now() + T;
+    let mut sse = loop {
+        let mut s = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
+        s.write_all(get(format!("/sse/chat:a?token={}", ada(60))).as_bytes())
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        timeout(T, s.read_exact(&mut head)).await.unwrap().unwrap();
+        if &head == b"HTTP/1.1 200" {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the slot came back in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The stream holds it: a long poll is refused until the stream ends.
+    let (status, _, _) = http(
+        server.port,
+        &get(format!("/poll/chat:a?since=0&wait=5&token={}", ada(60))),
+    )
+    .await;
+    assert_eq!(status, 429);
+    sse.shutdown().await.unwrap();
+    drop(sse);
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let (status, _, _) = http(
+            server.port,
+            &get(format!("/poll/chat:a?since=0&wait=1&token={}", ada(60))),
+        )
+        .await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream's slot came back in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{header, HeaderMap};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use subtle::ConstantTimeEq;
 
 use super::ChannelName;
@@ -139,7 +139,7 @@ pub enum TokenError {
 }
 
 /// The claims a token carries, as sent.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
 struct Claims {
     sub: String,
     exp: u64,
@@ -202,6 +202,53 @@ impl TokenVerifier {
             subscribe: c.subscribe,
             publish: c.publish,
         })
+    }
+}
+
+/// Signs HS256 client tokens, as an application's backend does (the
+/// server's own use is `tether serve --dev-tokens`, the demo's endpoint).
+#[derive(Clone)]
+pub struct TokenSigner {
+    key: EncodingKey,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSigner(HS256)")
+    }
+}
+
+impl TokenSigner {
+    /// HS256 with a shared secret (at least 32 bytes, as for the verifier).
+    pub fn hs256(secret: &[u8]) -> Result<Self, TokenError> {
+        if secret.len() < 32 {
+            return Err(TokenError::Key("an HS256 secret must be at least 32 bytes".into()));
+        }
+        Ok(Self {
+            key: EncodingKey::from_secret(secret),
+        })
+    }
+
+    /// A token for `subject`, valid for `ttl`, allowing these channel
+    /// patterns (exact names or `prefix*`); returns it and its `exp`.
+    pub fn sign(
+        &self,
+        subject: &str,
+        ttl: Duration,
+        subscribe: Vec<String>,
+        publish: Vec<String>,
+    ) -> Result<(String, u64), TokenError> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let exp = (now + ttl).as_secs();
+        let claims = Claims {
+            sub: subject.to_string(),
+            exp,
+            subscribe,
+            publish,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
+            .map_err(|e| TokenError::Key(e.to_string()))?;
+        Ok((token, exp))
     }
 }
 
@@ -270,6 +317,21 @@ mod tests {
             &EncodingKey::from_secret(secret),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn signed_tokens_verify_with_the_same_secret_only() {
+        let signer = TokenSigner::hs256(SECRET).unwrap();
+        let (t, exp) = signer
+            .sign("ada", Duration::from_secs(60), vec!["demo.*".into()], vec![])
+            .unwrap();
+        let g = TokenVerifier::hs256(SECRET).unwrap().verify(&t).unwrap();
+        assert_eq!((&*g.subject, g.expires), ("ada", exp));
+        assert!(g.may_subscribe(&ChannelName::new("demo.chat").unwrap()));
+        assert!(!g.may_publish(&ChannelName::new("demo.chat").unwrap()));
+        let other = TokenVerifier::hs256(b"another-secret-of-at-least-32-bytes").unwrap();
+        assert!(matches!(other.verify(&t), Err(TokenError::Invalid(_))));
+        assert!(TokenSigner::hs256(b"short").is_err());
     }
 
     #[test]

@@ -29,6 +29,7 @@ use std::sync::{Arc, Weak};
 use bytes::Bytes;
 
 use super::name::ChannelName;
+use super::namespace::HistoryLimits;
 
 /// A boxed future, as the broker trait returns them (a trait object).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -149,17 +150,25 @@ pub trait Broker: Send + Sync + 'static {
     /// the hub, before any other call).
     fn attach(&self, sink: Weak<dyn PublicationSink>);
 
-    /// Assigns `data` the channel's next offset and appends it to history;
-    /// once it succeeds every watching node gets it (this one included).
-    fn publish<'a>(&'a self, channel: &'a ChannelName, data: Bytes) -> BoxFuture<'a, Result<Publication, BrokerError>>;
+    /// Assigns `data` the channel's next offset and appends it to history,
+    /// which keeps at most `keep` (the channel's namespace's limits); once
+    /// it succeeds every watching node gets it (this one included).
+    fn publish<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        data: Bytes,
+        keep: HistoryLimits,
+    ) -> BoxFuture<'a, Result<Publication, BrokerError>>;
 
     /// The channel's epoch, latest offset and, when `since` is given, the
-    /// kept publications after it (at most `limit`, the oldest first).
+    /// kept publications after it (at most `limit`, the oldest first; none
+    /// older than `keep.ttl`).
     fn history<'a>(
         &'a self,
         channel: &'a ChannelName,
         since: Option<u64>,
         limit: usize,
+        keep: HistoryLimits,
     ) -> BoxFuture<'a, Result<History, BrokerError>>;
 
     /// Starts delivering the channel's live publications to the sink;

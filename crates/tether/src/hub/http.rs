@@ -8,12 +8,16 @@
 //! `{"error":{"code":"…","message":"…"}}` with 400 (bad channel, bad JSON,
 //! bad parameter), 401 (a publisher key or a client token is required and
 //! was missing, wrong or expired, with `WWW-Authenticate`; see
-//! [`super::auth`]), 403 (the token does not allow the channel), 405, 413
-//! (data too large) or 503 (broker unavailable, with `Retry-After: 1`).
-//! With client tokens configured, `/sse/` and `/poll/` need one
-//! (`?token=` or `Authorization: Bearer`) allowing the channel, and an SSE
-//! stream ends when its token expires; `/ws` checks a `?token=` before the
-//! upgrade, or takes one in its first message (`session`).
+//! [`super::auth`]), 403 (the token or the namespace does not allow the
+//! channel), 405, 413 (data too large), 429 (the token's subject holds all
+//! the connections it may) or 503 (broker unavailable, with
+//! `Retry-After: 1`). With client tokens configured, `/sse/` and `/poll/`
+//! need one (`?token=` or `Authorization: Bearer`) allowing the channel,
+//! unless its namespace is anonymous (`super::namespace`), and an SSE
+//! stream ends when its token expires; an SSE stream and a held long poll
+//! with a token hold one of its subject's connections (`super::limits`).
+//! `/ws` checks a `?token=` before the upgrade, or takes one in its first
+//! message (`session`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,8 +29,10 @@ use http::{header, HeaderValue, Method, StatusCode};
 use super::auth::{Grants, TokenError};
 use super::broker::History;
 use super::channel::{SseSink, Target};
+use super::limits::SubjectSlot;
+use super::namespace::{Client, Refusal};
 use super::protocol::{self, ProtocolError};
-use super::session::Session;
+use super::session::{Admitted, Session};
 use super::{run_soon, ChannelName, Hub, HubStats, PublishError, SubscribeRequest};
 use crate::server::held::HeldAnswer;
 use crate::server::router::{self, Router};
@@ -76,16 +82,19 @@ fn websocket(req: &Request, hub: &Hub, options: &Arc<WsOptions>) -> Response {
     }
     // A token in the URL is checked before the upgrade; without one, the
     // session waits for an `auth` command (browsers cannot set headers).
-    let grants = match (&hub.config().tokens, presented_token(req)) {
+    let admitted = match (&hub.config().tokens, presented_token(req)) {
         (Some(verifier), Some(token)) => match verifier.verify(token) {
-            Ok(grants) => Some(grants),
+            Ok(grants) => match subject_slot(hub, Some(&grants)) {
+                Ok(slot) => slot.map(|slot| Admitted { grants, slot }),
+                Err(refused) => return *refused,
+            },
             Err(e) => return unauthorized(&e),
         },
         _ => None,
     };
     let limit = hub.config().subscriber_queue;
     let inlet = Arc::new(Inlet::new(limit));
-    ws::upgrade_pushed(req, options, Session::new(hub.clone(), inlet.clone(), grants), inlet)
+    ws::upgrade_pushed(req, options, Session::new(hub.clone(), inlet.clone(), admitted), inlet)
 }
 
 /// The token a request presents: `?token=` or `Authorization: Bearer`.
@@ -102,24 +111,46 @@ fn presented_token(req: &Request) -> Option<&str> {
         })
 }
 
-/// What the client may read of `channel` over HTTP (`Ok(None)`: no tokens
-/// configured), or the answer refusing it: 401 without a valid token, 403
-/// for a channel the token does not list.
+/// What the client may read of `channel` over HTTP (`Ok(None)`: no token,
+/// and none needed: no tokens configured, or an anonymous namespace), or
+/// the answer refusing it: 401 without a valid token where one is needed,
+/// 403 for a channel the token does not allow.
 fn reader(req: &Request, hub: &Hub, channel: &ChannelName) -> Result<Option<Grants>, Box<Response>> {
     let Some(verifier) = hub.config().tokens.as_ref() else {
         return Ok(None);
     };
-    let grants = presented_token(req)
-        .ok_or(TokenError::Missing)
-        .and_then(|token| verifier.verify(token))
-        .map_err(|e| Box::new(unauthorized(&e)))?;
-    if !grants.may_subscribe(channel) {
-        return Err(Box::new(json_error(
+    let grants = match presented_token(req).map(|token| verifier.verify(token)) {
+        Some(Ok(grants)) => Some(grants),
+        Some(Err(e)) => return Err(Box::new(unauthorized(&e))),
+        None => None,
+    };
+    let who = grants.as_ref().map_or(Client::Anonymous, Client::Token);
+    match hub.config().namespaces.may_subscribe(who, channel) {
+        Ok(()) => Ok(grants),
+        Err(Refusal::Unauthorized(_)) => Err(Box::new(unauthorized(&TokenError::Missing))),
+        Err(Refusal::Forbidden(why)) => Err(Box::new(json_error(
             StatusCode::FORBIDDEN,
-            &ProtocolError::new("forbidden", format!("the token does not allow reading {channel}")),
-        )));
+            &ProtocolError::new("forbidden", format!("{why}: {channel}")),
+        ))),
     }
-    Ok(Some(grants))
+}
+
+/// A connection slot for the subject of `grants` (none needed without a
+/// token), or `429` when the subject holds all it may.
+fn subject_slot(hub: &Hub, grants: Option<&Grants>) -> Result<Option<SubjectSlot>, Box<Response>> {
+    let Some(grants) = grants else {
+        return Ok(None);
+    };
+    match hub.enter_subject(&grants.subject) {
+        Some(slot) => Ok(Some(slot)),
+        None => Err(Box::new(json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            &ProtocolError::new(
+                "too_many_connections",
+                "this token's subject holds all the connections it may",
+            ),
+        ))),
+    }
 }
 
 /// `401` for a missing or bad token, with its challenge (RFC 6750 §3).
@@ -273,16 +304,20 @@ async fn poll(req: &Request, hub: &Hub) -> Response {
         Ok(c) => c,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
     };
-    if let Err(refused) = reader(req, hub, &channel) {
-        return *refused;
-    }
+    let grants = match reader(req, hub, &channel) {
+        Ok(g) => g,
+        Err(refused) => return *refused,
+    };
     let params = match poll_params(req, hub) {
         Ok(p) => p,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e),
     };
     match read_poll(hub, &channel, &params).await {
         Ok(h) if h.publications.is_empty() && !params.wait.is_zero() && params.since.is_some() => {
-            hold(hub, channel, params).await
+            match subject_slot(hub, grants.as_ref()) {
+                Ok(slot) => hold(hub, channel, params, slot).await,
+                Err(refused) => *refused,
+            }
         }
         Ok(h) => json(StatusCode::OK, poll_answer(&channel, &params, &h)),
         Err(e) => unavailable(&e.to_string()),
@@ -309,8 +344,8 @@ async fn read_poll(hub: &Hub, channel: &ChannelName, p: &PollParams) -> Result<H
 /// publication between the two reads is not missed), then the request is
 /// held (`crate::server::held`): the connection waits, parked without a
 /// task, until the signal fires or the wait ends, and is then answered
-/// with what history has.
-async fn hold(hub: &Hub, channel: ChannelName, params: PollParams) -> Response {
+/// with what history has. A token's subject holds `slot` meanwhile.
+async fn hold(hub: &Hub, channel: ChannelName, params: PollParams, slot: Option<SubjectSlot>) -> Response {
     let signal = match hub.next_publication(&channel).await {
         Ok(signal) => signal,
         Err(e) => {
@@ -335,7 +370,7 @@ async fn hold(hub: &Hub, channel: ChannelName, params: PollParams) -> Response {
     let hub = hub.clone();
     let answer: HeldAnswer = Box::new(move |_fired| {
         Box::pin(async move {
-            let _counted = counted;
+            let _held = (counted, slot);
             let result = read_poll(&hub, &channel, &params).await;
             hub.forget_waiters(&channel);
             match result {
@@ -400,6 +435,10 @@ fn sse(req: &Request, hub: &Hub) -> Response {
         Ok(g) => g,
         Err(refused) => return *refused,
     };
+    let slot = match subject_slot(hub, grants.as_ref()) {
+        Ok(slot) => slot,
+        Err(refused) => return *refused,
+    };
     let last_event_id = req
         .headers()
         .get("last-event-id")
@@ -417,9 +456,7 @@ fn sse(req: &Request, hub: &Hub) -> Response {
     let (tx, body) = Body::channel(hub.config().sse_queue);
     // Reconnect after a second; then the stream (and its answer) begins.
     let _ = tx.try_send(Ok(Bytes::from_static(b"retry: 1000\n\n")));
-    if let Some(grants) = grants {
-        end_at_expiry(tx.clone(), grants.remaining());
-    }
+    watch_stream(tx.clone(), grants.map(|g| g.remaining()), slot);
     let (_, work) = hub.subscribe(SubscribeRequest {
         channel,
         since,
@@ -441,11 +478,20 @@ fn sse(req: &Request, hub: &Hub) -> Response {
     resp
 }
 
-/// Ends an SSE stream when its token expires (the connection closes; the
-/// browser reconnects, with a fresh token if its page has one), unless the
-/// stream ended first.
-fn end_at_expiry(tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>, after: Duration) {
+/// Watches an SSE stream with a token: ends it when the token expires in
+/// `expiry` (the connection closes; the browser reconnects, with a fresh
+/// token if its page has one), and holds its subject's `slot` until the
+/// stream ends, whichever way.
+fn watch_stream(
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    expiry: Option<Duration>,
+    slot: Option<SubjectSlot>,
+) {
+    let Some(after) = expiry else {
+        return;
+    };
     tokio::spawn(async move {
+        let _slot = slot;
         tokio::select! {
             _ = tokio::time::sleep(after) => {
                 let _ = tx.send(Err(std::io::Error::other("the token expired"))).await;

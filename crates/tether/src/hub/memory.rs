@@ -5,39 +5,23 @@
 //! history is gone).
 //!
 //! Each channel is its own lock: a publish assigns the offset, appends to
-//! the bounded history (the last `history_size` publications, none older
-//! than `history_ttl`) and hands the publication to the sink under that
-//! lock, so the hub sees a channel's publications in offset order. A
-//! channel that nobody watches and whose history has expired is freed by
-//! [`MemoryBroker::sweep`] (the hub calls it periodically); used again, it
-//! starts a new epoch.
+//! the bounded history (the limits the hub gives with each call, its
+//! namespace's: the last `size` publications, none older than `ttl`) and
+//! hands the publication to the sink under that lock, so the hub sees a
+//! channel's publications in offset order. A channel remembers the limits
+//! it was last given, for [`MemoryBroker::sweep`] (the hub calls it
+//! periodically), which frees a channel that nobody watches and whose
+//! history has expired; used again, it starts a new epoch.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::broker::{BoxFuture, Broker, BrokerError, BrokerState, Epoch, History, Publication, PublicationSink};
 use super::name::ChannelName;
-
-/// How much history the in-process broker keeps per channel.
-#[derive(Debug, Clone, Copy)]
-pub struct MemoryLimits {
-    /// The most publications kept per channel.
-    pub history_size: usize,
-    /// The oldest a kept publication may be.
-    pub history_ttl: Duration,
-}
-
-impl Default for MemoryLimits {
-    fn default() -> Self {
-        Self {
-            history_size: 1000,
-            history_ttl: Duration::from_secs(600),
-        }
-    }
-}
+use super::namespace::HistoryLimits;
 
 struct Channel {
     epoch: Epoch,
@@ -45,6 +29,8 @@ struct Channel {
     kept: VecDeque<(Instant, Publication)>,
     /// Watches by this node (the hub's subscribers' channels).
     watchers: usize,
+    /// The history limits of the last call (for `sweep`).
+    keep: HistoryLimits,
 }
 
 impl Channel {
@@ -54,10 +40,12 @@ impl Channel {
             latest: 0,
             kept: VecDeque::new(),
             watchers: 0,
+            keep: HistoryLimits::default(),
         }
     }
 
-    fn expire(&mut self, now: Instant, ttl: Duration) {
+    fn expire(&mut self, now: Instant) {
+        let ttl = self.keep.ttl;
         while self
             .kept
             .front()
@@ -96,8 +84,8 @@ impl Channel {
 }
 
 /// The in-process broker (see the module documentation).
+#[derive(Default)]
 pub struct MemoryBroker {
-    limits: MemoryLimits,
     channels: Mutex<HashMap<ChannelName, Arc<Mutex<Channel>>>>,
     sink: RwLock<Option<Weak<dyn PublicationSink>>>,
 }
@@ -107,13 +95,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MemoryBroker {
-    /// A broker keeping `limits` of history per channel.
-    pub fn new(limits: MemoryLimits) -> Self {
-        Self {
-            limits,
-            channels: Mutex::new(HashMap::new()),
-            sink: RwLock::new(None),
-        }
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     fn channel(&self, name: &ChannelName) -> Arc<Mutex<Channel>> {
@@ -137,18 +121,19 @@ impl MemoryBroker {
         let mut channels = lock(&self.channels);
         channels.retain(|_, channel| {
             let mut c = lock(channel);
-            c.expire(now, self.limits.history_ttl);
+            c.expire(now);
             c.watchers > 0 || !c.kept.is_empty()
         });
         channels.len()
     }
 
     /// Publishes synchronously (what [`Broker::publish`] does, without a future).
-    pub fn publish_now(&self, channel: &ChannelName, data: Bytes) -> Publication {
+    pub fn publish_now(&self, channel: &ChannelName, data: Bytes, keep: HistoryLimits) -> Publication {
         let sink = self.sink();
         let entry = self.channel(channel);
         let mut c = lock(&entry);
         let now = Instant::now();
+        c.keep = keep;
         c.latest += 1;
         let publication = Publication {
             channel: channel.clone(),
@@ -156,13 +141,15 @@ impl MemoryBroker {
             epoch: c.epoch.clone(),
             data,
         };
-        if self.limits.history_size > 0 {
-            if c.kept.len() == self.limits.history_size {
+        if keep.size > 0 {
+            while c.kept.len() >= keep.size {
                 c.kept.pop_front();
             }
             c.kept.push_back((now, publication.clone()));
+        } else {
+            c.kept.clear();
         }
-        c.expire(now, self.limits.history_ttl);
+        c.expire(now);
         // Under the channel's lock: the sink sees its publications in order.
         if let Some(sink) = sink {
             sink.deliver(publication.clone());
@@ -171,10 +158,11 @@ impl MemoryBroker {
     }
 
     /// Reads history synchronously (what [`Broker::history`] does).
-    pub fn history_now(&self, channel: &ChannelName, since: Option<u64>, limit: usize) -> History {
+    pub fn history_now(&self, channel: &ChannelName, since: Option<u64>, limit: usize, keep: HistoryLimits) -> History {
         let entry = self.channel(channel);
         let mut c = lock(&entry);
-        c.expire(Instant::now(), self.limits.history_ttl);
+        c.keep = keep;
+        c.expire(Instant::now());
         c.history(since, limit)
     }
 }
@@ -188,8 +176,13 @@ impl Broker for MemoryBroker {
         *self.sink.write().unwrap_or_else(|p| p.into_inner()) = Some(sink);
     }
 
-    fn publish<'a>(&'a self, channel: &'a ChannelName, data: Bytes) -> BoxFuture<'a, Result<Publication, BrokerError>> {
-        let publication = self.publish_now(channel, data);
+    fn publish<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        data: Bytes,
+        keep: HistoryLimits,
+    ) -> BoxFuture<'a, Result<Publication, BrokerError>> {
+        let publication = self.publish_now(channel, data, keep);
         Box::pin(std::future::ready(Ok(publication)))
     }
 
@@ -198,8 +191,9 @@ impl Broker for MemoryBroker {
         channel: &'a ChannelName,
         since: Option<u64>,
         limit: usize,
+        keep: HistoryLimits,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
-        let history = self.history_now(channel, since, limit);
+        let history = self.history_now(channel, since, limit, keep);
         Box::pin(std::future::ready(Ok(history)))
     }
 
@@ -227,6 +221,7 @@ impl Broker for MemoryBroker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn name(s: &str) -> ChannelName {
         ChannelName::new(s).unwrap()
@@ -238,52 +233,54 @@ mod tests {
 
     #[test]
     fn offsets_have_no_gaps_and_history_is_bounded() {
-        let b = MemoryBroker::new(MemoryLimits {
-            history_size: 3,
-            history_ttl: Duration::from_secs(60),
-        });
+        let b = MemoryBroker::new();
+        let keep = HistoryLimits {
+            size: 3,
+            ttl: Duration::from_secs(60),
+        };
         let c = name("c");
-        let first = b.history_now(&c, None, usize::MAX);
+        let first = b.history_now(&c, None, usize::MAX, keep);
         assert_eq!(first.latest, 0);
         for i in 1..=5 {
-            let p = b.publish_now(&c, data(i));
+            let p = b.publish_now(&c, data(i), keep);
             assert_eq!(p.offset, i);
             assert_eq!(p.epoch, first.epoch, "one epoch while the channel lives");
         }
         // Kept: 3, 4, 5.
-        let h = b.history_now(&c, Some(2), usize::MAX);
+        let h = b.history_now(&c, Some(2), usize::MAX, keep);
         assert!(h.complete);
         assert_eq!(h.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), [3, 4, 5]);
-        let h = b.history_now(&c, Some(1), usize::MAX);
+        let h = b.history_now(&c, Some(1), usize::MAX, keep);
         assert!(!h.complete, "offset 2 is gone");
         assert_eq!(h.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), [3, 4, 5]);
-        let h = b.history_now(&c, Some(5), usize::MAX);
+        let h = b.history_now(&c, Some(5), usize::MAX, keep);
         assert!(h.complete && h.publications.is_empty());
-        let h = b.history_now(&c, Some(9), usize::MAX);
+        let h = b.history_now(&c, Some(9), usize::MAX, keep);
         assert!(!h.complete, "an offset from the future is another epoch's");
-        let h = b.history_now(&c, Some(3), 1);
+        let h = b.history_now(&c, Some(3), 1, keep);
         assert_eq!(h.publications.iter().map(|p| p.offset).collect::<Vec<_>>(), [4]);
         assert_eq!(h.latest, 5);
     }
 
     #[test]
     fn expired_unwatched_channels_are_freed_and_come_back_with_a_new_epoch() {
-        let b = MemoryBroker::new(MemoryLimits {
-            history_size: 10,
-            history_ttl: Duration::from_millis(1),
-        });
+        let b = MemoryBroker::new();
+        let keep = HistoryLimits {
+            size: 10,
+            ttl: Duration::from_millis(1),
+        };
         let (c, w) = (name("c"), name("watched"));
-        let old = b.publish_now(&c, data(1)).epoch;
+        let old = b.publish_now(&c, data(1), keep).epoch;
         drop(b.watch(&w));
-        b.publish_now(&w, data(1));
+        b.publish_now(&w, data(1), keep);
         assert_eq!(
             b.sweep(Instant::now() + Duration::from_secs(1)),
             1,
             "the watched one stays"
         );
-        let again = b.publish_now(&c, data(2));
+        let again = b.publish_now(&c, data(2), keep);
         assert_eq!(again.offset, 1);
         assert_ne!(again.epoch, old);
-        assert_eq!(b.history_now(&w, Some(0), 10).latest, 1);
+        assert_eq!(b.history_now(&w, Some(0), 10, keep).latest, 1);
     }
 }

@@ -33,8 +33,10 @@ pub mod auth;
 mod broker;
 mod channel;
 pub mod http;
+mod limits;
 mod memory;
 mod name;
+pub mod namespace;
 pub mod protocol;
 mod redis;
 mod session;
@@ -52,11 +54,13 @@ use tokio::sync::oneshot;
 
 use crate::server::HeldSignal;
 
-pub use auth::{Grants, KeyRefused, PublishKeys, TokenError, TokenVerifier};
+pub use auth::{Grants, KeyRefused, PublishKeys, TokenError, TokenSigner, TokenVerifier};
 pub use broker::{BoxFuture, Broker, BrokerError, BrokerState, Epoch, History, Publication, PublicationSink};
 use channel::{Answer, Channel, Sub, Target, Watch};
-pub use memory::{MemoryBroker, MemoryLimits};
+pub use limits::ClientLimits;
+pub use memory::MemoryBroker;
 pub use name::{ChannelName, ChannelNameError, MAX_CHANNEL_NAME};
+pub use namespace::{Client, HistoryLimits, Namespace, NamespaceError, Namespaces, Refusal};
 pub use protocol::ProtocolError;
 pub use redis::{shard_of, RedisBroker, RedisTasks};
 
@@ -90,6 +94,12 @@ pub struct HubConfig {
     /// Verifies the clients' tokens; `None`: every client may subscribe
     /// and publish (the development mode).
     pub tokens: Option<auth::TokenVerifier>,
+    /// How much history a channel keeps unless its namespace says otherwise.
+    pub history: HistoryLimits,
+    /// Rules per channel-name prefix (see `namespace`).
+    pub namespaces: Namespaces,
+    /// Command rates and connections per token subject (see `limits`).
+    pub client_limits: ClientLimits,
 }
 
 impl Default for HubConfig {
@@ -105,6 +115,9 @@ impl Default for HubConfig {
             recovery_buffer: 10_000,
             publish_keys: auth::PublishKeys::default(),
             tokens: None,
+            history: HistoryLimits::default(),
+            namespaces: Namespaces::default(),
+            client_limits: ClientLimits::default(),
         }
     }
 }
@@ -146,6 +159,8 @@ struct Inner {
     channels: Mutex<HashMap<ChannelName, Arc<Mutex<Channel>>>>,
     next_id: AtomicU64,
     stats: Arc<HubStats>,
+    /// Connections per token subject on this node.
+    subjects: Arc<limits::Subjects>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -175,6 +190,7 @@ impl Hub {
             channels: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             stats: Arc::new(HubStats::default()),
+            subjects: Arc::default(),
         });
         let sink: Weak<dyn PublicationSink> = Arc::downgrade(&(inner.clone() as Arc<dyn PublicationSink>));
         inner.broker.attach(sink);
@@ -182,8 +198,8 @@ impl Hub {
     }
 
     /// A hub over the in-process broker.
-    pub fn in_memory(config: HubConfig, limits: MemoryLimits) -> (Self, Arc<MemoryBroker>) {
-        let broker = Arc::new(MemoryBroker::new(limits));
+    pub fn in_memory(config: HubConfig) -> (Self, Arc<MemoryBroker>) {
+        let broker = Arc::new(MemoryBroker::new());
         (Self::new(config, broker.clone()), broker)
     }
 
@@ -210,7 +226,7 @@ impl Hub {
 
     /// Publishes compact JSON `data` (already checked) to `channel`.
     pub(crate) async fn publish(&self, channel: &ChannelName, data: Bytes) -> Result<Publication, PublishError> {
-        match self.inner.broker.publish(channel, data).await {
+        match self.inner.broker.publish(channel, data, self.inner.keep(channel)).await {
             Ok(p) => {
                 self.inner.stats.publishes.fetch_add(1, Ordering::Relaxed);
                 Ok(p)
@@ -229,7 +245,10 @@ impl Hub {
         since: Option<u64>,
         limit: usize,
     ) -> Result<History, BrokerError> {
-        self.inner.broker.history(channel, since, limit).await
+        self.inner
+            .broker
+            .history(channel, since, limit, self.inner.keep(channel))
+            .await
     }
 
     /// Whether `channel` has subscribers on this node.
@@ -237,6 +256,13 @@ impl Hub {
         lock(&self.inner.channels)
             .get(channel)
             .is_some_and(|entry| !lock(entry).subs.is_empty())
+    }
+
+    /// A connection slot for `subject`, unless it holds all it may
+    /// (`ClientLimits::connections_per_subject`) on this node already.
+    pub(crate) fn enter_subject(&self, subject: &Arc<str>) -> Option<limits::SubjectSlot> {
+        let max = self.inner.config.client_limits.connections_per_subject;
+        self.inner.subjects.enter(subject, max)
     }
 
     /// A new connection's id (for presence: `node-n`).
@@ -257,7 +283,8 @@ impl Hub {
                 Arc::new(Mutex::new(Channel::new(req.channel.clone())))
             });
             let mut c = lock(entry);
-            c.subs.push(Sub::new(id, req.client.clone(), req.target, req.presence));
+            let presence = req.presence && self.inner.config.namespaces.presence(&req.channel);
+            c.subs.push(Sub::new(id, req.client.clone(), req.target, presence));
             c.announce("join", &req.client);
             entry.clone()
         };
@@ -389,6 +416,11 @@ pub enum PublishError {
 }
 
 impl Inner {
+    /// How much history `channel` keeps (its namespace's limits).
+    fn keep(&self, channel: &ChannelName) -> HistoryLimits {
+        self.config.namespaces.history(channel, self.config.history)
+    }
+
     /// Waits until the broker delivers `entry`'s channel to this node.
     async fn watched(&self, entry: &Arc<Mutex<Channel>>) -> Result<(), BrokerError> {
         let (name, wait) = {
@@ -488,11 +520,12 @@ impl Inner {
     async fn read_history(&self, entry: &Arc<Mutex<Channel>>, answer: &Answer) -> Result<History, BrokerError> {
         self.watched(entry).await?;
         let name = lock(entry).name.clone();
-        let history = self.broker.history(&name, answer.since, usize::MAX).await?;
+        let keep = self.keep(&name);
+        let history = self.broker.history(&name, answer.since, usize::MAX, keep).await?;
         let other_epoch = answer.epoch.as_ref().is_some_and(|e| *e != history.epoch);
         match answer.since {
             Some(since) if other_epoch || since > history.latest => {
-                let mut all = self.broker.history(&name, Some(0), usize::MAX).await?;
+                let mut all = self.broker.history(&name, Some(0), usize::MAX, keep).await?;
                 all.complete = false;
                 Ok(all)
             }

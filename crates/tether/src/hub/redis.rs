@@ -6,7 +6,8 @@
 //! Theory of operation. Per channel `c` a shard keeps three keys:
 //! `tether:{c}:epoch` (a random string, written when absent), `tether:{c}:offset`
 //! (the counter) and `tether:{c}:history` (a list of `offset ms data`
-//! entries, the last `history_size`), the history expiring `history_ttl`
+//! entries, the last `size` of the channel's history limits, which the hub
+//! gives with every call: its namespace's), the history expiring `ttl`
 //! after the channel's last publication, its epoch and counter a day later
 //! at the earliest (`META_TTL`), so a quiet channel keeps its offsets. One Lua script assigns the offset, appends,
 //! trims and publishes on `tether:{c}:live` as one atomic step, so an
@@ -40,8 +41,8 @@ use redis::{AsyncConnectionConfig, Client, Script};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::broker::{BoxFuture, Broker, BrokerError, BrokerState, Epoch, History, Publication, PublicationSink};
-use super::memory::MemoryLimits;
 use super::name::ChannelName;
+use super::namespace::HistoryLimits;
 
 /// The longest a command or a connection attempt may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -161,7 +162,6 @@ struct Shard {
 /// The Redis broker (see the module documentation).
 pub struct RedisBroker {
     shards: Vec<Arc<Shard>>,
-    limits: MemoryLimits,
     publish: Script,
     history: Script,
     sink: Arc<RwLock<Option<Weak<dyn PublicationSink>>>>,
@@ -191,6 +191,12 @@ fn keys(channel: &ChannelName) -> Keys {
     }
 }
 
+/// How long a channel's epoch and offset counter outlive its last
+/// publication: a day, or the history's age if longer.
+fn meta_ttl_secs(keep: HistoryLimits) -> u64 {
+    keep.ttl.max(META_TTL).as_secs()
+}
+
 /// A `redis://` URL without its password, for logs.
 fn display_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -201,10 +207,10 @@ fn display_url(url: &str) -> String {
 
 impl RedisBroker {
     /// A broker over the Redis instances at `urls` (one shard each), keeping
-    /// `limits` of history per channel. Connections are made in the
+    /// Connections are made in the
     /// background (start the tasks with [`RedisTasks::start`]): a Redis that
     /// is down at start is not an error, only unavailable.
-    pub fn new(urls: &[String], limits: MemoryLimits) -> Result<(Arc<Self>, RedisTasks), BrokerError> {
+    pub fn new(urls: &[String]) -> Result<(Arc<Self>, RedisTasks), BrokerError> {
         if urls.is_empty() {
             return Err(BrokerError::Config("no Redis URL given".into()));
         }
@@ -230,7 +236,6 @@ impl RedisBroker {
         }
         let broker = Arc::new(Self {
             shards,
-            limits,
             publish: Script::new(PUBLISH),
             history: Script::new(HISTORY),
             sink: sink.clone(),
@@ -242,15 +247,12 @@ impl RedisBroker {
         &self.shards[shard_of(channel.as_str(), self.shards.len())]
     }
 
-    fn ttl_secs(&self) -> u64 {
-        self.limits.history_ttl.as_secs().max(1)
-    }
-
-    fn meta_ttl_secs(&self) -> u64 {
-        self.limits.history_ttl.max(META_TTL).as_secs()
-    }
-
-    async fn publish_on(&self, channel: &ChannelName, data: Bytes) -> Result<Publication, BrokerError> {
+    async fn publish_on(
+        &self,
+        channel: &ChannelName,
+        data: Bytes,
+        keep: HistoryLimits,
+    ) -> Result<Publication, BrokerError> {
         let shard = self.shard(channel);
         let mut conn = shard.connection()?;
         let k = keys(channel);
@@ -261,10 +263,10 @@ impl RedisBroker {
             .key(&k.history)
             .arg(fresh.as_str())
             .arg(&data[..])
-            .arg(self.limits.history_size)
-            .arg(self.ttl_secs())
+            .arg(keep.size)
+            .arg(keep.ttl.as_secs().max(1))
             .arg(&k.live)
-            .arg(self.meta_ttl_secs());
+            .arg(meta_ttl_secs(keep));
         let call = invocation.invoke_async::<(u64, String)>(&mut conn);
         let (offset, epoch) = shard.answer(tokio::time::timeout(COMMAND_TIMEOUT, call).await)?;
         Ok(Publication {
@@ -280,6 +282,7 @@ impl RedisBroker {
         channel: &ChannelName,
         since: Option<u64>,
         limit: usize,
+        keep: HistoryLimits,
     ) -> Result<History, BrokerError> {
         let shard = self.shard(channel);
         let mut conn = shard.connection()?;
@@ -290,13 +293,13 @@ impl RedisBroker {
             .key(&k.offset)
             .key(&k.history)
             .arg(fresh.as_str())
-            .arg(self.meta_ttl_secs())
+            .arg(meta_ttl_secs(keep))
             .arg(since.map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX)))
-            .arg(limit.clamp(1, self.limits.history_size.max(1)));
+            .arg(limit.clamp(1, keep.size.max(1)));
         let call = invocation.invoke_async::<(String, u64, u64, Vec<Vec<u8>>)>(&mut conn);
         let (epoch, latest, now_ms, entries) = shard.answer(tokio::time::timeout(COMMAND_TIMEOUT, call).await)?;
         let epoch = Epoch::new(epoch);
-        let oldest_ms = now_ms.saturating_sub(self.limits.history_ttl.as_millis() as u64);
+        let oldest_ms = now_ms.saturating_sub(u64::try_from(keep.ttl.as_millis()).unwrap_or(u64::MAX));
         let kept: Vec<Publication> = entries
             .iter()
             .filter_map(|e| parse_entry(e))
@@ -588,8 +591,13 @@ impl Broker for RedisBroker {
         *self.sink.write().unwrap_or_else(|p| p.into_inner()) = Some(sink);
     }
 
-    fn publish<'a>(&'a self, channel: &'a ChannelName, data: Bytes) -> BoxFuture<'a, Result<Publication, BrokerError>> {
-        Box::pin(self.publish_on(channel, data))
+    fn publish<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        data: Bytes,
+        keep: HistoryLimits,
+    ) -> BoxFuture<'a, Result<Publication, BrokerError>> {
+        Box::pin(self.publish_on(channel, data, keep))
     }
 
     fn history<'a>(
@@ -597,8 +605,9 @@ impl Broker for RedisBroker {
         channel: &'a ChannelName,
         since: Option<u64>,
         limit: usize,
+        keep: HistoryLimits,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
-        Box::pin(self.history_on(channel, since, limit))
+        Box::pin(self.history_on(channel, since, limit, keep))
     }
 
     fn watch<'a>(&'a self, channel: &'a ChannelName) -> BoxFuture<'a, Result<(), BrokerError>> {

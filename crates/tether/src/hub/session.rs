@@ -11,27 +11,38 @@
 //! `error` answer; the connection stays open. When the connection ends,
 //! every subscription ends with it.
 //!
-//! With client tokens configured (`HubConfig::tokens`) a session is
+//! Who may do what is `namespace`'s decision (the namespaces' rules and the
+//! token). With client tokens configured (`HubConfig::tokens`) a session is
 //! `Pending` until a valid token arrives (`/ws?token=` at the upgrade, or
-//! an `auth` command first): any other command before it, or a bad token,
-//! is answered `unauthorized` and the connection closes with 1008. Once
-//! `Granted`, a subscribe or publish outside the token's channels is
-//! answered `forbidden` and the connection stays open; an `auth` with a new
-//! token of the same subject refreshes it; at the token's expiry a timer
-//! closes the connection with 1008 unless a refresh moved it.
+//! an `auth` command): meanwhile it may subscribe only in anonymous
+//! namespaces; anything that needs a token, or a bad token, is answered
+//! `unauthorized` and the connection closes with 1008. Once `Granted`
+//! (and its subject's connection slot taken: `too_many_connections` and
+//! 1008 when it holds its limit), a subscribe or publish outside the
+//! token's channels or the namespace's rules is answered `forbidden` and
+//! the connection stays open; an `auth` with a new token of the same
+//! subject refreshes it; at the token's expiry a timer closes the
+//! connection with 1008 unless a refresh moved it.
+//!
+//! Every command first passes the connection's rate (`limits`): over it,
+//! `rate_limited` (the connection stays open); over it for too long,
+//! `rate_limited` and 1008.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tether_proto::ws::{EncodedFrame, Message};
 
 use super::auth::{Grants, TokenError};
 use super::channel::Target;
+use super::limits::{CommandRate, SubjectSlot, Verdict};
+use super::namespace::{Client, Refusal};
 use super::protocol::{self, Command, ProtocolError};
 use super::{run_soon, ChannelName, Hub, PublishError, SubscribeRequest};
 use crate::ws::push::Inlet;
-use crate::ws::{CloseCode, Replies, WsService};
+use crate::ws::{Replies, WsService};
 
 /// The hub's side of one `/ws` connection.
 pub(crate) struct Session {
@@ -41,77 +52,107 @@ pub(crate) struct Session {
     /// Channel → subscription id.
     subscriptions: HashMap<ChannelName, u64>,
     auth: Auth,
+    /// Its subject's connection slot, once a token showed who it is.
+    slot: Option<SubjectSlot>,
+    rate: CommandRate,
 }
 
 /// What a session's client may do.
 pub(crate) enum Auth {
-    /// No tokens configured: everything.
+    /// No tokens configured: what the namespaces allow.
     Open,
-    /// Tokens configured, none presented yet: only `auth`.
+    /// Tokens configured, none presented yet: `auth`, and what anonymous
+    /// namespaces allow.
     Pending,
     /// What its token allows, and the timer that closes the connection
     /// when the token expires.
     Granted(Grants, tokio::task::AbortHandle),
 }
 
-/// Why a command was refused (the connection closes for the first kind).
-enum Refusal {
+/// A first token presented at the upgrade (`/ws?token=`), verified, with
+/// its subject's connection slot.
+pub(crate) struct Admitted {
+    pub grants: Grants,
+    pub slot: SubjectSlot,
+}
+
+/// Why a command closes the connection (1008) after its `error` answer.
+enum Fatal {
+    /// `unauthorized`: no valid token where one is needed.
     Unauthorized(String),
-    Forbidden,
+    /// `too_many_connections`: its subject holds its limit already.
+    TooManyConnections,
+    /// `rate_limited`, with no strike left.
+    Abusive,
 }
 
 impl Session {
-    /// A session; `grants`: what the token presented at the upgrade allows
-    /// (with tokens configured and none presented, the session waits for
-    /// an `auth` command).
-    pub(crate) fn new(hub: Hub, inlet: Arc<Inlet>, grants: Option<Grants>) -> Self {
+    /// A session; `admitted`: the token presented at the upgrade (with
+    /// tokens configured and none presented, the session waits for an
+    /// `auth` command, serving only anonymous namespaces meanwhile).
+    pub(crate) fn new(hub: Hub, inlet: Arc<Inlet>, admitted: Option<Admitted>) -> Self {
         let client = hub.new_client();
         hub.stats().ws_connections.fetch_add(1, Ordering::Relaxed);
-        let auth = match (hub.config().tokens.is_some(), grants) {
-            (false, _) => Auth::Open,
-            (true, None) => Auth::Pending,
-            (true, Some(g)) => {
-                let timer = expiry_timer(&inlet, &g);
-                Auth::Granted(g, timer)
+        let (auth, slot) = match (hub.config().tokens.is_some(), admitted) {
+            (false, _) => (Auth::Open, None),
+            (true, None) => (Auth::Pending, None),
+            (true, Some(a)) => {
+                let timer = expiry_timer(&inlet, &a.grants);
+                (Auth::Granted(a.grants, timer), Some(a.slot))
             }
         };
+        let rate = CommandRate::new(&hub.config().client_limits, Instant::now());
         Self {
             hub,
             inlet,
             client,
             subscriptions: HashMap::new(),
             auth,
+            slot,
+            rate,
+        }
+    }
+
+    /// Who the client is; an expired token is refused.
+    fn who(&self) -> Result<Client<'_>, Refusal> {
+        match &self.auth {
+            Auth::Open => Ok(Client::Open),
+            Auth::Pending => Ok(Client::Anonymous),
+            Auth::Granted(g, _) if g.expired() => Err(Refusal::Unauthorized(TokenError::Expired.to_string())),
+            Auth::Granted(g, _) => Ok(Client::Token(g)),
         }
     }
 
     /// Whether the client may subscribe to (`publish`: publish on) `channel`.
     fn allowed(&self, channel: &ChannelName, publish: bool) -> Result<(), Refusal> {
-        match &self.auth {
-            Auth::Open => Ok(()),
-            Auth::Pending => Err(Refusal::Unauthorized(
-                "authenticate first: {\"type\":\"auth\",\"token\":…}".into(),
-            )),
-            Auth::Granted(g, _) if g.expired() => Err(Refusal::Unauthorized(TokenError::Expired.to_string())),
-            Auth::Granted(g, _) if publish && !g.may_publish(channel) => Err(Refusal::Forbidden),
-            Auth::Granted(g, _) if !publish && !g.may_subscribe(channel) => Err(Refusal::Forbidden),
-            Auth::Granted(..) => Ok(()),
+        let who = self.who()?;
+        let namespaces = &self.hub.config().namespaces;
+        if publish {
+            namespaces.may_publish(who, channel)
+        } else {
+            namespaces.may_subscribe(who, channel)
         }
     }
 
     /// An `auth` command: a first token or a refresh (same subject only).
-    fn authenticate(&mut self, token: &str, id: Option<&str>) -> Result<(), Refusal> {
+    fn authenticate(&mut self, token: &str, id: Option<&str>) -> Result<(), Fatal> {
         let Some(verifier) = self.hub.config().tokens.as_ref() else {
-            return Err(Refusal::Unauthorized("this server takes no tokens".into()));
+            return Err(Fatal::Unauthorized("this server takes no tokens".into()));
         };
-        let grants = verifier
-            .verify(token)
-            .map_err(|e| Refusal::Unauthorized(e.to_string()))?;
+        let grants = verifier.verify(token).map_err(|e| Fatal::Unauthorized(e.to_string()))?;
         if let Auth::Granted(old, _) = &self.auth {
             if old.subject != grants.subject {
-                return Err(Refusal::Unauthorized(
+                return Err(Fatal::Unauthorized(
                     "a refreshed token must have the same subject".into(),
                 ));
             }
+        }
+        if self.slot.is_none() {
+            self.slot = Some(
+                self.hub
+                    .enter_subject(&grants.subject)
+                    .ok_or(Fatal::TooManyConnections)?,
+            );
         }
         self.send(&protocol::authorized(&grants.subject, grants.expires, id));
         let timer = expiry_timer(&self.inlet, &grants);
@@ -121,21 +162,12 @@ impl Session {
         Ok(())
     }
 
-    /// Answers a refusal; an unauthorized client is disconnected (1008).
-    fn refuse(&self, refusal: Refusal, channel: Option<&ChannelName>, id: Option<&str>, replies: &mut Replies<'_>) {
+    /// Answers a refusal: `forbidden` keeps the connection, `unauthorized`
+    /// closes it (1008).
+    fn refuse(&self, refusal: Refusal, channel: Option<&ChannelName>, id: Option<&str>) {
         match refusal {
-            Refusal::Forbidden => self.fail(
-                &ProtocolError::new("forbidden", "the token does not allow this channel"),
-                channel,
-                id,
-            ),
-            Refusal::Unauthorized(why) => {
-                // Through the replies, not the inlet: the answer must go out
-                // before the Close that follows it.
-                let answer = protocol::error(&ProtocolError::new("unauthorized", why), channel, id);
-                let _ = replies.send(Message::Text(answer.into()));
-                let _ = replies.close(CloseCode::POLICY_VIOLATION, "unauthorized");
-            }
+            Refusal::Forbidden(why) => self.fail(&ProtocolError::new("forbidden", why), channel, id),
+            Refusal::Unauthorized(why) => close(&self.inlet, Fatal::Unauthorized(why), channel, id),
         }
     }
 
@@ -147,34 +179,45 @@ impl Session {
         self.send(&protocol::error(e, channel, id));
     }
 
-    fn command(&mut self, text: &str, replies: &mut Replies<'_>) {
+    fn command(&mut self, text: &str) {
         let parsed = protocol::parse(text, self.hub.config().max_data);
         let id = parsed.id;
-        // Every command but `auth` needs the client authorized first.
         let channel = match &parsed.command {
-            Ok(Command::Subscribe { channel, .. }) => Some((channel, false)),
-            Ok(Command::Publish { channel, .. }) => Some((channel, true)),
-            Ok(Command::Unsubscribe { channel }) => Some((channel, false)),
+            Ok(
+                Command::Subscribe { channel, .. }
+                | Command::Publish { channel, .. }
+                | Command::Unsubscribe { channel },
+            ) => Some(channel),
             _ => None,
         };
-        if let Some((channel, publish)) = channel {
-            let check = match (&self.auth, &parsed.command) {
-                // Leaving a channel needs a live token, not the grant.
-                (Auth::Granted(g, _), Ok(Command::Unsubscribe { .. })) if !g.expired() => Ok(()),
-                _ => self.allowed(channel, publish),
-            };
-            if let Err(refusal) = check {
-                return self.refuse(refusal, Some(channel), id.as_deref(), replies);
+        match self.rate.take(&self.hub.config().client_limits, Instant::now()) {
+            Verdict::Allowed => {}
+            Verdict::Limited => {
+                let e = ProtocolError::new("rate_limited", "too many commands: slow down");
+                return self.fail(&e, channel, id.as_deref());
             }
-        } else if parsed.command.is_err() && matches!(self.auth, Auth::Pending) {
-            let why = "authenticate first: {\"type\":\"auth\",\"token\":…}".to_string();
-            return self.refuse(Refusal::Unauthorized(why), None, id.as_deref(), replies);
+            Verdict::Abusive => return close(&self.inlet, Fatal::Abusive, channel, id.as_deref()),
+        }
+        let check = match &parsed.command {
+            Ok(Command::Subscribe { channel, .. }) => self.allowed(channel, false),
+            Ok(Command::Publish { channel, .. }) => self.allowed(channel, true),
+            // Leaving a channel needs only a token that has not expired.
+            Ok(Command::Unsubscribe { .. }) => self.who().map(|_| ()),
+            Ok(Command::Auth { .. }) => Ok(()),
+            // Before its token, a client that sends nonsense is not told more.
+            Err(_) if matches!(self.auth, Auth::Pending) => Err(Refusal::Unauthorized(
+                "authenticate first: {\"type\":\"auth\",\"token\":…}".into(),
+            )),
+            Err(_) => Ok(()),
+        };
+        if let Err(refusal) = check {
+            return self.refuse(refusal, channel, id.as_deref());
         }
         match parsed.command {
             Err(e) => self.fail(&e, None, id.as_deref()),
             Ok(Command::Auth { token }) => {
-                if let Err(refusal) = self.authenticate(&token, id.as_deref()) {
-                    self.refuse(refusal, None, id.as_deref(), replies);
+                if let Err(fatal) = self.authenticate(&token, id.as_deref()) {
+                    close(&self.inlet, fatal, None, id.as_deref());
                 }
             }
             Ok(Command::Subscribe {
@@ -256,9 +299,9 @@ impl Session {
 }
 
 impl WsService for Session {
-    fn on_message(&mut self, message: Message, replies: &mut Replies<'_>) {
+    fn on_message(&mut self, message: Message, _replies: &mut Replies<'_>) {
         match message {
-            Message::Text(text) => self.command(text.as_str(), replies),
+            Message::Text(text) => self.command(text.as_str()),
             Message::Binary(_) => self.fail(
                 &ProtocolError::new("bad_request", "commands are JSON text frames"),
                 None,
@@ -285,6 +328,27 @@ impl Drop for Session {
         self.on_end();
         self.hub.stats().ws_connections.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Answers `error` and closes the connection with 1008, both through the
+/// inlet: every answer before goes out first, this one last, then the Close.
+fn close(inlet: &Inlet, fatal: Fatal, channel: Option<&ChannelName>, id: Option<&str>) {
+    let (code, why, reason) = match fatal {
+        Fatal::Unauthorized(why) => ("unauthorized", why, "unauthorized"),
+        Fatal::TooManyConnections => (
+            "too_many_connections",
+            "this token's subject holds all the connections it may".to_string(),
+            "too many connections",
+        ),
+        Fatal::Abusive => (
+            "rate_limited",
+            "too many commands, for too long".to_string(),
+            "rate limit exceeded",
+        ),
+    };
+    let answer = protocol::error(&ProtocolError::new(code, why), channel, id);
+    let _ = inlet.push(&EncodedFrame::text(&answer));
+    inlet.close_after(reason);
 }
 
 /// A task that closes the connection (1008, `token expired`) when

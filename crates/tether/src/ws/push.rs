@@ -93,6 +93,9 @@ struct State {
     /// push overflowed (`slow consumer`), or the application asked
     /// ([`Inlet::close_policy`]).
     closing: Option<&'static str>,
+    /// The task is to close the connection with 1008 and this reason once
+    /// the frames waiting have gone to the engine ([`Inlet::close_after`]).
+    close_after: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Inlet {
@@ -114,6 +117,7 @@ impl Inlet {
                 waiting_bytes: 0,
                 at: At::Task(None),
                 closing: None,
+                close_after: None,
             }),
             limit,
             shared_deflate: std::sync::OnceLock::new(),
@@ -138,7 +142,7 @@ impl Inlet {
     /// Delivers one frame (see the module documentation).
     pub(crate) fn push(&self, frame: &EncodedFrame) -> Pushed {
         let mut s = self.lock();
-        if s.closing.is_some() {
+        if s.closing.is_some() || s.close_after.is_some() {
             return Pushed::Closed;
         }
         match &s.at {
@@ -172,7 +176,7 @@ impl Inlet {
     /// burst is pushed (see the module documentation).
     pub(crate) fn push_deferred(&self, frame: &EncodedFrame) -> Deferred {
         let mut s = self.lock();
-        if s.closing.is_some() {
+        if s.closing.is_some() || s.close_after.is_some() {
             return Deferred::Closed;
         }
         let parked = match &s.at {
@@ -200,6 +204,7 @@ impl Inlet {
             waiting_bytes,
             at,
             closing,
+            ..
         } = &mut *s;
         if waiting.is_empty() {
             return;
@@ -243,7 +248,7 @@ impl Inlet {
             engine.close_policy(reason);
             return true;
         }
-        if s.waiting.is_empty() {
+        if s.waiting.is_empty() && s.close_after.is_none() {
             return false;
         }
         s.waiting_bytes = 0;
@@ -261,6 +266,10 @@ impl Inlet {
         if s.waiting.is_empty() {
             s.waiting = waiting;
         }
+        if let Some(reason) = s.close_after.take() {
+            s.at = At::Ended;
+            engine.close_policy(reason);
+        }
         true
     }
 
@@ -269,7 +278,7 @@ impl Inlet {
     /// locked meanwhile, so no push falls between the check and the parking.
     pub(crate) fn park_with(&self, lot: &Lot, park: impl FnOnce() -> Option<u64>) -> ParkAttempt {
         let mut s = self.lock();
-        if !s.waiting.is_empty() || s.closing.is_some() {
+        if !s.waiting.is_empty() || s.closing.is_some() || s.close_after.is_some() {
             return ParkAttempt::Busy;
         }
         match park() {
@@ -295,6 +304,19 @@ impl Inlet {
     /// same way (e.g. a token that expired).
     pub(crate) fn close_policy(&self, reason: &'static str) {
         give_up(&mut self.lock(), reason);
+    }
+
+    /// Closes the connection with 1008 and `reason` once every frame pushed
+    /// before has gone out: a last answer pushed just before reaches the
+    /// client ahead of the Close, behind every earlier one. Later pushes
+    /// report `Closed`.
+    pub(crate) fn close_after(&self, reason: &'static str) {
+        let mut s = self.lock();
+        if s.closing.is_some() {
+            return;
+        }
+        s.close_after.get_or_insert(reason);
+        resume(&mut s);
     }
 
     /// The connection is over: later pushes report `Closed`.
@@ -345,6 +367,12 @@ fn give_up(s: &mut State, reason: &'static str) {
     s.closing.get_or_insert(reason);
     s.waiting.clear();
     s.waiting_bytes = 0;
+    resume(s);
+}
+
+/// Gets the connection's task to look at the inlet: woken if it runs,
+/// resumed if parked.
+fn resume(s: &mut State) {
     match &s.at {
         At::Task(_) => wake(&s.at),
         At::Parked { lot, token } => {
