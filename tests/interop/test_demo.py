@@ -122,3 +122,28 @@ def test_two_pages_chat_and_a_dropped_one_resumes_with_nothing_missed(start_serv
         if shot:
             a.wait_for("demo.ticks >= 40", "a sparkline worth showing", timeout=30)
             a.screenshot(shot)
+
+
+def test_the_page_takes_a_development_token_when_the_hub_needs_one(start_server, chromium):  # noqa: F811
+    """With client tokens on, the page asks GET /dev/token (`--dev-tokens`)
+    and authenticates with its first message; it chats, and after a dropped
+    connection it authenticates again as the same subject."""
+    srv = start_server("--dev-tokens", "--token-secret", "a-secret-of-at-least-32-bytes-0123")
+    url = f"http://127.0.0.1:{srv.port}/"
+    with ws_connect(chromium.devtools_url(), max_size=None, open_timeout=10, compression=None) as ws:
+        cdp = Cdp(ws)
+        cdp.call("Target.setDiscoverTargets", {"discover": False})
+        a = Page(cdp, url)
+        live(a)
+        subject = a.wait_for("demo.hub.subject", "the page got a token")
+        assert subject.startswith("dev-"), subject
+        a.eval("document.getElementById('name').value = 'alice'")
+        a.eval("demo.say('with a token')")
+        a.wait_for("demo.chat.some(m => m.text === 'with a token')", "the page published and got its message")
+        a.wait_for("demo.ticks >= 2", "ticker updates")
+        a.eval("demo.hub.drop(300)")
+        a.wait_for("demo.hub.reconnects >= 1 && document.getElementById('status').className === 'live'",
+                   "reconnected")
+        assert a.eval("demo.hub.subject") == subject
+        a.eval("demo.say('still me')")
+        a.wait_for("demo.chat.some(m => m.text === 'still me')", "published after reconnecting")

@@ -2,7 +2,7 @@
 here on free ports, several `tether serve --broker redis://...` nodes, and
 clients nobody here wrote (Python's `websockets`, `http.client`).
 
-What is checked (issue 13): a publication on any node reaches subscribers
+What is checked (issues 13 and 16): a publication on any node reaches subscribers
 on every node with offsets shared; a client resumes on another node; the
 history bound and epochs hold across nodes; two shards both carry channels;
 Redis killed mid-stream (publishes fail at once with 503 or an `error`
@@ -11,7 +11,9 @@ and `/metrics` say so, the outage is logged once, recovery after); the
 pub/sub connections killed while publishing (history fills the gap: every
 acknowledged offset arrives once, in order); Redis restarted with its data
 (offsets continue) and without (a new epoch, `recovered: false`); a node
-killed mid-stream (its client resumes on another node, nothing lost).
+killed mid-stream (its client resumes on another node, nothing lost);
+client tokens (signed here by PyJWT, as an application's backend would)
+checked on every node alike.
 
 Every network wait is bounded.
 """
@@ -28,6 +30,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import jwt
 import pytest
 from tether_server import Server, check_stopped
 from util import SseStream
@@ -506,3 +509,51 @@ def test_a_node_started_before_its_redis_is_down_then_serves(redis_factory, node
                 r.kill()
 
     run(refused())
+
+
+def test_a_token_signed_once_is_checked_alike_on_every_node(redis_factory, nodes):
+    """Verification is stateless: two nodes with the same secret accept the
+    same token, refuse the same bad ones, and a token holder's publication
+    on one node reaches a token holder's subscription on the other."""
+    secret = "a-secret-of-at-least-32-bytes-0123"
+    r = redis_factory()
+    a, b = up_nodes(nodes, r.url, 2, "--token-secret", secret, "--publish-key", "backend-key")
+
+    def token(sub: str, ttl: int = 60, secret: str = secret, **grants) -> str:
+        claims = {"sub": sub, "exp": int(time.time()) + ttl, **grants}
+        return jwt.encode(claims, secret, algorithm="HS256")
+
+    ada = token("ada", subscribe=["room*"], publish=["room1"])
+    for node in (a, b):
+        assert request(node.port, "GET", f"/poll/room1?since=0&token={ada}")[0] == 200
+        assert request(node.port, "GET", "/poll/room1?since=0")[0] == 401
+        assert request(node.port, "GET", f"/poll/other?since=0&token={ada}")[0] == 403
+        forged = token("ada", secret="not-the-servers-secret-0123456789", subscribe=["*"])
+        assert request(node.port, "GET", f"/poll/room1?since=0&token={forged}")[0] == 401
+        expired = token("ada", ttl=-5, subscribe=["*"])
+        assert request(node.port, "GET", f"/poll/room1?since=0&token={expired}")[0] == 401
+
+    async def main():
+        async with connect(f"{ws_url(b)}?token={ada}", open_timeout=TIMEOUT) as on_b, \
+                connect(ws_url(a), open_timeout=TIMEOUT) as on_a:
+            await subscribe(on_b, "room1")
+            await on_a.send(json.dumps({"type": "auth", "token": ada}))
+            assert (await recv_json(on_a, "authorized"))["sub"] == "ada"
+            await on_a.send(json.dumps({"type": "publish", "channel": "room1", "data": "hi", "id": 1}))
+            assert (await recv_json(on_a, "published"))["offset"] == 1
+            m = await recv_json(on_b, "message")
+            assert (m["channel"], m["offset"], m["data"]) == ("room1", 1, "hi")
+            # Outside the grant on either node: forbidden, still open.
+            await on_a.send(json.dumps({"type": "publish", "channel": "room2", "data": 1}))
+            assert (await recv_json(on_a, "error"))["code"] == "forbidden"
+            # The backend's key publishes on either node, to both.
+            c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=TIMEOUT)
+            c.request("POST", "/publish/room1", body=b'"from-the-backend"',
+                      headers={"Authorization": "Bearer backend-key"})
+            resp = c.getresponse()
+            assert resp.status == 200 and json.loads(resp.read())["offset"] == 2
+            c.close()
+            m = await recv_json(on_b, "message")
+            assert (m["offset"], m["data"]) == (2, "from-the-backend")
+
+    run(main())
