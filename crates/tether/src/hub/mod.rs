@@ -24,6 +24,12 @@
 //! the subscription lasts. No lock is held across a broker call; locks are
 //! taken in the order registry, channel, inlet.
 //!
+//! Who may subscribe and publish is decided in one place for every
+//! transport: `namespace` (the rules per channel prefix, with the client's
+//! token from `auth`); how fast a connection may send commands and how
+//! many connections a token subject may hold, in `limits`. How much history
+//! a channel keeps is its namespace's, given to the broker with each call.
+//!
 //! The delivery guarantee: a subscriber receives every publication of its
 //! channel after the offset it asked for, in order and once, for as long as
 //! the broker keeps them (history bounds: count and age); when it cannot
