@@ -763,8 +763,31 @@ async fn a_burst_reaches_each_parked_subscriber_in_one_write_and_in_order() {
 /// A publication that finds the last subscriber gone frees the channel: a
 /// regression test for a deadlock, where freeing it took the in-process
 /// broker's lock of the channel that the fan-out was running under.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_publication_to_a_channel_whose_last_subscriber_left_frees_it_without_a_deadlock() {
+///
+/// A deadlock blocks the thread that publishes (the in-process broker
+/// publishes inside the future's poll), so no timeout inside the runtime
+/// could fire: the scenario runs on a runtime of its own on another
+/// thread, and the test fails if it has not finished in a minute.
+#[test]
+fn a_publication_to_a_channel_whose_last_subscriber_left_frees_it_without_a_deadlock() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(publish_to_a_channel_whose_subscriber_left());
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(Duration::from_secs(60)) {
+        Ok(()) => {}
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("deadlocked: publishing never returned"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the scenario failed (its panic is above)"),
+    }
+}
+
+async fn publish_to_a_channel_whose_subscriber_left() {
     let (server, hub) = start(Setup::default()).await;
     for round in 0..3u64 {
         // An SSE subscriber that goes away without a word.
