@@ -59,6 +59,12 @@ impl Output {
     }
 
     #[inline]
+    /// Counts `n` payload bytes that went to the socket around this queue
+    /// (a body sent directly from a file).
+    pub(crate) fn count_direct(&mut self, n: u64) {
+        self.sent.add_payload(usize::try_from(n).unwrap_or(usize::MAX));
+    }
+
     fn count(&mut self, len: usize, part: Part) {
         match part {
             Part::Overhead => self.sent.add_overhead(len),

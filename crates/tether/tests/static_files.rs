@@ -1,15 +1,21 @@
 //! Static files over real sockets, as nginx serves them: byte ranges (one,
 //! several as `multipart/byteranges`, `416`, `If-Range`, ignored for HEAD),
 //! precompressed `.br`/`.gz` siblings by `Accept-Encoding`, a large file
-//! streamed (whole and in ranges), and `Cache-Control`.
+//! sent with `sendfile` (whole and in one range) or streamed (several
+//! ranges), keep-alive and pipelining around file bodies, a file that
+//! shrinks while it is sent, and `Cache-Control`.
 
 mod common;
 
 use std::path::Path;
 
+use std::time::Duration;
+
 use common::*;
 use http::HeaderValue;
 use tether::server::{Server, StaticFiles};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
 
 /// A file of `len` bytes whose every byte tells its offset.
 fn pattern(len: usize) -> Vec<u8> {
@@ -220,6 +226,77 @@ async fn a_large_file_is_streamed_whole_and_in_ranges() {
         .await;
     assert_eq!(r.status, 206);
     assert!(r.body == site.big[len - 70_000..]);
+}
+
+#[tokio::test]
+async fn file_bodies_keep_the_connection_pipelined_and_counted() {
+    let site = site();
+    let server = serve(site.dir.path(), |f| f).await;
+    let mut c = Client::connect(server.port).await;
+    // HEAD of a large file: its length, no body; the connection goes on.
+    c.send(&request("HEAD", "/big.bin", &[])).await;
+    let r = c.head_response().await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some(&*site.big.len().to_string()));
+    assert!(r.body.is_empty());
+    // Two large answers pipelined in one write, then a small one: each in
+    // order, whole, on the same connection.
+    let mut two = request("GET", "/big.bin", &[]);
+    two.extend(request("GET", "/big.bin", &[("Range", "bytes=100000-")]));
+    two.extend(request("GET", "/small.bin", &[]));
+    c.send(&two).await;
+    let first = c.response().await;
+    assert!(first.status == 200 && first.body == site.big, "first");
+    let second = c.response().await;
+    assert!(second.status == 206 && second.body == site.big[100_000..], "second");
+    let third = c.response().await;
+    assert!(third.status == 200 && third.body == site.small, "third");
+    third.assert_keeps_alive(5, 100);
+    drop(c);
+    // Every body byte is counted as payload (the HEAD's none).
+    let sent = site.big.len() * 2 - 100_000 + site.small.len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (server.stats.traffic().http.sent.payload as usize) < sent && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.stats.traffic().http.sent.payload as usize, sent);
+}
+
+#[tokio::test]
+async fn a_file_that_shrinks_while_it_is_sent_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shrinking.bin");
+    std::fs::write(&path, pattern(32 * 1024 * 1024)).unwrap();
+    let server = serve(dir.path(), |f| f).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    s.write_all(&request("GET", "/shrinking.bin", &[])).await.unwrap();
+    // The answer starts; then the file loses most of its bytes.
+    let mut got = vec![0u8; 64 * 1024];
+    let n = timeout(Duration::from_secs(5), s.read(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(n > 0);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1024 * 1024)
+        .unwrap();
+    let mut total = n;
+    let ended = timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut got).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection closed instead of hanging");
+    assert!(total < 32 * 1024 * 1024, "never the whole promised length: {total}");
 }
 
 #[tokio::test]

@@ -294,6 +294,11 @@ pub enum SendError {
     /// The connection is closed.
     #[error("the connection is closed")]
     Closed,
+    /// A body sent around the output queue while output is still queued
+    /// (it would overtake its head), or with a framing other than
+    /// `Content-Length`.
+    #[error("a direct body needs a Content-Length body and the queued output written first")]
+    NotDirect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -955,6 +960,64 @@ impl ServerConnection {
         }
     }
 
+    /// Starts sending the rest of a `Content-Length` body around the output
+    /// queue: the driver writes it to the socket itself (a file, with
+    /// `sendfile`). Allowed once every queued byte is written, so the body
+    /// follows its head. Returns how many body bytes are left; the write
+    /// timer runs from `now`, restarted by every
+    /// [`Self::handle_direct_written`], and stops when none are left.
+    pub fn begin_direct_body(&mut self, now: Instant) -> Result<u64, SendError> {
+        let left = self.direct_left()?;
+        self.now = now;
+        if left > 0 && self.write_since.is_none() {
+            self.write_since = Some(now);
+        }
+        Ok(left)
+    }
+
+    /// `n` bytes of the body went to the socket directly at `now` (see
+    /// [`Self::begin_direct_body`]); they count as payload sent.
+    pub fn handle_direct_written(&mut self, n: u64, now: Instant) -> Result<(), SendError> {
+        let left = self.direct_left()?;
+        if n > left {
+            return Err(SendError::BodyTooLong);
+        }
+        if let Some(ResponseProgress::Sending {
+            framing: OutFraming::Length(l),
+            ..
+        }) = self.request.as_mut().map(|r| &mut r.response)
+        {
+            *l -= n;
+        }
+        self.out.count_direct(n);
+        self.now = now;
+        self.write_since = (left > n).then_some(now);
+        Ok(())
+    }
+
+    /// The body bytes a direct body has left to send, if one may be sent now.
+    fn direct_left(&self) -> Result<u64, SendError> {
+        if self.closed.is_some() {
+            return Err(SendError::Closed);
+        }
+        if !self.out.is_empty() {
+            return Err(SendError::NotDirect);
+        }
+        match self.request.as_ref().map(|r| &r.response) {
+            Some(ResponseProgress::Sending {
+                framing: OutFraming::Length(left),
+                ..
+            }) => Ok(*left),
+            // HEAD, 204, 304: the body is not sent at all.
+            Some(ResponseProgress::Sending {
+                framing: OutFraming::Discard,
+                ..
+            }) => Ok(0),
+            Some(ResponseProgress::Sending { .. }) => Err(SendError::NotDirect),
+            _ => Err(SendError::NotStarted),
+        }
+    }
+
     /// Ends the response body.
     pub fn finish_response(&mut self) -> Result<(), SendError> {
         if self.closed.is_some() {
@@ -983,6 +1046,10 @@ impl ServerConnection {
     /// Aborts the current response (the handler failed mid-body): the
     /// connection closes once what was written is flushed.
     pub fn abort_response(&mut self) {
+        if self.out.is_empty() {
+            // No write is waiting (a direct body's timer stops).
+            self.write_since = None;
+        }
         let cause = self.close_after.unwrap_or(CloseCause::ServerClose);
         self.close_after_flush(cause);
     }

@@ -1372,3 +1372,84 @@ fn traffic_of_drained_discarded_and_upgraded_bytes() {
     assert_eq!(h.conn.traffic().received, wire_bytes(req.len(), 0));
     assert_eq!(h.conn.traffic().sent, wire_bytes(w.len(), 0));
 }
+
+#[test]
+fn a_direct_body_follows_its_head_and_keeps_the_connection() {
+    let mut h = Harness::new(cfg(|c| {
+        c.write_timeout = Duration::from_secs(5);
+        c.idle_timeout = Duration::from_secs(60);
+    }));
+    h.feed("GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(requests(&h.events()), 1);
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Length(10))
+        .unwrap();
+    // Not before the head is written: the body would overtake it.
+    assert_eq!(h.conn.begin_direct_body(h.now), Err(SendError::NotDirect));
+    let head = h.flush();
+    assert!(head.contains("content-length: 10\r\n"), "{head}");
+    let now = h.at(10);
+    assert_eq!(h.conn.begin_direct_body(now), Ok(10));
+    assert!(h.conn.poll_timeout().is_some_and(|t| t <= now + Duration::from_secs(5)));
+    {
+        let t = h.at(20);
+        h.conn.handle_direct_written(4, t)
+    }
+    .unwrap();
+    assert_eq!(h.conn.begin_direct_body(h.now), Ok(6));
+    assert_eq!(h.conn.handle_direct_written(7, h.now), Err(SendError::BodyTooLong));
+    {
+        let t = h.at(30);
+        h.conn.handle_direct_written(6, t)
+    }
+    .unwrap();
+    h.conn.finish_response().unwrap();
+    assert!(h.conn.idle_since().is_some(), "idle again, keep-alive");
+    assert_eq!(h.conn.traffic().sent.payload, 10);
+    // The idle timeout is the next deadline, not the write timer.
+    assert!(h.conn.poll_timeout().unwrap() > h.now + Duration::from_secs(5));
+    let again = h.roundtrip("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+}
+
+#[test]
+fn a_stalled_direct_body_times_out_and_a_head_request_sends_none() {
+    let mut h = Harness::new(cfg(|c| c.write_timeout = Duration::from_secs(5)));
+    h.feed("HEAD /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    h.events();
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Length(10))
+        .unwrap();
+    h.flush();
+    assert_eq!(h.conn.begin_direct_body(h.now), Ok(0), "HEAD: nothing to send");
+    h.conn.finish_response().unwrap();
+    h.feed("GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    h.events();
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Length(10))
+        .unwrap();
+    h.flush();
+    {
+        let t = h.at(100);
+        h.conn.begin_direct_body(t)
+    }
+    .unwrap();
+    {
+        let t = h.at(200);
+        h.conn.handle_direct_written(3, t)
+    }
+    .unwrap();
+    // No progress for the write timeout: closed.
+    let t = h.at(5_201);
+    h.conn.handle_timeout(t);
+    assert_eq!(h.conn.poll_close(), Some(CloseCause::WriteTimeout));
+    // A chunked body is never direct.
+    let mut h = Harness::new(cfg(|_| {}));
+    h.feed("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    h.events();
+    h.conn
+        .send_response(StatusCode::OK, &HeaderMap::new(), ResponseBody::Streaming)
+        .unwrap();
+    h.flush();
+    assert_eq!(h.conn.begin_direct_body(h.now), Err(SendError::NotDirect));
+}

@@ -16,6 +16,8 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
+use super::file_body::FileRange;
+
 /// Errors a request body can report to the handler.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum BodyError {
@@ -132,6 +134,10 @@ pub enum Body {
     /// `Content-Length` header; an `Err` aborts the response and closes
     /// the connection.
     Stream(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+    /// A slice of a file, sent with a `Content-Length`: with `sendfile(2)`
+    /// on a plain TCP connection (never copied into this process), read in
+    /// chunks on the blocking pool otherwise (see `super::file_body`).
+    File(FileRange),
 }
 
 impl Body {
@@ -157,6 +163,14 @@ impl http_body::Body for Body {
                 _ => Poll::Ready(None),
             },
             Body::Stream(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|r| r.map(Frame::data))),
+            // Read in chunks from here on (an `http_body` consumer is not a socket).
+            Body::File(_) => match std::mem::take(&mut *self) {
+                Body::File(range) => {
+                    *self = range.into_stream();
+                    self.poll_frame(cx)
+                }
+                _ => Poll::Ready(None),
+            },
         }
     }
 
@@ -169,6 +183,7 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.len() as u64),
             Body::Stream(_) => SizeHint::default(),
+            Body::File(range) => SizeHint::with_exact(range.len()),
         }
     }
 }

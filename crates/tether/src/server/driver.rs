@@ -40,6 +40,7 @@ use tokio::time::{Instant, Sleep};
 use tracing::{Instrument, Span};
 
 use super::body::{Body, BodyError, RequestBody};
+use super::file_body::FileRange;
 use super::handler::{HandlerFuture, Response, SharedHandler};
 use super::held::Held;
 use super::serving::Lot;
@@ -92,6 +93,8 @@ enum Wake {
     Answered,
     BodySlot(bool),
     StreamChunk(Option<Result<Bytes, std::io::Error>>),
+    /// A file body was sent to its end (`Ok`) or failed.
+    FileSent(std::io::Result<()>),
     Timer,
     Shutdown,
     /// A held response's signal fired.
@@ -382,6 +385,7 @@ impl AccessLog {
                 .unwrap_or("0")
                 .to_owned(),
             Body::Stream(_) => "-".to_owned(),
+            Body::File(range) => range.len().to_string(),
         };
         let peer = self.peer.map_or_else(|| "-".to_owned(), |p| p.ip().to_string());
         let took = self.started.take().map(|t| t.elapsed()).unwrap_or_default();
@@ -419,6 +423,8 @@ struct Driving<IO> {
     /// A body chunk the full channel could not take yet.
     blocked_chunk: Option<Bytes>,
     stream: Option<mpsc::Receiver<Result<Bytes, std::io::Error>>>,
+    /// A file body being sent with `sendfile` (plain TCP only).
+    file: Option<FileRange>,
     on_upgrade: Option<OnUpgrade>,
     /// The server's last order, and its channel (see `StopSignal`).
     stop: Stop,
@@ -474,6 +480,7 @@ impl<IO: Transport> Driving<IO> {
             body_tx: None,
             blocked_chunk: None,
             stream: None,
+            file: None,
             on_upgrade: None,
             stop,
             stop_signal,
@@ -669,6 +676,7 @@ impl<IO: Transport> Driving<IO> {
             body_tx,
             blocked_chunk,
             stream,
+            file,
             stop,
             stop_signal,
             armed,
@@ -684,7 +692,7 @@ impl<IO: Transport> Driving<IO> {
                 *stop = next;
                 Wake::Shutdown
             }
-            w = poll_fn(|cx| poll_io(io, conn, wants_read, clock, cx)) => w,
+            w = poll_fn(|cx| poll_io(io, conn, file, wants_read, clock, cx)) => w,
             _ = poll_fn(|cx| {
                 let _entered = request_span.enter();
                 match handler_fut.as_mut().expect("guarded").as_mut().poll(cx) {
@@ -709,6 +717,7 @@ impl<IO: Transport> Driving<IO> {
         let quiet = self.handler_fut.is_none()
             && self.held.is_none()
             && self.stream.is_none()
+            && self.file.is_none()
             && self.body_tx.is_none()
             && self.blocked_chunk.is_none()
             && self.on_upgrade.is_none()
@@ -766,6 +775,7 @@ impl<IO: Transport> Driving<IO> {
             }
             Wake::Answered => self.respond(),
             Wake::StreamChunk(chunk) => self.stream_chunk(chunk),
+            Wake::FileSent(result) => self.file_sent(result),
             // Answered at the top of the next pass.
             Wake::HeldFired => {}
         }
@@ -798,6 +808,7 @@ impl<IO: Transport> Driving<IO> {
             && self.held.is_some()
             && self.handler_fut.is_none()
             && self.stream.is_none()
+            && self.file.is_none()
             && self.body_tx.is_none()
             && self.blocked_chunk.is_none()
             && self.on_upgrade.is_none()
@@ -824,15 +835,35 @@ impl<IO: Transport> Driving<IO> {
             let _entered = self.request_span.enter();
             log.response(resp.status(), resp.headers(), resp.body());
         }
-        match start_response(&mut self.conn, resp, now) {
+        let sendfile = (&self.io as &dyn std::any::Any).is::<tokio::net::TcpStream>();
+        match start_response(&mut self.conn, resp, now, sendfile) {
             // The response is queued: its request's span ends.
             Started::Done => self.request_span = Span::none(),
             Started::Streaming(rx) => self.stream = Some(rx),
+            Started::File(range) => self.file = Some(range),
             Started::Upgrade(u) => {
                 self.request_span = Span::none();
                 self.on_upgrade = u;
             }
         }
+    }
+
+    /// A file body's end: sent whole, or failed (a short file, the socket).
+    fn file_sent(&mut self, result: std::io::Result<()>) {
+        self.file = None;
+        match result {
+            Ok(()) => {
+                let _ = self.conn.finish_response();
+            }
+            Err(e) => {
+                let _entered = self.request_span.enter();
+                tracing::debug!(error = %e, "file body failed; closing");
+                if !self.conn.is_closed() {
+                    self.conn.abort_response();
+                }
+            }
+        }
+        self.request_span = Span::none();
     }
 
     /// A piece of a streamed response body, its end, or its failure.
@@ -862,18 +893,26 @@ impl<IO: Transport> Driving<IO> {
     }
 }
 
-/// One step of I/O: write queued output (one vectored write), read what is there.
-/// `clock` gets the monotonic reading taken, if one was.
+/// One step of I/O: write queued output (one vectored write), or else a
+/// step of a file body; read what is there. `clock` gets the monotonic
+/// reading taken, if one was.
 fn poll_io<IO: Transport>(
     io: &mut IO,
     conn: &mut ServerConnection,
+    file: &mut Option<FileRange>,
     wants_read: bool,
     clock: &mut Option<std::time::Instant>,
     cx: &mut std::task::Context<'_>,
 ) -> Poll<Wake> {
     let mut progressed = false;
     let mut now = || *clock.insert(std::time::Instant::now());
-    if conn.has_output() {
+    if let (Some(range), false) = (file.as_mut(), conn.has_output()) {
+        match poll_send_file(io, conn, range, now(), cx) {
+            Poll::Ready(Some(end)) => return Poll::Ready(Wake::FileSent(end)),
+            Poll::Ready(None) => progressed = true,
+            Poll::Pending => {}
+        }
+    } else if conn.has_output() {
         let at = now();
         match crate::io::poll_write_bufs(io, cx, conn.poll_transmit(at)) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
@@ -919,14 +958,51 @@ fn poll_io<IO: Transport>(
     }
 }
 
+/// One `sendfile` step of a file body (its head is written): `Some` once
+/// it ended (sent whole, or failed), `None` after progress.
+fn poll_send_file<IO: Transport>(
+    io: &mut IO,
+    conn: &mut ServerConnection,
+    range: &mut FileRange,
+    now: std::time::Instant,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Option<std::io::Result<()>>> {
+    let left = match conn.begin_direct_body(now) {
+        Ok(0) => return Poll::Ready(Some(Ok(()))),
+        Ok(left) => left,
+        Err(e) => return Poll::Ready(Some(Err(std::io::Error::other(e)))),
+    };
+    let Some(socket) = (io as &mut dyn std::any::Any).downcast_mut::<tokio::net::TcpStream>() else {
+        return Poll::Ready(Some(Err(std::io::Error::other("sendfile needs a TCP socket"))));
+    };
+    match std::task::ready!(super::file_body::poll_send(socket, range, left, cx)) {
+        Ok(n) => {
+            let sent = conn.handle_direct_written(n as u64, std::time::Instant::now());
+            match sent {
+                Ok(()) if range.is_empty() => Poll::Ready(Some(Ok(()))),
+                Ok(()) => Poll::Ready(None),
+                Err(e) => Poll::Ready(Some(Err(std::io::Error::other(e)))),
+            }
+        }
+        Err(e) => {
+            conn.handle_io_error(now);
+            Poll::Ready(Some(Err(e)))
+        }
+    }
+}
+
 enum Started {
     Done,
     Streaming(mpsc::Receiver<Result<Bytes, std::io::Error>>),
+    /// A file body, sent with `sendfile` once the head is written.
+    File(FileRange),
     Upgrade(Option<OnUpgrade>),
 }
 
-/// Starts sending `resp`; `now` is a fresh monotonic reading (for `Date`).
-fn start_response(conn: &mut ServerConnection, resp: Response, now: std::time::Instant) -> Started {
+/// Starts sending `resp`; `now` is a fresh monotonic reading (for `Date`);
+/// `sendfile`: a file body may go to the socket directly (plain TCP), else
+/// it is read in chunks.
+fn start_response(conn: &mut ServerConnection, resp: Response, now: std::time::Instant, sendfile: bool) -> Started {
     let (mut parts, body) = resp.into_parts();
     // The engine adds `Date` unless the handler set one.
     let send = |conn: &mut ServerConnection, status, headers: &HeaderMap, body| {
@@ -943,18 +1019,26 @@ fn start_response(conn: &mut ServerConnection, resp: Response, now: std::time::I
         }
         return Started::Upgrade(upgrade);
     }
-    let (framing, full, rx) = match body {
+    let body = match body {
+        Body::File(range) if range.is_empty() => Body::Full(Bytes::new()),
+        Body::File(range) if !sendfile => range.into_stream(),
+        other => other,
+    };
+    let (framing, full, rx, file) = match body {
         Body::Empty => (
             ResponseBody::declared_or(&parts.headers, ResponseBody::Empty),
             None,
             None,
+            None,
         ),
-        Body::Full(b) => (ResponseBody::Length(b.len() as u64), Some(b), None),
+        Body::Full(b) => (ResponseBody::Length(b.len() as u64), Some(b), None, None),
         Body::Stream(rx) => (
             ResponseBody::declared_or(&parts.headers, ResponseBody::Streaming),
             None,
             Some(rx),
+            None,
         ),
+        Body::File(range) => (ResponseBody::Length(range.len()), None, None, Some(range)),
     };
     if let Err(e) = send(conn, parts.status, &parts.headers, framing) {
         tracing::warn!(error = %e, "invalid response from handler");
@@ -963,6 +1047,9 @@ fn start_response(conn: &mut ServerConnection, resp: Response, now: std::time::I
     }
     // Its (emptied) map serves a later request head.
     h1::recycle_header_map(parts.headers);
+    if let Some(range) = file {
+        return Started::File(range);
+    }
     match (full, rx) {
         (Some(b), _) => {
             if !b.is_empty() {

@@ -26,6 +26,7 @@ mod admission;
 pub mod body;
 pub mod date;
 pub mod driver;
+pub mod file_body;
 pub mod handler;
 pub mod held;
 pub mod listener;
@@ -58,6 +59,7 @@ use tokio::sync::watch;
 
 pub use body::{Body, BodyError, RequestBody};
 pub use driver::ConnectionEnd;
+pub use file_body::FileRange;
 pub use handler::{Handler, Request, Response, SharedHandler};
 pub use held::{Held, HeldSignal};
 #[cfg(unix)]

@@ -298,7 +298,7 @@ mod tests {
         match resp.body() {
             Body::Full(b) => b,
             Body::Empty => b"",
-            Body::Stream(_) => panic!("unexpected streaming body"),
+            Body::Stream(_) | Body::File(_) => panic!("unexpected streaming body"),
         }
     }
 

@@ -75,22 +75,15 @@
 //! the siblings' stats, open, and the read of a small answer) runs in a
 //! single `spawn_blocking` call. Answers whose body is up to
 //! [`FULL_READ_LIMIT`] bytes are read whole (positioned reads, `pread`)
-//! into a [`Body::Full`]; larger ones are streamed as a [`Body::Stream`] by
-//! a spawned task that reads [`CHUNK_SIZE`] bytes at a time, each read a
-//! positioned read on the blocking pool (off the runtime's workers),
-//! through a two-slot channel so a slow client holds at most a few chunks
-//! in memory. `Content-Length` is always set so the connection uses length
-//! framing; if the file shrinks while streaming, the stream ends with an
-//! error and the connection is closed rather than sending a short body.
-//!
-//! **No `sendfile`.** A true zero-copy path (`sendfile(2)` from the file to
-//! the socket) is not done: the socket belongs to the connection driver,
-//! the body's framing to the protocol engine, and a response body is a
-//! stream of `Bytes` between them; `sendfile` would need a file body kind
-//! through the engine and the driver, a system call the crate can make
-//! only with `unsafe` (it forbids it) or a new dependency, and it cannot
-//! serve TLS connections anyway. Each chunk is copied once from the page
-//! cache into its buffer and once into the socket.
+//! into a [`Body::Full`]. A larger answer of one slice of the file (the
+//! whole file, or one range) is a [`Body::File`]: on a plain TCP
+//! connection it goes from the page cache to the socket with `sendfile(2)`,
+//! never copied into this process; on TLS or a Unix socket it is read in
+//! [`CHUNK_SIZE`] chunks on the blocking pool (see `super::file_body`). A
+//! larger multipart answer is always streamed that way. `Content-Length`
+//! is always set so the connection uses length framing; if the file shrinks
+//! while it is sent, the response ends with an error and the connection is
+//! closed rather than sending a short body.
 //!
 //! The check in step 2 and the open in step 3 are not atomic: whoever can
 //! rewrite symlinks inside the root while the server runs can race them,
@@ -104,7 +97,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{
     ACCEPT_ENCODING, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
     IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, LOCATION, RANGE, VARY,
@@ -112,13 +105,15 @@ use http::header::{
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 
 use super::body::Body;
+use super::file_body::{stream_pieces, FileRange, Piece};
 use super::handler::{Handler, HandlerFuture, Request, Response};
 use super::router::{empty, method_not_allowed, not_found, text};
 
 /// Answers up to this size are read whole and sent as one [`Body::Full`].
 pub const FULL_READ_LIMIT: u64 = 64 * 1024;
-/// Larger ones are streamed in chunks of this size.
-pub const CHUNK_SIZE: usize = 64 * 1024;
+/// Larger ones, read in user space (TLS, a Unix socket, multipart ranges),
+/// are streamed in chunks of this size.
+pub use super::file_body::CHUNK_SIZE;
 /// The file served for a request naming a directory (with a trailing slash).
 pub const INDEX_FILE: &str = "index.html";
 /// The most ranges one `206` carries (after coalescing); beyond, the whole file.
@@ -345,23 +340,6 @@ struct Representation {
     vary: bool,
 }
 
-/// A piece of a response body: literal bytes (a multipart boundary and
-/// part header) or a slice of the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Text(Bytes),
-    File { offset: u64, len: u64 },
-}
-
-impl Piece {
-    fn len(&self) -> u64 {
-        match self {
-            Piece::Text(b) => b.len() as u64,
-            Piece::File { len, .. } => *len,
-        }
-    }
-}
-
 /// What the blocking file system step decided.
 enum Outcome {
     /// A complete response.
@@ -397,7 +375,11 @@ impl Inner {
             Ok(Outcome::Ready(resp)) => resp,
             Ok(Outcome::Redirect) => redirect_to_directory(req.uri()),
             Ok(Outcome::Stream { mut resp, file, pieces }) => {
-                *resp.body_mut() = stream_pieces(file, pieces);
+                *resp.body_mut() = match pieces[..] {
+                    // One slice of the file: `sendfile` where the connection allows.
+                    [Piece::File { offset, len }] => Body::File(FileRange::new(file, offset, len)),
+                    _ => stream_pieces(Arc::new(file), pieces),
+                };
                 resp
             }
             Err(e) => {
@@ -744,58 +726,6 @@ fn parse_digits(s: &str) -> Option<u64> {
     Some(s.parse().unwrap_or(u64::MAX))
 }
 
-/// Streams `pieces` (literal bytes, or slices of `file` read in
-/// [`CHUNK_SIZE`] chunks, each a positioned read on the blocking pool)
-/// from a spawned task.
-fn stream_pieces(file: File, pieces: Vec<Piece>) -> Body {
-    let (tx, body) = Body::channel(2);
-    let file = Arc::new(file);
-    tokio::spawn(async move {
-        for piece in pieces {
-            let (mut offset, len) = match piece {
-                Piece::Text(bytes) => {
-                    if tx.send(Ok(bytes)).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                Piece::File { offset, len } => (offset, len),
-            };
-            let end = offset + len;
-            while offset < end {
-                let want = (end - offset).min(CHUNK_SIZE as u64) as usize;
-                let file = Arc::clone(&file);
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut buf = BytesMut::zeroed(want);
-                    file.read_exact_at(&mut buf, offset).map(|()| buf.freeze())
-                })
-                .await;
-                let chunk = match read {
-                    Ok(Ok(chunk)) => chunk,
-                    Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        let e = io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent");
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                    Ok(Err(e)) => {
-                        let _ = tx.send(Err(e)).await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(io::Error::other(e))).await;
-                        return;
-                    }
-                };
-                offset += want as u64;
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return; // The response was dropped: the client is gone.
-                }
-            }
-        }
-    });
-    body
-}
-
 impl Conditions {
     /// The request's conditions; its `Range` only for a GET (`get`).
     fn from_headers(headers: &HeaderMap, get: bool) -> Self {
@@ -1082,10 +1012,15 @@ mod tests {
         h.call(req(Method::GET, uri, headers)).await
     }
 
-    /// The whole body, and the size of each chunk for a stream.
+    /// The whole body, and the size of each chunk for a stream (a file
+    /// body as the chunks a transport without `sendfile` gets).
     async fn collect(resp: Response) -> (Vec<u8>, Vec<usize>) {
-        match resp.into_body() {
-            Body::Empty => (Vec::new(), Vec::new()),
+        let body = match resp.into_body() {
+            Body::File(range) => range.into_stream(),
+            other => other,
+        };
+        match body {
+            Body::Empty | Body::File(_) => (Vec::new(), Vec::new()),
             Body::Full(b) => (b.to_vec(), vec![b.len()]),
             Body::Stream(mut rx) => {
                 let (mut all, mut sizes) = (Vec::new(), Vec::new());
@@ -1359,13 +1294,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn large_file_is_streamed_in_chunks() {
+    async fn large_file_is_a_file_body_read_in_chunks_without_sendfile() {
         let f = fixture();
         let resp = get(&f.files(), "/big.bin").await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(header(&resp, CONTENT_LENGTH), f.big.len().to_string());
         assert_eq!(header(&resp, CONTENT_TYPE), "application/octet-stream");
-        assert!(matches!(resp.body(), Body::Stream(_)));
+        assert!(matches!(resp.body(), Body::File(r) if r.len() == f.big.len() as u64));
         let (body, sizes) = collect(resp).await;
         assert_eq!(body.len(), f.big.len());
         assert!(body == f.big, "streamed bytes differ from the file");
@@ -1380,7 +1315,7 @@ mod tests {
         assert_eq!(header(&resp, CONTENT_LENGTH), "65536");
         write(&f.root().join("exact64k.bin"), &vec![b'y'; 64 * 1024 + 1]);
         let resp = get(&f.files(), "/exact64k.bin").await;
-        assert!(matches!(resp.body(), Body::Stream(_)));
+        assert!(matches!(resp.body(), Body::File(_)));
         let (body, sizes) = collect(resp).await;
         assert_eq!(body.len(), 64 * 1024 + 1);
         assert_eq!(sizes, [CHUNK_SIZE, 1]);
@@ -1390,7 +1325,10 @@ mod tests {
     async fn dropping_a_streamed_response_stops_the_reader() {
         let f = fixture();
         let resp = get(&f.files(), "/big.bin").await;
-        let Body::Stream(mut rx) = resp.into_body() else {
+        let Body::File(range) = resp.into_body() else {
+            panic!("expected a file body")
+        };
+        let Body::Stream(mut rx) = range.into_stream() else {
             panic!("expected a stream")
         };
         assert_eq!(rx.recv().await.unwrap().unwrap().len(), CHUNK_SIZE);
