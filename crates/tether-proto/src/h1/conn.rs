@@ -47,6 +47,13 @@
 //! | linger | `Linger` after the flush: `linger_idle` of silence or `linger_time` | close |
 //! | lifetime | until `max_lifetime` | next response says close; idle: close, `Lifetime` |
 //!
+//! Output goes through one queue ([`ServerConnection::poll_transmit`]),
+//! except a direct body: a `Content-Length` body the driver writes to the
+//! socket itself (a file, with `sendfile`), allowed only once the queue is
+//! empty so it follows its head, and counted and timed by the engine as if
+//! it had been queued ([`ServerConnection::begin_direct_body`],
+//! [`ServerConnection::handle_direct_written`]).
+//!
 //! Rules, each a unit test in `tests.rs`:
 //! * HTTP/1.1 persists unless `Connection: close`; HTTP/1.0 only with
 //!   `Connection: keep-alive`, and then the response says so.
