@@ -4,7 +4,11 @@
 //! responses, the handshake deadline (silent, stalled and oversized
 //! handshakes; shutdown during one) and certificate reload over TLS;
 //! keep-alive, limits and WebSockets over a Unix domain socket; both
-//! drivers flushing a transport that buffers writes.
+//! drivers flushing a transport that buffers writes; parking over TLS and
+//! Unix sockets (idle keep-alive connections and WebSockets leave their
+//! tasks, resume on input with their TLS session, close at their idle
+//! timeout and on shutdown from the lot; records split across parking and
+//! requests sharing a record).
 //!
 //! Every certificate is made here with `rcgen` (a root CA, an intermediate
 //! CA and a leaf for `localhost`, the leaf's file holding the chain), in a
@@ -99,6 +103,10 @@ impl Pki {
     }
 
     fn client(&self, alpn: &[&[u8]]) -> TlsConnector {
+        TlsConnector::from(self.client_config(alpn))
+    }
+
+    fn client_config(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.root.clone()).unwrap();
         let mut config = ClientConfig::builder_with_provider(ttls::crypto_provider())
@@ -107,7 +115,7 @@ impl Pki {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        TlsConnector::from(Arc::new(config))
+        Arc::new(config)
     }
 }
 
@@ -416,11 +424,7 @@ async fn a_transport_that_buffers_writes_is_flushed_once_the_engine_has_written_
         let r = c.get("/healthz").await;
         assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
     }
-    c.send(
-        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await;
+    c.send(UPGRADE).await;
     assert!(c.head().await.starts_with("HTTP/1.1 101 "));
     c.send(&masked_frame(0x1, b"flushed")).await;
     assert_eq!(next_frame(&mut c).await, (0x1, b"flushed".to_vec()));
@@ -440,14 +444,20 @@ async fn max_requests_over_tls_ends_with_connection_close() {
     let last = c.get("/healthz").await;
     assert_eq!(last.status, 200);
     assert_eq!(last.header("connection"), Some("close"));
-    // A clean TLS close: close_notify, then the end of the stream (a bare
-    // FIN would be an error here).
+    let took = closed_cleanly(&mut c).await;
+    assert!(took < Duration::from_secs(2), "closed after the last response");
+    running.stop().await;
+}
+
+/// Waits for the server's clean TLS close: `close_notify`, then the end of
+/// the stream (a bare FIN would be an error here); returns how long it took.
+async fn closed_cleanly(c: &mut Http<TlsStream<TcpStream>>) -> Duration {
     let t0 = Instant::now();
+    assert!(c.buf.is_empty(), "unread: {:?}", String::from_utf8_lossy(&c.buf));
     let mut rest = [0u8; 16];
     let end = timeout(T, c.io.read(&mut rest)).await.expect("closed in time");
     assert!(matches!(end, Ok(0)), "close_notify then EOF: {end:?}");
-    assert!(t0.elapsed() < Duration::from_secs(2), "closed after the last response");
-    running.stop().await;
+    t0.elapsed()
 }
 
 #[tokio::test]
@@ -514,11 +524,7 @@ async fn alpn_is_http11_a_client_offering_only_h2_is_refused_and_tls12_is_served
 async fn websocket_echo_over_tls() {
     let (running, addr, pki) = start_tls(Server::new(config(Duration::from_secs(5), 100), app())).await;
     let mut c = connect(&pki, addr).await;
-    c.send(
-        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await;
+    c.send(UPGRADE).await;
     let head = c.head().await;
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
     assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
@@ -534,6 +540,10 @@ async fn websocket_echo_over_tls() {
     c.closed().await;
     running.stop().await;
 }
+
+/// A WebSocket upgrade request for `/ws`.
+const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+    Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
 fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     assert!(payload.len() < 126);
@@ -783,11 +793,7 @@ async fn keep_alive_over_a_unix_socket_next_to_tcp() {
 
     // A WebSocket over the Unix socket.
     let mut ws = Http::new(UnixStream::connect(&path).await.unwrap());
-    ws.send(
-        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await;
+    ws.send(UPGRADE).await;
     assert!(ws.head().await.starts_with("HTTP/1.1 101 "));
     ws.send(&masked_frame(0x2, b"bytes")).await;
     assert_eq!(next_frame(&mut ws).await, (0x2, b"bytes".to_vec()));
@@ -805,4 +811,291 @@ async fn keep_alive_over_a_unix_socket_next_to_tcp() {
     t.closed().await;
     timeout(T, running.done).await.expect("the server stops").unwrap();
     assert!(path.exists(), "the socket file stays until its owner removes it");
+}
+
+// ----- parking over TLS and Unix sockets -----
+
+const PARK: Duration = Duration::from_millis(100);
+
+/// A server with the test app that parks connections idle for `PARK`.
+fn parking(config: h1::Config) -> Server {
+    Server::new(config, app()).park_idle_after(Some(PARK))
+}
+
+/// Waits (bounded) until `holds` says yes.
+async fn wait_until(what: &str, holds: impl Fn() -> bool) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while !holds() {
+        assert!(Instant::now() < until, "still not {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits (bounded) until the server has `parked` connections parked and `open` open.
+async fn wait_counts(stats: &ServerStats, parked: u64, open: u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counts = || (stats.parked.load(Relaxed), stats.open.get());
+    wait_until(&format!("{parked} parked / {open} open"), || counts() == (parked, open)).await;
+}
+
+fn healthz_ok(r: &Resp) {
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+}
+
+const GET_HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+#[tokio::test]
+async fn an_idle_tls_connection_parks_and_its_next_requests_resume_it() {
+    let (running, addr, pki) = start_tls(parking(config(Duration::from_secs(30), 100))).await;
+    let mut c = connect(&pki, addr).await;
+    for round in 0..3 {
+        let r = c.get("/healthz").await;
+        healthz_ok(&r);
+        assert_eq!(r.header("keep-alive"), Some("timeout=30, max=100"), "round {round}");
+        assert_eq!(r.header("connection"), None);
+        wait_counts(&running.stats, 1, 1).await;
+    }
+    // Two requests in one TLS record reach the parked connection: both
+    // are answered, in order.
+    c.send(&[GET_HEALTHZ, b"GET /nope HTTP/1.1\r\nHost: localhost\r\n\r\n"].concat())
+        .await;
+    healthz_ok(&c.response().await);
+    assert_eq!(c.response().await.status, 404);
+    wait_counts(&running.stats, 1, 1).await;
+    // The same TLS session all along.
+    let handshakes = running.stats.tls_handshakes.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(handshakes, 1);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_parked_tls_connection_closes_at_its_idle_timeout_with_close_notify() {
+    let (running, addr, pki) = start_tls(parking(config(Duration::from_millis(800), 100))).await;
+    let mut c = connect(&pki, addr).await;
+    healthz_ok(&c.get("/healthz").await);
+    let t0 = Instant::now();
+    wait_counts(&running.stats, 1, 1).await;
+    closed_cleanly(&mut c).await;
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_millis(2000),
+        "closed by the 800 ms idle timeout, took {took:?}"
+    );
+    wait_counts(&running.stats, 0, 0).await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn request_limits_and_connection_close_hold_after_a_tls_connection_resumes() {
+    let (running, addr, pki) = start_tls(parking(config(Duration::from_secs(30), 3))).await;
+    let mut c = connect(&pki, addr).await;
+    for _ in 0..2 {
+        let r = c.get("/healthz").await;
+        healthz_ok(&r);
+        assert_eq!(r.header("keep-alive"), Some("timeout=30, max=3"));
+        assert_eq!(r.header("connection"), None);
+        wait_counts(&running.stats, 1, 1).await;
+    }
+    let last = c.get("/healthz").await;
+    healthz_ok(&last);
+    assert_eq!(last.header("connection"), Some("close"), "the third of max 3");
+    closed_cleanly(&mut c).await;
+    wait_counts(&running.stats, 0, 0).await;
+
+    let mut d = connect(&pki, addr).await;
+    healthz_ok(&d.get("/healthz").await);
+    wait_counts(&running.stats, 1, 1).await;
+    d.send(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    let r = d.response().await;
+    healthz_ok(&r);
+    assert_eq!(r.header("connection"), Some("close"));
+    closed_cleanly(&mut d).await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_closes_parked_tls_connections_with_close_notify() {
+    let server = parking(config(Duration::from_secs(30), 100)).shutdown_timeout(Duration::from_secs(5));
+    let (mut running, addr, pki) = start_tls(server).await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = connect(&pki, addr).await;
+        healthz_ok(&c.get("/healthz").await);
+        clients.push(c);
+    }
+    wait_counts(&running.stats, 5, 5).await;
+    let t0 = Instant::now();
+    running.begin_stop();
+    for c in &mut clients {
+        closed_cleanly(c).await;
+    }
+    timeout(T, running.done).await.expect("the server stops").unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(3), "drained: {:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn a_websocket_over_tls_parks_echoes_when_resumed_and_closes_1001_at_shutdown() {
+    let (mut running, addr, pki) = start_tls(parking(config(Duration::from_secs(30), 100))).await;
+    let stats = running.stats.clone();
+    let parked_websockets = || stats.parked_websockets.load(std::sync::atomic::Ordering::Relaxed);
+    let mut c = connect(&pki, addr).await;
+    c.send(UPGRADE).await;
+    assert!(c.head().await.starts_with("HTTP/1.1 101 "));
+    for text in ["parked", "and parked again"] {
+        wait_until("a parked WebSocket", || parked_websockets() == 1).await;
+        c.send(&masked_frame(0x1, text.as_bytes())).await;
+        assert_eq!(next_frame(&mut c).await, (0x1, text.as_bytes().to_vec()));
+    }
+    wait_until("a parked WebSocket", || parked_websockets() == 1).await;
+    running.begin_stop();
+    let (opcode, payload) = next_frame(&mut c).await;
+    assert_eq!((opcode, &payload[..2]), (0x8, &1001u16.to_be_bytes()[..]));
+    c.send(&masked_frame(0x8, &1001u16.to_be_bytes())).await;
+    closed_cleanly(&mut c).await;
+    timeout(T, running.done).await.expect("the server stops").unwrap();
+}
+
+/// A TLS client on a blocking socket that runs rustls itself, so a test
+/// can put any part of a record on the wire.
+struct RawTlsClient {
+    tls: rustls::ClientConnection,
+    tcp: std::net::TcpStream,
+    plaintext: Vec<u8>,
+}
+
+impl RawTlsClient {
+    fn connect(config: Arc<ClientConfig>, addr: SocketAddr) -> Self {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(T)).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = rustls::ClientConnection::new(config, name).unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut tcp).unwrap();
+        }
+        Self {
+            tls,
+            tcp,
+            plaintext: Vec::new(),
+        }
+    }
+
+    /// The records that carry `plaintext`, as they would go on the wire.
+    fn seal(&mut self, plaintext: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        self.tls.writer().write_all(plaintext).unwrap();
+        let mut records = Vec::new();
+        while self.tls.wants_write() {
+            self.tls.write_tls(&mut records).unwrap();
+        }
+        records
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.tcp.write_all(bytes).unwrap();
+    }
+
+    /// Reads until `n` `/healthz` responses (`200`, body `ok`) arrived.
+    fn healthz_responses(&mut self, n: usize) {
+        use std::io::Read;
+        const OK: &[u8] = b"\r\n\r\nok";
+        let count = |b: &[u8]| b.windows(OK.len()).filter(|w| *w == OK).count();
+        while count(&self.plaintext) < n {
+            let mut chunk = [0u8; 4096];
+            let got = rustls::Stream::new(&mut self.tls, &mut self.tcp)
+                .read(&mut chunk)
+                .unwrap();
+            assert!(got > 0, "closed before {n} responses");
+            self.plaintext.extend_from_slice(&chunk[..got]);
+        }
+        assert_eq!(count(&self.plaintext), n);
+        let text = String::from_utf8_lossy(&self.plaintext);
+        assert_eq!(text.matches("HTTP/1.1 200 ").count(), n, "{text}");
+        self.plaintext.clear();
+    }
+}
+
+/// Runs `step` (the blocking client's) on a thread of its own, the server
+/// going on meanwhile.
+async fn blocking<R: Send + 'static>(step: impl FnOnce() -> R + Send + 'static) -> R {
+    timeout(T, tokio::task::spawn_blocking(step))
+        .await
+        .expect("the step in time")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_tls_record_split_across_parking_is_served_once_whole() {
+    let (running, addr, pki) = start_tls(parking(config(Duration::from_secs(30), 100))).await;
+    let config = pki.client_config(&[b"http/1.1"]);
+    let mut c = blocking(move || {
+        let mut c = RawTlsClient::connect(config, addr);
+        let record = c.seal(GET_HEALTHZ);
+        c.send_raw(&record);
+        c.healthz_responses(1);
+        c
+    })
+    .await;
+    wait_counts(&running.stats, 1, 1).await;
+    // Half a record wakes the parked connection: rustls keeps it (no
+    // plaintext yet) and the connection parks again, holding it.
+    let record = c.seal(GET_HEALTHZ);
+    let (first, rest) = record.split_at(record.len() / 2);
+    c.send_raw(first);
+    tokio::time::sleep(3 * PARK).await;
+    wait_counts(&running.stats, 1, 1).await;
+    // The rest makes the socket readable again: the request is whole.
+    c.send_raw(rest);
+    let mut c = blocking(move || {
+        c.healthz_responses(1);
+        c
+    })
+    .await;
+    wait_counts(&running.stats, 1, 1).await;
+    // Three requests in one record: all answered.
+    let record = c.seal(&GET_HEALTHZ.repeat(3));
+    c.send_raw(&record);
+    blocking(move || c.healthz_responses(3)).await;
+    running.stop().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn an_idle_unix_socket_connection_parks_resumes_and_closes_at_its_idle_timeout() {
+    use tokio::net::UnixStream;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tether.sock");
+    let server = parking(config(Duration::from_secs(1), 100));
+    let mut running = Running::start(server, vec![Listener::Unix(tether::server::bind_unix(&path).unwrap())]);
+    let stats = running.stats.clone();
+    let mut c = Http::new(UnixStream::connect(&path).await.unwrap());
+    for _ in 0..3 {
+        let r = c.get("/healthz").await;
+        healthz_ok(&r);
+        assert_eq!(r.header("keep-alive"), Some("timeout=1, max=100"));
+        wait_counts(&stats, 1, 1).await;
+    }
+    let took = c.closed().await;
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_millis(2200),
+        "closed by the 1 s idle timeout, took {took:?}"
+    );
+    wait_counts(&stats, 0, 0).await;
+
+    // A WebSocket over the Unix socket parks too; shutdown closes it with 1001.
+    let parked_websockets = || stats.parked_websockets.load(std::sync::atomic::Ordering::Relaxed);
+    let mut ws = Http::new(UnixStream::connect(&path).await.unwrap());
+    ws.send(UPGRADE).await;
+    assert!(ws.head().await.starts_with("HTTP/1.1 101 "));
+    wait_until("a parked WebSocket", || parked_websockets() == 1).await;
+    ws.send(&masked_frame(0x2, b"bytes")).await;
+    assert_eq!(next_frame(&mut ws).await, (0x2, b"bytes".to_vec()));
+    wait_until("a parked WebSocket", || parked_websockets() == 1).await;
+    running.begin_stop();
+    let (opcode, payload) = next_frame(&mut ws).await;
+    assert_eq!((opcode, &payload[..2]), (0x8, &1001u16.to_be_bytes()[..]));
+    ws.send(&masked_frame(0x8, &1001u16.to_be_bytes())).await;
+    ws.closed().await;
+    timeout(T, running.done).await.expect("the server stops").unwrap();
 }

@@ -17,13 +17,13 @@
 //!
 //! After the handshake (or at once, for plain TCP and Unix sockets) the
 //! same driver and engine serve the connection, so keep-alive rules,
-//! request limits, upgrades (WebSockets: `wss` over TLS) and graceful
-//! shutdown hold unchanged. What differs: only plain TCP connections park
-//! (the parking lot watches raw TCP sockets with its own `epoll`); TLS and
-//! Unix-socket connections stay on their tasks while idle (about 2 to 3
-//! KiB each plus rustls's state for TLS, instead of about 0.7 KiB parked).
-//! Bytes on the wire (`crate::traffic`) count what the engines see: for
-//! TLS that is the plaintext, without record framing and handshakes.
+//! request limits, upgrades (WebSockets: `wss` over TLS), parking of idle
+//! connections and graceful shutdown hold unchanged. A parked TLS
+//! connection keeps its rustls session (keys, and the read buffer rustls
+//! keeps: `super::stream`), so it costs more than a plain one parked, and
+//! far less than one idle on its task (docs/benchmarks.md). Bytes on the
+//! wire (`crate::traffic`) count what the engines see: for TLS that is the
+//! plaintext, without record framing and handshakes.
 //!
 //! A Unix socket path ([`bind_unix`]): a stale socket file left by a server
 //! that is gone is removed first; a path where a server still answers, or
@@ -42,9 +42,9 @@ use tokio::net::{TcpListener, TcpStream};
 #[cfg(unix)]
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::stream::{TlsSocket, TlsStream};
 use crate::lifecycle::Stop;
 
 /// A socket a server accepts connections from.
@@ -143,10 +143,10 @@ pub enum HandshakeError {
 /// passes, or the server stops.
 pub(crate) async fn handshake(
     acceptor: TlsAcceptor,
-    stream: TcpStream,
+    stream: TlsSocket,
     timeout: Duration,
     mut stop: watch::Receiver<Stop>,
-) -> Result<TlsStream<TcpStream>, HandshakeError> {
+) -> Result<TlsStream, HandshakeError> {
     let accept = tokio::time::timeout(timeout, acceptor.accept(stream));
     let stopping = async {
         loop {

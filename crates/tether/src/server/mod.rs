@@ -11,8 +11,8 @@
 //! for [`Server::park_idle_after`] (keep-alive, or a WebSocket served by
 //! `crate::ws::upgrade_service`) leaves its task for the server's parking
 //! lot (`park`) and gets a task again on input, at its deadline or on
-//! shutdown (plain TCP only: TLS and Unix-socket connections stay on their
-//! tasks; a TLS connection's handshake runs on its task too, under
+//! shutdown, over any listener (TCP, TLS with its session kept, a Unix
+//! socket: `stream`; a TLS connection's handshake runs on its task, under
 //! [`Server::tls_handshake_timeout`]). On shutdown the
 //! server stops accepting, tells every connection (idle ones close at once,
 //! in-flight ones finish with `Connection: close`), waits for them up to
@@ -41,6 +41,7 @@ pub mod router;
 pub(crate) mod serving;
 pub(crate) mod sleeper;
 pub mod static_files;
+pub(crate) mod stream;
 pub mod tower;
 pub mod upgrade;
 
@@ -383,7 +384,7 @@ impl Server {
                 match admitted(admission, Some(peer.ip())) {
                     Some(open) => {
                         let carry = serving::Carry::new(crate::spans::connection(Some(peer)));
-                        serving.spawn(stream, engine(), stop.clone(), Some(open), peer, carry)
+                        serving.spawn_on(stream, engine(), stop.clone(), Some(open), Some(peer), carry)
                     }
                     None => drop(tokio::spawn(admission::refuse(stream))),
                 }
@@ -405,8 +406,8 @@ impl Server {
             #[cfg(unix)]
             listener::Accepted::Unix(stream) => match admitted(admission, None) {
                 Some(open) => {
-                    let (serving, stop, conn) = (serving.clone(), stop.clone(), engine());
-                    tokio::spawn(async move { serving.run_on_task(stream, conn, stop, Some(open), None).await });
+                    let carry = serving::Carry::new(crate::spans::connection(None));
+                    serving.spawn_on(stream, engine(), stop.clone(), Some(open), None, carry)
                 }
                 None => drop(tokio::spawn(admission::refuse(stream))),
             },

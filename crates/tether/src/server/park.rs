@@ -6,18 +6,22 @@
 //! the socket cost about 1 KiB each while they wait, so a connection idle
 //! for `park_after` (with nothing received, queued or in flight:
 //! `ServerConnection::idle_since`, `WsConnection::is_quiescent`) leaves its
-//! task: its driver hands back the socket and the engine (a [`Sleeper`]:
+//! task: its driver hands back the stream and the engine (a [`Sleeper`]:
 //! the keep-alive engine from [`driver::Driven::Idle`], or a callback-served
 //! WebSocket's engine and service from `crate::ws::service`), the socket is
 //! taken off the runtime's reactor and registered, one-shot, with the lot's
 //! own `epoll` instance (through `mio`), and the engine waits in a slab.
+//! Any server stream parks: TCP, a Unix socket, or TLS over TCP, whose
+//! rustls session waits with it (`super::stream` says what it holds, and
+//! why a TLS connection with input inside rustls is resumed at once instead).
 //!
 //! One task per server owns the lot. It wakes for the first of:
 //! - readiness of the lot's `epoll` (a parked socket got bytes, EOF or an
 //!   error): those connections are resumed;
 //! - the earliest parked deadline (the engine's own `poll_timeout`: idle
 //!   timeout, lifetime, heartbeat): the engine handles it; a keep-alive
-//!   connection it closes is closed right there (no task), any other is
+//!   connection it closes is closed right there (no task; over TLS after a
+//!   `close_notify`, as far as the socket takes it at once), any other is
 //!   resumed;
 //! - shutdown: every parked connection is resumed, and parking stops.
 //!
@@ -33,7 +37,8 @@
 //!
 //! Memory. A parked connection is its engine and a slab slot (measured: about
 //! 0.7 KiB for keep-alive against 2.8 KiB on a task, 0.5 KiB for a
-//! callback-served WebSocket). The slab is one array that grows with the
+//! callback-served WebSocket), plus, over TLS, its boxed rustls session
+//! (see docs/benchmarks.md). The slab is one array that grows with the
 //! most connections parked at once; once it is empty again after a burst
 //! (more than `KEEP_EMPTY_SLOTS` slots) it is freed. The tasks it left are freed,
 //! but glibc's allocator keeps freed memory inside its heap; so after every
@@ -43,6 +48,7 @@
 //! (`malloc_trim`).
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,13 +58,14 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use tokio::io::unix::AsyncFd;
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::sleeper::{AtShutdown, Sleeper, Visit};
+use super::stream::{ParkedStream, ServerStream};
 use super::ServerStats;
 use crate::lifecycle::{OpenGuard, Stop};
+use crate::ws::driver::Peer;
 
 /// Readiness events taken from the lot's `epoll` per call.
 const EVENTS_PER_POLL: usize = 1024;
@@ -68,14 +75,15 @@ const TRIM_BATCH: usize = 64;
 /// The least time between two such returns (it walks the allocator's heap).
 const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
-/// A parked connection: the socket off the runtime, the engine, and what
+/// A parked connection: the stream off the runtime, the engine, and what
 /// its task needs to resume.
 struct Parked<S> {
-    socket: std::net::TcpStream,
+    stream: ParkedStream,
     sleeper: S,
     stop: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
-    peer: SocketAddr,
+    /// The client's address (`None` on a Unix socket).
+    peer: Option<SocketAddr>,
     deadline: Option<Instant>,
 }
 
@@ -303,7 +311,7 @@ impl<S: Sleeper> ParkingLot<S> {
             if parked.sleeper.reclaim(now, peer) {
                 if let Some(p) = slab.remove(tok) {
                     drop(slab);
-                    leave_lot(&self.shared, &p);
+                    close_in_lot(&self.shared, p);
                     reclaimed += 1;
                 }
             }
@@ -313,49 +321,62 @@ impl<S: Sleeper> ParkingLot<S> {
 
     /// Takes an idle connection off its task: `sleeper` holds its engine.
     /// Returns its token, or `None` when it was not parked (the lot is
-    /// closing: it resumed at once; or its socket failed: it is closed).
+    /// closing, or rustls holds input its socket will not announce: it
+    /// resumed at once; or its socket failed: it is closed).
     pub(crate) fn park(
         &self,
-        io: TcpStream,
+        stream: ServerStream,
         sleeper: S,
         stop: watch::Receiver<Stop>,
         guard: Option<OpenGuard>,
-        peer: SocketAddr,
+        peer: Option<SocketAddr>,
     ) -> Option<u64> {
         let deadline = sleeper.deadline().map(Instant::from_std);
         let websocket = sleeper.is_websocket();
-        let mut lot = lock(&self.shared.lot);
-        if lot.closed {
-            drop(lot);
-            sleeper.resume(io, stop, guard, peer, self);
-            return None;
-        }
-        let socket = match io.into_std() {
-            Ok(socket) => socket,
+        let mut stream = match ParkedStream::detach(stream) {
+            Ok(stream) => stream,
             Err(e) => {
-                tracing::debug!(%peer, error = %e, "could not park an idle connection; closing it");
+                tracing::debug!(peer = %Peer(peer), error = %e, "could not park an idle connection; closing it");
                 return None;
             }
         };
-        let earliest = lot.deadlines.first().map(|(d, _)| *d);
-        let fd = socket.as_raw_fd();
-        let tok = lot.insert(Parked {
-            socket,
+        let holds_input = stream.holds_input();
+        // Records rustls could not write yet: the lot waits for the socket
+        // to take more too, and resumes the connection to write them.
+        let interest = match stream.flush() {
+            Ok(()) if stream.has_unsent() => Interest::READABLE | Interest::WRITABLE,
+            Ok(()) => Interest::READABLE,
+            Err(e) => {
+                tracing::debug!(peer = %Peer(peer), error = %e, "could not park an idle connection; closing it");
+                return None;
+            }
+        };
+        let fd = stream.as_raw_fd();
+        let parked = Parked {
+            stream,
             sleeper,
             stop,
             guard,
             peer,
             deadline,
-        });
+        };
+        let mut lot = lock(&self.shared.lot);
+        if lot.closed || holds_input {
+            drop(lot);
+            resume(self, parked);
+            return None;
+        }
+        let earliest = lot.deadlines.first().map(|(d, _)| *d);
+        let tok = lot.insert(parked);
         // One-shot: the first event resumes it, and resuming deregisters it.
         if let Err(e) = self
             .shared
             .registry
-            .register(&mut SourceFd(&fd), Token(tok_to_usize(tok)), Interest::READABLE)
+            .register(&mut SourceFd(&fd), Token(tok_to_usize(tok)), interest)
         {
             let parked = lot.remove(tok);
             drop(lot);
-            tracing::debug!(%peer, error = %e, "could not register a parked connection; resuming it");
+            tracing::debug!(peer = %Peer(peer), error = %e, "could not register a parked connection; resuming it");
             if let Some(p) = parked {
                 resume(self, p);
             }
@@ -380,17 +401,17 @@ impl<S: Sleeper> ParkingLot<S> {
     }
 
     /// Lets `f` work on the connection parked under `tok` (its engine and
-    /// socket) without a task: for a push to a parked subscriber. `f` says
-    /// whether the connection stays parked or must resume on a task.
+    /// stream) without a task: for a push to a parked subscriber. `f` says
+    /// whether the connection stays parked or must resume on a task (it
+    /// must too when rustls holds records the socket did not take).
     /// `None` when it is no longer parked (resumed or resuming).
-    pub(crate) fn visit<R>(
-        &self,
-        tok: u64,
-        f: impl FnOnce(&mut S, &mut std::net::TcpStream) -> (R, Visit),
-    ) -> Option<R> {
+    pub(crate) fn visit<R>(&self, tok: u64, f: impl FnOnce(&mut S, &mut ParkedStream) -> (R, Visit)) -> Option<R> {
         let mut slab = lock(&self.shared.lot);
         let parked = slab.get_mut(tok)?;
-        let (result, then) = f(&mut parked.sleeper, &mut parked.socket);
+        let (result, mut then) = f(&mut parked.sleeper, &mut parked.stream);
+        if parked.stream.has_unsent() {
+            then = Visit::Resume;
+        }
         match then {
             Visit::Stay => {
                 slab.refresh_deadline(tok);
@@ -421,21 +442,28 @@ fn unpark<S: Sleeper>(lot: &ParkingLot<S>, tok: u64) {
 }
 
 /// A parked connection's deadline passed: its engine decides. When that
-/// ends the connection the socket is closed here, with no task; otherwise
-/// the connection resumes.
+/// ends the connection it is closed here, with no task; otherwise the
+/// connection resumes.
 fn expire<S: Sleeper>(lot: &ParkingLot<S>, tok: u64) {
     let Some(mut p) = lock(&lot.shared.lot).remove(tok) else {
         return;
     };
     if p.sleeper.expire(Instant::now().into_std(), p.peer) {
-        leave_lot(&lot.shared, &p);
+        close_in_lot(&lot.shared, p);
     } else {
         resume(lot, p);
     }
 }
 
+/// A connection taken out of the lot ends here, with no task: its socket
+/// closes (after a TLS session's `close_notify`).
+fn close_in_lot<S: Sleeper>(shared: &Shared<S>, p: Parked<S>) {
+    leave_lot(shared, &p);
+    p.stream.close();
+}
+
 fn leave_lot<S: Sleeper>(shared: &Shared<S>, p: &Parked<S>) {
-    let fd = p.socket.as_raw_fd();
+    let fd = p.stream.as_raw_fd();
     if shared.registry.deregister(&mut SourceFd(&fd)).is_ok() {
         shared.stats.parked.fetch_sub(1, Ordering::Relaxed);
         if p.sleeper.is_websocket() {
@@ -457,15 +485,19 @@ fn resume<S: Sleeper>(lot: &ParkingLot<S>, mut p: Parked<S>) {
     // Read what woke it now: a socket registered anew has no readiness in
     // the runtime until the reactor's next turn, and the driver must see
     // this input before its parking timer could fire again.
+    // (Over TLS: the plaintext of what woke it, and first what rustls
+    // held when it was parked.)
     let now = Instant::now().into_std();
     let sleeper = &mut p.sleeper;
-    let read = crate::io::read_now_with(&mut p.socket, |bytes| sleeper.handle_input(bytes, now));
+    let read = crate::io::read_now_with(&mut p.stream, |bytes| sleeper.handle_input(bytes, now));
     if read.is_err() {
         sleeper.handle_io_error(now);
     }
-    match TcpStream::from_std(p.socket) {
+    match p.stream.attach() {
         Ok(io) => p.sleeper.resume(io, p.stop, p.guard, p.peer, lot),
-        Err(e) => tracing::debug!(peer = %p.peer, error = %e, "could not resume a parked connection; closing it"),
+        Err(e) => {
+            tracing::debug!(peer = %Peer(p.peer), error = %e, "could not resume a parked connection; closing it")
+        }
     }
 }
 
@@ -556,7 +588,7 @@ async fn run<S: Sleeper>(shared: Arc<Shared<S>>, mut ready: AsyncFd<Poll>, mut s
         if let Some(mut p) = parked {
             match p.sleeper.forced_stop(p.peer) {
                 AtShutdown::Resume => resume(&lot, p),
-                AtShutdown::Closed | AtShutdown::Stay => leave_lot(shared, &p),
+                AtShutdown::Closed | AtShutdown::Stay => close_in_lot(shared, p),
             }
         }
     }
@@ -584,7 +616,7 @@ fn shut_down_parked<S: Sleeper>(lot: &ParkingLot<S>) {
             AtShutdown::Closed => {
                 if let Some(p) = slab.remove(tok) {
                     drop(slab);
-                    leave_lot(&lot.shared, &p);
+                    close_in_lot(&lot.shared, p);
                 }
             }
             AtShutdown::Resume => {
@@ -610,24 +642,24 @@ mod tests {
         }
         fn handle_input(&mut self, _: &[u8], _: std::time::Instant) {}
         fn handle_io_error(&mut self, _: std::time::Instant) {}
-        fn expire(&mut self, _: std::time::Instant, _: SocketAddr) -> bool {
+        fn expire(&mut self, _: std::time::Instant, _: Option<SocketAddr>) -> bool {
             true
         }
-        fn shutdown(&mut self, _: std::time::Instant, _: SocketAddr) -> AtShutdown {
+        fn shutdown(&mut self, _: std::time::Instant, _: Option<SocketAddr>) -> AtShutdown {
             AtShutdown::Closed
         }
-        fn forced_stop(&mut self, _: SocketAddr) -> AtShutdown {
+        fn forced_stop(&mut self, _: Option<SocketAddr>) -> AtShutdown {
             AtShutdown::Closed
         }
-        fn reclaim(&mut self, _: std::time::Instant, _: SocketAddr) -> bool {
+        fn reclaim(&mut self, _: std::time::Instant, _: Option<SocketAddr>) -> bool {
             true
         }
         fn resume(
             self,
-            _: TcpStream,
+            _: ServerStream,
             _: watch::Receiver<Stop>,
             _: Option<OpenGuard>,
-            _: SocketAddr,
+            _: Option<SocketAddr>,
             _: &ParkingLot<Self>,
         ) {
         }
@@ -636,11 +668,11 @@ mod tests {
     /// A parked connection on a duplicate of `socket`.
     fn parked(socket: &std::net::TcpStream, stop: &watch::Receiver<Stop>) -> Parked<Idle> {
         Parked {
-            socket: socket.try_clone().expect("dup"),
+            stream: ParkedStream::Tcp(socket.try_clone().expect("dup")),
             sleeper: Idle,
             stop: stop.clone(),
             guard: None,
-            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            peer: None,
             deadline: None,
         }
     }
@@ -678,5 +710,171 @@ mod tests {
         }
         assert!(lot.get_mut(fresh).is_some());
         assert!(lot.remove(fresh).is_some());
+    }
+
+    /// A sleeper that keeps what the lot reads for it and hands it over
+    /// when resumed (its stream is then dropped).
+    struct Recorder {
+        input: Vec<u8>,
+        resumed: std::sync::mpsc::Sender<Vec<u8>>,
+    }
+
+    impl Sleeper for Recorder {
+        fn deadline(&self) -> Option<std::time::Instant> {
+            None
+        }
+        fn handle_input(&mut self, bytes: &[u8], _: std::time::Instant) {
+            self.input.extend_from_slice(bytes);
+        }
+        fn handle_io_error(&mut self, _: std::time::Instant) {}
+        fn expire(&mut self, _: std::time::Instant, _: Option<SocketAddr>) -> bool {
+            true
+        }
+        fn shutdown(&mut self, _: std::time::Instant, _: Option<SocketAddr>) -> AtShutdown {
+            AtShutdown::Closed
+        }
+        fn forced_stop(&mut self, _: Option<SocketAddr>) -> AtShutdown {
+            AtShutdown::Closed
+        }
+        fn reclaim(&mut self, _: std::time::Instant, _: Option<SocketAddr>) -> bool {
+            true
+        }
+        fn resume(
+            self,
+            _: ServerStream,
+            _: watch::Receiver<Stop>,
+            _: Option<OpenGuard>,
+            _: Option<SocketAddr>,
+            _: &ParkingLot<Self>,
+        ) {
+            let _ = self.resumed.send(self.input);
+        }
+    }
+
+    /// A client and a server TLS stream over loopback TCP, handshake done,
+    /// with a self-signed `localhost` certificate.
+    async fn tls_pair() -> (
+        tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+        super::super::stream::TlsStream,
+    ) {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
+        let server = rustls::ServerConfig::builder_with_provider(crate::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(certified.cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(crate::tls::crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, tcp)
+                .await
+                .unwrap()
+        };
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let socket = super::super::stream::TlsSocket::Attached(tcp);
+            tokio_rustls::TlsAcceptor::from(Arc::new(server))
+                .accept(socket)
+                .await
+                .unwrap()
+        };
+        let within = Duration::from_secs(10);
+        tokio::time::timeout(within, async { tokio::join!(connect, accept) })
+            .await
+            .expect("handshake in time")
+    }
+
+    #[tokio::test]
+    async fn a_tls_connection_with_a_record_inside_rustls_resumes_at_once_and_one_without_parks() {
+        use super::super::stream::TlsSocket;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let within = Duration::from_secs(10);
+        let stats = Arc::new(ServerStats::default());
+        let (_stop_tx, stop) = watch::channel(Stop::Run);
+        let lot = ParkingLot::start(Duration::from_millis(100), stats.clone(), stop.clone()).unwrap();
+        let (resumed_tx, resumed) = std::sync::mpsc::channel();
+        let recorder = || Recorder {
+            input: Vec::new(),
+            resumed: resumed_tx.clone(),
+        };
+
+        // The request's record reaches rustls (read from the socket, not
+        // yet decrypted) before the connection would park: the socket has
+        // nothing more, so epoll would never wake it. It is resumed at once
+        // with the request.
+        let (mut client, mut server) = tls_pair().await;
+        client.write_all(REQUEST).await.unwrap();
+        client.flush().await.unwrap();
+        let TlsSocket::Attached(tcp) = server.get_ref().0 else {
+            unreachable!("attached until parked")
+        };
+        tokio::time::timeout(within, tcp.readable()).await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (socket, session) = server.get_mut();
+        for _ in 0..16 {
+            match session.read_tls(socket) {
+                Ok(n) => assert!(n > 0, "the client is still there"),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let token = lot.park(
+            ServerStream::Tls(Box::new(server)),
+            recorder(),
+            stop.clone(),
+            None,
+            None,
+        );
+        assert_eq!(token, None, "not parked");
+        assert_eq!(
+            resumed.recv_timeout(within).unwrap(),
+            REQUEST,
+            "resumed with the request"
+        );
+        assert_eq!(stats.parked.load(Ordering::Relaxed), 0);
+
+        // Nothing inside rustls: it parks. A push is sealed and written
+        // without a task (it stays parked); the next request, read through
+        // rustls off the runtime, resumes it.
+        let (mut client, server) = tls_pair().await;
+        let token = lot.park(
+            ServerStream::Tls(Box::new(server)),
+            recorder(),
+            stop.clone(),
+            None,
+            None,
+        );
+        let token = token.expect("parked");
+        assert_eq!(stats.parked.load(Ordering::Relaxed), 1);
+        let pushed = lot.visit(token, |_, stream| (stream.write_all(b"pushed"), Visit::Stay));
+        assert!(matches!(pushed, Some(Ok(()))), "{pushed:?}");
+        let mut got = [0u8; 6];
+        tokio::time::timeout(within, client.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&got, b"pushed");
+        assert_eq!(stats.parked.load(Ordering::Relaxed), 1, "still parked");
+        client.write_all(REQUEST).await.unwrap();
+        client.flush().await.unwrap();
+        let resumed = tokio::task::spawn_blocking(move || resumed.recv_timeout(within))
+            .await
+            .unwrap();
+        assert_eq!(resumed.unwrap(), REQUEST, "resumed with the request");
+        assert_eq!(stats.parked.load(Ordering::Relaxed), 0);
     }
 }

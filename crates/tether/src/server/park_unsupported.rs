@@ -13,10 +13,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::sleeper::{Sleeper, Visit};
+use super::stream::{ParkedStream, ServerStream};
 use super::ServerStats;
 use crate::lifecycle::{OpenGuard, Stop};
 
@@ -47,11 +47,11 @@ impl<S: Sleeper> ParkingLot<S> {
 
     pub(crate) fn park(
         &self,
-        io: TcpStream,
+        io: ServerStream,
         sleeper: S,
         stop: watch::Receiver<Stop>,
         guard: Option<OpenGuard>,
-        peer: SocketAddr,
+        peer: Option<SocketAddr>,
     ) -> Option<u64> {
         sleeper.resume(io, stop, guard, peer, self);
         None
@@ -59,7 +59,7 @@ impl<S: Sleeper> ParkingLot<S> {
 
     pub(crate) fn wake(&self, _: u64) {}
 
-    pub(crate) fn visit<R>(&self, _: u64, _: impl FnOnce(&mut S, &mut std::net::TcpStream) -> (R, Visit)) -> Option<R> {
+    pub(crate) fn visit<R>(&self, _: u64, _: impl FnOnce(&mut S, &mut ParkedStream) -> (R, Visit)) -> Option<R> {
         None
     }
 }

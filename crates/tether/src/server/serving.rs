@@ -15,11 +15,13 @@
 //! the task that resumes it runs in the same span, and an end met in the
 //! lot is logged and recorded in it.
 //!
-//! Only plain TCP connections park. A connection over any other transport
-//! (TLS, a Unix socket: see `super::listener`) runs on its task for its
-//! whole life ([`Serving::run_on_task`]), idle or not, inside its span; a
-//! TLS connection first completes its handshake there
-//! ([`Serving::serve_tls`]).
+//! Every kind of server stream parks (`super::stream`: TCP, TLS over TCP,
+//! a Unix socket). A connection runs on its task as its own type (a TCP
+//! socket, a boxed TLS stream, a Unix socket: [`Serving::serve`]); parking
+//! turns it into a [`ServerStream`], and resuming spawns the kind it is
+//! again ([`Serving::spawn`]). A TLS connection first completes its
+//! handshake on the task it was accepted on ([`Serving::serve_tls`]) and is
+//! served on the same task until it parks.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -37,6 +39,7 @@ use super::listener::HandshakeError;
 use super::park::ParkingLot;
 pub(crate) use super::sleeper::Visit;
 use super::sleeper::{AtShutdown, Sleeper};
+use super::stream::{ServerStream, TlsSocket};
 use super::{ServerStats, SharedHandler};
 use crate::lifecycle::{OpenGuard, Stop, Transport};
 use crate::spans::{ParkedSpan, ParkedSpans};
@@ -60,60 +63,63 @@ impl Serving {
     /// ends or parks (resuming a held response, if it carries one).
     pub(crate) fn spawn(
         self: &Arc<Self>,
-        io: TcpStream,
+        stream: ServerStream,
         conn: ServerConnection,
         stop: watch::Receiver<Stop>,
         guard: Option<OpenGuard>,
-        peer: SocketAddr,
+        peer: Option<SocketAddr>,
         carry: Carry,
     ) {
-        let serving = self.clone();
-        let span = carry.span.clone();
-        let task = async move {
-            let lot = serving.lot.as_ref();
-            let context = driver::Context {
-                handler: serving.handler.clone(),
-                lot,
-                peer: Some(peer),
-                access_log: serving.access_log,
-                stats: Some(serving.stats.clone()),
-                carry,
-            };
-            match driver::drive(io, conn, context, stop, guard).await {
-                Driven::Ended(end, traffic, span) => serving.stats.record_end(Some(peer), end, traffic, &span),
-                // `drive` parks only when given a lot.
-                Driven::Idle(paused) => {
-                    if let Some(lot) = lot {
-                        serving.park(lot, paused, peer);
-                    }
-                }
-            }
-        };
-        tokio::spawn(task.instrument(span));
+        match stream {
+            ServerStream::Tcp(io) => self.spawn_on(io, conn, stop, guard, peer, carry),
+            ServerStream::Tls(io) => self.spawn_on(io, conn, stop, guard, peer, carry),
+            #[cfg(unix)]
+            ServerStream::Unix(io) => self.spawn_on(io, conn, stop, guard, peer, carry),
+        }
     }
 
-    /// Serves a connection over a transport that does not park (TLS, a Unix
-    /// socket) on the current task until it ends or upgrades.
-    pub(crate) async fn run_on_task<IO: Transport>(
-        &self,
+    /// [`Serving::spawn`] for a stream of one kind.
+    pub(crate) fn spawn_on<IO: Transport + Into<ServerStream>>(
+        self: &Arc<Self>,
         io: IO,
         conn: ServerConnection,
         stop: watch::Receiver<Stop>,
         guard: Option<OpenGuard>,
         peer: Option<SocketAddr>,
+        carry: Carry,
     ) {
-        let span = crate::spans::connection(peer);
+        let span = carry.span.clone();
+        tokio::spawn(self.clone().serve(io, conn, stop, guard, peer, carry).instrument(span));
+    }
+
+    /// Serves a connection on the current task until it ends (or upgrades)
+    /// or parks.
+    async fn serve<IO: Transport + Into<ServerStream>>(
+        self: Arc<Self>,
+        io: IO,
+        conn: ServerConnection,
+        stop: watch::Receiver<Stop>,
+        guard: Option<OpenGuard>,
+        peer: Option<SocketAddr>,
+        carry: Carry,
+    ) {
+        let lot = self.lot.as_ref();
         let context = driver::Context {
             handler: self.handler.clone(),
-            lot: None,
+            lot,
             peer,
             access_log: self.access_log,
             stats: Some(self.stats.clone()),
-            carry: Carry::new(span.clone()),
+            carry,
         };
-        match driver::drive(io, conn, context, stop, guard).instrument(span).await {
+        match driver::drive(io, conn, context, stop, guard).await {
             Driven::Ended(end, traffic, span) => self.stats.record_end(peer, end, traffic, &span),
-            Driven::Idle(_) => unreachable!("never parks without a lot"),
+            // `drive` parks only when given a lot.
+            Driven::Idle(paused) => {
+                if let Some(lot) = lot {
+                    self.park(lot, paused, peer);
+                }
+            }
         }
     }
 
@@ -130,7 +136,8 @@ impl Serving {
         stop: watch::Receiver<Stop>,
         peer: SocketAddr,
     ) {
-        let tls = match super::listener::handshake(acceptor, stream, timeout, stop.clone()).await {
+        let socket = TlsSocket::Attached(stream);
+        let tls = match super::listener::handshake(acceptor, socket, timeout, stop.clone()).await {
             Ok(tls) => tls,
             Err(e) => {
                 let counter = match e {
@@ -146,7 +153,12 @@ impl Serving {
         match admitted {
             Some(guard) => {
                 let conn = ServerConnection::new(config, std::time::Instant::now());
-                self.run_on_task(tls, conn, stop, Some(guard), Some(peer)).await;
+                let span = crate::spans::connection(Some(peer));
+                let carry = Carry::new(span.clone());
+                let io = Box::new(tls);
+                self.serve(io, conn, stop, Some(guard), Some(peer), carry)
+                    .instrument(span)
+                    .await;
             }
             None => super::admission::refuse(tls).await,
         }
@@ -154,7 +166,7 @@ impl Serving {
 
     /// Parks an idle connection, or one holding a response (whose signal
     /// then resumes it; fired already, it resumes at once).
-    fn park(self: &Arc<Self>, lot: &Lot, paused: Paused<TcpStream>, peer: SocketAddr) {
+    fn park<IO: Into<ServerStream>>(self: &Arc<Self>, lot: &Lot, paused: Paused<IO>, peer: Option<SocketAddr>) {
         let Paused {
             io,
             conn,
@@ -167,7 +179,7 @@ impl Serving {
             None => {
                 let span = ParkedSpan::new(carry.span);
                 let _ = lot.park(
-                    io,
+                    io.into(),
                     Parkable::KeepAlive(KeepAlive { conn, serving, span }),
                     shutdown,
                     guard,
@@ -182,7 +194,7 @@ impl Serving {
                     serving,
                     spans: ParkedSpans::new(carry.span, carry.request_span),
                 });
-                if let Some(token) = lot.park(io, parked, shutdown, guard, peer) {
+                if let Some(token) = lot.park(io.into(), parked, shutdown, guard, peer) {
                     if !signal.park(lot, token) {
                         lot.wake(token);
                     }
@@ -227,35 +239,35 @@ impl Sleeper for Parkable {
         each_kind!(self, k => k.handle_io_error(now))
     }
 
-    fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
+    fn expire(&mut self, now: std::time::Instant, peer: Option<SocketAddr>) -> bool {
         each_kind!(self, k => k.expire(now, peer))
     }
 
-    fn shutdown(&mut self, now: std::time::Instant, peer: SocketAddr) -> AtShutdown {
+    fn shutdown(&mut self, now: std::time::Instant, peer: Option<SocketAddr>) -> AtShutdown {
         each_kind!(self, k => k.shutdown(now, peer))
     }
 
-    fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
+    fn forced_stop(&mut self, peer: Option<SocketAddr>) -> AtShutdown {
         each_kind!(self, k => k.forced_stop(peer))
     }
 
-    fn reclaim(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
+    fn reclaim(&mut self, now: std::time::Instant, peer: Option<SocketAddr>) -> bool {
         each_kind!(self, k => k.reclaim(now, peer))
     }
 
     fn resume(
         self,
-        io: TcpStream,
+        io: ServerStream,
         stop: watch::Receiver<Stop>,
         guard: Option<OpenGuard>,
-        peer: SocketAddr,
+        peer: Option<SocketAddr>,
         lot: &ParkingLot<Self>,
     ) {
         match self {
             Parkable::KeepAlive(KeepAlive { conn, serving, span }) => {
                 serving.spawn(io, conn, stop, guard, peer, Carry::new(span.into_span()))
             }
-            Parkable::WebSocket(w) => w.resume(io, stop, guard, lot),
+            Parkable::WebSocket(w) => w.resume(io, stop, guard, peer, lot),
             Parkable::Held(HeldRequest {
                 conn,
                 held,
@@ -299,22 +311,22 @@ impl HeldRequest {
     }
 
     /// Its deadline (or the engine's): its task answers.
-    fn expire(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> bool {
+    fn expire(&mut self, _now: std::time::Instant, _peer: Option<SocketAddr>) -> bool {
         false
     }
 
     /// A request is in flight: never closed to make room.
-    fn reclaim(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> bool {
+    fn reclaim(&mut self, _now: std::time::Instant, _peer: Option<SocketAddr>) -> bool {
         false
     }
 
     /// Answered now, with `Connection: close`, by its task.
-    fn shutdown(&mut self, now: std::time::Instant, _peer: SocketAddr) -> AtShutdown {
+    fn shutdown(&mut self, now: std::time::Instant, _peer: Option<SocketAddr>) -> AtShutdown {
         tracked(&mut self.conn, &self.serving, |conn| conn.handle_shutdown(now));
         AtShutdown::Resume
     }
 
-    fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
+    fn forced_stop(&mut self, peer: Option<SocketAddr>) -> AtShutdown {
         forced_stop(&self.conn, &self.serving, peer, self.spans.connection())
     }
 }
@@ -342,22 +354,22 @@ impl KeepAlive {
 
     /// The engine decides; when it closes (the idle timeout, the usual
     /// case) no task is needed.
-    fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
+    fn expire(&mut self, now: std::time::Instant, peer: Option<SocketAddr>) -> bool {
         tracked(&mut self.conn, &self.serving, |conn| conn.handle_timeout(now));
         self.closed(peer)
     }
 
     /// An idle keep-alive connection may always be closed (RFC 9112 §9.5).
-    fn reclaim(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool {
+    fn reclaim(&mut self, now: std::time::Instant, peer: Option<SocketAddr>) -> bool {
         tracked(&mut self.conn, &self.serving, |conn| conn.reclaim(now)) && self.closed(peer)
     }
 
-    fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown {
+    fn forced_stop(&mut self, peer: Option<SocketAddr>) -> AtShutdown {
         forced_stop(&self.conn, &self.serving, peer, self.span.get())
     }
 
     /// The engine drains it (or, without a drain, closes it).
-    fn shutdown(&mut self, now: std::time::Instant, peer: SocketAddr) -> AtShutdown {
+    fn shutdown(&mut self, now: std::time::Instant, peer: Option<SocketAddr>) -> AtShutdown {
         tracked(&mut self.conn, &self.serving, |conn| conn.handle_shutdown(now));
         if self.closed(peer) {
             AtShutdown::Closed
@@ -367,11 +379,11 @@ impl KeepAlive {
     }
 
     /// Whether the engine closed it (logged here, as no task will).
-    fn closed(&self, peer: SocketAddr) -> bool {
+    fn closed(&self, peer: Option<SocketAddr>) -> bool {
         match self.conn.poll_close() {
             Some(cause) => {
                 self.serving.stats.record_end(
-                    Some(peer),
+                    peer,
                     ConnectionEnd::Closed(cause, self.conn.requests_served(), self.conn.fault()),
                     self.conn.traffic(),
                     self.span.get(),
@@ -405,9 +417,14 @@ fn feed(conn: &mut ServerConnection, bytes: &[u8], now: std::time::Instant) {
 
 /// A parked HTTP connection closed by the server's forced stop, logged
 /// here (no task will).
-fn forced_stop(conn: &ServerConnection, serving: &Serving, peer: SocketAddr, span: &tracing::Span) -> AtShutdown {
+fn forced_stop(
+    conn: &ServerConnection,
+    serving: &Serving,
+    peer: Option<SocketAddr>,
+    span: &tracing::Span,
+) -> AtShutdown {
     serving.stats.record_end(
-        Some(peer),
+        peer,
         ConnectionEnd::Closed(CloseCause::Shutdown, conn.requests_served(), None),
         conn.traffic(),
         span,

@@ -6,10 +6,10 @@
 
 use std::net::SocketAddr;
 
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::park::ParkingLot;
+use super::stream::ServerStream;
 use crate::lifecycle::{OpenGuard, Stop};
 
 /// A protocol engine waiting in the lot: what the lot needs to hold it.
@@ -27,22 +27,23 @@ pub(crate) trait Sleeper: Send + Sized + 'static {
     fn handle_io_error(&mut self, now: std::time::Instant);
     /// Its deadline passed: handles it when that needs no task and reports
     /// whether the connection is over (its socket is then closed here).
-    fn expire(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool;
+    /// `peer` is the client's address (`None` on a Unix socket), for logs.
+    fn expire(&mut self, now: std::time::Instant, peer: Option<SocketAddr>) -> bool;
     /// The server began a graceful shutdown: what the connection needs.
-    fn shutdown(&mut self, now: std::time::Instant, peer: SocketAddr) -> AtShutdown;
+    fn shutdown(&mut self, now: std::time::Instant, peer: Option<SocketAddr>) -> AtShutdown;
     /// The server's forced stop: `Closed` (logged) or `Resume` (its task
     /// ends it, so its application hears of it).
-    fn forced_stop(&mut self, peer: SocketAddr) -> AtShutdown;
+    fn forced_stop(&mut self, peer: Option<SocketAddr>) -> AtShutdown;
     /// The server needs room (descriptors, its connection limit): closes
     /// the connection if the protocol allows it now, and says whether it did.
-    fn reclaim(&mut self, now: std::time::Instant, peer: SocketAddr) -> bool;
-    /// Gives the connection a task again (it may park again in `lot`).
+    fn reclaim(&mut self, now: std::time::Instant, peer: Option<SocketAddr>) -> bool;
+    /// Gives the connection a task again on `stream` (it may park again in `lot`).
     fn resume(
         self,
-        io: TcpStream,
+        stream: ServerStream,
         stop: watch::Receiver<Stop>,
         guard: Option<OpenGuard>,
-        peer: SocketAddr,
+        peer: Option<SocketAddr>,
         lot: &ParkingLot<Self>,
     );
 }

@@ -14,6 +14,7 @@ use std::pin::Pin;
 
 use bytes::BytesMut;
 
+use super::stream::{ServerStream, TlsStream};
 pub use crate::lifecycle::Transport;
 
 /// The transport after a `101`, with the bytes already read past the request head.
@@ -42,14 +43,29 @@ pub struct Upgraded {
 }
 
 impl Upgraded {
-    /// The transport as a runtime TCP socket, when it is one.
-    pub(crate) fn take_tcp(io: Box<dyn Transport>) -> Result<tokio::net::TcpStream, Box<dyn Transport>> {
-        if (&*io as &dyn Any).is::<tokio::net::TcpStream>() {
-            let any: Box<dyn Any> = io;
-            Ok(*any.downcast::<tokio::net::TcpStream>().expect("checked above"))
-        } else {
-            Err(io)
-        }
+    /// The transport as a server stream (which may park), when it is one:
+    /// the server's TCP, TLS or Unix-socket connections are.
+    pub(crate) fn take_stream(io: Box<dyn Transport>) -> Result<ServerStream, Box<dyn Transport>> {
+        let io = match downcast::<tokio::net::TcpStream>(io) {
+            Ok(tcp) => return Ok(tcp.into()),
+            Err(io) => io,
+        };
+        #[cfg(unix)]
+        let io = match downcast::<tokio::net::UnixStream>(io) {
+            Ok(unix) => return Ok(unix.into()),
+            Err(io) => io,
+        };
+        downcast::<Box<TlsStream>>(io).map(ServerStream::from)
+    }
+}
+
+/// The transport as a `T`, when it is one.
+fn downcast<T: Transport>(io: Box<dyn Transport>) -> Result<T, Box<dyn Transport>> {
+    if (&*io as &dyn Any).is::<T>() {
+        let any: Box<dyn Any> = io;
+        Ok(*any.downcast::<T>().expect("checked above"))
+    } else {
+        Err(io)
     }
 }
 

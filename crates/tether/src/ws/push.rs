@@ -41,6 +41,7 @@ use std::task::Waker;
 use tether_proto::ws::{EncodedFrame, WsConnection};
 
 use crate::server::serving::{Lot, Parkable, Visit};
+use crate::server::stream::ParkedStream;
 
 /// What a deferred push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -394,7 +395,7 @@ fn wake(at: &At) {
 /// resumes.
 fn push_parked<'a>(
     parked: &mut Parkable,
-    socket: &mut std::net::TcpStream,
+    socket: &mut ParkedStream,
     frames: impl IntoIterator<Item = &'a EncodedFrame>,
 ) -> (Pushed, Visit) {
     let Parkable::WebSocket(ws) = parked else {

@@ -19,8 +19,11 @@
 //! (`WsConnection::is_quiescent`: open, nothing buffered, queued or in
 //! flight) and whose socket has been quiet that long leaves its task: the
 //! engine and the service move, by value, into the server's parking lot
-//! (`crate::server::park`) with the socket, and come back on a new task at
-//! the first input, engine deadline or shutdown. The engine cannot tell.
+//! (`crate::server::park`) with the stream (TCP, TLS with its session, or
+//! a Unix socket: any stream the server accepted), and come back on a new
+//! task at the first input, engine deadline or shutdown. The engine cannot
+//! tell. A transport the server did not accept (`serve_transport`'s) never
+//! parks.
 //!
 //! States: `Running --quiet for park_after--> Parked --input | deadline |
 //! shutdown--> Running --transport closes--> Ended`.
@@ -36,10 +39,9 @@ use std::task::Poll;
 use std::time::Duration;
 
 use tether_proto::ws::{CloseCode, EncodedFrame, Event, Message, SendError, WsConnection};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{Instrument, Span};
+use tracing::Instrument;
 
 use super::driver::{Peer, Turn, WsDriver, WS_TOTALS};
 use super::push::{Inlet, ParkAttempt};
@@ -47,6 +49,7 @@ use super::socket::WsError;
 use crate::lifecycle::{OpenGuard, Stop, Transport};
 use crate::server::serving::{Lot, Parkable};
 use crate::server::sleeper::AtShutdown;
+use crate::server::stream::{ParkedStream, ServerStream};
 use crate::server::upgrade::Upgraded;
 use crate::spans::ParkedSpan;
 
@@ -161,18 +164,18 @@ pub(crate) async fn run<S: WsService>(up: Upgraded, mut engine: WsConnection, se
     WS_TOTALS.opened();
     let served = Served { service, inlet };
     let entered = span.clone();
-    match (Upgraded::take_tcp(io), lot) {
-        (Ok(tcp), Some(lot)) if stop.is_some() => {
+    match (Upgraded::take_stream(io), lot) {
+        (Ok(stream), Some(lot)) if stop.is_some() => {
             let to = Destination {
                 peer,
                 lot: Some(lot),
                 span,
             };
-            drive(tcp, engine, served, stop, guard, to).instrument(entered).await
+            drive(stream, engine, served, stop, guard, to).instrument(entered).await
         }
-        (Ok(tcp), _) => {
+        (Ok(stream), _) => {
             let to = Destination { peer, lot: None, span };
-            drive(tcp, engine, served, stop, guard, to).instrument(entered).await
+            drive(stream, engine, served, stop, guard, to).instrument(entered).await
         }
         (Err(io), _) => {
             let to = Destination { peer, lot: None, span };
@@ -187,19 +190,19 @@ struct Served<S> {
     inlet: Option<Arc<Inlet>>,
 }
 
-/// A transport that may be parked: only a runtime TCP socket.
+/// A transport that may be parked: only a stream the server accepted.
 trait ParkableTransport: Transport + Sized {
-    fn into_tcp(self) -> Option<TcpStream>;
+    fn into_stream(self) -> Option<ServerStream>;
 }
 
-impl ParkableTransport for TcpStream {
-    fn into_tcp(self) -> Option<TcpStream> {
+impl ParkableTransport for ServerStream {
+    fn into_stream(self) -> Option<ServerStream> {
         Some(self)
     }
 }
 
 impl ParkableTransport for Box<dyn Transport> {
-    fn into_tcp(self) -> Option<TcpStream> {
+    fn into_stream(self) -> Option<ServerStream> {
         None
     }
 }
@@ -315,23 +318,26 @@ fn park_now<IO: ParkableTransport, S: WsService>(
     let mut conn = conn;
     conn.report();
     let WsDriver {
-        io, mut engine, span, ..
+        io,
+        mut engine,
+        span,
+        peer,
+        ..
     } = conn;
     engine.release_buffers();
-    let Some(tcp) = io.into_tcp() else {
-        unreachable!("a lot comes only with a TCP socket")
+    let Some(stream) = io.into_stream() else {
+        unreachable!("a lot comes only with a stream the server accepted")
     };
-    let peer = tcp.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let Served { service, inlet } = served;
     let parked = ParkedWebSocket {
         engine,
         inlet,
-        resume: Box::new(move |engine, inlet, io, stop, guard, lot, span| {
-            spawn_resumed(engine, Served { service, inlet }, io, stop, guard, lot, span)
+        resume: Box::new(move |engine, inlet, io, stop, guard, lot, to| {
+            spawn_resumed(engine, Served { service, inlet }, io, stop, guard, lot, to)
         }),
         span: ParkedSpan::new(span),
     };
-    lot.park(tcp, Parkable::WebSocket(parked), stop, guard, peer)
+    lot.park(stream, Parkable::WebSocket(parked), stop, guard, peer)
 }
 
 /// When the connection may park: quiet for `park_after` with nothing in
@@ -352,9 +358,19 @@ pub(crate) struct ParkedWebSocket {
     span: ParkedSpan,
 }
 
-/// Puts a parked connection's engine, inlet and service back on a task of their own.
+/// Puts a parked connection's engine, inlet and service back on a task of
+/// their own, with its stream, serving it for the peer and in the span of
+/// the `Destination`.
 type ResumeOnTask = Box<
-    dyn FnOnce(WsConnection, Option<Arc<Inlet>>, TcpStream, watch::Receiver<Stop>, Option<OpenGuard>, Lot, Span) + Send,
+    dyn FnOnce(
+            WsConnection,
+            Option<Arc<Inlet>>,
+            ServerStream,
+            watch::Receiver<Stop>,
+            Option<OpenGuard>,
+            Lot,
+            Destination,
+        ) + Send,
 >;
 
 /// A resumed connection's task (a function of its own: `drive` cannot
@@ -362,33 +378,32 @@ type ResumeOnTask = Box<
 fn spawn_resumed<S: WsService>(
     engine: WsConnection,
     served: Served<S>,
-    io: TcpStream,
+    io: ServerStream,
     stop: watch::Receiver<Stop>,
     guard: Option<OpenGuard>,
     lot: Lot,
-    span: Span,
+    to: Destination,
 ) {
-    let peer = io.peer_addr().ok();
-    let entered = span.clone();
-    let to = Destination {
-        peer,
-        lot: Some(lot),
-        span,
-    };
+    let entered = to.span.clone();
+    let to = Destination { lot: Some(lot), ..to };
     tokio::spawn(drive(io, engine, served, Some(stop), guard, to).instrument(entered));
 }
 
 impl ParkedWebSocket {
-    pub(crate) fn resume(self, io: TcpStream, stop: watch::Receiver<Stop>, guard: Option<OpenGuard>, lot: &Lot) {
-        (self.resume)(
-            self.engine,
-            self.inlet,
-            io,
-            stop,
-            guard,
-            lot.clone(),
-            self.span.into_span(),
-        );
+    pub(crate) fn resume(
+        self,
+        io: ServerStream,
+        stop: watch::Receiver<Stop>,
+        guard: Option<OpenGuard>,
+        peer: Option<SocketAddr>,
+        lot: &Lot,
+    ) {
+        let to = Destination {
+            peer,
+            lot: None,
+            span: self.span.into_span(),
+        };
+        (self.resume)(self.engine, self.inlet, io, stop, guard, lot.clone(), to);
     }
 }
 
@@ -419,7 +434,7 @@ impl ParkedWebSocket {
     /// the write failed; its task finishes the connection.
     pub(crate) fn send_now<'a>(
         &mut self,
-        socket: &mut std::net::TcpStream,
+        socket: &mut ParkedStream,
         frames: impl IntoIterator<Item = &'a EncodedFrame>,
     ) -> Result<bool, ()> {
         WS_TOTALS.tracked(&mut self.engine, |engine| {
@@ -439,23 +454,23 @@ impl ParkedWebSocket {
     }
 
     /// Heartbeat pings and the idle close must be written: always resume.
-    pub(crate) fn expire(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> bool {
+    pub(crate) fn expire(&mut self, _now: std::time::Instant, _peer: Option<SocketAddr>) -> bool {
         false
     }
 
     /// The close frame (1001) must be written: resume.
-    pub(crate) fn shutdown(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> AtShutdown {
+    pub(crate) fn shutdown(&mut self, _now: std::time::Instant, _peer: Option<SocketAddr>) -> AtShutdown {
         AtShutdown::Resume
     }
 
     /// Its task ends it and tells the service (`on_end`).
-    pub(crate) fn forced_stop(&mut self, _peer: SocketAddr) -> AtShutdown {
+    pub(crate) fn forced_stop(&mut self, _peer: Option<SocketAddr>) -> AtShutdown {
         AtShutdown::Resume
     }
 
     /// An open WebSocket is never closed to make room: it has no idle
     /// state a client expects to lose.
-    pub(crate) fn reclaim(&mut self, _now: std::time::Instant, _peer: SocketAddr) -> bool {
+    pub(crate) fn reclaim(&mut self, _now: std::time::Instant, _peer: Option<SocketAddr>) -> bool {
         false
     }
 }
