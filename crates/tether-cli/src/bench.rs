@@ -30,6 +30,27 @@
 //! Against a loopback IPv4 target each socket binds a source address in
 //! 127.0.0.2–127.0.0.249 before connecting, so tens of thousands of
 //! connections never exhaust one address's ephemeral ports.
+//!
+//! TLS: every mode takes `https://` and `wss://` URLs (port 443 by
+//! default). [`Target::parse`] builds the library's client TLS
+//! configuration once per run (`tether::client::TlsConnector`: rustls,
+//! TLS 1.2 and 1.3, ALPN `http/1.1`, the system's roots or `--ca-file`'s
+//! CA certificates), and [`connect`], through which every mode opens its
+//! connections, runs the handshake after the TCP connect with the URL's
+//! host as the server name. A connection is a `tether::client::ClientStream`
+//! (plain TCP or TLS over TCP, one `AsyncRead + AsyncWrite` type), so the
+//! modes have one code path for both: they read with [`read_some`] /
+//! [`poll_read_some`] (a TLS peer's close without `close_notify` is an end
+//! of stream, as a FIN), write with [`send`] (which flushes: over TLS the
+//! last record may wait in rustls until then), and drive both directions
+//! of one connection by polling (`ws-echo`) or by `tokio::io::split`
+//! (`fanout`'s publisher) instead of TCP-only `ready` / `try_read`. An
+//! untrusted certificate (or another TLS refusal) is
+//! [`is_permanent`]: reported as the run's first error, not retried. The
+//! handshake is part of connecting: `http` and `idle` time requests, not
+//! handshakes (`--pipeline` and keep-alive reuse one TLS session per
+//! connection); the cost of new TLS connections is `scripts/bench-tls`'s
+//! (`wrk` with `Connection: close`).
 
 mod fanout;
 mod http;
@@ -40,12 +61,18 @@ mod stale;
 mod ws;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use tether::client::tls::is_unclean_eof;
+use tether::client::{ClientStream, TlsConnector, TlsError, TlsOptions};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::config::{parse_duration, parse_size};
 
@@ -90,6 +117,17 @@ pub struct CommonArgs {
     /// No progress on stderr while the load runs.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// `https://`, `wss://`: trust the CA certificates of this PEM file
+    /// instead of the system's roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    /// `url` read as a [`Target`], TLS set up with `--ca-file`.
+    pub fn target(&self, url: &str) -> anyhow::Result<Target> {
+        Target::parse(url, self.ca_file.as_deref())
+    }
 }
 
 /// Runs `tether bench`.
@@ -105,7 +143,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 }
 
-/// A parsed `http://` or `ws://` URL: where to connect and what to ask.
+/// A parsed `http://`, `ws://`, `https://` or `wss://` URL: where to
+/// connect, how (TLS or not) and what to ask.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
@@ -114,18 +153,33 @@ pub struct Target {
     /// Path and query, at least `/`.
     pub path: String,
     pub websocket: bool,
+    /// `https://`, `wss://`: the TLS setup every connection goes through.
+    pub tls: Option<Tls>,
+}
+
+/// How a TLS target's connections are secured: the library's client
+/// configuration (`tether::client::tls`: the system's roots, or the CA
+/// file) and the name sent as SNI and checked against the certificate.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    connector: TlsConnector,
+    server_name: String,
 }
 
 impl Target {
-    pub fn parse(url: &str) -> anyhow::Result<Target> {
+    /// Reads `url`; for `https://` and `wss://` (port 443 by default) also
+    /// builds the TLS configuration, trusting the CA certificates of
+    /// `ca_file` (PEM) or, without it, the system's roots.
+    pub fn parse(url: &str, ca_file: Option<&Path>) -> anyhow::Result<Target> {
         let (scheme, rest) = url
             .split_once("://")
             .with_context(|| format!("{url:?}: expected SCHEME://HOST[:PORT]/PATH"))?;
-        let websocket = match scheme.to_ascii_lowercase().as_str() {
-            "http" => false,
-            "ws" => true,
-            "https" | "wss" => bail!("{url:?}: TLS is not supported by tether bench"),
-            s => bail!("{url:?}: unknown scheme {s:?} (http or ws)"),
+        let (websocket, tls) = match scheme.to_ascii_lowercase().as_str() {
+            "http" => (false, false),
+            "ws" => (true, false),
+            "https" => (false, true),
+            "wss" => (true, true),
+            s => bail!("{url:?}: unknown scheme {s:?} (http, https, ws or wss)"),
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -134,27 +188,47 @@ impl Target {
         if authority.is_empty() {
             bail!("{url:?}: no host");
         }
-        let with_port = if authority.starts_with('[') {
-            if authority.contains("]:") {
-                authority.to_owned()
+        let default_port = if tls { 443 } else { 80 };
+        let (host, with_port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (v6, after) = bracketed
+                .split_once(']')
+                .with_context(|| format!("{url:?}: no ']' after an IPv6 address"))?;
+            let port = if after.starts_with(':') {
+                String::new()
             } else {
-                format!("{authority}:80")
-            }
-        } else if authority.contains(':') {
-            authority.to_owned()
+                format!(":{default_port}")
+            };
+            (v6, format!("{authority}{port}"))
         } else {
-            format!("{authority}:80")
+            match authority.split_once(':') {
+                Some((h, _)) => (h, authority.to_owned()),
+                None => (authority, format!("{authority}:{default_port}")),
+            }
         };
         let addr = with_port
             .to_socket_addrs()
             .with_context(|| format!("resolving {authority}"))?
             .next()
             .with_context(|| format!("{authority} resolves to no address"))?;
+        let tls = if tls {
+            let connector = TlsConnector::new(&TlsOptions {
+                ca_file: ca_file.map(Path::to_path_buf),
+                config: None,
+            })
+            .context("setting up TLS")?;
+            Some(Tls {
+                connector,
+                server_name: host.to_owned(),
+            })
+        } else {
+            None
+        };
         Ok(Target {
             addr,
             host: authority.to_owned(),
             path: path.to_owned(),
             websocket,
+            tls,
         })
     }
 }
@@ -171,13 +245,12 @@ pub fn source_addr(target: SocketAddr, i: usize, spread: bool) -> Option<SocketA
     }
 }
 
-/// Connects (from `source` when given) with `TCP_NODELAY`, within `timeout`.
-pub async fn connect(
-    target: SocketAddr,
-    source: Option<SocketAddr>,
-    timeout: Duration,
-) -> anyhow::Result<tokio::net::TcpStream> {
-    let socket = if target.is_ipv4() {
+/// Connects to `target` (from `source` when given) with `TCP_NODELAY`,
+/// then, for a TLS target, runs the handshake; each step within `timeout`.
+/// Every mode's connections are made here, so every mode speaks TLS alike.
+pub async fn connect(target: &Target, source: Option<SocketAddr>, timeout: Duration) -> anyhow::Result<ClientStream> {
+    let addr = target.addr;
+    let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
     } else {
         tokio::net::TcpSocket::new_v6()
@@ -186,12 +259,64 @@ pub async fn connect(
     if let Some(src) = source {
         socket.bind(src).with_context(|| format!("binding {src}"))?;
     }
-    let stream = tokio::time::timeout(timeout, socket.connect(target))
+    let stream = tokio::time::timeout(timeout, socket.connect(addr))
         .await
-        .map_err(|_| anyhow::anyhow!("connect to {target}: timed out"))?
-        .with_context(|| format!("connect to {target}"))?;
+        .map_err(|_| anyhow::anyhow!("connect to {addr}: timed out"))?
+        .with_context(|| format!("connect to {addr}"))?;
     let _ = stream.set_nodelay(true);
-    Ok(stream)
+    let Some(tls) = &target.tls else {
+        return Ok(ClientStream::Tcp(stream));
+    };
+    let (stream, _info) = tokio::time::timeout(timeout, tls.connector.connect(&tls.server_name, stream))
+        .await
+        .map_err(|_| anyhow::anyhow!("TLS handshake with {addr}: timed out"))?
+        .with_context(|| format!("TLS handshake with {addr} ({})", tls.server_name))?;
+    Ok(ClientStream::Tls(Box::new(stream)))
+}
+
+/// Whether a connection error will not go away by connecting again: the
+/// server's certificate is not trusted, or the server refuses TLS as
+/// configured. Modes that reconnect stop on such an error instead of
+/// retrying it until the deadline.
+pub fn is_permanent(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<TlsError>(),
+        Some(TlsError::Certificate(_) | TlsError::Handshake(_) | TlsError::ServerName(_))
+    )
+}
+
+/// One read into `buf`: `Ok(0)` at the end of the stream, a TLS peer's
+/// TCP close without `close_notify` included (as `tether trace` takes it).
+/// The poll form, for loops that drive reading and writing in one task.
+pub fn poll_read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut [u8],
+) -> Poll<std::io::Result<usize>> {
+    let mut rb = ReadBuf::new(buf);
+    match Pin::new(stream).poll_read(cx, &mut rb) {
+        Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+        Poll::Ready(Err(e)) if is_unclean_eof(&e) => Poll::Ready(Ok(0)),
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// [`poll_read_some`] as a future.
+pub async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| poll_read_some(stream, cx, buf)).await
+}
+
+/// Writes all of `data` and flushes it (over TLS, the last record may wait
+/// in rustls's buffer until flushed), within `timeout`.
+pub async fn send<S: AsyncWrite + Unpin>(stream: &mut S, data: &[u8], timeout: Duration) -> anyhow::Result<()> {
+    tokio::time::timeout(timeout, async {
+        stream.write_all(data).await?;
+        stream.flush().await
+    })
+    .await
+    .context("write timed out")?
+    .context("write")
 }
 
 /// The number of load threads to use.
@@ -325,4 +450,40 @@ pub fn show_progress(progress: &Progress, total: Duration, unit: &str, end: impl
 /// `--size` parser (bytes with optional K/M/G binary units).
 pub fn parse_bytes(input: &str) -> Result<u64, crate::config::ValueError> {
     parse_size(input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_urls_default_to_443_and_name_the_server() {
+        let t = Target::parse("https://127.0.0.1/healthz", None).unwrap();
+        assert_eq!((t.addr.port(), t.path.as_str(), t.websocket), (443, "/healthz", false));
+        assert_eq!(t.tls.as_ref().map(|t| t.server_name.as_str()), Some("127.0.0.1"));
+        let t = Target::parse("WSS://[::1]:8443/echo", None).unwrap();
+        assert_eq!(
+            (t.addr.port(), t.host.as_str(), t.websocket),
+            (8443, "[::1]:8443", true)
+        );
+        assert_eq!(t.tls.as_ref().map(|t| t.server_name.as_str()), Some("::1"));
+        let t = Target::parse("wss://[::1]", None).unwrap();
+        assert_eq!(t.addr.port(), 443);
+        let t = Target::parse("http://127.0.0.1:8080", None).unwrap();
+        assert_eq!((t.addr.port(), t.path.as_str()), (8080, "/"));
+        assert!(t.tls.is_none());
+        assert_eq!(Target::parse("ws://[::1]/", None).unwrap().addr.port(), 80);
+        assert!(Target::parse("ftp://127.0.0.1/", None).is_err());
+    }
+
+    #[test]
+    fn a_bad_ca_file_fails_before_any_connection() {
+        let e = Target::parse("https://127.0.0.1/", Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(
+            matches!(e.downcast_ref::<TlsError>(), Some(TlsError::CaFile { .. })),
+            "{e:#}"
+        );
+        // A plain URL needs no CA file and does not read it.
+        assert!(Target::parse("http://127.0.0.1/", Some(Path::new("/nonexistent/ca.pem"))).is_ok());
+    }
 }

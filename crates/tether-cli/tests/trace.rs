@@ -4,6 +4,9 @@
 #[allow(dead_code)]
 #[path = "conformance/harness.rs"]
 mod harness;
+#[allow(dead_code)]
+#[path = "support/pki.rs"]
+mod pki;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -203,10 +206,11 @@ fn websocket_frames_are_shown_with_their_header_sizes() {
 }
 
 /// A TLS server for trace: tether's own router over tokio-rustls, on a
-/// thread of its own; certificates from rcgen in a temporary directory.
+/// thread of its own; certificates from rcgen in a temporary directory
+/// (`support/pki.rs`).
 struct TlsServer {
     port: u16,
-    dir: tempfile::TempDir,
+    pki: pki::Pki,
 }
 
 impl TlsServer {
@@ -216,25 +220,15 @@ impl TlsServer {
         use tether::server::router::{self, Router};
         use tether::server::{Request, SharedHandler};
 
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = ca.self_signed(&ca_key).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let pki = pki::Pki::new();
         let provider = tether::client::tls::crypto_provider();
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(
-                vec![cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                vec![pki.cert_der.clone().into()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(pki.key_der.clone().into()),
             )
             .unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -279,11 +273,11 @@ impl TlsServer {
                 }
             });
         });
-        TlsServer { port, dir }
+        TlsServer { port, pki }
     }
 
     fn ca_file(&self) -> String {
-        self.dir.path().join("ca.pem").to_string_lossy().into_owned()
+        self.pki.ca().to_string_lossy().into_owned()
     }
 }
 

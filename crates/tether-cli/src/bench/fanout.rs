@@ -27,6 +27,10 @@
 //!   the subscribers' progress; latency from `T` to each receipt, at each
 //!   subscriber (p50, p99, max).
 //!
+//! `wss://` URLs go through TLS (see `super::connect`); a subscriber's
+//! reads still borrow its thread's scratch buffer only within a poll, and
+//! the publisher's halves are `tokio::io::split`'s.
+//!
 //! Every phase reports the CPU the server and this process used over it,
 //! as a share of the phase's wall time: near 100 % says who was the limit.
 //! Every wait is bounded: a phase without any delivery for `--timeout`,
@@ -43,14 +47,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tether::client::ClientStream;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{watch, Notify, Semaphore};
 
 use super::procfs::{clock_tick, Proc};
 use super::report::{emit, Latency};
 use super::ws::{encode_frame, open, random_u64, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT};
-use super::{on_threads, parse_bytes, source_addr, thread_count, CommonArgs, Target};
+use super::{on_threads, parse_bytes, poll_read_some, read_some, send, source_addr, thread_count, CommonArgs, Target};
 use crate::config::parse_duration;
 
 /// Publications tracked at once: the most the publisher may be ahead of
@@ -79,7 +83,7 @@ impl Phase {
 
 #[derive(Debug, Args)]
 pub struct FanoutArgs {
-    /// The push endpoint, e.g. ws://127.0.0.1:8080/ws.
+    /// The push endpoint, e.g. ws://127.0.0.1:8080/ws or wss://localhost:8443/ws.
     #[arg(long)]
     url: String,
     /// The channel every subscriber subscribes to.
@@ -213,9 +217,9 @@ struct Findings {
 }
 
 pub fn run(a: FanoutArgs) -> anyhow::Result<()> {
-    let target = Target::parse(&a.url)?;
+    let target = a.common.target(&a.url)?;
     if !target.websocket {
-        bail!("tether bench fanout needs a ws:// URL");
+        bail!("tether bench fanout needs a ws:// or wss:// URL");
     }
     if a.subscribers == 0 || a.window == 0 {
         bail!("--subscribers and --window must be at least 1");
@@ -231,9 +235,9 @@ pub fn run(a: FanoutArgs) -> anyhow::Result<()> {
     }
     let mut subscribe_targets = Vec::new();
     for url in &a.subscribe_url {
-        let t = Target::parse(url)?;
+        let t = a.common.target(url)?;
         if !t.websocket {
-            bail!("--subscribe-url needs a ws:// URL");
+            bail!("--subscribe-url needs a ws:// or wss:// URL");
         }
         subscribe_targets.push(t);
     }
@@ -689,7 +693,7 @@ async fn drain(sh: &Shared, plan: &Plan, publisher: &Publisher) -> anyhow::Resul
 /// The publishing connection: writes `publish` commands; a task of its own
 /// reads (and counts) what the server answers.
 struct Publisher {
-    write: tokio::net::tcp::OwnedWriteHalf,
+    write: WriteHalf<ClientStream>,
     next_seq: u64,
     buf: Vec<u8>,
     reader: tokio::task::JoinHandle<()>,
@@ -704,7 +708,7 @@ impl Publisher {
         )
         .await?;
         let _ = plan;
-        let (read, write) = stream.into_split();
+        let (mut read, write): (ReadHalf<ClientStream>, _) = tokio::io::split(stream);
         let sh = sh.clone();
         let reader = tokio::task::spawn_local(async move {
             // Answers (`published`) are read and dropped; an `error` or a
@@ -725,14 +729,10 @@ impl Publisher {
             let mut buf = vec![0u8; 16 * 1024];
             let mut result = reader.feed(&leftover, check);
             while result.is_ok() {
-                result = match read.readable().await {
+                result = match read_some(&mut read, &mut buf).await {
+                    Ok(0) => Err(anyhow::anyhow!("the server closed the publisher's connection")),
+                    Ok(n) => reader.feed(&buf[..n], check),
                     Err(e) => Err(e.into()),
-                    Ok(()) => match read.try_read(&mut buf) {
-                        Ok(0) => Err(anyhow::anyhow!("the server closed the publisher's connection")),
-                        Ok(n) => reader.feed(&buf[..n], check),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-                        Err(e) => Err(e.into()),
-                    },
                 };
             }
             if let Err(e) = result {
@@ -765,10 +765,7 @@ impl Publisher {
                 .extend_from_slice(&encode_frame(OP_TEXT, cmd.as_bytes(), [m[0], m[1], m[2], m[3]]));
             self.next_seq += 1;
         }
-        tokio::time::timeout(sh.timeout, self.write.write_all(&self.buf))
-            .await
-            .context("publish write timed out")?
-            .context("publish write")
+        send(&mut self.write, &self.buf, sh.timeout).await.context("publish")
     }
 
     fn close(self) {
@@ -867,15 +864,14 @@ async fn subscriber(
     let mut stop = sh.stop.subscribe();
     let permit = sem.acquire().await.context("semaphore closed")?;
     let target = &sh.subscribe_targets[index % sh.subscribe_targets.len()];
-    let (mut stream, leftover): (TcpStream, Vec<u8>) = tokio::select! {
+    let (mut stream, leftover): (ClientStream, Vec<u8>) = tokio::select! {
         r = open(target, source_addr(target.addr, index, sh.spread), sh.timeout) => r?,
         _ = stop.wait_for(|s| *s) => return Ok(()),
     };
     sh.connected.fetch_add(1, Ordering::Relaxed);
-    tokio::time::timeout(sh.timeout, stream.write_all(&sh.subscribe))
+    send(&mut stream, &sh.subscribe, sh.timeout)
         .await
-        .context("subscribe write timed out")?
-        .context("subscribe write")?;
+        .context("subscribe")?;
     drop(permit);
     let subscribed = Cell::new(false);
     let mut next_seq = 1u64;
@@ -913,21 +909,30 @@ async fn subscriber(
     };
     let mut reader = MessageReader::default();
     reader.feed(&leftover, &mut on_message)?;
-    let mut stopped = std::pin::pin!(stop.wait_for(|s| *s));
-    loop {
-        tokio::select! {
-            r = stream.readable() => r.context("socket")?,
-            _ = &mut stopped => return Ok(()),
-        }
-        loop {
-            let mut buf = scratch.borrow_mut();
-            match stream.try_read(&mut buf) {
-                Ok(0) => bail!("the server closed the connection"),
-                Ok(n) => reader.feed(&buf[..n], &mut on_message)?,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e).context("read"),
+    // Reads until the stream would block, into the thread's scratch
+    // buffer, borrowed only within a poll (never across an await: the
+    // subscribers of a thread share it, and an idle one holds no buffer);
+    // ready only when the connection fails or ends.
+    let reading = std::future::poll_fn(|cx| loop {
+        let mut buf = scratch.borrow_mut();
+        match poll_read_some(&mut stream, cx, &mut buf) {
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+            std::task::Poll::Ready(Ok(0)) => {
+                return std::task::Poll::Ready(Err(anyhow::anyhow!("the server closed the connection")))
+            }
+            std::task::Poll::Ready(Ok(n)) => {
+                if let Err(e) = reader.feed(&buf[..n], &mut on_message) {
+                    return std::task::Poll::Ready(Err(e));
+                }
+            }
+            std::task::Poll::Ready(Err(e)) => {
+                return std::task::Poll::Ready(Err(anyhow::Error::new(e).context("read")))
             }
         }
+    });
+    tokio::select! {
+        r = reading => r,
+        _ = stop.wait_for(|s| *s) => Ok(()),
     }
 }
 

@@ -1,4 +1,5 @@
-//! `tether bench http`: keep-alive request load over raw TCP.
+//! `tether bench http`: keep-alive request load over raw TCP, or TLS for
+//! an `https://` URL (see [`super::connect`]).
 //!
 //! Each connection writes a batch of `--pipeline` requests in one write
 //! (the batch is encoded once for the whole run), then reads until that
@@ -17,15 +18,18 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tether::client::ClientStream;
 
 use super::report::{emit, Latency};
-use super::{connect, run_with_progress, source_addr, thread_count, CommonArgs, Progress, Target};
+use super::{
+    connect, is_permanent, read_some, run_with_progress, send, source_addr, thread_count, CommonArgs, Progress, Target,
+};
 use crate::config::parse_duration;
 
 #[derive(Debug, Args)]
 pub struct HttpArgs {
-    /// The URL to request, e.g. http://127.0.0.1:8080/healthz.
+    /// The URL to request, e.g. http://127.0.0.1:8080/healthz or
+    /// https://localhost:8443/healthz.
     #[arg(long)]
     url: String,
     /// Concurrent keep-alive connections.
@@ -79,9 +83,9 @@ struct Shared {
 }
 
 pub fn run(a: HttpArgs) -> anyhow::Result<()> {
-    let target = Target::parse(&a.url)?;
+    let target = a.common.target(&a.url)?;
     if target.websocket {
-        bail!("tether bench http needs an http:// URL");
+        bail!("tether bench http needs an http:// or https:// URL");
     }
     if a.connections == 0 || a.pipeline == 0 {
         bail!("--connections and --pipeline must be at least 1");
@@ -215,7 +219,7 @@ async fn conn_loop(shared: Arc<Shared>, index: usize, stats: Rc<RefCell<Stats>>)
         }
         connects += 1;
         let src = source_addr(shared.target.addr, index + connects as usize * 7919, shared.spread);
-        let result = match connect(shared.target.addr, src, shared.timeout).await {
+        let result = match connect(&shared.target, src, shared.timeout).await {
             Ok(stream) => run_conn(&shared, stream, &mut buf, &stats).await,
             Err(e) => Err(e),
         };
@@ -229,6 +233,10 @@ async fn conn_loop(shared: Arc<Shared>, index: usize, stats: Rc<RefCell<Stats>>)
                     s.first_error.get_or_insert_with(|| format!("{e:#}"));
                 }
                 shared.progress.errors.fetch_add(1, Ordering::Relaxed);
+                if is_permanent(&e) {
+                    // An untrusted certificate stays untrusted.
+                    return;
+                }
                 // Do not spin on a refusing server.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -243,7 +251,7 @@ enum Next {
 
 async fn run_conn(
     shared: &Shared,
-    mut stream: tokio::net::TcpStream,
+    mut stream: ClientStream,
     buf: &mut [u8],
     stats: &Rc<RefCell<Stats>>,
 ) -> anyhow::Result<Next> {
@@ -257,10 +265,7 @@ async fn run_conn(
             return Ok(Next::Done);
         }
         let t0 = Instant::now();
-        tokio::time::timeout(shared.timeout, stream.write_all(&shared.batch[..n * shared.one]))
-            .await
-            .context("write timed out")?
-            .context("write")?;
+        send(&mut stream, &shared.batch[..n * shared.one], shared.timeout).await?;
         let mut got = 0;
         let mut close = false;
         while got < n {
@@ -289,7 +294,7 @@ async fn run_conn(
                     if end == buf.len() {
                         bail!("response larger than {} bytes", buf.len());
                     }
-                    let read = tokio::time::timeout(shared.timeout, stream.read(&mut buf[end..]))
+                    let read = tokio::time::timeout(shared.timeout, read_some(&mut stream, &mut buf[end..]))
                         .await
                         .context("read timed out")?
                         .context("read")?;

@@ -18,7 +18,12 @@
 //!
 //! `--server-pid PID` samples the server's `VmRSS` before connecting and
 //! while all connections are open, and reports the difference per
-//! connection.
+//! connection. Over `https://` / `wss://` each connection is a TLS session
+//! held idle (the handshake done, one request or the upgrade answered),
+//! so the figure is the server's memory per idle TLS connection, rustls's
+//! state included (what `scripts/bench-tls` compares with nginx). A run
+//! where no connection opened (an untrusted certificate, say) does not
+//! hold and fails.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -29,13 +34,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tether::client::ClientStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::http::parse_response;
 use super::procfs::Proc;
 use super::report::{emit, fmt_us, Latency};
-use super::{connect, on_threads, source_addr, thread_count, ws, CommonArgs, Progress, Target};
+use super::{connect, on_threads, read_some, send, source_addr, thread_count, ws, CommonArgs, Progress, Target};
 use crate::config::parse_duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -48,7 +53,8 @@ pub enum Kind {
 
 #[derive(Debug, Args)]
 pub struct IdleArgs {
-    /// The URL: http://…/healthz for keep-alive, ws://…/echo for WebSocket.
+    /// The URL: http://…/healthz for keep-alive, ws://…/echo for WebSocket
+    /// (https://, wss://: the same over TLS).
     #[arg(long)]
     url: String,
     /// Connections to open and hold.
@@ -115,7 +121,7 @@ struct Shared {
 }
 
 pub fn run(a: IdleArgs) -> anyhow::Result<()> {
-    let mut target = Target::parse(&a.url)?;
+    let mut target = a.common.target(&a.url)?;
     let kind = a.kind.unwrap_or(if target.websocket { Kind::Ws } else { Kind::Http });
     target.websocket = kind == Kind::Ws;
     if a.connections == 0 {
@@ -189,7 +195,8 @@ pub fn run(a: IdleArgs) -> anyhow::Result<()> {
             None => format!("holding {:?}", a.hold),
         }
     );
-    let rss_open = if a.expect_close.is_none() {
+    // Nothing to hold when no connection opened (e.g. an untrusted certificate).
+    let rss_open = if a.expect_close.is_none() && open > 0 {
         let hold_end = Instant::now() + a.hold;
         let ticker = Progress::default();
         super::show_progress(&ticker, a.hold, "held", || {
@@ -303,6 +310,12 @@ pub fn run(a: IdleArgs) -> anyhow::Result<()> {
     }
     value["ok"] = json!(ok);
     emit(a.common.json, &value, &text);
+    if s.connected == 0 {
+        bail!(
+            "no connection opened{}",
+            s.first_error.map(|e| format!(": {e}")).unwrap_or_default()
+        );
+    }
     Ok(())
 }
 
@@ -331,7 +344,7 @@ async fn idle_conn(
         let limit = t0 + t + sh.hold;
         let mut b = [0u8; 256];
         loop {
-            match tokio::time::timeout_at(limit.into(), stream.read(&mut b)).await {
+            match tokio::time::timeout_at(limit.into(), read_some(&mut stream, &mut b)).await {
                 Err(_) => {
                     stats.borrow_mut().not_closed += 1;
                     return Ok(());
@@ -371,9 +384,9 @@ async fn idle_conn(
 /// closed early. (Measured from when this task read the response, as
 /// before, 500 connections on one thread showed closes "11 ms early": the
 /// task ran that much after the server's flush.)
-async fn open(sh: &Shared, index: usize) -> anyhow::Result<(TcpStream, Vec<u8>, Instant)> {
+async fn open(sh: &Shared, index: usize) -> anyhow::Result<(ClientStream, Vec<u8>, Instant)> {
     let src = source_addr(sh.target.addr, index, sh.spread);
-    let mut stream = connect(sh.target.addr, src, sh.timeout).await?;
+    let mut stream = connect(&sh.target, src, sh.timeout).await?;
     let sent = Instant::now();
     let leftover = match sh.kind {
         Kind::Http => {
@@ -387,11 +400,12 @@ async fn open(sh: &Shared, index: usize) -> anyhow::Result<(TcpStream, Vec<u8>, 
 
 /// Sends one request and reads its response, which must be `200` and keep
 /// the connection open.
-async fn request(stream: &mut TcpStream, req: &[u8], timeout: Duration) -> anyhow::Result<()> {
-    tokio::time::timeout(timeout, stream.write_all(req))
-        .await
-        .context("write timed out")?
-        .context("write")?;
+async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    req: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    send(stream, req, timeout).await?;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
@@ -408,7 +422,7 @@ async fn request(stream: &mut TcpStream, req: &[u8], timeout: Duration) -> anyho
         if buf.len() > 64 * 1024 {
             bail!("response too large");
         }
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+        let n = tokio::time::timeout_at(deadline, read_some(stream, &mut chunk))
             .await
             .context("response timed out")?
             .context("read")?;

@@ -10,16 +10,22 @@
 //! ws-echo: each connection keeps `--in-flight` binary messages of
 //! `--size` bytes outstanding; every echoed message (counted when its final
 //! frame ends) is timed from when it was queued and replaced by a new one,
-//! until the deadline. One task per connection drives both directions with
-//! `ready()` / `try_read` / `try_write`, so a large echo never deadlocks
-//! against our own unread input. The mask key is random per connection and
-//! reused for its frames (a server cannot tell; it saves re-masking).
+//! until the deadline. One task per connection drives both directions,
+//! polling the write and the read side of the one stream in the same poll
+//! (`poll_write` until it would block, a flush once nothing is left to
+//! write, `poll_read` until it would block), so a large echo never
+//! deadlocks against our own unread input; this works alike on a plain
+//! TCP stream and on TLS (`wss://`), where a flush is what pushes rustls's
+//! last record out. The mask key is random per connection and reused for
+//! its frames (a server cannot tell; it saves re-masking).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -27,11 +33,14 @@ use base64::Engine as _;
 use clap::Args;
 use serde_json::json;
 use sha1::Digest;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
+use tether::client::ClientStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::report::{emit, Latency};
-use super::{connect, parse_bytes, run_with_progress, source_addr, thread_count, CommonArgs, Progress, Target};
+use super::{
+    connect, parse_bytes, poll_read_some, read_some, run_with_progress, send, source_addr, thread_count, CommonArgs,
+    Progress, Target,
+};
 use crate::config::parse_duration;
 
 pub const OP_CONT: u8 = 0x0;
@@ -63,20 +72,25 @@ pub fn random_u64() -> u64 {
     })
 }
 
-/// Connects and performs the opening handshake; returns the stream and
-/// any bytes the server sent after its `101` head.
+/// Connects (through TLS for `wss://`) and performs the opening
+/// handshake; returns the stream and any bytes the server sent after its
+/// `101` head.
 pub async fn open(
     target: &Target,
     source: Option<std::net::SocketAddr>,
     timeout: Duration,
-) -> anyhow::Result<(TcpStream, Vec<u8>)> {
-    let mut stream = connect(target.addr, source, timeout).await?;
+) -> anyhow::Result<(ClientStream, Vec<u8>)> {
+    let mut stream = connect(target, source, timeout).await?;
     let leftover = handshake(&mut stream, target, timeout).await?;
     Ok((stream, leftover))
 }
 
 /// The client side of the opening handshake on `stream`.
-pub async fn handshake(stream: &mut TcpStream, target: &Target, timeout: Duration) -> anyhow::Result<Vec<u8>> {
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    target: &Target,
+    timeout: Duration,
+) -> anyhow::Result<Vec<u8>> {
     let mut raw = [0u8; 16];
     raw[..8].copy_from_slice(&random_u64().to_le_bytes());
     raw[8..].copy_from_slice(&random_u64().to_le_bytes());
@@ -86,10 +100,7 @@ pub async fn handshake(stream: &mut TcpStream, target: &Target, timeout: Duratio
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
         target.path, target.host
     );
-    tokio::time::timeout(timeout, stream.write_all(req.as_bytes()))
-        .await
-        .context("handshake write timed out")?
-        .context("handshake write")?;
+    send(stream, req.as_bytes(), timeout).await.context("handshake")?;
     let mut buf = Vec::with_capacity(512);
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -99,7 +110,7 @@ pub async fn handshake(stream: &mut TcpStream, target: &Target, timeout: Duratio
             bail!("handshake response head too large");
         }
         let mut chunk = [0u8; 1024];
-        let n = tokio::time::timeout(timeout, stream.read(&mut chunk))
+        let n = tokio::time::timeout(timeout, read_some(stream, &mut chunk))
             .await
             .context("handshake read timed out")?
             .context("handshake read")?;
@@ -229,13 +240,14 @@ fn parse_header(h: &[u8]) -> anyhow::Result<Option<(FrameEnd, u64)>> {
 /// Sends a ping on an open WebSocket and waits for its pong (data frames
 /// in between are skipped). `leftover`: bytes already read after the
 /// handshake.
-pub async fn ping_pong(stream: &mut TcpStream, leftover: &[u8], timeout: Duration) -> anyhow::Result<()> {
+pub async fn ping_pong<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    leftover: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let mask = random_u64().to_le_bytes();
     let ping = encode_frame(OP_PING, b"tether", [mask[0], mask[1], mask[2], mask[3]]);
-    tokio::time::timeout(timeout, stream.write_all(&ping))
-        .await
-        .context("ping write timed out")?
-        .context("ping write")?;
+    send(stream, &ping, timeout).await.context("ping")?;
     let mut reader = FrameReader::default();
     let mut got = None;
     reader.feed(leftover, |f| {
@@ -246,7 +258,7 @@ pub async fn ping_pong(stream: &mut TcpStream, leftover: &[u8], timeout: Duratio
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 4096];
     while got.is_none() {
-        let n = tokio::time::timeout_at(deadline.into(), stream.read(&mut buf))
+        let n = tokio::time::timeout_at(deadline.into(), read_some(stream, &mut buf))
             .await
             .context("no pong in time")?
             .context("read")?;
@@ -267,7 +279,8 @@ pub async fn ping_pong(stream: &mut TcpStream, leftover: &[u8], timeout: Duratio
 
 #[derive(Debug, Args)]
 pub struct WsEchoArgs {
-    /// The echo endpoint, e.g. ws://127.0.0.1:8080/echo.
+    /// The echo endpoint, e.g. ws://127.0.0.1:8080/echo or
+    /// wss://localhost:8443/echo.
     #[arg(long)]
     url: String,
     /// Concurrent WebSocket connections.
@@ -306,9 +319,9 @@ struct Shared {
 }
 
 pub fn run(a: WsEchoArgs) -> anyhow::Result<()> {
-    let target = Target::parse(&a.url)?;
+    let target = a.common.target(&a.url)?;
     if !target.websocket {
-        bail!("tether bench ws-echo needs a ws:// URL");
+        bail!("tether bench ws-echo needs a ws:// or wss:// URL");
     }
     if a.connections == 0 || a.in_flight == 0 || a.size == 0 {
         bail!("--connections, --in-flight and --size must be at least 1");
@@ -432,7 +445,7 @@ async fn echo_conn(
     stats: &RefCell<Stats>,
 ) -> anyhow::Result<()> {
     let (rep, flen) = (&rep.0, rep.1);
-    let (stream, leftover) = open(
+    let (mut stream, leftover) = open(
         &shared.target,
         source_addr(shared.target.addr, index, shared.spread),
         shared.timeout,
@@ -474,53 +487,71 @@ async fn echo_conn(
     };
     on_frames(&leftover, &mut queued, &mut pending)?;
     let mut reported = 0u64;
+    // Bytes handed to the stream since its last flush (TLS: maybe still in
+    // rustls's buffer).
+    let mut unflushed = false;
     let result = loop {
         let now = Instant::now();
         if now >= shared.deadline || queued.is_empty() {
             break Ok(());
         }
-        let interest = if pending > 0 {
-            Interest::READABLE | Interest::WRITABLE
-        } else {
-            Interest::READABLE
-        };
-        let wait = (shared.deadline - now).min(shared.timeout);
-        let ready = match tokio::time::timeout(wait, stream.ready(interest)).await {
-            Ok(r) => r.context("socket")?,
-            Err(_) if Instant::now() >= shared.deadline => break Ok(()),
-            Err(_) => break Err(anyhow::anyhow!("no progress for {:?}", shared.timeout)),
-        };
-        if ready.is_writable() && pending > 0 {
-            loop {
+        // Writes what is pending, flushes, reads what has come: ready when
+        // anything moved (or failed), pending (with both wakers set) when
+        // nothing could.
+        let step = std::future::poll_fn(|cx| {
+            let mut moved = false;
+            while pending > 0 {
                 let want = pending * flen - partial;
                 let end = rep.len().min(partial + want);
-                match stream.try_write(&rep[partial..end]) {
-                    Ok(n) => {
+                match Pin::new(&mut stream).poll_write(cx, &rep[partial..end]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(anyhow::anyhow!("write: the connection is closed"))),
+                    Poll::Ready(Ok(n)) => {
                         let total = partial + n;
                         pending -= total / flen;
                         partial = total % flen;
-                        if pending == 0 {
-                            break;
-                        }
+                        unflushed = true;
+                        moved = true;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e).context("write"),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(anyhow::Error::new(e).context("write"))),
+                    Poll::Pending => break,
                 }
             }
-        }
-        if ready.is_readable() {
+            if unflushed && pending == 0 {
+                match Pin::new(&mut stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(anyhow::Error::new(e).context("write"))),
+                    Poll::Pending => {}
+                }
+            }
             loop {
-                match stream.try_read(&mut buf) {
-                    Ok(0) => bail!("connection closed by the server"),
-                    Ok(n) => on_frames(&buf[..n], &mut queued, &mut pending)?,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e).context("read"),
+                match poll_read_some(&mut stream, cx, &mut buf) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(anyhow::anyhow!("connection closed by the server"))),
+                    Poll::Ready(Ok(n)) => {
+                        if let Err(e) = on_frames(&buf[..n], &mut queued, &mut pending) {
+                            return Poll::Ready(Err(e));
+                        }
+                        moved = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(anyhow::Error::new(e).context("read"))),
+                    Poll::Pending => break,
                 }
             }
-            if done_msgs.get() - reported >= 64 {
-                shared.progress.add(done_msgs.get() - reported);
-                reported = done_msgs.get();
+            if moved {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
             }
+        });
+        let wait = (shared.deadline - now).min(shared.timeout);
+        match tokio::time::timeout(wait, step).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => break Err(e),
+            Err(_) if Instant::now() >= shared.deadline => break Ok(()),
+            Err(_) => break Err(anyhow::anyhow!("no progress for {:?}", shared.timeout)),
+        }
+        if done_msgs.get() - reported >= 64 {
+            shared.progress.add(done_msgs.get() - reported);
+            reported = done_msgs.get();
         }
     };
     shared.progress.add(done_msgs.get() - reported);

@@ -9,7 +9,9 @@
 //! WebSocket clients run on a counting socket ([`Counted`]) as well, and
 //! the run reports whether engine and socket agree. Every client's bytes,
 //! the publisher's included, are then checked against the server's own
-//! counters ([`checked`]).
+//! counters ([`checked`]). Against an `https://` server every client goes
+//! through TLS, and the counting socket wraps the TLS stream: it counts
+//! the plaintext, as the engines and the server's counters do.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use http::{HeaderMap, HeaderValue, Method, Request};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use tether::client::http::{HttpClient, HttpClientOptions};
+use tether::client::http::HttpClient;
 use tether::client::ws::{connect_on, ClientOptions};
 use tether::proto::h1::client::{ClientConfig, ClientConnection, ClientEvent, RequestHead};
 use tether::proto::wire::Traffic;
@@ -30,6 +32,7 @@ use tokio::sync::mpsc;
 
 use super::counted::{Counted, Tally};
 use super::server::{checked, Agreement, ServerBytes};
+use super::Base;
 use super::{request_headers, table, CompareArgs, HeaderSet, Latency};
 
 /// One transport's results.
@@ -155,7 +158,7 @@ struct Measured {
     setup: u64,
 }
 
-pub async fn run(args: &CompareArgs, base: &str) -> anyhow::Result<ChatReport> {
+pub async fn run(args: &CompareArgs, base: &Base) -> anyhow::Result<ChatReport> {
     let scale = |d: Duration| d.div_f64(args.speed);
     let span = scale(args.over);
     let interval = scale(args.poll_interval);
@@ -164,7 +167,7 @@ pub async fn run(args: &CompareArgs, base: &str) -> anyhow::Result<ChatReport> {
     let (schedule, texts) = plan(args.seed, args.messages, span);
     let data_bytes: u64 = texts.iter().map(|t| t.len() as u64).sum();
     let progress = super::progress(args, 4 * args.messages as u64, "chat");
-    let headers = request_headers(args.headers, base);
+    let headers = request_headers(args.headers, &base.url);
 
     let ((measured, publisher), server) = checked(base, async {
         let clock = Arc::new(Clock {
@@ -177,7 +180,7 @@ pub async fn run(args: &CompareArgs, base: &str) -> anyhow::Result<ChatReport> {
         let n = args.messages;
         let receivers = vec![
             tokio::spawn(polling(
-                base.into(),
+                base.clone(),
                 channel.clone(),
                 headers.clone(),
                 Polling::Every(interval),
@@ -187,7 +190,7 @@ pub async fn run(args: &CompareArgs, base: &str) -> anyhow::Result<ChatReport> {
                 ready_tx.clone(),
             )),
             tokio::spawn(polling(
-                base.into(),
+                base.clone(),
                 channel.clone(),
                 headers.clone(),
                 Polling::Long(wait),
@@ -197,7 +200,7 @@ pub async fn run(args: &CompareArgs, base: &str) -> anyhow::Result<ChatReport> {
                 ready_tx.clone(),
             )),
             tokio::spawn(sse(
-                base.into(),
+                base.clone(),
                 channel.clone(),
                 headers.clone(),
                 Receipts::new(n, progress.clone()),
@@ -206,7 +209,7 @@ pub async fn run(args: &CompareArgs, base: &str) -> anyhow::Result<ChatReport> {
                 ready_tx.clone(),
             )),
             tokio::spawn(websocket(
-                base.into(),
+                base.clone(),
                 channel.clone(),
                 headers.clone(),
                 Receipts::new(n, progress.clone()),
@@ -286,13 +289,13 @@ fn plan(seed: u64, n: usize, span: Duration) -> (Vec<Duration>, Vec<String>) {
 }
 
 async fn publish(
-    base: &str,
+    base: &Base,
     channel: &str,
     schedule: &[Duration],
     texts: &[String],
     clock: &Clock,
 ) -> anyhow::Result<Traffic> {
-    let client = HttpClient::default();
+    let client = HttpClient::new(base.http_options());
     let url = format!("{base}/publish/{channel}");
     for (i, (at, text)) in schedule.iter().zip(texts).enumerate() {
         tokio::time::sleep_until((clock.start + *at).into()).await;
@@ -355,7 +358,7 @@ enum Polling {
 /// arrived or the deadline passed.
 #[allow(clippy::too_many_arguments)]
 async fn polling(
-    base: String,
+    base: Base,
     channel: String,
     headers: HeaderMap,
     how: Polling,
@@ -369,14 +372,12 @@ async fn polling(
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
-            ("polling", HttpClientOptions::default(), String::new(), Some(tick))
+            ("polling", base.http_options(), String::new(), Some(tick))
         }
         Polling::Long(wait) => {
             // The server holds each poll up to `wait`: the client waits longer.
-            let options = HttpClientOptions {
-                response_timeout: wait + Duration::from_secs(10),
-                ..HttpClientOptions::default()
-            };
+            let mut options = base.http_options();
+            options.response_timeout = wait + Duration::from_secs(10);
             let query = format!("&wait={:.3}", wait.as_secs_f64().max(0.001));
             ("long-polling", options, query, None)
         }
@@ -408,14 +409,8 @@ async fn polling(
     })
 }
 
-/// The `host:port` of `http://host:port`.
-fn authority(base: &str) -> anyhow::Result<&str> {
-    base.strip_prefix("http://")
-        .with_context(|| format!("{base:?}: expected http://host:port"))
-}
-
 async fn sse(
-    base: String,
+    base: Base,
     channel: String,
     mut headers: HeaderMap,
     mut receipts: Receipts,
@@ -424,14 +419,11 @@ async fn sse(
     ready: mpsc::Sender<&'static str>,
 ) -> anyhow::Result<Measured> {
     let tally = Arc::new(Tally::default());
-    let tcp = tokio::net::TcpStream::connect(authority(&base)?)
-        .await
-        .context("connecting for SSE")?;
-    let _ = tcp.set_nodelay(true);
-    let mut stream = Counted::new(tcp, tally.clone());
+    let conn = base.connect().await.context("connecting for SSE")?;
+    let mut stream = Counted::new(conn, tally.clone());
     let mut engine = ClientConnection::new(ClientConfig::default());
     headers.insert(http::header::ACCEPT, HeaderValue::from_static("text/event-stream"));
-    let host = HeaderValue::from_str(authority(&base)?).context("the server's address as a Host field")?;
+    let host = HeaderValue::from_str(base.authority()).context("the server's address as a Host field")?;
     headers.insert(http::header::HOST, host);
     let path = format!("/sse/{channel}");
     let head = RequestHead {
@@ -445,6 +437,7 @@ async fn sse(
         .send_request(Instant::now(), &head, 0)
         .context("encoding the SSE request")?;
     stream.write_all(&out).await.context("sending the SSE request")?;
+    stream.flush().await.context("sending the SSE request")?;
     let mut text = String::new();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut events = 0u64;
@@ -502,7 +495,7 @@ async fn sse(
 }
 
 async fn websocket(
-    base: String,
+    base: Base,
     channel: String,
     headers: HeaderMap,
     mut receipts: Receipts,
@@ -511,11 +504,7 @@ async fn websocket(
     ready: mpsc::Sender<&'static str>,
 ) -> anyhow::Result<Measured> {
     let tally = Arc::new(Tally::default());
-    let authority = authority(&base)?;
-    let tcp = tokio::net::TcpStream::connect(authority)
-        .await
-        .context("connecting for the WebSocket")?;
-    let _ = tcp.set_nodelay(true);
+    let conn = base.connect().await.context("connecting for the WebSocket")?;
     // The browser's fields, but not those the handshake sets itself.
     let mut headers = headers;
     headers.remove(http::header::HOST);
@@ -524,8 +513,11 @@ async fn websocket(
         headers,
         ..ClientOptions::default()
     };
-    let url = format!("ws://{authority}/ws");
-    let mut socket = connect_on(Counted::new(tcp, tally.clone()), &url, options)
+    // `ws://` even for an `https://` server: the connection is already
+    // TLS (under the counting wrapper, so it counts the plaintext); the URL
+    // only names the Host and the path.
+    let url = format!("ws://{}/ws", base.authority());
+    let mut socket = connect_on(Counted::new(conn, tally.clone()), &url, options)
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let (setup_read, setup_written) = tally.get();

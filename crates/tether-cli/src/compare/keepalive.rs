@@ -13,7 +13,7 @@ use tether::client::http::{HttpClient, HttpClientOptions};
 use tether::proto::wire::Traffic;
 
 use super::server::{checked, Agreement, ServerBytes};
-use super::{ms, request_headers, table, CompareArgs, Latency};
+use super::{ms, request_headers, table, Base, CompareArgs, Latency};
 
 /// One mode's results.
 #[derive(Debug, Serialize)]
@@ -98,12 +98,12 @@ const MODES: [(&str, Version, bool); 4] = [
     ("HTTP/1.0 new connection each", Version::HTTP_10, false),
 ];
 
-pub async fn run(args: &CompareArgs, base: &str) -> anyhow::Result<KeepAliveReport> {
+pub async fn run(args: &CompareArgs, base: &Base) -> anyhow::Result<KeepAliveReport> {
     let url = format!("{base}{}", args.path);
     let progress = super::progress(args, (MODES.len() * args.requests) as u64, "keep-alive");
     let mut modes = Vec::new();
     for (name, version, keep_alive) in MODES {
-        let work = one_mode(args, &url, version, keep_alive, &progress);
+        let work = one_mode(args, base, &url, version, keep_alive, &progress);
         let ((mut result, traffic), server) = checked(base, async {
             let (r, t) = work.await?;
             // What the server should have read is what the client sent.
@@ -127,6 +127,7 @@ pub async fn run(args: &CompareArgs, base: &str) -> anyhow::Result<KeepAliveRepo
 /// connections closed) before the bytes are returned.
 async fn one_mode(
     args: &CompareArgs,
+    base: &Base,
     url: &str,
     version: Version,
     keep_alive: bool,
@@ -135,7 +136,7 @@ async fn one_mode(
     let client = HttpClient::new(HttpClientOptions {
         version,
         keep_alive,
-        ..HttpClientOptions::default()
+        ..base.http_options()
     });
     let headers = request_headers(args.headers, url);
     let mut sample = Vec::with_capacity(args.requests);

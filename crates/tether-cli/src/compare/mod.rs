@@ -15,7 +15,14 @@
 //! around each socket ([`counted`]); the run also reads the server's own
 //! counters (`/metrics`, `tether_wire_bytes_total`) before and after, and
 //! reports whether the three agree. It runs against a tether server
-//! started in-process on a free port, or `--url`. `--speed X` divides
+//! started in-process on a free port (plain HTTP), or `--url`, which may be
+//! `https://` (`--ca-file` to trust a private CA; the library's client TLS,
+//! `tether::client::tls`, and `bench`'s connect for the raw-socket
+//! clients). Over TLS every byte count, the counting sockets' and the
+//! server's included, is of the plaintext: HTTP and WebSocket bytes, not
+//! TLS records or handshakes (the server's counters count the same, see
+//! `tether::server::listener`); only the loopback packet counts of
+//! `keepalive` see what TLS adds. `--speed X` divides
 //! every duration (the span of the messages, the poll interval, the
 //! long-poll wait) by X: the number of polls per message stays the same,
 //! so the byte ratios keep their meaning; latencies are reported as
@@ -33,6 +40,11 @@ mod server;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tether::client::http::HttpClientOptions;
+use tether::client::{ClientStream, TlsOptions};
+
+use crate::bench::Target;
+
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -45,10 +57,15 @@ pub struct CompareArgs {
     /// Which comparison to run.
     #[arg(value_enum, default_value_t = Part::All)]
     pub part: Part,
-    /// The tether server to measure (`http://host:port`); default: one
-    /// started in this process on a free port.
+    /// The tether server to measure (`http://host:port` or
+    /// `https://host:port`); default: one started in this process on a
+    /// free port (plain HTTP).
     #[arg(long)]
     pub url: Option<String>,
+    /// `--url https://…`: trust the CA certificates of this PEM file
+    /// instead of the system's roots.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// keepalive: requests per mode.
     #[arg(long, default_value_t = 100)]
     pub requests: usize,
@@ -133,6 +150,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         (None, Some(l)) => format!("http://{}", l.addr),
         (None, None) => unreachable!("a server is started when no --url is given"),
     };
+    let base = Base::new(base, args.ca_file.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -148,7 +166,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             Part::Keepalive => None,
         };
         anyhow::Ok(Report {
-            server: base.clone(),
+            server: base.url.clone(),
             speed: args.speed,
             keepalive,
             chat,
@@ -178,6 +196,60 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The server measured: its base URL (`http://host:port` or
+/// `https://host:port`, no trailing `/`; shown as it), with what the
+/// clients need to reach it through TLS.
+#[derive(Debug, Clone)]
+pub struct Base {
+    pub url: String,
+    /// For the pooled clients (`tether::client::http`).
+    tls: TlsOptions,
+    /// For the raw-socket clients (SSE, WebSocket, the `/metrics` scrape).
+    target: Target,
+}
+
+impl Base {
+    pub fn new(url: String, ca_file: Option<PathBuf>) -> anyhow::Result<Base> {
+        let lower = url.to_ascii_lowercase();
+        if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+            bail!("{url:?}: expected http://host:port or https://host:port");
+        }
+        let target = Target::parse(&url, ca_file.as_deref())?;
+        if target.path != "/" {
+            bail!("{url:?}: give the server's origin, without a path");
+        }
+        Ok(Base {
+            url,
+            tls: TlsOptions { ca_file, config: None },
+            target,
+        })
+    }
+
+    /// Options for a pooled client of this server (TLS trust included).
+    pub fn http_options(&self) -> HttpClientOptions {
+        HttpClientOptions {
+            tls: self.tls.clone(),
+            ..HttpClientOptions::default()
+        }
+    }
+
+    /// A new connection to the server, through TLS for `https://`.
+    pub async fn connect(&self) -> anyhow::Result<ClientStream> {
+        crate::bench::connect(&self.target, None, Duration::from_secs(10)).await
+    }
+
+    /// The `Host` field: `host:port` as in the URL.
+    pub fn authority(&self) -> &str {
+        &self.target.host
+    }
+}
+
+impl std::fmt::Display for Base {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
 }
 
 fn render(report: &Report) -> String {

@@ -3,8 +3,7 @@
 //! the clients' work is not scheduled among its own), and the server's own
 //! byte counters read from `/metrics`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,8 @@ use serde::Serialize;
 use tether::server::{Server, ServerStats, SharedHandler};
 use tokio::sync::oneshot;
 
+use super::Base;
+use crate::bench::{read_some, send};
 use crate::config::ServeConfig;
 use crate::serve::{app, h1_config, hub};
 
@@ -90,19 +91,30 @@ pub struct ServerBytes {
 }
 
 /// Reads the server's counters from `base/metrics` on a connection of its
-/// own (closed by the server after the answer). Returns them and the
-/// bytes this scrape itself sent and received, which the server counts
-/// once the connection has ended.
-pub fn scrape(base: &str) -> anyhow::Result<(ServerBytes, ServerBytes)> {
-    let authority = base
-        .strip_prefix("http://")
-        .with_context(|| format!("{base:?}: expected http://host:port"))?;
-    let mut stream = TcpStream::connect(authority).with_context(|| format!("connecting to {authority}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes())?;
+/// own (closed by the server after the answer; through TLS for an
+/// `https://` server). Returns them and the bytes this scrape itself sent
+/// and received (the plaintext, as the server counts it), which the server
+/// counts once the connection has ended.
+pub async fn scrape(base: &Base) -> anyhow::Result<(ServerBytes, ServerBytes)> {
+    let mut stream = base.connect().await?;
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        base.authority()
+    );
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).context("reading /metrics")?;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        send(&mut stream, request.as_bytes(), Duration::from_secs(10)).await?;
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let n = read_some(&mut stream, &mut chunk).await.context("reading /metrics")?;
+            if n == 0 {
+                return anyhow::Ok(());
+            }
+            response.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .with_context(|| format!("{base}/metrics: no complete answer within 10 s"))??;
     let text = String::from_utf8_lossy(&response);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         bail!("no complete answer from {base}/metrics");
@@ -151,7 +163,7 @@ pub struct Agreement {
 /// counters grew by exactly that. The server adds a connection's bytes
 /// when the connection ends, which it sees a moment after the client
 /// closed: the counters are read again for up to 2 s until they match.
-pub async fn checked<T, F>(base: &str, work: F) -> anyhow::Result<(T, Agreement)>
+pub async fn checked<T, F>(base: &Base, work: F) -> anyhow::Result<(T, Agreement)>
 where
     F: std::future::Future<Output = anyhow::Result<(T, ServerBytes)>>,
 {
@@ -161,7 +173,7 @@ where
     loop {
         // Each scrape's own bytes are counted once its connection ended:
         // those before this one are in `after`, this one's is not.
-        let (after, own) = scrape_async(base).await?;
+        let (after, own) = scrape(base).await?;
         let server = ServerBytes {
             read: after.read.saturating_sub(before.read + scrapes.read),
             written: after.written.saturating_sub(before.written + scrapes.written),
@@ -187,11 +199,11 @@ where
 /// connections (a scrape's own connection is counted a moment after it
 /// ended): read until one reading is the previous plus that scrape's own
 /// bytes. Returns the reading and the bytes of the scrape that took it.
-async fn settled(base: &str) -> anyhow::Result<(ServerBytes, ServerBytes)> {
-    let (mut last, mut own) = scrape_async(base).await?;
+async fn settled(base: &Base) -> anyhow::Result<(ServerBytes, ServerBytes)> {
+    let (mut last, mut own) = scrape(base).await?;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let (now, now_own) = scrape_async(base).await?;
+        let (now, now_own) = scrape(base).await?;
         let settled = now.read == last.read + own.read && now.written == last.written + own.written;
         (last, own) = (now, now_own);
         if settled {
@@ -199,11 +211,4 @@ async fn settled(base: &str) -> anyhow::Result<(ServerBytes, ServerBytes)> {
         }
     }
     Ok((last, own))
-}
-
-async fn scrape_async(base: &str) -> anyhow::Result<(ServerBytes, ServerBytes)> {
-    let base = base.to_string();
-    tokio::task::spawn_blocking(move || scrape(&base))
-        .await
-        .context("the /metrics scrape panicked")?
 }

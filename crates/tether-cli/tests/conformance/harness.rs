@@ -79,12 +79,16 @@ impl Server {
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Logged before the port is announced: a test that has the
+                // port sees the line that gave it.
+                {
+                    let mut log = thread_log.lock().unwrap_or_else(|e| e.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if let Some(port) = parse_port(&line) {
                     let _ = tx.send(port);
                 }
-                let mut log = thread_log.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
             }
         });
         let mut server = Server {
