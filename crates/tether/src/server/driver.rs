@@ -906,13 +906,7 @@ fn poll_io<IO: Transport>(
 ) -> Poll<Wake> {
     let mut progressed = false;
     let mut now = || *clock.insert(std::time::Instant::now());
-    if let (Some(range), false) = (file.as_mut(), conn.has_output()) {
-        match poll_send_file(io, conn, range, now(), cx) {
-            Poll::Ready(Some(end)) => return Poll::Ready(Wake::FileSent(end)),
-            Poll::Ready(None) => progressed = true,
-            Poll::Pending => {}
-        }
-    } else if conn.has_output() {
+    if conn.has_output() {
         let at = now();
         match crate::io::poll_write_bufs(io, cx, conn.poll_transmit(at)) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
@@ -923,6 +917,13 @@ fn poll_io<IO: Transport>(
                 conn.handle_written(written, at);
                 progressed = true;
             }
+            Poll::Pending => {}
+        }
+    } else if let Some(range) = file.as_mut() {
+        // Its head is written: the body goes straight from the file.
+        match poll_send_file(io, conn, range, now(), cx) {
+            Poll::Ready(Some(end)) => return Poll::Ready(Wake::FileSent(end)),
+            Poll::Ready(None) => progressed = true,
             Poll::Pending => {}
         }
     } else if crate::io::flush_failed(io, cx) {
