@@ -1099,3 +1099,24 @@ async fn an_idle_unix_socket_connection_parks_resumes_and_closes_at_its_idle_tim
     ws.closed().await;
     timeout(T, running.done).await.expect("the server stops").unwrap();
 }
+
+#[tokio::test]
+async fn a_large_static_file_over_tls_is_read_in_chunks_and_arrives_whole() {
+    // No sendfile over TLS (rustls encrypts in this process): the file body
+    // becomes chunked reads, with the same Content-Length and bytes.
+    let dir = tempfile::tempdir().unwrap();
+    let file: Vec<u8> = (0..3 * 1024 * 1024 + 5).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.path().join("big.bin"), &file).unwrap();
+    let files = tether::server::StaticFiles::new(dir.path());
+    let (running, addr, pki) = start_tls(Server::new(config(Duration::from_secs(5), 100), files)).await;
+    let mut c = connect(&pki, addr).await;
+    let r = c.get("/big.bin").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body == file, "the whole file, byte for byte");
+    let r = c.get("/big.bin").await;
+    assert!(
+        r.status == 200 && r.body.len() == file.len(),
+        "again on the same connection"
+    );
+    running.stop().await;
+}
