@@ -1210,3 +1210,26 @@ async fn next_json(ws: &mut tether::ws::WebSocket) -> serde_json::Value {
         }
     }
 }
+
+#[tokio::test]
+async fn at_the_connection_limit_a_parked_tls_connection_is_reclaimed_with_close_notify() {
+    // Beyond --max-connections the longest-idle parked connection makes
+    // room: the lot closes it without a task, close_notify first, and the
+    // newcomer is served.
+    let server = Server::new(config(Duration::from_secs(30), 100), app())
+        .max_connections(Some(1))
+        .park_idle_after(Some(Duration::from_millis(100)));
+    let (running, addr, pki) = start_tls(server).await;
+    let mut idle = connect(&pki, addr).await;
+    assert_eq!(idle.get("/healthz").await.status, 200);
+    let deadline = Instant::now() + T;
+    while running.stats.parked.load(std::sync::atomic::Ordering::Relaxed) < 1 {
+        assert!(Instant::now() < deadline, "the idle connection parked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut newcomer = connect(&pki, addr).await;
+    assert_eq!(newcomer.get("/healthz").await.status, 200, "served, not 503");
+    closed_cleanly(&mut idle).await;
+    drop(newcomer);
+    running.stop().await;
+}
