@@ -300,6 +300,37 @@ async fn a_file_that_shrinks_while_it_is_sent_closes_the_connection() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_a_file_body_is_closed_at_the_write_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("big.bin"), pattern(32 * 1024 * 1024)).unwrap();
+    let config = tether::proto::h1::Config {
+        write_timeout: Duration::from_millis(500),
+        ..config()
+    };
+    let server = Serving::start(Server::new(config, StaticFiles::new(dir.path()))).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    s.write_all(&request("GET", "/big.bin", &[])).await.unwrap();
+    // Read nothing: the socket buffers fill, sendfile makes no progress.
+    let cause = tether::server::CloseCause::WriteTimeout as usize;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while server.stats.closed[cause].load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "closed for its write timeout");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut total = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    let _ = timeout(Duration::from_secs(10), async {
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            total += n;
+        }
+    })
+    .await;
+    assert!(total < 32 * 1024 * 1024, "cut short: {total}");
+}
+
+#[tokio::test]
 async fn precompressed_siblings_follow_accept_encoding() {
     let site = site();
     let server = serve(site.dir.path(), |f| f).await;
