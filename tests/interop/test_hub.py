@@ -2,7 +2,9 @@
 wrote: Python's `websockets` on `/ws`, `http.client` for publish and
 (long-)poll, a line-by-line SSE reader, and a real restart of the server
 (the in-process hub loses its history: a new epoch, `recovered: false`).
-`/metrics` is read after the traffic and checked against it.
+`/metrics` is read after the traffic and checked against it. Publisher
+keys, and the namespaces and command rate of a `--config` file with
+client tokens (signed here by PyJWT).
 
 Every network wait is bounded.
 """
@@ -251,3 +253,65 @@ def test_publishing_requires_a_configured_key_and_keys_rotate(start_server, tmp_
     output = srv.output()
     for key in ("old-key", "new-key-2", "file-key-3"):
         assert key not in output, f"{key} in the logs"
+
+
+def test_namespaces_from_the_config_file_and_the_command_rate(start_server, tmp_path):
+    """The binary wires the `[[namespace]]` tables of `--config` and the
+    limit flags into the hub: `pub:` readable without a token over SSE and
+    polls (two publications of history), `ticker:` published by the
+    backend only, everything else needing a token; a client over
+    `--client-rate` gets `rate_limited`, then 1008."""
+    import jwt
+
+    secret = "a-secret-of-at-least-32-bytes-0123"
+    config = tmp_path / "tether.toml"
+    config.write_text(
+        '[[namespace]]\nprefix = "pub:"\nanonymous = true\nhistory-size = 2\n\n'
+        '[[namespace]]\nprefix = "ticker:"\nanonymous = true\npublish = false\npresence = false\n'
+    )
+    srv = start_server("--config", str(config), "--token-secret", secret, "--publish-key", "backend",
+                       "--client-rate", "5", "--client-burst", "5", "--client-strikes", "2")
+    backend = {"Content-Type": "application/json", "Authorization": "Bearer backend"}
+    for n in range(1, 6):
+        status, _, _ = http_request(srv.port, "POST", "/publish/pub:news", json.dumps(n).encode(), backend)
+        assert status == 200
+    status, _, body = http_request(srv.port, "GET", "/poll/pub:news?since=0")
+    page = json.loads(body)
+    assert status == 200 and [m["offset"] for m in page["messages"]] == [4, 5], page
+    assert page["recovered"] is False
+    assert http_request(srv.port, "GET", "/poll/news?since=0")[0] == 401
+    sse = SseStream(srv.port, "ticker:X")
+    try:
+        assert sse.read_until(b"event: subscribed").startswith(b"HTTP/1.1 200"), sse.received
+    finally:
+        sse.close()
+
+    token = jwt.encode({"sub": "ada", "exp": int(time.time()) + 60, "subscribe": ["*"], "publish": ["*"]},
+                       secret, algorithm="HS256")
+
+    async def main():
+        async with connect(f"ws://127.0.0.1:{srv.port}/ws?token={token}", open_timeout=TIMEOUT) as ws:
+            await ws.send(json.dumps({"type": "publish", "channel": "ticker:X", "data": 1, "id": 1}))
+            e = await recv_json(ws, "error")
+            assert (e["code"], e["id"]) == ("forbidden", 1), e
+            await ws.send(json.dumps({"type": "subscribe", "channel": "ticker:X", "presence": True}))
+            sub = await recv_json(ws, "subscribed")
+            assert "members" not in sub, sub
+            # Two commands already spent: three more fit the burst (four if
+            # the bucket refilled one meanwhile), then two strikes, then a
+            # last refusal and Close 1008.
+            for i in range(10):
+                await ws.send(json.dumps({"type": "subscribe", "channel": f"c{i}", "id": i}))
+            answers = []
+            try:
+                while True:
+                    answers.append(json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)))
+            except Exception:  # the Close
+                pass
+            kinds = [(a["type"], a.get("code")) for a in answers if a.get("type") != "published"]
+            served = kinds.count(("subscribed", None))
+            assert served in (3, 4), kinds
+            assert kinds == [("subscribed", None)] * served + [("error", "rate_limited")] * 3, kinds
+            assert ws.close_code == 1008, ws.close_code
+
+    run(main())
