@@ -985,6 +985,9 @@ fn poll_send_file<IO: Transport>(
                 Err(e) => Poll::Ready(Some(Err(std::io::Error::other(e)))),
             }
         }
+        // The file ended early: the response is aborted (`file_sent`), the
+        // connection closes once what was written is flushed.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Poll::Ready(Some(Err(e))),
         Err(e) => {
             conn.handle_io_error(now);
             Poll::Ready(Some(Err(e)))
