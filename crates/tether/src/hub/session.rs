@@ -52,8 +52,6 @@ pub(crate) struct Session {
     /// Channel → subscription id.
     subscriptions: HashMap<ChannelName, u64>,
     auth: Auth,
-    /// Its subject's connection slot, once a token showed who it is.
-    slot: Option<SubjectSlot>,
     rate: CommandRate,
 }
 
@@ -64,9 +62,18 @@ pub(crate) enum Auth {
     /// Tokens configured, none presented yet: `auth`, and what anonymous
     /// namespaces allow.
     Pending,
-    /// What its token allows, and the timer that closes the connection
-    /// when the token expires.
-    Granted(Grants, tokio::task::AbortHandle),
+    /// A verified token.
+    Granted(Granted),
+}
+
+/// What a session with a verified token holds.
+pub(crate) struct Granted {
+    /// What its token allows.
+    grants: Grants,
+    /// The timer that closes the connection when the token expires.
+    expiry: tokio::task::AbortHandle,
+    /// One of its subject's connections (`limits`), while the session lasts.
+    _slot: SubjectSlot,
 }
 
 /// A first token presented at the upgrade (`/ws?token=`), verified, with
@@ -93,13 +100,14 @@ impl Session {
     pub(crate) fn new(hub: Hub, inlet: Arc<Inlet>, admitted: Option<Admitted>) -> Self {
         let client = hub.new_client();
         hub.stats().ws_connections.fetch_add(1, Ordering::Relaxed);
-        let (auth, slot) = match (hub.config().tokens.is_some(), admitted) {
-            (false, _) => (Auth::Open, None),
-            (true, None) => (Auth::Pending, None),
-            (true, Some(a)) => {
-                let timer = expiry_timer(&inlet, &a.grants);
-                (Auth::Granted(a.grants, timer), Some(a.slot))
-            }
+        let auth = match (hub.config().tokens.is_some(), admitted) {
+            (false, _) => Auth::Open,
+            (true, None) => Auth::Pending,
+            (true, Some(a)) => Auth::Granted(Granted {
+                expiry: expiry_timer(&inlet, &a.grants),
+                grants: a.grants,
+                _slot: a.slot,
+            }),
         };
         let rate = CommandRate::new(&hub.config().client_limits, Instant::now());
         Self {
@@ -108,7 +116,6 @@ impl Session {
             client,
             subscriptions: HashMap::new(),
             auth,
-            slot,
             rate,
         }
     }
@@ -118,8 +125,8 @@ impl Session {
         match &self.auth {
             Auth::Open => Ok(Client::Open),
             Auth::Pending => Ok(Client::Anonymous),
-            Auth::Granted(g, _) if g.expired() => Err(Refusal::Unauthorized(TokenError::Expired.to_string())),
-            Auth::Granted(g, _) => Ok(Client::Token(g)),
+            Auth::Granted(g) if g.grants.expired() => Err(Refusal::Unauthorized(TokenError::Expired.to_string())),
+            Auth::Granted(g) => Ok(Client::Token(&g.grants)),
         }
     }
 
@@ -140,25 +147,30 @@ impl Session {
             return Err(Fatal::Unauthorized("this server takes no tokens".into()));
         };
         let grants = verifier.verify(token).map_err(|e| Fatal::Unauthorized(e.to_string()))?;
-        if let Auth::Granted(old, _) = &self.auth {
-            if old.subject != grants.subject {
+        let authorized = EncodedFrame::text(&protocol::authorized(&grants.subject, grants.expires, id));
+        // A refresh: the same subject, its slot kept, a new expiry.
+        if let Auth::Granted(g) = &mut self.auth {
+            if g.grants.subject != grants.subject {
                 return Err(Fatal::Unauthorized(
                     "a refreshed token must have the same subject".into(),
                 ));
             }
+            let _ = self.inlet.push(&authorized);
+            g.expiry.abort();
+            g.expiry = expiry_timer(&self.inlet, &grants);
+            g.grants = grants;
+            return Ok(());
         }
-        if self.slot.is_none() {
-            self.slot = Some(
-                self.hub
-                    .enter_subject(&grants.subject)
-                    .ok_or(Fatal::TooManyConnections)?,
-            );
-        }
-        self.send(&protocol::authorized(&grants.subject, grants.expires, id));
-        let timer = expiry_timer(&self.inlet, &grants);
-        if let Auth::Granted(_, old_timer) = std::mem::replace(&mut self.auth, Auth::Granted(grants, timer)) {
-            old_timer.abort();
-        }
+        let slot = self
+            .hub
+            .enter_subject(&grants.subject)
+            .ok_or(Fatal::TooManyConnections)?;
+        let _ = self.inlet.push(&authorized);
+        self.auth = Auth::Granted(Granted {
+            expiry: expiry_timer(&self.inlet, &grants),
+            grants,
+            _slot: slot,
+        });
         Ok(())
     }
 
@@ -315,8 +327,8 @@ impl WsService for Session {
         for (channel, sub) in self.subscriptions.drain() {
             self.hub.unsubscribe(&channel, sub);
         }
-        if let Auth::Granted(_, timer) = &self.auth {
-            timer.abort();
+        if let Auth::Granted(g) = &self.auth {
+            g.expiry.abort();
         }
     }
 }
